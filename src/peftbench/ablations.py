@@ -1,0 +1,49 @@
+"""Named ablations (paper §3.3, Tables 2 and 3): which layers and which module roles a method adapts.
+
+An ablation is data: a layer selection and a module filter (see ``methods.roles``). A run names one with
+``ablation=NAME``; ``layers=`` and ``modules=`` give the same control without a name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from peftbench.errors import UserError
+from peftbench.registry import Registry
+
+
+@dataclass(frozen=True)
+class Ablation:
+    name: str
+    description: str
+    layers: str | None = None
+    """None (every block), early, later or random: half of each stack."""
+    modules: tuple[str, ...] = ()
+    """Module filter: roles to keep, or "-role" to drop."""
+
+
+ABLATIONS: Registry[Ablation] = Registry("ablation")
+for _ablation in (
+    Ablation("early_layers", "the first half of the blocks of each stack", layers="early"),
+    Ablation("later_layers", "the last half of the blocks of each stack", layers="later"),
+    Ablation("random_layers", "a seeded random half of the blocks of each stack", layers="random"),
+    Ablation("drop_self_attention", "no self-attention modules", modules=("-self_attention",)),
+    Ablation("drop_cross_attention", "no encoder-decoder (cross) attention modules",
+             modules=("-cross_attention",)),
+    Ablation("drop_query_output", "attention keys and values only: no query or output projections",
+             modules=("-query", "-output")),
+    Ablation("drop_attention", "no attention modules: feed-forward only", modules=("-attention",)),
+    Ablation("drop_feed_forward", "no feed-forward (dense activation) modules: attention only",
+             modules=("-feed_forward",)),
+):
+    ABLATIONS.register(_ablation.name, _ablation)
+
+
+def resolve_selection(ablation: str | None, layers, modules) -> tuple[object, list[str] | None]:
+    """The (layers, modules) a run uses: from its named ablation, or from its own keys, never both."""
+    if ablation is None:
+        return layers, modules
+    spec = ABLATIONS.get(ablation)
+    if layers is not None or modules:
+        raise UserError(f"ablation {ablation} already chooses layers and modules; drop layers=/modules=")
+    return spec.layers, list(spec.modules) or None

@@ -1,0 +1,72 @@
+"""Epoch checkpoints: everything needed to continue a run exactly where it stopped.
+
+Layout of ``<run_dir>/checkpoint/``: ``trainable.safetensors`` (current trainable weights),
+``best.safetensors`` (the best epoch's trainable weights) and ``state.pt`` (optimiser, scheduler, RNG
+states, history, early-stopping state; read back with ``weights_only=True``, so no code can run).
+A checkpoint is written to a temporary directory and renamed into place: it is whole or absent.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+            "python_version": random.getstate()[0], "python_gauss": random.getstate()[2],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _cpu_copy(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+
+
+def save_checkpoint(run_dir: Path, trainable: dict[str, torch.Tensor], best: dict[str, torch.Tensor],
+                    state: dict[str, Any]) -> None:
+    target = Path(run_dir) / CHECKPOINT_DIR
+    tmp = Path(run_dir) / f".{CHECKPOINT_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(_cpu_copy(trainable), tmp / "trainable.safetensors")
+    save_file(_cpu_copy(best), tmp / "best.safetensors")
+    torch.save(state, tmp / "state.pt")
+    old = Path(run_dir) / f".{CHECKPOINT_DIR}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]] | None:
+    """(trainable, best, state) of the last completed epoch, or None when there is no whole checkpoint."""
+    target = Path(run_dir) / CHECKPOINT_DIR
+    files = [target / name for name in ("trainable.safetensors", "best.safetensors", "state.pt")]
+    if not all(f.is_file() for f in files):
+        return None
+    state = torch.load(files[2], map_location="cpu", weights_only=True)
+    return load_file(files[0]), load_file(files[1]), state
+
+
+def remove_checkpoint(run_dir: Path) -> None:
+    shutil.rmtree(Path(run_dir) / CHECKPOINT_DIR, ignore_errors=True)

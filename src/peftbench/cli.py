@@ -1,0 +1,165 @@
+"""Command line: each command maps to one function; bad input ends with one line and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from peftbench.errors import UserError, unknown
+
+SUITES_DIR = Path(__file__).parent / "suites"
+
+
+def suite_names() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(name: str | None) -> Path:
+    """A YAML path, or the name of a shipped suite (``paper``, ``quickstart``, ...)."""
+    if name is None:
+        return SUITES_DIR / "quickstart.yaml"
+    if (SUITES_DIR / f"{name}.yaml").is_file():
+        return SUITES_DIR / f"{name}.yaml"
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        return path
+    raise unknown("suite", name, suite_names())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from peftbench.config import load_sweep
+    from peftbench.summary import results_table
+    from peftbench.sweep import run_sweep
+
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config:  # `peftbench run key=value ...` with no config file
+        config, overrides = None, [config, *overrides]
+    sweep = load_sweep(resolve_config_path(config), overrides)
+    if args.retry_failed:
+        sweep.retry_failed = True
+    _validate_names(sweep)
+    runs = sweep.expand()
+    print(f"sweep {sweep.name}: {len(runs)} run(s) → {sweep.results_dir}", file=sys.stderr)
+    if sweep.executor == "ray":
+        from peftbench.executors import run_sweep_ray
+
+        outcome = run_sweep_ray(sweep)
+    else:
+        outcome = run_sweep(sweep, progress=not args.quiet)
+    print(results_table(runs, sweep.results_dir))
+    print(f"\n{len(outcome.ran)} ran, {len(outcome.skipped)} already done, {len(outcome.failed)} not ok, "
+          f"{len(outcome.locked)} held by another process; results in {sweep.results_dir}", file=sys.stderr)
+    return 1 if outcome.failed else 0
+
+
+def _validate_names(sweep) -> None:
+    """Fail before any training on a name that does not exist (models, methods, tasks, ablations)."""
+    from peftbench.ablations import ABLATIONS
+    from peftbench.methods import get_method
+    from peftbench.models import resolve_source
+    from peftbench.tasks import get_task
+    from peftbench.tasks.data import scale_cap_and_epochs
+
+    for model in sweep.models:
+        resolve_source(model)
+    for method in sweep.methods:
+        get_method(method)
+    for task in sweep.tasks:
+        get_task(task)
+    for scale in sweep.scales:
+        scale_cap_and_epochs(scale)
+    for ablation in sweep.ablations:
+        if ablation is not None:
+            ABLATIONS.get(ablation)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from peftbench.ablations import ABLATIONS
+    from peftbench.methods import METHODS
+    from peftbench.models import MODELS
+    from peftbench.tasks import TASKS
+
+    if args.what == "methods":
+        for name in METHODS:
+            spec = METHODS.get(name)
+            print(f"{name:10} {spec.description} (lr {spec.lr.initial:g} → {spec.lr.peak:g} → {spec.lr.final:g})")
+        print("any other PEFT method by its PEFT name, e.g. method=loha method_options=...")
+    elif args.what == "tasks":
+        for name in TASKS:
+            task = TASKS.get(name)
+            print(f"{name:26} {task.type:14} {task.metric:9} v{task.version}")
+    elif args.what == "models":
+        for name in MODELS:
+            spec = MODELS.get(name)
+            print(f"{name:18} {spec.source:38} {spec.description}")
+    elif args.what == "ablations":
+        for name in ABLATIONS:
+            print(f"{name:22} {ABLATIONS.get(name).description}")
+    else:
+        for name in suite_names():
+            print(name)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peftbench", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a sweep (default: the embedded quickstart)")
+    run.add_argument("config", nargs="?", help="a suite name (see `list suites`) or a YAML file")
+    run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. methods=[lora] train.max_epochs=2")
+    run.add_argument("--retry-failed", action="store_true", help="re-run failed and diverged runs too")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=cmd_run)
+
+    lst = sub.add_parser("list", help="list registered methods, tasks, models, ablations or suites")
+    lst.add_argument("what", choices=["methods", "tasks", "models", "ablations", "suites"])
+    lst.set_defaults(func=cmd_list)
+
+    for module in ("peftbench.params", "peftbench.report.cli"):
+        try:
+            __import__(module, fromlist=["add_commands"]).add_commands(sub)
+        except ImportError:
+            continue
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (deprecation notes, HTTP retries) hides our progress bars and messages."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    for name in ("transformers", "peft", "accelerate", "datasets", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.verbose:
+        _quiet_libraries()
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"peftbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("peftbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""Typed configuration: defaults live here and only here; YAML and ``key=value`` arguments override them.
+
+A *sweep* (``SweepConfig``) is a grid: models × methods × tasks × scales × seeds × ablations. Expanding it
+gives one ``RunConfig`` per cell; a run's id is a hash of its resolved config, so the same run always maps
+to the same result directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from peftbench.errors import UserError, did_you_mean
+
+
+@dataclass
+class TrainConfig:
+    """The paper's training protocol (§A.2, §A.3). ``None`` means "the method's or the scale's default"."""
+
+    batch_size: int = 16
+    """Examples per micro-batch."""
+    grad_accum: int = 4
+    """Micro-batches per optimiser step: the paper's effective batch is 16 × 4 = 64."""
+    max_epochs: int | None = None
+    """Upper bound on epochs; None takes the scale's (low 10, medium 5, high 1)."""
+    patience: int = 1
+    """Epochs without a lower validation loss before stopping (the paper stops at the first rise)."""
+    min_delta: float = 0.0
+    """A validation loss must fall by more than this to count as an improvement."""
+    warmup_fraction: float = 0.1
+    """Share of the planned optimiser steps spent rising from the initial to the peak learning rate."""
+    lr_initial: float | None = None
+    """Learning rate at step 0; None takes the method family's (full 3e-5, adapters 3e-4, prompt 3e-3)."""
+    lr_peak: float | None = None
+    """Learning rate at the end of warm-up; None takes the method family's (3e-4, 3e-3, 3e-1)."""
+    lr_final: float | None = None
+    """Learning rate at the last planned step; None takes the method family's (3e-5, 3e-4, 3e-2)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (the paper does not state one; 0 keeps adapters' init meaningful)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping; 0 turns it off."""
+    precision: str = "auto"
+    """"auto" (bf16 autocast where the hardware supports it, fp32 for T5 on fp16-only GPUs), "bf16" or "fp32"."""
+    max_source_tokens: int = 512
+    """Prompt tokens kept (truncated from the left of long inputs' bodies, never the instruction)."""
+    max_target_tokens: int = 128
+    """Target tokens kept for training; generation stops at the task's own max_new_tokens."""
+    eval_batch_size: int = 32
+    """Examples per batch when computing validation loss and decoding."""
+    val_metric_examples: int = 200
+    """Validation examples decoded each epoch for the per-epoch metric (0: loss only; loss uses them all)."""
+    eval_examples: int = 2500
+    """Cap on validation + test examples together (the paper's 2,500), split evenly."""
+    group_by_length: bool = True
+    """Batch examples of similar length together to cut padding (order is still seeded)."""
+    save_adapter: bool = True
+    """Save the best adapter (or model) with ``save_pretrained`` in the run directory."""
+    checkpoint_every_epoch: bool = True
+    """Write a resumable checkpoint after each epoch (deleted when the run finishes)."""
+    num_threads: int | None = None
+    """torch intra-op threads on CPU; None leaves torch's default."""
+
+    def validate(self) -> None:
+        positive = {"batch_size": self.batch_size, "grad_accum": self.grad_accum,
+                    "eval_batch_size": self.eval_batch_size, "eval_examples": self.eval_examples,
+                    "max_source_tokens": self.max_source_tokens, "max_target_tokens": self.max_target_tokens}
+        for name, value in positive.items():
+            if value < 1:
+                raise UserError(f"train.{name} must be at least 1, got {value}")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise UserError(f"train.max_epochs must be at least 1, got {self.max_epochs}")
+        if self.patience < 1:
+            raise UserError(f"train.patience must be at least 1, got {self.patience}")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise UserError(f"train.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise UserError(f"train.precision must be auto, bf16 or fp32, got {self.precision!r}"
+                            f"{did_you_mean(self.precision, ['auto', 'bf16', 'fp32'])}")
+
+
+Scale = Union[str, int]
+
+
+@dataclass
+class RunConfig:
+    """One cell of the grid, fully resolved: everything that determines its result."""
+
+    model: str
+    method: str
+    task: str
+    scale: Scale
+    seed: int = 0
+    ablation: str | None = None
+    """A named ablation (see ``peftbench list ablations``); None adapts every layer and module."""
+    layers: str | list[int] | float | None = None
+    """Layer selection when no ablation names one: early, later, random, a fraction or explicit indices."""
+    modules: list[str] | None = None
+    """Module roles to adapt when no ablation names them (self_attention, cross_attention, ...)."""
+    method_options: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for the method's PEFT config, e.g. {r: 2} for LoRA."""
+    data_dir: str | None = None
+    """Folder with <task>/<split>.jsonl; None reads the task's Hugging Face dataset."""
+    trust_remote_code: bool = False
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def run_id(self) -> str:
+        """A readable, stable id: the cell's coordinates plus a hash of the whole resolved config."""
+        digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+        parts = [self.model, self.method, self.task, str(self.scale), f"s{self.seed}"]
+        if self.ablation:
+            parts.append(self.ablation)
+        slug = "-".join(_slug(p) for p in parts)
+        return f"{slug}-{digest}"
+
+
+def _slug(text: str) -> str:
+    """Path-safe: letters, digits, '.', '_' only, so a run id can never leave the results directory."""
+    cleaned = "".join(ch if ch.isalnum() or ch in "._" else "_" for ch in text.split("/")[-1])
+    return cleaned.strip(".") or "x"
+
+
+@dataclass
+class SweepConfig:
+    """A grid of runs and where their results go."""
+
+    name: str = "sweep"
+    models: list[str] = field(default_factory=lambda: ["smollm2-135m"])
+    methods: list[str] = field(default_factory=lambda: ["full", "lora", "ia3", "prompt", "bitfit"])
+    tasks: list[str] = field(default_factory=lambda: ["synthetic_classification", "synthetic_data_to_text"])
+    scales: list[Scale] = field(default_factory=lambda: ["low"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    ablations: list[str | None] = field(default_factory=lambda: [None])
+    layers: str | list[int] | float | None = None
+    modules: list[str] | None = None
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-method PEFT config overrides, e.g. {lora: {r: 2}}."""
+    data_dir: str | None = None
+    output_dir: str | None = None
+    """Where result directories go; None means results/<name>."""
+    executor: str = "local"
+    retry_failed: bool = False
+    trust_remote_code: bool = False
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        for name in ("models", "methods", "tasks", "scales", "seeds", "ablations"):
+            if not getattr(self, name):
+                raise UserError(f"{name} is empty: the sweep has no runs")
+        for scale in self.scales:
+            if isinstance(scale, bool) or not isinstance(scale, (str, int)):
+                raise UserError(f"scales: {scale!r} is neither low, medium, high nor a number of examples")
+            if isinstance(scale, int) and scale < 1:
+                raise UserError(f"scales: a number of training examples must be at least 1, got {scale}")
+        if self.executor not in ("local", "ray"):
+            raise UserError(f"executor must be local or ray, got {self.executor!r}")
+        self.train.validate()
+
+    @property
+    def results_dir(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else Path("results") / _slug(self.name)
+
+    def expand(self) -> list[RunConfig]:
+        """Every cell of the grid, in a stable order (seed outermost so partial sweeps cover all cells)."""
+        runs = []
+        for seed in self.seeds:
+            for model in self.models:
+                for task in self.tasks:
+                    for scale in self.scales:
+                        for method in self.methods:
+                            for ablation in self.ablations:
+                                runs.append(self._run(model, method, task, scale, seed, ablation))
+        return runs
+
+    def _run(self, model: str, method: str, task: str, scale: Scale, seed: int, ablation: str | None) -> RunConfig:
+        return RunConfig(
+            model=model, method=method, task=task, scale=scale, seed=seed, ablation=ablation,
+            layers=self.layers, modules=self.modules,
+            method_options=dict(self.method_options.get(method, {})),
+            data_dir=self.data_dir, trust_remote_code=self.trust_remote_code,
+            train=dataclasses.replace(self.train),
+        )
+
+
+# Singular spellings a user will type for a one-cell run: model=x is models=[x].
+_SINGULAR = {"model": "models", "method": "methods", "task": "tasks", "scale": "scales", "seed": "seeds",
+             "ablation": "ablations"}
+
+
+def load_sweep(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
+    """Read a YAML sweep (or start from the defaults), apply ``key=value`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    for override in overrides:
+        key, value = parse_override(override)
+        _set_dotted(raw, key, value)
+    for singular, plural in _SINGULAR.items():
+        if singular in raw:
+            if plural in raw:
+                raise UserError(f"give either {singular} or {plural}, not both")
+            raw[plural] = [raw.pop(singular)]
+    sweep = from_dict(SweepConfig, raw, where=str(path) if path else "command line")
+    sweep.validate()
+    return sweep
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=value`` → ("a.b", value), the value parsed as YAML (so [x,y], 3, true, null work)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"override {text!r} is not of the form key=value")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"override {key}: {part} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from ``data``: unknown keys and wrong types are UserErrors naming the key."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in hints:
+            raise UserError(f"{where}: unknown key {key!r}{did_you_mean(key, names)}; valid: {', '.join(names)}")
+        kwargs[key] = _coerce(hints[key], value, f"{where}: {key}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value or {}, where)
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(option, value, where)
+            except UserError:
+                continue
+        raise UserError(f"{where}: {value!r} is not a valid {_type_name(hint)}")
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value]  # a scalar where a list is expected: a one-element grid axis
+        return [_coerce(args[0], item, where) for item in value] if args else value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{where}.{k}") if args else v for k, v in value.items()}
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not (isinstance(value, hint) and not
+                                               (hint is int and isinstance(value, bool))):
+        raise UserError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("NoneType", "null")

@@ -1,0 +1,89 @@
+"""Evaluation: validation loss, batched greedy decoding, and the paper's metrics.
+
+Classification is scored by exact match of the generated answer with the label word (after trimming
+whitespace and a trailing period); generation by ROUGE-L F-measure (``rouge-score``, stemming on),
+taking the best of an example's references.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+import torch
+from rouge_score import rouge_scorer
+
+from peftbench.batching import IGNORE, Encoded, collate, collate_prompts
+from peftbench.tasks import TaskSpec
+from peftbench.tasks.data import Example
+
+_ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def normalize_answer(text: str) -> str:
+    return text.strip().rstrip(".").strip()
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
+def rouge_l(prediction: str, references: tuple[str, ...] | list[str]) -> float:
+    """ROUGE-L F-measure against the best-matching reference."""
+    return max(_ROUGE.score(ref, prediction)["rougeL"].fmeasure for ref in references)
+
+
+def score(task: TaskSpec, predictions: list[str], examples: list[Example]) -> float:
+    """The task's metric averaged over examples (one example per distinct input)."""
+    if not examples:
+        return float("nan")
+    if task.metric == "accuracy":
+        values = [exact_match(p, e.references[0]) for p, e in zip(predictions, examples, strict=True)]
+    else:
+        values = [rouge_l(p, e.references) for p, e in zip(predictions, examples, strict=True)]
+    return sum(values) / len(values)
+
+
+@torch.no_grad()
+def validation_loss(model, items: list[Encoded], family: str, pad_id: int, batch_size: int,
+                    device: torch.device, autocast: AbstractContextManager) -> float:
+    """Mean cross-entropy per target token over the whole split (nats)."""
+    model.eval()
+    total, count = torch.zeros((), dtype=torch.float64), 0
+    for start in range(0, len(items), batch_size):
+        batch = {k: v.to(device) for k, v in collate(items[start: start + batch_size], family, pad_id).items()}
+        with autocast:
+            logits = model(**batch).logits
+        labels = batch["labels"]
+        if family == "causal":  # position t predicts token t + 1
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        if logits.shape[1] != labels.shape[1]:  # prompt tuning prepends virtual tokens to causal inputs
+            logits = logits[:, -labels.shape[1]:]
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                                 labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
+        total += loss.double().cpu()
+        count += int((labels != IGNORE).sum())
+    return float(total / max(count, 1))
+
+
+@torch.no_grad()
+def generate(model, items: list[Encoded], tokenizer, family: str, max_new_tokens: int, batch_size: int,
+             device: torch.device, autocast: AbstractContextManager) -> list[str]:
+    """Greedy, batched decoding with the KV cache; returns the decoded continuations."""
+    model.eval()
+    pad_id = tokenizer.pad_token_id
+    # Longest prompts first: batches are tight and a memory problem shows up at once.
+    order = sorted(range(len(items)), key=lambda i: -len(items[i].prompt_ids))
+    outputs: dict[int, str] = {}
+    for start in range(0, len(order), batch_size):
+        indices = order[start: start + batch_size]
+        batch = collate_prompts([items[i] for i in indices], pad_id, left=family == "causal")
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast:
+            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                       pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
+        if family == "causal" and generated.shape[1] > batch["input_ids"].shape[1]:
+            generated = generated[:, batch["input_ids"].shape[1]:]  # drop the echoed prompt
+        texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
+        for index, text in zip(indices, texts, strict=True):
+            outputs[index] = text.strip().split("\n")[0].strip() if family == "causal" else text.strip()
+    return [outputs[i] for i in range(len(items))]

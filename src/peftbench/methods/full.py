@@ -1,0 +1,5 @@
+"""Full fine-tuning: every weight trains (the paper's baseline)."""
+
+from peftbench.methods import FULL_LR, METHODS, MethodSpec
+
+METHODS.register("full", MethodSpec("full", "every weight trains", FULL_LR, lambda ctx: None, selectable=False))

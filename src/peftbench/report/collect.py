@@ -1,0 +1,316 @@
+"""Result files → cells → per-seed statistics.
+
+A *cell* is one (model, task, scale, method, ablation) coordinate of the benchmark grid; several seeds of
+the same cell are aggregated into mean ± 95% confidence interval. Only runs whose status is "ok" feed the
+numbers; the statuses of the others are kept so that a table can say "failed" instead of showing nothing,
+and a cell with no run at all says "missing" (never zero).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from peftbench.errors import UserError
+from peftbench.results import iter_results
+
+# Paper order first (Tables 1-6), anything else afterwards in alphabetical order.
+METHOD_ORDER = ("full", "ia3", "lora", "bitfit", "prompt")
+TASK_ORDER = ("ag_news", "cola", "e2e_nlg", "samsum", "synthetic_classification", "synthetic_data_to_text")
+SCALE_ORDER = ("low", "medium", "high")
+ABLATION_ORDER = (
+    "early_layers", "later_layers", "random_layers", "drop_self_attention", "drop_cross_attention",
+    "drop_query_output", "drop_attention", "drop_feed_forward",
+)
+# Nominal training-set sizes of the named scales (§3.1), used to find "the closest scale".
+SCALE_EXAMPLES = {"low": 100, "medium": 1000, "high": 10000}
+
+# Two-sided 95% Student t quantiles t_{0.975, df} for df = 1..30, used when scipy is not installed.
+# fmt: off
+_T_975 = (
+    12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
+    2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
+    2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
+)
+# fmt: on
+
+
+def t_quantile_975(df: int) -> float:
+    """t_{0.975, df}: scipy when importable, else the table above (Cornish-Fisher beyond df 30)."""
+    try:
+        from scipy import stats
+    except ImportError:
+        if df <= len(_T_975):
+            return _T_975[df - 1]
+        z = 1.959964
+        return z + (z**3 + z) / (4 * df)  # first Cornish-Fisher term: within 1e-3 of t for df > 30
+    return float(stats.t.ppf(0.975, df))
+
+
+def mean_ci(values: Iterable[float]) -> tuple[float, float, float]:
+    """(mean, sample sd, half-width of the 95% CI) = mean ± t_{0.975,n-1}·sd/√n.
+
+    With a single value the spread is unknown: sd and half-width are NaN. Raises ValueError when empty.
+    """
+    array = np.asarray(list(values), dtype=float)
+    if array.size == 0:
+        raise ValueError("mean_ci needs at least one value")
+    mean = float(array.mean())
+    if array.size == 1:
+        return mean, math.nan, math.nan
+    sd = float(array.std(ddof=1))
+    return mean, sd, t_quantile_975(array.size - 1) * sd / math.sqrt(array.size)
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Aggregate of one quantity over the ok seeds of a cell; ``half_width`` is None for one seed."""
+
+    mean: float
+    sd: float | None
+    half_width: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stat:
+        mean, sd, half = mean_ci(values)
+        if len(values) < 2:
+            return cls(mean, None, None, len(values))
+        return cls(mean, sd, half, len(values))
+
+
+# ---- quantities read from one result (None when the run did not record it) ----------------------------
+
+
+def _dig(result: dict[str, Any], *path: str) -> Any:
+    node: Any = result
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def score(r: dict[str, Any]) -> float | None:
+    return _number(_dig(r, "metrics", "score"))
+
+
+def trainable_params(r: dict[str, Any]) -> float | None:
+    return _number(_dig(r, "params", "trainable"))
+
+
+def total_params(r: dict[str, Any]) -> float | None:
+    return _number(_dig(r, "params", "total"))
+
+
+def total_seconds(r: dict[str, Any]) -> float | None:
+    return _number(_dig(r, "time", "total_s"))
+
+
+def best_epoch(r: dict[str, Any]) -> float | None:
+    return _number(r.get("best_epoch"))
+
+
+def peak_bytes(r: dict[str, Any]) -> float | None:
+    return _number(_dig(r, "memory", "peak_bytes"))
+
+
+def score_per_100k_params(r: dict[str, Any]) -> float | None:
+    """Table 5: score / trainable parameters × 100,000."""
+    s, p = score(r), trainable_params(r)
+    return None if s is None or not p else s / p * 1e5
+
+
+def score_per_minute(r: dict[str, Any]) -> float | None:
+    """Table 6: score / (total run time in minutes)."""
+    s, t = score(r), total_seconds(r)
+    return None if s is None or not t else s / (t / 60.0)
+
+
+Quantity = Callable[[dict[str, Any]], "float | None"]
+
+
+# ---- cells --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CellKey:
+    model: str
+    task: str
+    scale: str | int
+    method: str
+    ablation: str | None
+
+
+@dataclass
+class Cell:
+    key: CellKey
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok_runs(self) -> list[dict[str, Any]]:
+        return [r for r in self.runs if r.get("status") == "ok"]
+
+    @property
+    def state(self) -> str:
+        """State: "ok" (all seeds ok), "partial" (some), "missing" (no run), or the failed statuses ("failed/diverged")."""
+        if not self.runs:
+            return "missing"
+        ok = len(self.ok_runs)
+        if ok == len(self.runs):
+            return "ok"
+        if ok:
+            return "partial"
+        return "/".join(sorted({str(r.get("status")) for r in self.runs}))
+
+    def stat(self, quantity: Quantity) -> Stat | None:
+        values = [v for v in (quantity(r) for r in self.ok_runs) if v is not None]
+        return Stat.of(values) if values else None
+
+
+def cell_key(result: dict[str, Any]) -> CellKey:
+    config = result.get("config") or {}
+    scale = config.get("scale")
+    if isinstance(scale, str) and scale.isdigit():
+        scale = int(scale)
+    return CellKey(
+        model=str(config.get("model")), task=str(config.get("task")), scale=scale,
+        method=str(config.get("method")), ablation=config.get("ablation") or _custom_variant(config),
+    )
+
+
+def _custom_variant(config: dict[str, Any]) -> str | None:
+    """Runs with explicit layers/modules/method options are a different variant, not more seeds of the default."""
+    parts = []
+    if config.get("layers") is not None:
+        parts.append(f"layers={config['layers']}")
+    if config.get("modules"):
+        parts.append(f"modules={','.join(map(str, config['modules']))}")
+    for key, value in sorted((config.get("method_options") or {}).items()):
+        parts.append(f"{key}={value}")
+    return " ".join(parts) or None
+
+
+def _order(values: Iterable[Any], canonical: Sequence[Any]) -> list[Any]:
+    def key(value: Any) -> tuple[int, int, str]:
+        if value in canonical:
+            return (0, canonical.index(value), "")
+        return (1, 0, str(value))
+
+    return sorted(set(values), key=key)
+
+
+def order_scales(scales: Iterable[str | int]) -> list[str | int]:
+    def key(scale: str | int) -> tuple[int, float, str]:
+        if scale in SCALE_ORDER:
+            return (0, SCALE_ORDER.index(scale), "")
+        if isinstance(scale, int):
+            return (1, scale, "")
+        return (2, 0, str(scale))
+
+    return sorted(set(scales), key=key)
+
+
+def order_methods(methods: Iterable[str]) -> list[str]:
+    return _order(methods, METHOD_ORDER)
+
+
+def order_ablations(ablations: Iterable[str | None]) -> list[str | None]:
+    """None (the method on every layer and module) first, then the paper's Table 2 order, then the rest."""
+    ablations = list(ablations)
+    named = _order([a for a in ablations if a is not None], ABLATION_ORDER)
+    return ([None] if None in ablations else []) + named
+
+
+@dataclass
+class Collection:
+    """Every result of a results directory, indexed by cell."""
+
+    results_dir: Path
+    runs: list[dict[str, Any]]
+    cells: dict[CellKey, Cell]
+
+    def cell(self, model: str, task: str, scale: str | int, method: str, ablation: str | None = None) -> Cell:
+        key = CellKey(model, task, scale, method, ablation)
+        return self.cells.get(key) or Cell(key)
+
+    def _keys(self, model: str | None = None) -> list[CellKey]:
+        return [k for k in self.cells if model is None or k.model == model]
+
+    def models(self) -> list[str]:
+        return sorted({k.model for k in self.cells})
+
+    def tasks(self, model: str | None = None) -> list[str]:
+        return _order((k.task for k in self._keys(model)), TASK_ORDER)
+
+    def scales(self, model: str | None = None) -> list[str | int]:
+        return order_scales(k.scale for k in self._keys(model))
+
+    def methods(self, model: str | None = None, *, baseline_only: bool = False) -> list[str]:
+        keys = self._keys(model)
+        return order_methods(k.method for k in keys if not baseline_only or k.ablation is None)
+
+    def task_info(self, task: str) -> dict[str, Any]:
+        """The task's {name, type, metric} as recorded by its runs (the first one that recorded it)."""
+        for run in self.runs:
+            if cell_key(run).task == task and isinstance(run.get("task"), dict):
+                return run["task"]
+        return {"name": task}
+
+
+def collect(results_dir: Path) -> Collection:
+    """Read every result under ``results_dir``; UserError when the directory is absent or holds none."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise UserError(f"results directory not found: {results_dir}")
+    runs = list(iter_results(results_dir))
+    if not runs:
+        raise UserError(f"no result files (*/result.json) under {results_dir}")
+    cells: dict[CellKey, Cell] = {}
+    for run in runs:
+        key = cell_key(run)
+        cells.setdefault(key, Cell(key)).runs.append(run)
+    return Collection(results_dir, runs, cells)
+
+
+# ---- provenance: what model, data and hardware produced a number ---------------------------------------
+
+
+def describe_hardware(hardware: dict[str, Any] | None) -> str:
+    hardware = hardware or {}
+    name = hardware.get("accelerator") or hardware.get("device") or "unknown device"
+    extras = []
+    if hardware.get("cpu_count"):
+        extras.append(f"{hardware['cpu_count']} CPUs")
+    if hardware.get("platform"):
+        extras.append(str(hardware["platform"]))
+    return f"{name} ({', '.join(extras)})" if extras else str(name)
+
+
+def provenance(runs: Iterable[dict[str, Any]]) -> str:
+    """One line naming the model(s), data (tasks + data_dir or "hub") and hardware behind ``runs``."""
+    runs = list(runs)
+    models = sorted({cell_key(r).model for r in runs})
+    tasks = _order((cell_key(r).task for r in runs), TASK_ORDER)
+    sources = sorted({str((r.get("config") or {}).get("data_dir") or "hub") for r in runs})
+    hardware = sorted({describe_hardware(r.get("hardware")) for r in runs})
+    return (f"Model: {', '.join(models) or 'none'} | Data: {', '.join(tasks) or 'none'} "
+            f"from {', '.join(sources) or 'none'} | Hardware: {'; '.join(hardware) or 'unknown'}")
+
+
+def run_details(run: dict[str, Any]) -> str:
+    """The run's config, versions and hardware as indented JSON, for the HTML page."""
+    details = {key: run.get(key) for key in ("config", "versions", "hardware")}
+    return json.dumps(details, indent=2, sort_keys=True, default=str)

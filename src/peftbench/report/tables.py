@@ -1,0 +1,353 @@
+"""Tables 1-6 of Pu et al. (2023), built from result files and rendered as Markdown, CSV and LaTeX.
+
+Rows are "Method (scale)" grouped by scale and columns are tasks, as in the paper; with several models each
+model gets its own block. A cell shows mean ± 95% CI when a cell has several ok seeds, the status of its runs
+when none is ok ("failed", "diverged", ...), and "missing" when no run exists: never a zero.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peftbench.report import collect as c
+from peftbench.report.collect import Cell, Collection, Quantity, Stat
+
+METHOD_LABELS = {"full": "Full Tuning", "ia3": "(IA)3", "lora": "LoRA", "bitfit": "BitFit", "prompt": "Prompt Tune"}
+SCALE_LABELS = {"low": "low", "medium": "med.", "high": "high"}
+TASK_LABELS = {"ag_news": "AG News", "cola": "CoLA", "e2e_nlg": "E2E NLG", "samsum": "SAMSum"}
+ABLATION_LABELS = {
+    None: "all layers", "early_layers": "select early layers", "later_layers": "select later layers",
+    "random_layers": "select random layers", "drop_self_attention": "drop self-attention",
+    "drop_cross_attention": "drop enc/dec-attention", "drop_query_output": "drop query/output attention",
+    "drop_attention": "drop attention", "drop_feed_forward": "drop feed-forward",
+}
+
+
+def method_label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def scale_label(scale: str | int) -> str:
+    return SCALE_LABELS.get(scale, f"{scale} ex." if isinstance(scale, int) else str(scale))
+
+
+def ablation_label(ablation: str | None) -> str:
+    return ABLATION_LABELS.get(ablation, str(ablation))
+
+
+def task_label(task: str) -> str:
+    return TASK_LABELS.get(task, task)
+
+
+@dataclass
+class TableCell:
+    text: str
+    state: str
+    """"ok", "partial", "missing" or the statuses of the failed runs."""
+    sort_value: float | None
+    csv: dict[str, str]
+    """CSV columns of this cell, by suffix ("" is the value itself)."""
+
+
+@dataclass
+class TableRow:
+    label: str
+    method: str
+    scale: str
+    ablation: str
+    cells: list[TableCell]
+
+
+@dataclass
+class TableBlock:
+    model: str
+    groups: list[list[TableRow]]
+    """Rows separated by a rule (one group per data scale)."""
+
+
+@dataclass
+class Table:
+    number: int
+    title: str
+    caption: str
+    corner: str
+    columns: list[tuple[str, str]]
+    """(key for CSV, label shown) per data column."""
+    blocks: list[TableBlock]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"table{self.number}"
+
+    def rows(self) -> list[TableRow]:
+        return [row for block in self.blocks for group in block.groups for row in group]
+
+
+# ---- number formats -------------------------------------------------------------------------------------
+
+
+def fmt_fixed(value: float, digits: int = 4) -> str:
+    return f"{value:.{digits}f}"
+
+
+def fmt_sig(value: float) -> str:
+    """Four significant digits; scientific below 1e-3, as the paper writes 3.01E-05."""
+    if value != 0 and abs(value) < 1e-3:
+        return f"{value:.3E}"
+    return f"{value:.4g}"
+
+
+def fmt_stat(stat: Stat, fmt: Callable[[float], str]) -> str:
+    return fmt(stat.mean) if stat.half_width is None else f"{fmt(stat.mean)} ± {fmt(stat.half_width)}"
+
+
+def _raw(value: float | None) -> str:
+    return "" if value is None or math.isnan(value) else format(value, ".10g")
+
+
+def _csv_name(*parts: str) -> str:
+    return " ".join(p for p in parts if p)
+
+
+# ---- cells -----------------------------------------------------------------------------------------------
+
+
+def stat_cell(cell: Cell, quantities: Sequence[tuple[str, Quantity]], render: Callable[[list[Stat]], str]) -> TableCell:
+    """One table cell from a benchmark cell: mean ± CI of each quantity, or why there is no number."""
+    state = cell.state
+    if state not in ("ok", "partial"):
+        return _empty_cell(state, state, quantities)
+    stats = [cell.stat(quantity) for _, quantity in quantities]
+    if any(stat is None for stat in stats):
+        return _empty_cell("not recorded", "missing", quantities)
+    text = render(stats)
+    if state == "partial":
+        text += f" ({len(cell.ok_runs)}/{len(cell.runs)} ok)"
+    values: dict[str, str] = {}
+    for (name, _), stat in zip(quantities, stats, strict=True):
+        values[_csv_name(name)] = _raw(stat.mean)
+        values[_csv_name(name, "ci95")] = _raw(stat.half_width)
+    values["n"] = str(stats[0].n)
+    return TableCell(text, state, stats[0].mean, values)
+
+
+def _empty_cell(text: str, state: str, quantities: Sequence[tuple[str, Quantity]]) -> TableCell:
+    """No number: the CSV says why in the first value column and leaves the others empty."""
+    values = {_csv_name(name, suffix): "" for name, _ in quantities for suffix in ("", "ci95")}
+    values[_csv_name(quantities[0][0])] = text
+    return TableCell(text, state, None, {**values, "n": "0"})
+
+
+def _single(quantity: Quantity, fmt: Callable[[float], str]) -> tuple[list[tuple[str, Quantity]], Callable]:
+    return [("", quantity)], lambda stats: fmt_stat(stats[0], fmt)
+
+
+def _epochs_and_time(stats: list[Stat]) -> str:
+    epochs, seconds = stats
+    return f"Ep. {fmt_stat(epochs, lambda v: f'{v:.3g}')}; {fmt_stat(seconds, lambda v: f'{v:.0f}')}"
+
+
+# ---- table builders ---------------------------------------------------------------------------------------
+
+
+def _method_scale_blocks(coll: Collection, quantities, render) -> list[TableBlock]:
+    """Tables 1, 4, 5, 6: one row per (method, scale) of each model, one column per task."""
+    blocks = []
+    for model in coll.models():
+        groups = []
+        for scale in coll.scales(model):
+            rows = []
+            for method in coll.methods(model, baseline_only=True):
+                cells = [stat_cell(coll.cell(model, t, scale, method), quantities, render) for t in coll.tasks()]
+                label = f"{method_label(method)} ({scale_label(scale)})"
+                rows.append(TableRow(label, method, str(scale), "", cells))
+            groups.append(rows)
+        blocks.append(TableBlock(model, groups))
+    return blocks
+
+
+def _ablation_pairs(coll: Collection, model: str, scale: str | int | None = None) -> list[tuple[str, str | None]]:
+    """(method, ablation) pairs of ``model`` (at ``scale``): each ablated method on all layers, then Table 2 order.
+
+    The all-layers baseline of an ablated method is listed even when it was not run, so it shows as missing.
+    """
+    keys = [k for k in coll.cells if k.model == model and (scale is None or k.scale == scale)]
+    ablated = c.order_methods(k.method for k in keys if k.ablation is not None)
+    pairs: list[tuple[str, str | None]] = [(method, None) for method in ablated]
+    for ablation in c.order_ablations(k.ablation for k in keys if k.ablation is not None):
+        pairs += [(method, ablation) for method in c.order_methods(k.method for k in keys if k.ablation == ablation)]
+    return pairs
+
+
+def _ablation_blocks(coll: Collection, quantities, render) -> list[TableBlock]:
+    blocks = []
+    for model in coll.models():
+        groups = []
+        for scale in coll.scales(model):
+            rows = []
+            for method, ablation in _ablation_pairs(coll, model, scale):
+                cells = [stat_cell(coll.cell(model, t, scale, method, ablation), quantities, render)
+                         for t in coll.tasks()]
+                label = f"{method_label(method)} ({ablation_label(ablation)}, {scale_label(scale)})"
+                rows.append(TableRow(label, method, str(scale), ablation or "", cells))
+            if rows:
+                groups.append(rows)
+        if groups:
+            blocks.append(TableBlock(model, groups))
+    return blocks
+
+
+def _count_cell(cells: list[Cell], quantity: Quantity) -> TableCell:
+    """A parameter count over every run of a (method, ablation): one number, or the range when tasks differ."""
+    values = sorted({int(v) for cell in cells for r in cell.ok_runs if (v := quantity(r)) is not None})
+    if not values:
+        statuses = sorted({cell.state for cell in cells if cell.runs}) or ["missing"]
+        text = "/".join(statuses)
+        return TableCell(text, text, None, {"": text})
+    text = f"{values[0]:,}" if len(values) == 1 else f"{values[0]:,}–{values[-1]:,}"
+    raw = str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}"
+    return TableCell(text, "ok", float(values[-1]), {"": raw})
+
+
+def _parameter_blocks(coll: Collection) -> list[TableBlock]:
+    blocks = []
+    for model in coll.models():
+        model_cells = [cell for key, cell in coll.cells.items() if key.model == model]
+        rows = [TableRow("Total Parameters (no PEFT)", "", "", "", [_count_cell(model_cells, c.total_params)])]
+        pairs = [(m, None) for m in coll.methods(model, baseline_only=True)]
+        pairs += [pair for pair in _ablation_pairs(coll, model) if pair[1] is not None]
+        for method, ablation in pairs:
+            cells = [cell for key, cell in coll.cells.items()
+                     if key.model == model and key.method == method and key.ablation == ablation]
+            suffix = "full layers/modules" if ablation is None else ablation_label(ablation)
+            count = _count_cell(cells, c.trainable_params)
+            rows.append(TableRow(f"{method_label(method)} ({suffix})", method, "", ablation or "", [count]))
+        blocks.append(TableBlock(model, [rows]))
+    return blocks
+
+
+def _metric_note(coll: Collection) -> str:
+    metrics = [f"{task}: {coll.task_info(task).get('metric', 'score')}" for task in coll.tasks()]
+    return "Metric per task: " + ", ".join(metrics) + "."
+
+
+SEEDS_NOTE = "Several seeds: mean ± 95% CI (t-distribution); one seed: the value alone; '(k/n ok)': k of n seeds ok."
+
+
+def build_tables(coll: Collection) -> list[Table]:
+    """Tables 1-6 in the paper's layout."""
+    columns = [(task, task_label(task)) for task in coll.tasks()]
+    score_q, score_r = _single(c.score, fmt_fixed)
+    tables = [
+        Table(1, "Test score per method, task and data scale",
+              "Accuracy (exact match) for classification, ROUGE-L for generation; higher is better.",
+              "PEFT/Dataset", columns, _method_scale_blocks(coll, score_q, score_r), [_metric_note(coll)]),
+        Table(2, "Ablations across layers and submodules",
+              "Test score of LoRA/(IA)3 (or any method) on selected layers or modules; higher is better.",
+              "PEFT/Dataset", columns, _ablation_blocks(coll, score_q, score_r), [_metric_note(coll)]),
+        Table(3, "Trainable parameters across methods and ablation variants",
+              "Parameter count per method and ablation variant; the first row is the model's total.",
+              "Ablation Technique", [("trainable_params", "Parameter Count")], _parameter_blocks(coll)),
+        Table(4, "Convergence: epochs and total run time (seconds)",
+              "Epochs to convergence (best epoch by validation loss, with early stopping) and total run time "
+              "in seconds; lower is better.", "PEFT/Dataset", columns,
+              _method_scale_blocks(coll, [("epochs", c.best_epoch), ("total_s", c.total_seconds)],
+                                   _epochs_and_time),
+              ["The paper omits high-resource runs here (one epoch only); they are shown when present."]),
+        Table(5, "Score per hundred thousand trainable parameters",
+              "Score / trainable parameters × 100,000; higher is better.", "PEFT/Dataset", columns,
+              _method_scale_blocks(coll, *_single(c.score_per_100k_params, fmt_sig)),
+              ["The paper leaves prompt tuning out of Tables 5-6; it is kept here when it was run."]),
+        Table(6, "Score per minute of run time",
+              "Score / (total run time in minutes); higher is better.", "PEFT/Dataset", columns,
+              _method_scale_blocks(coll, *_single(c.score_per_minute, fmt_sig)),
+              ["The paper leaves prompt tuning out of Tables 5-6; it is kept here when it was run."]),
+    ]
+    for table in tables:
+        if table.number != 3:  # parameter counts do not vary with the seed
+            table.notes.append(SEEDS_NOTE)
+        if not table.rows():
+            table.notes.insert(0, "No runs of this kind in the results.")
+    return tables
+
+
+# ---- renderers --------------------------------------------------------------------------------------------
+
+
+def to_markdown(table: Table) -> str:
+    lines = [f"## Table {table.number}: {table.title}", "", table.caption, ""]
+    header = [table.corner] + [label for _, label in table.columns]
+    for block in table.blocks:
+        lines += [f"**Model: {block.model}**", "", _md_row(header), _md_row(["---"] + ["---:"] * len(table.columns))]
+        lines += [_md_row([row.label] + [cell.text for cell in row.cells]) for group in block.groups for row in group]
+        lines.append("")
+    lines += [f"Note: {note}" for note in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
+def to_csv(table: Table) -> str:
+    """One line per row; per column the value, its 95% CI half-width and the number of ok seeds."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    first = next(iter(table.rows()), None)
+    if first is None:
+        value_columns = [(key, "") for key, _ in table.columns]
+    else:
+        pairs = zip(table.columns, first.cells, strict=True)
+        value_columns = [(key, suffix) for (key, _), cell in pairs for suffix in cell.csv]
+    writer.writerow(["model", "row", "method", "scale", "ablation"] + [_csv_name(k, s) for k, s in value_columns])
+    index = {key: i for i, (key, _) in enumerate(table.columns)}
+    for block in table.blocks:
+        for group in block.groups:
+            for row in group:
+                values = [row.cells[index[key]].csv.get(suffix, "") for key, suffix in value_columns]
+                writer.writerow([block.model, row.label, row.method, row.scale, row.ablation] + values)
+    return buffer.getvalue()
+
+
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}", "±": r"$\pm$", "–": "--"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
+
+
+def to_latex(table: Table) -> str:
+    """A plain booktabs ``tabular`` (needs \\usepackage{booktabs}); title and notes as comments."""
+    width = len(table.columns) + 1
+    lines = [f"% Table {table.number}: {table.title}. {table.caption}"]
+    lines += [f"% {note}" for note in table.notes]
+    lines += [f"\\begin{{tabular}}{{l{'r' * len(table.columns)}}}", r"\toprule"]
+    header = [table.corner] + [label for _, label in table.columns]
+    lines.append(" & ".join(latex_escape(h) for h in header) + r" \\")
+    for block in table.blocks:
+        lines += [r"\midrule", f"\\multicolumn{{{width}}}{{l}}{{Model: {latex_escape(block.model)}}} \\\\"]
+        for group in block.groups:
+            lines.append(r"\midrule")
+            for row in group:
+                lines.append(" & ".join(latex_escape(x) for x in [row.label] + [c.text for c in row.cells]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(tables: list[Table], out_dir: Path) -> list[Path]:
+    """``out_dir/tableN.{md,csv,tex}`` for every table."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for table in tables:
+        for suffix, render in (("md", to_markdown), ("csv", to_csv), ("tex", to_latex)):
+            path = out_dir / f"{table.name}.{suffix}"
+            path.write_text(render(table), encoding="utf-8")
+            written.append(path)
+    return written

@@ -1,0 +1,128 @@
+"""Result files: the unit of truth.
+
+One finished run is one ``result.json`` under ``<results_dir>/<run_id>/``. Everything a table or a
+recommendation shows is read back from these files alone. Writes are atomic (temporary file, fsync,
+rename) so a crash leaves either the old file or the new one, never half of one.
+
+Schema (``schema_version`` 1), the fields every consumer may rely on:
+
+    run_id            str     stable id derived from the resolved run config
+    status            str     "ok" | "failed" | "diverged" | "interrupted" | "running"
+    error             dict?   {"type", "message", "step"?} when status is not ok
+    config            dict    the resolved RunConfig (model, method, task, scale, seed, layers, modules, ...)
+    seed              int
+    task              dict    {"name", "type": "classification"|"generation", "metric", "version"}
+    model             dict    {"name", "source", "family": "seq2seq"|"causal", "architecture"}
+    data              dict    {"train_examples", "validation_examples", "test_examples",
+                               "requested_train_examples", "sample_hash", "splits": {...}}
+    versions          dict    {"peftbench", "git_sha", "git_dirty", "python", "torch", "transformers", ...}
+    hardware          dict    {"device", "accelerator", "cpu_count", "platform", ...}
+    params            dict    {"trainable", "total", "selected_layers"?}
+    epochs            int     epochs actually run (early stopping may end before the maximum)
+    best_epoch        int     1-based epoch whose checkpoint was tested
+    history           list    per epoch {"epoch", "train_loss", "val_loss", "val_metric", "seconds", "steps"}
+    metrics           dict    {"test": {<metric>: float, ...}, "score": float (the task's metric)}
+    time              dict    {"train_s", "eval_s", "total_s", "to_best_s"}
+    throughput        dict    {"train_tokens_per_s", "train_tokens"}
+    memory            dict    {"peak_bytes", "kind": "cuda_max_allocated" | "process_peak_rss"}
+    adapter           dict    {"path", "bytes"}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+RESULT_FILE = "result.json"
+STATUSES = ("ok", "failed", "diverged", "interrupted", "running")
+
+
+class CorruptResult(ValueError):
+    """A result file that exists but cannot be read as a result."""
+
+
+def atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=False, default=_json_default)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def result_path(results_dir: Path, run_id: str) -> Path:
+    return Path(results_dir) / run_id / RESULT_FILE
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """Read one result file; raise CorruptResult naming the file when it is not a valid result."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptResult(f"{path}: cannot be read as JSON ({exc})") from exc
+    if not isinstance(payload, dict):
+        raise CorruptResult(f"{path}: top level is {type(payload).__name__}, not an object")
+    missing = [key for key in ("run_id", "status", "config") if key not in payload]
+    if missing:
+        raise CorruptResult(f"{path}: missing field(s) {', '.join(missing)}")
+    if payload["status"] not in STATUSES:
+        raise CorruptResult(f"{path}: unknown status {payload['status']!r}")
+    return payload
+
+
+def iter_results(results_dir: Path, *, warn: bool = True) -> Iterator[dict[str, Any]]:
+    """Every readable result under ``results_dir`` (sorted by run id); corrupt files are reported and skipped."""
+    for path in sorted(Path(results_dir).glob(f"*/{RESULT_FILE}")):
+        try:
+            yield read_result(path)
+        except CorruptResult as exc:
+            if warn:
+                warnings.warn(f"skipping corrupt result: {exc}", stacklevel=2)
+
+
+def load_status(results_dir: Path, run_id: str) -> str | None:
+    """The status of a run's result, ``None`` when absent, ``"corrupt"`` when unreadable."""
+    path = result_path(results_dir, run_id)
+    if not path.exists():
+        return None
+    try:
+        return read_result(path)["status"]
+    except CorruptResult:
+        return "corrupt"

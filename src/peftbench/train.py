@@ -1,0 +1,331 @@
+"""The recipe: one benchmark cell, top to bottom.
+
+load data at the scale → load the model → apply the method (+ layer/module selection) → train with the
+paper's schedule (AdamW, linear warm-up then linear anneal, batch 16 × accumulation 4), validate each
+epoch, stop early when validation loss stops falling → test the best epoch's weights → measure.
+
+Returns the result dict that ``results.py`` describes. Failures are raised (``Diverged``,
+``Interrupted`` or an ordinary exception); the sweep turns them into result files.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from tqdm.auto import tqdm
+
+from peftbench import checkpoint, environment
+from peftbench.ablations import resolve_selection
+from peftbench.batching import collate, encode, length_grouped_batches
+from peftbench.config import RunConfig, TrainConfig
+from peftbench.evaluate import generate, score, validation_loss
+from peftbench.methods import LRSchedule, apply_method, get_method
+from peftbench.models import load_model
+from peftbench.tasks import get_task
+from peftbench.tasks.data import load_task_data, scale_cap_and_epochs
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, step: int, loss: float) -> None:
+        super().__init__(f"non-finite training loss {loss} at optimiser step {step}")
+        self.step = step
+
+
+class Interrupted(RuntimeError):
+    """A stop was requested (SIGINT/SIGTERM); the last epoch checkpoint is kept for resuming."""
+
+
+# --- the paper's schedule and stopping rule -------------------------------------------------------------
+
+def paper_lr_lambda(lr: LRSchedule, total_steps: int, warmup_steps: int):
+    """LambdaLR multiplier (of ``lr.peak``): initial → peak linearly over warm-up, then → final linearly."""
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            value = lr.initial + (lr.peak - lr.initial) * step / warmup_steps
+        else:
+            progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+            value = lr.peak + (lr.final - lr.peak) * progress
+        return value / lr.peak
+    return multiplier
+
+
+@dataclass
+class EarlyStopping:
+    """Stop after ``patience`` epochs whose validation loss is not below the best by ``min_delta``."""
+
+    patience: int = 1
+    min_delta: float = 0.0
+    best: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    def update(self, epoch: int, val_loss: float) -> bool:
+        """Record an epoch; True when this epoch is the new best."""
+        if val_loss < self.best - self.min_delta:
+            self.best, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+
+def resolved_lr(train: TrainConfig, method: str) -> LRSchedule:
+    default = get_method(method).lr
+    return LRSchedule(train.lr_initial if train.lr_initial is not None else default.initial,
+                      train.lr_peak if train.lr_peak is not None else default.peak,
+                      train.lr_final if train.lr_final is not None else default.final)
+
+
+# --- one cell ----------------------------------------------------------------------------------------
+
+@dataclass
+class RunState:
+    """What an epoch checkpoint restores."""
+
+    epoch: int = 0
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopper: EarlyStopping = field(default_factory=EarlyStopping)
+    train_tokens: int = 0
+    train_seconds: float = 0.0
+    to_best_s: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_accelerator(precision: str, model_type: str) -> Accelerator:
+    """bf16 autocast where supported ("auto"), except T5 on GPUs without bf16 (fp16 overflows in T5)."""
+    AcceleratorState._reset_state(reset_partial_state=True)  # each run picks its own precision
+    if precision == "auto":
+        cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        precision = "bf16" if cuda_bf16 or not torch.cuda.is_available() else "fp32"
+        if torch.cuda.is_available() and not cuda_bf16 and model_type != "t5":
+            precision = "fp16"
+    return Accelerator(mixed_precision="no" if precision == "fp32" else precision)
+
+
+def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_requested=lambda: False) -> dict:
+    """Train, validate and test one cell; returns the result dict (status ok)."""
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    cfg = run.train
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    seed_everything(run.seed)
+
+    # Data: identical splits for every method of a cell (they depend on task, scale and seed only).
+    task = get_task(run.task)
+    data = load_task_data(task, run.data_dir, run.scale, run.seed, cfg.eval_examples)
+    _, scale_epochs = scale_cap_and_epochs(run.scale)
+    max_epochs = cfg.max_epochs or scale_epochs
+
+    # Model and method.
+    loaded = load_model(run.model, run.trust_remote_code)
+    layers, modules = resolve_selection(run.ablation, run.layers, run.modules)
+    applied = apply_method(loaded.model, loaded.family, run.method, run.method_options,
+                           layers=layers, modules=modules, seed=run.seed)
+    model, trainable = applied.model, applied.trainable
+    tokenizer, family = loaded.tokenizer, loaded.family
+    params = {"trainable": sum(p.numel() for p in trainable.values()),
+              "total": sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()),
+              "selected_layers": applied.selected_layers or None}
+
+    # Tokenise once per split.
+    encoded = {split: encode(getattr(data, split), tokenizer, family, cfg.max_source_tokens,
+                             cfg.max_target_tokens) for split in ("train", "validation", "test")}
+
+    # Optimiser and the paper's LR schedule. The optimiser's lr is the peak; LambdaLR scales it.
+    lr = resolved_lr(cfg, run.method)
+    micro_batches = math.ceil(len(encoded["train"]) / cfg.batch_size)
+    steps_per_epoch = math.ceil(micro_batches / cfg.grad_accum)
+    total_steps = steps_per_epoch * max_epochs
+    warmup_steps = max(1, round(cfg.warmup_fraction * total_steps)) if cfg.warmup_fraction > 0 else 0
+    optimizer = torch.optim.AdamW(list(trainable.values()), lr=lr.peak, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, paper_lr_lambda(lr, total_steps, warmup_steps))
+
+    accelerator = make_accelerator(cfg.precision, loaded.architecture)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    device = accelerator.device
+    environment.reset_peak_memory(device)
+    autocast = accelerator.autocast
+
+    state = RunState(stopper=EarlyStopping(cfg.patience, cfg.min_delta))
+    best_weights = _snapshot(trainable)
+    resumed = _resume(run_dir, trainable, optimizer, scheduler, state) if cfg.checkpoint_every_epoch else None
+    resumed_from = state.epoch if resumed is not None else None
+    if resumed is not None:
+        best_weights = resumed
+
+    bar = tqdm(total=max_epochs, initial=state.epoch, desc=f"{run.method}/{run.task}", unit="epoch",
+               disable=not progress, leave=False)
+    while state.epoch < max_epochs and not state.stopper.should_stop:
+        epoch = state.epoch + 1
+        epoch_started = time.perf_counter()
+        order = length_grouped_batches(encoded["train"], cfg.batch_size, seed=run.seed * 1000 + epoch,
+                                       group_by_length=cfg.group_by_length)
+        train_loss = _train_epoch(model, optimizer, scheduler, accelerator, encoded["train"], order, cfg,
+                                  family, tokenizer.pad_token_id, state, stop_requested)
+        val_loss = validation_loss(model, encoded["validation"], family, tokenizer.pad_token_id,
+                                   cfg.eval_batch_size, device, autocast())
+        val_metric = _validation_metric(model, task, encoded["validation"], data.validation, tokenizer, family,
+                                        cfg, device, autocast) if cfg.val_metric_examples else None
+        seconds = time.perf_counter() - epoch_started
+        state.train_seconds += seconds
+        improved = state.stopper.update(epoch, val_loss)
+        if improved:
+            best_weights = _snapshot(trainable)
+            state.to_best_s = state.train_seconds
+        state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                              "val_metric": val_metric, "seconds": seconds, "steps": state.step,
+                              "lr": scheduler.get_last_lr()[0]})
+        state.epoch = epoch
+        if cfg.checkpoint_every_epoch:
+            _save(run_dir, trainable, best_weights, optimizer, scheduler, state)
+        bar.update(1)
+        bar.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}")
+    bar.close()
+
+    # Test the best epoch's weights (the paper's protocol) and record its validation metric.
+    _restore(trainable, best_weights)
+    eval_started = time.perf_counter()
+    gen = dict(tokenizer=tokenizer, family=family, max_new_tokens=task.generation_budget,
+               batch_size=cfg.eval_batch_size, device=device, autocast=autocast())
+    test_predictions = generate(model, encoded["test"], **gen)
+    test_score = score(task, test_predictions, data.test)
+    eval_s = time.perf_counter() - eval_started
+
+    adapter = _save_adapter(accelerator.unwrap_model(model), tokenizer, run_dir, cfg.save_adapter)
+    checkpoint.remove_checkpoint(run_dir)
+    total_s = time.perf_counter() - started
+    train_tokens = state.train_tokens
+    return {
+        "status": "ok", "error": None, "seed": run.seed,
+        "task": {"name": task.name, "type": task.type, "metric": task.metric, "version": task.version},
+        "model": {"name": loaded.name, "source": loaded.source, "family": family,
+                  "architecture": loaded.architecture},
+        "data": {**data.info, "scale": run.scale},
+        "versions": environment.versions(), "hardware": environment.hardware(device),
+        "params": params, "epochs": state.epoch, "max_epochs": max_epochs,
+        "best_epoch": state.stopper.best_epoch, "history": state.history,
+        "optimizer": {"name": "AdamW", "lr_initial": lr.initial, "lr_peak": lr.peak, "lr_final": lr.final,
+                      "total_steps": total_steps, "warmup_steps": warmup_steps, "steps_done": state.step,
+                      "precision": accelerator.mixed_precision},
+        "metrics": {"test": {task.metric: test_score}, "score": test_score,
+                    "validation": {task.metric: state.history[state.stopper.best_epoch - 1]["val_metric"]}},
+        "predictions_sample": [{"prompt": e.prompt[-200:], "prediction": p, "references": list(e.references[:3])}
+                               for e, p in list(zip(data.test, test_predictions, strict=True))[:5]],
+        "time": {"train_s": state.train_seconds, "eval_s": eval_s, "total_s": total_s,
+                 "to_best_s": state.to_best_s},
+        "throughput": {"train_tokens": train_tokens,
+                       "train_tokens_per_s": train_tokens / state.train_seconds if state.train_seconds else None},
+        "memory": environment.peak_memory(device),
+        "adapter": adapter,
+        "resumed_from_epoch": resumed_from,
+    }
+
+
+def _train_epoch(model, optimizer, scheduler, accelerator, items, order, cfg: TrainConfig, family: str,
+                 pad_id: int, state: RunState, stop_requested) -> float:
+    """One pass over the training batches; returns the mean training loss per micro-batch."""
+    model.train()
+    losses = []  # kept on device: no host synchronisation per step
+    optimizer.zero_grad(set_to_none=True)
+    for index, batch_indices in enumerate(order):
+        batch = collate([items[i] for i in batch_indices], family, pad_id)
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with accelerator.autocast():
+            loss = model(**batch).loss
+        accelerator.backward(loss / cfg.grad_accum)
+        losses.append(loss.detach())
+        state.train_tokens += int(batch["attention_mask"].sum()) + (
+            int((batch["labels"] != -100).sum()) if family == "seq2seq" else 0)
+        last_of_group = (index + 1) % cfg.grad_accum == 0 or index + 1 == len(order)
+        if last_of_group:
+            if cfg.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            group_loss = torch.stack(losses[-cfg.grad_accum:]).float().mean()
+            if not torch.isfinite(group_loss):  # one sync per optimiser step, not per micro-batch
+                raise Diverged(state.step, float(group_loss))
+            if stop_requested():
+                raise Interrupted(f"stop requested during epoch {state.epoch + 1}")
+    return float(torch.stack(losses).float().mean())
+
+
+def _validation_metric(model, task, items, examples, tokenizer, family, cfg: TrainConfig, device,
+                       autocast) -> float:
+    """The task's metric on the first ``val_metric_examples`` validation examples (decoding is costly)."""
+    n = cfg.val_metric_examples
+    predictions = generate(model, items[:n], tokenizer, family, task.generation_budget, cfg.eval_batch_size,
+                           device, autocast())
+    return score(task, predictions, examples[:n])
+
+
+def _snapshot(trainable: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    return {name: p.detach().to("cpu", copy=True) for name, p in trainable.items()}
+
+
+@torch.no_grad()
+def _restore(trainable: dict[str, torch.nn.Parameter], weights: dict[str, torch.Tensor]) -> None:
+    for name, param in trainable.items():
+        param.copy_(weights[name].to(param.device))
+
+
+def _save(run_dir: Path, trainable, best_weights, optimizer, scheduler, state: RunState) -> None:
+    payload = {"epoch": state.epoch, "step": state.step, "history": state.history,
+               "stopper": vars(state.stopper).copy(), "train_tokens": state.train_tokens,
+               "train_seconds": state.train_seconds, "to_best_s": state.to_best_s,
+               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+               "rng": checkpoint.rng_state()}
+    checkpoint.save_checkpoint(run_dir, _snapshot(trainable), best_weights, payload)
+
+
+def _resume(run_dir: Path, trainable, optimizer, scheduler, state: RunState) -> dict[str, torch.Tensor] | None:
+    """Load the last epoch checkpoint into the live objects; returns the best weights, or None."""
+    loaded = checkpoint.load_checkpoint(run_dir)
+    if loaded is None:
+        return None
+    current, best, payload = loaded
+    if set(current) != set(trainable):
+        return None  # a checkpoint of another configuration: start afresh
+    _restore(trainable, current)
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    checkpoint.set_rng_state(payload["rng"])
+    state.epoch, state.step, state.history = payload["epoch"], payload["step"], payload["history"]
+    state.stopper = EarlyStopping(**payload["stopper"])
+    state.train_tokens, state.train_seconds = payload["train_tokens"], payload["train_seconds"]
+    state.to_best_s = payload["to_best_s"]
+    return best
+
+
+def _save_adapter(model, tokenizer, run_dir: Path, enabled: bool) -> dict[str, Any]:
+    """The tested weights, with save_pretrained: the adapter for PEFT methods, the model for full tuning."""
+    if not enabled:
+        return {"path": None, "bytes": None}
+    target = run_dir / "adapter"
+    model.save_pretrained(target, safe_serialization=True)
+    size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+    return {"path": str(target), "bytes": size}
+
