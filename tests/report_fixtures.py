@@ -34,25 +34,27 @@ def make_result(
     epochs: int = 4,
     peak_bytes: int = 2**30,
     val_losses: tuple[float, ...] = (1.0, 0.8, 0.7, 0.75),
+    method_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One result dict in the schema of ``peftbench.results`` (version 1)."""
+    # fmt: off
     task_type, metric = TASKS.get(task, ("classification", "accuracy"))
-    run_id = "-".join(str(p) for p in (model, method, task, scale, f"s{seed}", ablation) if p is not None)
-    trainable = PARAMS.get(method, 1000) if trainable is None else trainable
-    history = [{"epoch": i + 1, "train_loss": loss + 0.1, "val_loss": loss, "val_metric": 0.5, "seconds": 10.0}
-               for i, loss in enumerate(val_losses)]
+    options = "_".join(f"{k}{v}" for k, v in sorted((method_options or {}).items())) or None
+    parts = (model, method, task, scale, f"s{seed}", ablation, options)
+    run_id = "-".join(str(p) for p in parts if p is not None).replace("/", "_")  # one directory level
+    config = {"model": model, "method": method, "task": task, "scale": scale, "seed": seed, "ablation": ablation,
+              "layers": None, "modules": None, "method_options": method_options or {}, "data_dir": None}
     result = {
-        "schema_version": 1, "run_id": run_id, "status": status,
-        "config": {"model": model, "method": method, "task": task, "scale": scale, "seed": seed,
-                   "ablation": ablation, "layers": None, "modules": None, "method_options": {}, "data_dir": None},
-        "seed": seed,
+        "schema_version": 1, "run_id": run_id, "status": status, "config": config, "seed": seed,
         "task": {"name": task, "type": task_type, "metric": metric, "version": 1},
         "model": {"name": model, "source": "test", "family": "seq2seq", "architecture": "T5ForConditionalGeneration"},
         "data": {"train_examples": 100, "validation_examples": 50, "test_examples": 50},
         "versions": {"peftbench": "0.1.0", "python": "3.11", "torch": "test"},
         "hardware": dict(HARDWARE),
-        "params": {"trainable": trainable, "total": PARAMS["full"]},
-        "epochs": epochs, "best_epoch": best_epoch, "history": history,
+        "params": {"trainable": PARAMS.get(method, 1000) if trainable is None else trainable, "total": PARAMS["full"]},
+        "epochs": epochs, "best_epoch": best_epoch,
+        "history": [{"epoch": i + 1, "train_loss": loss + 0.1, "val_loss": loss, "val_metric": 0.5, "seconds": 10.0}
+                    for i, loss in enumerate(val_losses)],
         "metrics": {"test": {metric: score}, "score": score},
         "time": {"train_s": total_s * 0.9, "eval_s": total_s * 0.1, "total_s": total_s, "to_best_s": total_s / 2},
         "throughput": {"train_tokens_per_s": 1000.0},
@@ -62,6 +64,7 @@ def make_result(
     if status != "ok":
         result["error"] = {"type": "RuntimeError", "message": "test failure"}
         result["metrics"] = {}
+    # fmt: on
     return result
 
 
@@ -74,7 +77,15 @@ def write_results(results_dir: Path, results: list[dict[str, Any]]) -> Path:
 
 def paper_grid() -> list[dict[str, Any]]:
     """A small grid with the paper's Table 1 scores and Table 4 times (AG News and CoLA, low scale)."""
-    scores = {"full": (0.8588, 0.699), "ia3": (0.67, 0.6973), "lora": (0.8612, 0.76436), "bitfit": (0.8808, 0.7203)}
+    scores = {
+        "full": (0.8588, 0.699),
+        "ia3": (0.67, 0.6973),
+        "lora": (0.8612, 0.76436),
+        "bitfit": (0.8808, 0.7203),
+    }
     seconds = {"full": (1249, 89), "ia3": (6130, 725), "lora": (3146, 687), "bitfit": (2738, 349)}
-    return [make_result(method=method, task=task, score=scores[method][i], total_s=seconds[method][i])
-            for method in scores for i, task in enumerate(("ag_news", "cola"))]
+    return [
+        make_result(method=method, task=task, score=scores[method][i], total_s=seconds[method][i])
+        for method in scores
+        for i, task in enumerate(("ag_news", "cola"))
+    ]

@@ -59,14 +59,28 @@ def save_checkpoint(run_dir: Path, trainable: dict[str, torch.Tensor], best: dic
 
 
 def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]] | None:
-    """(trainable, best, state) of the last completed epoch, or None when there is no whole checkpoint."""
-    target = Path(run_dir) / CHECKPOINT_DIR
-    files = [target / name for name in ("trainable.safetensors", "best.safetensors", "state.pt")]
-    if not all(f.is_file() for f in files):
+    """(trainable, best, state) of the last completed epoch, or None when there is no whole checkpoint.
+
+    A process killed inside ``save_checkpoint`` between its two renames leaves no ``checkpoint`` but the
+    previous one whole under ``.checkpoint.old``: resume from that rather than from the start.
+    """
+    for target in (Path(run_dir) / CHECKPOINT_DIR, Path(run_dir) / f".{CHECKPOINT_DIR}.old"):
+        files = [target / name for name in ("trainable.safetensors", "best.safetensors", "state.pt")]
+        if all(f.is_file() for f in files):
+            break
+    else:
         return None
     state = torch.load(files[2], map_location="cpu", weights_only=True)
     return load_file(files[0]), load_file(files[1]), state
 
 
+_ALL_DIRS = (CHECKPOINT_DIR, f".{CHECKPOINT_DIR}.old", f".{CHECKPOINT_DIR}.tmp")
+
+
+def has_checkpoint_files(run_dir: Path) -> bool:
+    return any((Path(run_dir) / name).exists() for name in _ALL_DIRS)
+
+
 def remove_checkpoint(run_dir: Path) -> None:
-    shutil.rmtree(Path(run_dir) / CHECKPOINT_DIR, ignore_errors=True)
+    for name in _ALL_DIRS:
+        shutil.rmtree(Path(run_dir) / name, ignore_errors=True)

@@ -9,7 +9,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from peftbench.errors import UserError, unknown
+from peftbench.errors import UserError, did_you_mean, unknown
+from peftbench.redaction import redact
 
 SUITES_DIR = Path(__file__).parent / "suites"
 
@@ -34,6 +35,7 @@ def resolve_config_path(name: str | None) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from peftbench.config import load_sweep
+    from peftbench.preflight import check_sweep
     from peftbench.summary import results_table
     from peftbench.sweep import run_sweep
 
@@ -43,7 +45,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     sweep = load_sweep(resolve_config_path(config), overrides)
     if args.retry_failed:
         sweep.retry_failed = True
-    _validate_names(sweep)
+    for note in check_sweep(sweep):
+        print(f"peftbench: note: {note}", file=sys.stderr)
     runs = sweep.expand()
     print(f"sweep {sweep.name}: {len(runs)} run(s) → {sweep.results_dir}", file=sys.stderr)
     if sweep.executor == "ray":
@@ -56,27 +59,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"\n{len(outcome.ran)} ran, {len(outcome.skipped)} already done, {len(outcome.failed)} not ok, "
           f"{len(outcome.locked)} held by another process; results in {sweep.results_dir}", file=sys.stderr)
     return 1 if outcome.failed else 0
-
-
-def _validate_names(sweep) -> None:
-    """Fail before any training on a name that does not exist (models, methods, tasks, ablations)."""
-    from peftbench.ablations import ABLATIONS
-    from peftbench.methods import get_method
-    from peftbench.models import resolve_source
-    from peftbench.tasks import get_task
-    from peftbench.tasks.data import scale_cap_and_epochs
-
-    for model in sweep.models:
-        resolve_source(model)
-    for method in sweep.methods:
-        get_method(method)
-    for task in sweep.tasks:
-        get_task(task)
-    for scale in sweep.scales:
-        scale_cap_and_epochs(scale)
-    for ablation in sweep.ablations:
-        if ablation is not None:
-            ABLATIONS.get(ablation)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -107,8 +89,21 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (a UserError, exit 2) and "did you mean" for a mistyped choice."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+    def _check_value(self, action: argparse.Action, value) -> None:
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(str, action.choices))
+            raise argparse.ArgumentError(
+                action, f"invalid choice: {value!r}{did_you_mean(value, action.choices)} (choose from {choices})")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="peftbench", description=__doc__)
+    parser = _Parser(prog="peftbench", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -135,6 +130,8 @@ def _quiet_libraries() -> None:
     """Library chatter (deprecation notes, HTTP retries) hides our progress bars and messages."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore")
+    warnings.filterwarnings("default", module=r"peftbench\.")  # ours stay visible: skipped results, notes
+    warnings.showwarning = _show_warning
     for name in ("transformers", "peft", "accelerate", "datasets", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
@@ -146,15 +143,19 @@ def _quiet_libraries() -> None:
         pass
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """One line per warning, like errors (no source line, no file position of ours)."""
+    print(f"peftbench: warning: {redact(str(message))}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.verbose:
-        _quiet_libraries()
     try:
+        args = build_parser().parse_args(argv)
+        if not args.verbose:
+            _quiet_libraries()
         return args.func(args)
     except UserError as exc:
-        print(f"peftbench: error: {exc}", file=sys.stderr)
+        print(f"peftbench: error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("peftbench: interrupted", file=sys.stderr)

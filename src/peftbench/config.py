@@ -17,7 +17,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from peftbench.errors import UserError, did_you_mean
+from peftbench.ablations import ABLATIONS
+from peftbench.errors import UserError, did_you_mean, unknown
 
 
 @dataclass
@@ -66,6 +67,9 @@ class TrainConfig:
     """Write a resumable checkpoint after each epoch (deleted when the run finishes)."""
     num_threads: int | None = None
     """torch intra-op threads on CPU; None leaves torch's default."""
+    max_oom_retries: int = 4
+    """CUDA out-of-memory errors a run survives: each halves the micro-batch and doubles the accumulation
+    (the effective batch, batch_size × grad_accum, is unchanged); 0 fails at the first. Never used on CPU."""
 
     def validate(self) -> None:
         positive = {"batch_size": self.batch_size, "grad_accum": self.grad_accum,
@@ -76,6 +80,8 @@ class TrainConfig:
                 raise UserError(f"train.{name} must be at least 1, got {value}")
         if self.max_epochs is not None and self.max_epochs < 1:
             raise UserError(f"train.max_epochs must be at least 1, got {self.max_epochs}")
+        if self.max_oom_retries < 0:
+            raise UserError(f"train.max_oom_retries must be at least 0, got {self.max_oom_retries}")
         if self.patience < 1:
             raise UserError(f"train.patience must be at least 1, got {self.patience}")
         if not 0.0 <= self.warmup_fraction < 1.0:
@@ -85,7 +91,7 @@ class TrainConfig:
                             f"{did_you_mean(self.precision, ['auto', 'bf16', 'fp32'])}")
 
 
-Scale = Union[str, int]
+Scale = str | int
 
 
 @dataclass
@@ -140,6 +146,10 @@ class SweepConfig:
     scales: list[Scale] = field(default_factory=lambda: ["low"])
     seeds: list[int] = field(default_factory=lambda: [0])
     ablations: list[str | None] = field(default_factory=lambda: [None])
+    method_ablations: dict[str, list[str | None]] = field(default_factory=dict)
+    """Per-method ablations replacing ``ablations`` for that method, so one grid can pair LoRA with LoRA's
+    ablations and (IA)3 with (IA)3's (the paper's Table 2): {lora: [null, drop_self_attention], ia3: [...]};
+    null means every layer and module. Methods not named here take ``ablations``."""
     layers: str | list[int] | float | None = None
     modules: list[str] | None = None
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -148,7 +158,18 @@ class SweepConfig:
     output_dir: str | None = None
     """Where result directories go; None means results/<name>."""
     executor: str = "local"
+    """local (runs one after another in this process) or ray (each run a Ray task; pip install peftbench[ray])."""
     retry_failed: bool = False
+    ray_address: str | None = None
+    """Ray cluster to join: "auto" (the cluster started on this node with `ray start`), ray://host:10001, or
+    None (RAY_ADDRESS if set, else a local Ray instance on this machine)."""
+    ray_num_cpus_per_run: float = 1.0
+    """CPUs Ray reserves for each run (its torch threads)."""
+    ray_num_gpus_per_run: float | None = None
+    """GPUs Ray reserves for each run; None means 1 when the cluster has GPUs, else 0."""
+    max_retries: int = 3
+    """Ray only: times a run is restarted after its worker process or node is lost (it resumes from its last
+    checkpoint); -1 retries forever. Errors inside a run are not retried: they are written as failed."""
     trust_remote_code: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -162,8 +183,28 @@ class SweepConfig:
             if isinstance(scale, int) and scale < 1:
                 raise UserError(f"scales: a number of training examples must be at least 1, got {scale}")
         if self.executor not in ("local", "ray"):
-            raise UserError(f"executor must be local or ray, got {self.executor!r}")
+            raise UserError(f"executor must be local or ray, got {self.executor!r}"
+                            f"{did_you_mean(self.executor, ['local', 'ray'])}")
+        if self.ray_num_cpus_per_run < 0 or (self.ray_num_gpus_per_run or 0) < 0 or self.max_retries < -1:
+            raise UserError("ray_num_cpus_per_run and ray_num_gpus_per_run must be at least 0, "
+                            "max_retries at least -1")
+        self._validate_method_ablations()
         self.train.validate()
+
+    def _validate_method_ablations(self) -> None:
+        for method, ablations in self.method_ablations.items():
+            if method not in self.methods:  # an entry for a method the grid never runs is a typo
+                raise unknown("method in method_ablations", method, self.methods)
+            if not ablations:
+                raise UserError(f"method_ablations.{method} is empty: the method would have no runs")
+            for ablation in ablations:
+                if ablation is not None and ablation not in ABLATIONS:
+                    valid = [*ABLATIONS.names(), "null"]
+                    raise unknown(f"ablation in method_ablations.{method}", ablation, valid)
+
+    def ablations_for(self, method: str) -> list[str | None]:
+        """The ablations crossed with ``method``: its ``method_ablations`` entry, else ``ablations``."""
+        return self.method_ablations.get(method, self.ablations)
 
     @property
     def results_dir(self) -> Path:
@@ -177,7 +218,7 @@ class SweepConfig:
                 for task in self.tasks:
                     for scale in self.scales:
                         for method in self.methods:
-                            for ablation in self.ablations:
+                            for ablation in self.ablations_for(method):
                                 runs.append(self._run(model, method, task, scale, seed, ablation))
         return runs
 
@@ -200,18 +241,36 @@ def load_sweep(path: Path | None = None, overrides: list[str] | tuple[str, ...] 
     """Read a YAML sweep (or start from the defaults), apply ``key=value`` overrides, validate."""
     raw: dict[str, Any] = {}
     if path is not None:
-        raw = _read_yaml(Path(path))
+        raw = _plural_keys(_read_yaml(Path(path)))
+        from_dict(SweepConfig, raw, where=str(path))  # the file alone first: its mistakes name the file
+    command_line: dict[str, Any] = {}
     for override in overrides:
         key, value = parse_override(override)
-        _set_dotted(raw, key, value)
+        _set_dotted(command_line, key, value)
+    # After normalising, so that `peftbench run paper model=x` replaces the suite's `models`.
+    _merge(raw, _plural_keys(command_line))
+    sweep = from_dict(SweepConfig, raw, where="command line" if overrides or not path else str(path))
+    sweep.validate()
+    return sweep
+
+
+def _plural_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """``model: x`` → ``models: [x]`` (and so on), refusing both spellings in one place."""
     for singular, plural in _SINGULAR.items():
         if singular in raw:
             if plural in raw:
                 raise UserError(f"give either {singular} or {plural}, not both")
             raw[plural] = [raw.pop(singular)]
-    sweep = from_dict(SweepConfig, raw, where=str(path) if path else "command line")
-    sweep.validate()
-    return sweep
+    return raw
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Overrides win key by key; sections (``train``) merge rather than replace."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -29,10 +29,11 @@ from transformers import (
     T5Config,
 )
 
-from peftbench.errors import UserError
+from peftbench.errors import UserError, did_you_mean
 from peftbench.registry import Registry
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 @dataclass(frozen=True)
@@ -115,16 +116,30 @@ def resolve_source(name: str) -> ModelSpec:
     if Path(name).is_dir():
         if not (Path(name) / "config.json").is_file():
             raise UserError(f"model directory {name} has no config.json")
+        _refuse_pickle_weights(Path(name))
         return ModelSpec(name, str(Path(name).resolve()), "local directory")
     if "/" in name and not name.startswith((".", "/")):
         return ModelSpec(name, name, "Hugging Face Hub id")
     raise _unknown_model(name)
 
 
+def _refuse_pickle_weights(directory: Path) -> None:
+    """A local model must have safetensors weights: unpickling a .bin/.pt file can run any code in it."""
+    files = [f.name for f in directory.iterdir() if f.is_file()]
+    if any(f.endswith(".safetensors") for f in files):
+        return
+    pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise UserError(f"model directory {directory} has only pickle weights ({', '.join(pickles)}), which "
+                        f"peftbench never loads (unpickling can run code); convert them to safetensors in a "
+                        f"trusted environment: model.save_pretrained(dir, safe_serialization=True)")
+    raise UserError(f"model directory {directory} has no weights (*.safetensors)")
+
+
 def _unknown_model(name: str) -> UserError:
     choices = ", ".join(MODELS.names())
-    return UserError(f"unknown model {name!r}: not a built-in alias ({choices}), an existing directory, "
-                     f"or a hub id of the form org/name")
+    return UserError(f"unknown model {name!r}{did_you_mean(name, MODELS.names())}: not a built-in alias "
+                     f"({choices}), an existing directory, or a hub id of the form org/name")
 
 
 def family_of(config: PretrainedConfig) -> str:
@@ -152,14 +167,14 @@ def _load_pristine(name: str, trust_remote_code: bool) -> LoadedModel:
         model, tokenizer = spec.build()
     else:
         source = smollm2_dir() if spec.name == "smollm2-135m" else spec.source
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-        auto_cls = AutoModelForSeq2SeqLM if family_of(config) == "seq2seq" else AutoModelForCausalLM
-        try:
+        try:  # missing files, pickle-only weights, code the config names without trust_remote_code
+            config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+            auto_cls = AutoModelForSeq2SeqLM if family_of(config) == "seq2seq" else AutoModelForCausalLM
             model = auto_cls.from_pretrained(source, use_safetensors=True, dtype=torch.float32,
                                              trust_remote_code=trust_remote_code)
-        except OSError as exc:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as exc:
             raise UserError(f"cannot load model {name!r} from {source}: {exc}".splitlines()[0]) from None
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()

@@ -50,12 +50,16 @@ PAPER_PARAMS = {"full": 2849757184, "ia3": 933888, "lora": 3538944, "bitfit": 11
 
 # §3.2, last paragraph: the methods recommended per (constraint, scale), and the sentence that says so.
 _TIME_LOW = "we recommend full tuning across low/medium data splits ... for time-constrained scenarios"
-_PERF_LOW = "For performance-constrained scenarios, we recommend (IA)3, LoRA or BitFit for low/medium-resource"
+_PERF_LOW = (
+    "For performance-constrained scenarios, we recommend (IA)3, LoRA or BitFit for low/medium-resource"
+)
 PAPER_RULES: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
     ("time", "low"): (("full",), _TIME_LOW),
     ("time", "medium"): (("full",), _TIME_LOW),
-    ("time", "high"): (("ia3", "lora", "bitfit"), "[we recommend] PEFT techniques in high-resource for "
-                       "time-constrained scenarios"),
+    ("time", "high"): (
+        ("ia3", "lora", "bitfit"),
+        "[we recommend] PEFT techniques in high-resource for time-constrained scenarios",
+    ),
     ("memory", "low"): (("bitfit", "ia3"), "BitFit and (IA)3 perform best in low-resource scenarios"),
     ("memory", "medium"): (("ia3",), "(IA)3 performs best in medium/high-resource scenarios"),
     ("memory", "high"): (("ia3",), "(IA)3 performs best in medium/high-resource scenarios"),
@@ -79,7 +83,9 @@ def data_scale(examples: int) -> str:
     return "low" if examples <= 100 else "medium" if examples <= 1000 else "high"
 
 
-def recommend(task_type: str, examples: int, constraint: str, results_dir: Path | None = None) -> list[Recommendation]:
+def recommend(
+    task_type: str, examples: int, constraint: str, results_dir: Path | None = None
+) -> list[Recommendation]:
     """Ranked methods for the question; from the paper's framework, or from ``results_dir`` when given."""
     if task_type not in TASK_TYPES:
         raise unknown("task type", task_type, TASK_TYPES)
@@ -122,53 +128,97 @@ def _mean(values) -> float:
 
 
 def _paper_evidence(task_type: str, constraint: str, scale: str, method: str) -> tuple[str, dict[str, Any]]:
+    """The paper's numbers behind a method's place, as a sentence and as data."""
     names = PAPER_TASKS[task_type]
+    if constraint == "time":
+        return _paper_time_evidence(task_type, scale, method)
+    values = _paper_columns(task_type, PAPER_TABLE1, method, scale)
     if constraint == "performance":
-        values = _paper_columns(task_type, PAPER_TABLE1, method, scale)
         text = ", ".join(f"{v:.4f} on {n}" for v, n in zip(values, names, strict=True))
-        return f"Table 1 ({scale}): {text}.", {"table": "Table 1", "scores": dict(zip(names, values, strict=True))}
-    if constraint == "memory":
-        values = _paper_columns(task_type, PAPER_TABLE1, method, scale)
-        per_100k = [v / PAPER_PARAMS[method] * 1e5 for v in values]
-        text = ", ".join(f"{v:.3g} on {n}" for v, n in zip(per_100k, names, strict=True))
-        extra = " (IA)3 rescales weights element-wise, so it adds the least memory (§3.2)." if method == "ia3" else ""
-        return (f"{PAPER_PARAMS[method]:,} trainable parameters (§A.4); score per 100k parameters: {text}.{extra}",
-                {"table": "Table 5", "trainable": PAPER_PARAMS[method], "per_100k": dict(zip(names, per_100k, strict=True))})
+        return f"Table 1 ({scale}): {text}.", {
+            "table": "Table 1",
+            "scores": dict(zip(names, values, strict=True)),
+        }
+    per_100k = [v / PAPER_PARAMS[method] * 1e5 for v in values]
+    text = ", ".join(f"{v:.3g} on {n}" for v, n in zip(per_100k, names, strict=True))
+    sentence = f"{PAPER_PARAMS[method]:,} trainable parameters (§A.4); score per 100k parameters: {text}."
+    if method == "ia3":
+        sentence += " (IA)3 rescales weights element-wise, so it adds the least memory (§3.2)."
+    per_task = dict(zip(names, per_100k, strict=True))
+    return sentence, {"table": "Table 5", "trainable": PAPER_PARAMS[method], "per_100k": per_task}
+
+
+def _paper_time_evidence(task_type: str, scale: str, method: str) -> tuple[str, dict[str, Any]]:
     if scale == "high":
+        if method == "full":
+            return (
+                "No high-resource timings in the paper (one epoch only); it notes most PEFT methods converge "
+                "faster with more data, so full tuning's low/medium-resource speed advantage is not "
+                "expected to hold.",
+                {"table": "Table 4"},
+            )
         ratio = _time_ratio(task_type, method, "medium")
-        return (f"No high-resource timings in the paper (one epoch only); it notes PEFT converges faster with more "
-                f"data. Table 4 medium: {ratio:.2f}x full tuning's run time.", {"table": "Table 4", "time_ratio": ratio})
+        return (
+            f"No high-resource timings in the paper (one epoch only); it notes PEFT converges faster with "
+            f"more data. Table 4 medium: {ratio:.2f}x full tuning's run time.",
+            {"table": "Table 4", "time_ratio": ratio},
+        )
     if method == "full":
         offset = 0 if task_type == "classification" else 2
-        speedups = PAPER_SPEEDUPS[scale][offset:offset + 2]
-        text = ", ".join(f"{s}% on {n}" for s, n in zip(speedups, names, strict=True))
-        return f"§3.2/Table 4 ({scale}): full tuning converges faster, a speed-up of {text}.", {"table": "Table 4"}
+        speedups = PAPER_SPEEDUPS[scale][offset : offset + 2]
+        text = ", ".join(f"{s}% on {n}" for s, n in zip(speedups, PAPER_TASKS[task_type], strict=True))
+        return f"§3.2/Table 4 ({scale}): full tuning converges faster, a speed-up of {text}.", {
+            "table": "Table 4"
+        }
     ratio = _time_ratio(task_type, method, scale)
-    return f"Table 4 ({scale}): {ratio:.2f}x full tuning's run time on average.", {"table": "Table 4", "time_ratio": ratio}
+    return f"Table 4 ({scale}): {ratio:.2f}x full tuning's run time on average.", {
+        "table": "Table 4",
+        "time_ratio": ratio,
+    }
 
 
 def paper_recommendations(task_type: str, examples: int, constraint: str) -> list[Recommendation]:
     scale = data_scale(examples)
     chosen, quote = PAPER_RULES[(constraint, scale)]
     others = [m for m in PAPER_METHODS if m not in chosen]
-    ordered = [sorted(group, key=lambda m: _paper_key(task_type, constraint, scale, m)) for group in (chosen, others)]
-    context = {"source": "paper", "section": "3.2", "task_type": task_type, "examples": examples,
-               "constraint": constraint, "scale": scale}
+    ordered = [
+        sorted(group, key=lambda m: _paper_key(task_type, constraint, scale, m)) for group in (chosen, others)
+    ]
+    context = {
+        "source": "paper",
+        "section": "3.2",
+        "task_type": task_type,
+        "examples": examples,
+        "constraint": constraint,
+        "scale": scale,
+    }
     recommendations = []
     for rank, method in enumerate(ordered[0] + ordered[1], start=1):
         evidence_text, evidence = _paper_evidence(task_type, constraint, scale, method)
         if method in chosen:
-            verdict = f'{PAPER} §3.2 recommends it for {constraint}-constrained {scale}-resource data: "{quote}".'
+            verdict = (
+                f'{PAPER} §3.2 recommends it for {constraint}-constrained {scale}-resource data: "{quote}".'
+            )
         else:
             verdict = f"Not among §3.2's recommendations for {constraint}-constrained {scale}-resource data."
-        recommendations.append(Recommendation(method, rank, f"{verdict} {evidence_text}",
-                                              {**context, **evidence, "recommended_by_paper": method in chosen}))
+        recommendations.append(
+            Recommendation(
+                method,
+                rank,
+                f"{verdict} {evidence_text}",
+                {**context, **evidence, "recommended_by_paper": method in chosen},
+            )
+        )
     prompt = _paper_columns(task_type, PAPER_TABLE1, "prompt", scale)
-    recommendations.append(Recommendation(
-        "prompt", None,
-        f"Excluded, as the paper does (§A.5): prompt tuning performs noticeably worse than the other PEFT "
-        f"techniques (Table 1 {scale}: {', '.join(f'{v:.4f}' for v in prompt)}), so §3.2 leaves it out.",
-        {**context, "table": "Table 1", "scores": dict(zip(PAPER_TASKS[task_type], prompt, strict=True))}))
+    recommendations.append(
+        Recommendation(
+            "prompt",
+            None,
+            f"Excluded, as the paper does (§A.5): prompt tuning performs noticeably worse than the other PEFT "
+            f"techniques (Table 1 {scale}: {', '.join(f'{v:.4f}' for v in prompt)}), so §3.2 leaves it out.",
+            {**context, "table": "Table 1", "scores": dict(zip(PAPER_TASKS[task_type], prompt, strict=True))},
+        )
+    )
     return recommendations
 
 
@@ -183,7 +233,9 @@ def closest_scale(examples: int, scales) -> str | int:
     """The scale whose (nominal) training-set size is closest to ``examples`` on a log scale."""
     sized = [(s, n) for s in scales if (n := _nominal_examples(s))]
     if not sized:
-        raise UserError(f"no results at a known data scale (low, medium, high or a number); found {sorted(map(str, scales))}")
+        raise UserError(
+            f"no results at a known data scale (low, medium, high or a number); found {sorted(map(str, scales))}"
+        )
     return min(sized, key=lambda sn: (abs(math.log(examples) - math.log(sn[1])), sn[1]))[0]
 
 
@@ -196,13 +248,15 @@ def _measured_units(coll: c.Collection, task_type: str) -> dict[str | int, dict[
     return units
 
 
-def _describe(cell: c.Cell, metric: str, many_models: bool) -> str:
+def _describe(cell: c.Cell, metric: str, many_models: bool, constraint: str) -> str:
     key, n = cell.key, len(cell.ok_runs)
     score, seconds = cell.stat(c.score), cell.stat(c.total_seconds)
     model = f"{key.model}, " if many_models else ""
     text = f"{score.mean:.2f} {metric}" if score else "no score"
     text += f" on {key.task} ({model}{key.scale}, {n} seed{'s' if n > 1 else ''})"
     text += f", {seconds.mean / 60:.1f} min" if seconds else ", time not recorded"
+    if constraint != "memory":
+        return text
     memory, trainable = cell.stat(c.peak_bytes), cell.stat(c.trainable_params)
     if memory:
         text += f", peak {memory.mean / 2**30:.2f} GiB"
@@ -237,12 +291,16 @@ def _criterion(cells: list[c.Cell], constraint: str, metric: str) -> str:
     return f"mean {metric} {-primary:.4f}"
 
 
-def measured_recommendations(task_type: str, examples: int, constraint: str, results_dir: Path) -> list[Recommendation]:
+def measured_recommendations(
+    task_type: str, examples: int, constraint: str, results_dir: Path
+) -> list[Recommendation]:
     coll = c.collect(results_dir)
     units = _measured_units(coll, task_type)
     if not units:
-        raise UserError(f"no ok results for {task_type} tasks under {results_dir}; "
-                        "run without --results for the paper's framework")
+        raise UserError(
+            f"no ok results for {task_type} tasks under {results_dir}; "
+            "run without --results for the paper's framework"
+        )
     scale = closest_scale(examples, units)
     by_method = units[scale]
     tasks = {cell.key.task for cells in by_method.values() for cell in cells}
@@ -254,16 +312,31 @@ def measured_recommendations(task_type: str, examples: int, constraint: str, res
     for rank, method in enumerate(ranked, start=1):
         cells = by_method[method]
         covered = {cell.key.task for cell in cells}
-        reason = f"{_criterion(cells, constraint, metric)}; {method}: "
-        reason += "; ".join(_describe(cell, metric, many_models) for cell in cells) + "."
+        criterion = _criterion(cells, constraint, metric)
+        reason = f"{criterion[0].upper()}{criterion[1:]}. {method}: "
+        reason += "; ".join(_describe(cell, metric, many_models, constraint) for cell in cells) + "."
         if len(covered) < len(tasks):
             reason += f" Measured on {len(covered)} of the {len(tasks)} {task_type} tasks only."
         if rank == 1 and method != paper_first:
-            reason += (f" The paper's §3.2 framework would put {method_label(paper_first)} first for "
-                       f"{data_scale(examples)}-resource data; these measurements say otherwise.")
-        evidence = {"source": "results", "results_dir": str(results_dir), "task_type": task_type,
-                    "examples": examples, "constraint": constraint, "scale": scale,
-                    "requested_scale": data_scale(examples), "runs": [r["run_id"] for cl in cells for r in cl.ok_runs]}
+            reason += (
+                f" The paper's §3.2 framework would put {method_label(paper_first)} first for "
+                f"{data_scale(examples)}-resource data; "
+                + (
+                    "these measurements say otherwise."
+                    if paper_first in by_method
+                    else "it was not measured here."
+                )
+            )
+        evidence = {
+            "source": "results",
+            "results_dir": str(results_dir),
+            "task_type": task_type,
+            "examples": examples,
+            "constraint": constraint,
+            "scale": scale,
+            "requested_scale": data_scale(examples),
+            "runs": [r["run_id"] for cl in cells for r in cl.ok_runs],
+        }
         recommendations.append(Recommendation(method, rank, reason, evidence))
     return recommendations
 
@@ -273,11 +346,16 @@ def format_recommendations(recommendations: list[Recommendation]) -> str:
     if not recommendations:
         return "No method to recommend."
     context = recommendations[0].evidence
-    source = (f"{PAPER} §3.2" if context.get("source") == "paper"
-              else f"results in {context.get('results_dir')} at the closest data scale, {context.get('scale')}")
-    lines = [f"{context.get('constraint', '?')}-constrained {context.get('task_type', '?')} with "
-             f"{context.get('examples', '?')} examples ({context.get('requested_scale', context.get('scale'))}"
-             f"-resource), based on {source}:"]
+    source = (
+        f"{PAPER} §3.2"
+        if context.get("source") == "paper"
+        else f"results in {context.get('results_dir')} at the closest data scale, {context.get('scale')}"
+    )
+    lines = [
+        f"{context.get('constraint', '?')}-constrained {context.get('task_type', '?')} with "
+        f"{context.get('examples', '?')} examples ({context.get('requested_scale', context.get('scale'))}"
+        f"-resource), based on {source}:"
+    ]
     for rec in sorted(recommendations, key=lambda r: (r.rank is None, r.rank or 0)):
         head = f"{rec.rank}." if rec.rank is not None else "excluded:"
         body = textwrap.fill(rec.reason, width=100, initial_indent="    ", subsequent_indent="    ")

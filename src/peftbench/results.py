@@ -38,6 +38,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from peftbench.redaction import redact
+
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
 STATUSES = ("ok", "failed", "diverged", "interrupted", "running")
@@ -48,8 +50,12 @@ class CorruptResult(ValueError):
 
 
 def atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    """Write ``payload`` to ``path`` so that readers see the old file or the new one, never a mix.
+
+    Secrets from the environment (tokens, API keys) are redacted from every string on the way out.
+    """
     path = Path(path)
+    payload = redact(payload)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -124,5 +130,6 @@ def load_status(results_dir: Path, run_id: str) -> str | None:
         return None
     try:
         return read_result(path)["status"]
-    except CorruptResult:
+    except CorruptResult as exc:
+        warnings.warn(f"corrupt result, the run counts as unfinished: {exc}", stacklevel=1)
         return "corrupt"

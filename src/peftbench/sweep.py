@@ -2,14 +2,17 @@
 
 A run is done when ``<results_dir>/<run_id>/result.json`` says ``ok``. Failed and diverged runs are
 re-run only with ``retry_failed``; unfinished ones (no result, ``running``, ``interrupted``, corrupt)
-are always re-run, continuing from their last epoch checkpoint. A lock file per run keeps two sweeps on
-one directory from running the same run twice.
+are always re-run, continuing from their last epoch checkpoint. An exclusive ``flock`` on a lock file per
+run keeps two sweeps on one directory (or two Ray workers) from running the same run twice; the kernel
+drops the lock when its process dies, even by SIGKILL, so a crashed sweep never leaves a stale lock.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -20,12 +23,15 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from peftbench import results
+from peftbench import checkpoint, results
 from peftbench.config import RunConfig, SweepConfig
 from peftbench.errors import UserError
 
 LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"
+
+# What happened to one run in this sweep (besides its result status).
+SKIPPED, LOCKED = "skipped", "locked"
 
 
 @dataclass
@@ -34,6 +40,10 @@ class SweepOutcome:
     skipped: list[str] = field(default_factory=list)
     locked: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+
+    def record(self, run_id: str, what: str) -> None:
+        """File a run under ran (ok), skipped, locked, or failed (any other result status)."""
+        {"ok": self.ran, SKIPPED: self.skipped, LOCKED: self.locked}.get(what, self.failed).append(run_id)
 
 
 class StopFlag:
@@ -72,56 +82,47 @@ def should_run(status: str | None, retry_failed: bool) -> bool:
 
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[bool]:
-    """An exclusive lock on a run directory; yields False when another live process holds it."""
+    """An exclusive lock on a run directory; yields False when another process (or thread) holds it.
+
+    The lock file is never deleted: deleting a locked file lets a second process lock a new file of the
+    same name while a third still waits on the old one. Its text (``pid@host``) only helps a person see who
+    holds it; the lock itself is the kernel's (NFS clients map ``flock`` onto the server's locks).
+    """
+    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = run_dir / LOCK_FILE
-    acquired = _try_lock(lock)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        yield acquired
-    finally:
-        if acquired:
-            lock.unlink(missing_ok=True)
-
-
-def _try_lock(lock: Path) -> bool:
-    for _ in range(2):
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            if _holder_alive(lock):
-                return False
-            lock.unlink(missing_ok=True)  # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(f"{os.getpid()}@{os.uname().nodename}\n")
-        return True
-    return False
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}@{socket.gethostname()}\n".encode(), 0)
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
-def _holder_alive(lock: Path) -> bool:
+def lock_holder(run_dir: Path) -> str | None:
+    """``pid@host`` of the last process that took the run's lock (it may have finished since)."""
     try:
-        pid_text, _, host = lock.read_text().strip().partition("@")
-        pid = int(pid_text)
-    except (OSError, ValueError):
-        return False  # a lock being written or unreadable: treat as stale on the second look
-    if host and host != os.uname().nodename:
-        return True  # another machine's process: cannot check, respect it
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return (Path(run_dir) / LOCK_FILE).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def execute_run(run: RunConfig, results_dir: Path, *, progress: bool = True,
                 stop_requested: Callable[[], bool] = lambda: False) -> dict:
-    """Run one cell and write its result file (whatever happens); returns the result."""
+    """Run one cell and write its result file (whatever happens); returns the result. Hold the run's lock."""
     from peftbench.train import Diverged, Interrupted, run_cell  # heavy imports only when running
 
     run_id = run.run_id()
     run_dir = Path(results_dir) / run_id
+    _remove_partial_writes(run_dir)
     base = {"schema_version": results.SCHEMA_VERSION, "run_id": run_id, "config": run.to_dict(),
             "seed": run.seed}
     results.atomic_write_json(run_dir / CONFIG_FILE, base["config"])
@@ -139,38 +140,70 @@ def execute_run(run: RunConfig, results_dir: Path, *, progress: bool = True,
         result = {**base, "status": "failed", "error": {
             "type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc(limit=20)}}
     results.atomic_write_json(results.result_path(results_dir, run_id), result)
+    if result["status"] == "ok":
+        # Only now: a crash before the result is durable resumes from the last epoch instead of epoch 0.
+        # A failed run keeps its checkpoint, so that --retry-failed continues from its last epoch.
+        checkpoint.remove_checkpoint(run_dir)
     return result
+
+
+def _remove_partial_writes(run_dir: Path) -> None:
+    """Temporary files of a killed writer (only the lock holder writes in a run directory)."""
+    for leftover in run_dir.glob(f".{results.RESULT_FILE}.*.tmp"):
+        leftover.unlink(missing_ok=True)
+    for leftover in run_dir.glob(f".{CONFIG_FILE}.*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
+def run_if_pending(run: RunConfig, results_dir: Path, retry_failed: bool, *, progress: bool = True,
+                   stop_requested: Callable[[], bool] = lambda: False) -> str:
+    """Run ``run`` unless it is done or another process holds it: its result status, SKIPPED or LOCKED.
+
+    Every executor goes through here, so the skip rules and the lock are the same for all of them.
+    """
+    run_id = run.run_id()
+    status = results.load_status(results_dir, run_id)
+    if not should_run(status, retry_failed):
+        if status == "ok":
+            _tidy_finished(Path(results_dir) / run_id)
+        return SKIPPED
+    with run_lock(Path(results_dir) / run_id) as acquired:
+        if not acquired:
+            return LOCKED
+        # Re-check under the lock: another sweep may have finished it meanwhile.
+        if not should_run(results.load_status(results_dir, run_id), retry_failed):
+            return SKIPPED
+        return execute_run(run, results_dir, progress=progress, stop_requested=stop_requested)["status"]
+
+
+def _tidy_finished(run_dir: Path) -> None:
+    """Remove the checkpoint a process killed right after writing an ok result left behind."""
+    if not checkpoint.has_checkpoint_files(run_dir):
+        return
+    with run_lock(run_dir) as acquired:
+        if acquired:
+            checkpoint.remove_checkpoint(run_dir)
 
 
 def run_sweep(sweep: SweepConfig, *, progress: bool = True) -> SweepOutcome:
     """Run every pending cell of the grid in this process (the local executor)."""
     runs = sweep.expand()
     results_dir = sweep.results_dir
-    _check_results_dir(results_dir)
+    check_results_dir(results_dir)
     outcome = SweepOutcome()
     flag = StopFlag()
     with stop_on_signals(flag):
         for run in tqdm(runs, desc=f"sweep {sweep.name}", unit="run", disable=not progress):
-            run_id = run.run_id()
-            if not should_run(results.load_status(results_dir, run_id), sweep.retry_failed):
-                outcome.skipped.append(run_id)
-                continue
-            with run_lock(results_dir / run_id) as acquired:
-                if not acquired:
-                    outcome.locked.append(run_id)
-                    continue
-                # Re-check under the lock: another sweep may have finished it meanwhile.
-                if not should_run(results.load_status(results_dir, run_id), sweep.retry_failed):
-                    outcome.skipped.append(run_id)
-                    continue
-                result = execute_run(run, results_dir, progress=progress, stop_requested=flag)
-            (outcome.ran if result["status"] == "ok" else outcome.failed).append(run_id)
-            if result["status"] == "interrupted":
+            if flag():  # a stop that came after the last run's final step: start nothing new
+                break
+            what = run_if_pending(run, results_dir, sweep.retry_failed, progress=progress, stop_requested=flag)
+            outcome.record(run.run_id(), what)
+            if what == "interrupted":
                 break
     return outcome
 
 
-def _check_results_dir(results_dir: Path) -> None:
+def check_results_dir(results_dir: Path) -> None:
     if results_dir.exists() and not results_dir.is_dir():
         raise UserError(f"output_dir {results_dir} exists and is not a directory")
     results_dir.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,9 @@ from tqdm.auto import tqdm
 
 from peftbench import checkpoint, environment
 from peftbench.ablations import resolve_selection
-from peftbench.batching import collate, encode, length_grouped_batches
+from peftbench.batching import collate, length_grouped_batches
 from peftbench.config import RunConfig, TrainConfig
+from peftbench.datacache import encode_cached
 from peftbench.evaluate import generate, score, validation_loss
 from peftbench.methods import LRSchedule, apply_method, get_method
 from peftbench.models import load_model
@@ -43,7 +45,11 @@ class Diverged(RuntimeError):
 
 
 class Interrupted(RuntimeError):
-    """A stop was requested (SIGINT/SIGTERM); the last epoch checkpoint is kept for resuming."""
+    """A stop was requested (SIGINT/SIGTERM); a checkpoint of the last optimiser step is kept for resuming."""
+
+
+class OutOfMemory(RuntimeError):
+    """CUDA ran out of memory even at the smallest micro-batch the run may fall back to."""
 
 
 # --- the paper's schedule and stopping rule -------------------------------------------------------------
@@ -103,6 +109,19 @@ class RunState:
     train_tokens: int = 0
     train_seconds: float = 0.0
     to_best_s: float = 0.0
+    batches_done: int = 0
+    """Batches of the unfinished epoch already trained (non-zero only in a checkpoint left by a stop)."""
+    epoch_losses: list[float] = field(default_factory=list)
+    """Training losses of those batches, one per configured batch."""
+    micro_splits: int = 1
+    """Each configured batch runs as this many micro-batches (doubled by each CUDA out-of-memory error)."""
+    oom_retries: int = 0
+
+    def batch_plan(self, cfg: TrainConfig) -> dict[str, int]:
+        """The micro-batch actually used; micro_batch_size × grad_accum stays batch_size × cfg.grad_accum."""
+        return {"micro_batch_size": math.ceil(cfg.batch_size / self.micro_splits),
+                "grad_accum": cfg.grad_accum * self.micro_splits,
+                "effective_batch_size": cfg.batch_size * cfg.grad_accum, "oom_retries": self.oom_retries}
 
 
 def seed_everything(seed: int) -> None:
@@ -139,6 +158,9 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
 
     # Model and method.
     loaded = load_model(run.model, run.trust_remote_code)
+    # Seed again: the first load in a process may draw random numbers (tiny models are built from seed 0),
+    # and a run must not depend on whether an earlier run in the same process loaded the model already.
+    seed_everything(run.seed)
     layers, modules = resolve_selection(run.ablation, run.layers, run.modules)
     applied = apply_method(loaded.model, loaded.family, run.method, run.method_options,
                            layers=layers, modules=modules, seed=run.seed)
@@ -148,9 +170,9 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
               "total": sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()),
               "selected_layers": applied.selected_layers or None}
 
-    # Tokenise once per split.
-    encoded = {split: encode(getattr(data, split), tokenizer, family, cfg.max_source_tokens,
-                             cfg.max_target_tokens) for split in ("train", "validation", "test")}
+    # Tokenise once per split (cached on disk across runs and processes).
+    encoded = {split: encode_cached(task, getattr(data, split), tokenizer, family, cfg.max_source_tokens,
+                                    cfg.max_target_tokens) for split in ("train", "validation", "test")}
 
     # Optimiser and the paper's LR schedule. The optimiser's lr is the peak; LambdaLR scales it.
     lr = resolved_lr(cfg, run.method)
@@ -169,7 +191,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
 
     state = RunState(stopper=EarlyStopping(cfg.patience, cfg.min_delta))
     best_weights = _snapshot(trainable)
-    resumed = _resume(run_dir, trainable, optimizer, scheduler, state) if cfg.checkpoint_every_epoch else None
+    resumed = _resume(run_dir, trainable, optimizer, scheduler, state, accelerator.scaler)
     resumed_from = state.epoch if resumed is not None else None
     if resumed is not None:
         best_weights = resumed
@@ -181,8 +203,13 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
         epoch_started = time.perf_counter()
         order = length_grouped_batches(encoded["train"], cfg.batch_size, seed=run.seed * 1000 + epoch,
                                        group_by_length=cfg.group_by_length)
-        train_loss = _train_epoch(model, optimizer, scheduler, accelerator, encoded["train"], order, cfg,
-                                  family, tokenizer.pad_token_id, state, stop_requested)
+        try:
+            train_loss = _train_epoch(model, optimizer, scheduler, accelerator, encoded["train"], order, cfg,
+                                      family, tokenizer.pad_token_id, state, stop_requested)
+        except Interrupted:  # keep the steps done so far: the re-run continues from this very step
+            state.train_seconds += time.perf_counter() - epoch_started
+            _save(run_dir, trainable, best_weights, optimizer, scheduler, state, accelerator.scaler)
+            raise
         val_loss = validation_loss(model, encoded["validation"], family, tokenizer.pad_token_id,
                                    cfg.eval_batch_size, device, autocast())
         val_metric = _validation_metric(model, task, encoded["validation"], data.validation, tokenizer, family,
@@ -198,7 +225,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
                               "lr": scheduler.get_last_lr()[0]})
         state.epoch = epoch
         if cfg.checkpoint_every_epoch:
-            _save(run_dir, trainable, best_weights, optimizer, scheduler, state)
+            _save(run_dir, trainable, best_weights, optimizer, scheduler, state, accelerator.scaler)
         bar.update(1)
         bar.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}")
     bar.close()
@@ -213,7 +240,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     eval_s = time.perf_counter() - eval_started
 
     adapter = _save_adapter(accelerator.unwrap_model(model), tokenizer, run_dir, cfg.save_adapter)
-    checkpoint.remove_checkpoint(run_dir)
+    # The last checkpoint stays until the caller has written the result (sweep.execute_run removes it).
     total_s = time.perf_counter() - started
     train_tokens = state.train_tokens
     return {
@@ -222,6 +249,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
         "model": {"name": loaded.name, "source": loaded.source, "family": family,
                   "architecture": loaded.architecture},
         "data": {**data.info, "scale": run.scale},
+        "batch": state.batch_plan(cfg),
         "versions": environment.versions(), "hardware": environment.hardware(device),
         "params": params, "epochs": state.epoch, "max_epochs": max_epochs,
         "best_epoch": state.stopper.best_epoch, "history": state.history,
@@ -244,33 +272,82 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
 
 def _train_epoch(model, optimizer, scheduler, accelerator, items, order, cfg: TrainConfig, family: str,
                  pad_id: int, state: RunState, stop_requested) -> float:
-    """One pass over the training batches; returns the mean training loss per micro-batch."""
+    """One pass over the training batches (from ``state.batches_done`` when a stopped epoch resumes);
+    returns the mean training loss per batch."""
     model.train()
-    losses = []  # kept on device: no host synchronisation per step
     optimizer.zero_grad(set_to_none=True)
-    for index, batch_indices in enumerate(order):
-        batch = collate([items[i] for i in batch_indices], family, pad_id)
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        with accelerator.autocast():
-            loss = model(**batch).loss
-        accelerator.backward(loss / cfg.grad_accum)
-        losses.append(loss.detach())
-        state.train_tokens += int(batch["attention_mask"].sum()) + (
-            int((batch["labels"] != -100).sum()) if family == "seq2seq" else 0)
-        last_of_group = (index + 1) % cfg.grad_accum == 0 or index + 1 == len(order)
-        if last_of_group:
-            if cfg.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            group_loss = torch.stack(losses[-cfg.grad_accum:]).float().mean()
-            if not torch.isfinite(group_loss):  # one sync per optimiser step, not per micro-batch
-                raise Diverged(state.step, float(group_loss))
-            if stop_requested():
-                raise Interrupted(f"stop requested during epoch {state.epoch + 1}")
-    return float(torch.stack(losses).float().mean())
+    for start in range(state.batches_done, len(order), cfg.grad_accum):
+        group = order[start: start + cfg.grad_accum]
+        losses = _optimizer_step(model, optimizer, scheduler, accelerator, items, group, cfg, family, pad_id,
+                                 state)
+        state.step += 1
+        state.batches_done = start + len(group)
+        state.epoch_losses.extend(losses)
+        if stop_requested():
+            raise Interrupted(f"stop requested during epoch {state.epoch + 1}, after optimiser step {state.step}")
+    mean = float(torch.tensor(state.epoch_losses, dtype=torch.float32).mean())
+    state.batches_done, state.epoch_losses = 0, []
+    return mean
+
+
+def _optimizer_step(model, optimizer, scheduler, accelerator, items, group: list[list[int]], cfg: TrainConfig,
+                    family: str, pad_id: int, state: RunState) -> list[float]:
+    """Accumulate the gradients of ``group``'s batches and step; returns each batch's training loss.
+
+    A CUDA out-of-memory error discards the step's gradients, halves the micro-batch (doubling the
+    accumulation, so the effective batch is unchanged) and tries the step again, at most
+    ``cfg.max_oom_retries`` times per run. A non-finite loss raises ``Diverged`` before the optimiser
+    touches the weights.
+    """
+    while True:
+        try:
+            losses, tokens = _accumulate(model, accelerator, items, group, cfg, family, pad_id, state.micro_splits)
+            break
+        except torch.cuda.OutOfMemoryError:
+            micro = math.ceil(cfg.batch_size / state.micro_splits)
+            if state.oom_retries >= cfg.max_oom_retries or micro == 1:
+                raise OutOfMemory(
+                    f"CUDA out of memory at micro-batch {micro} × accumulation {cfg.grad_accum * state.micro_splits}"
+                    f" after {state.oom_retries} halving(s) (train.max_oom_retries={cfg.max_oom_retries}); "
+                    f"lower train.batch_size or train.max_source_tokens") from None
+            state.micro_splits, state.oom_retries = state.micro_splits * 2, state.oom_retries + 1
+        optimizer.zero_grad(set_to_none=True)  # outside the except block: the error's frames are freed
+        torch.cuda.empty_cache()
+    if not all(math.isfinite(loss) for loss in losses):
+        raise Diverged(state.step + 1, sum(losses) / len(losses))
+    if cfg.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    state.train_tokens += tokens
+    return losses
+
+
+def _accumulate(model, accelerator, items, group: list[list[int]], cfg: TrainConfig, family: str, pad_id: int,
+                splits: int) -> tuple[list[float], int]:
+    """Forward and backward every batch of ``group`` in micro-batches of ⌈batch_size / splits⌉ examples.
+
+    Returns each batch's loss (the mean of its micro-batches') and the tokens processed; one host
+    synchronisation per optimiser step.
+    """
+    micro = math.ceil(cfg.batch_size / splits)
+    batch_losses, tokens = [], torch.zeros((), dtype=torch.long, device=accelerator.device)
+    for batch_indices in group:
+        chunks = [batch_indices[i: i + micro] for i in range(0, len(batch_indices), micro)]
+        chunk_losses = []
+        for chunk in chunks:
+            batch = collate([items[i] for i in chunk], family, pad_id)
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            with accelerator.autocast():
+                loss = model(**batch).loss
+            accelerator.backward(loss / (cfg.grad_accum * len(chunks)))
+            chunk_losses.append(loss.detach().float())
+            tokens += batch["attention_mask"].sum()
+            if family == "seq2seq":
+                tokens += (batch["labels"] != -100).sum()
+        batch_losses.append(torch.stack(chunk_losses).mean())
+    return torch.stack(batch_losses).tolist(), int(tokens)
 
 
 def _validation_metric(model, task, items, examples, tokenizer, family, cfg: TrainConfig, device,
@@ -292,18 +369,26 @@ def _restore(trainable: dict[str, torch.nn.Parameter], weights: dict[str, torch.
         param.copy_(weights[name].to(param.device))
 
 
-def _save(run_dir: Path, trainable, best_weights, optimizer, scheduler, state: RunState) -> None:
+def _save(run_dir: Path, trainable, best_weights, optimizer, scheduler, state: RunState, scaler=None) -> None:
     payload = {"epoch": state.epoch, "step": state.step, "history": state.history,
                "stopper": vars(state.stopper).copy(), "train_tokens": state.train_tokens,
                "train_seconds": state.train_seconds, "to_best_s": state.to_best_s,
+               "batches_done": state.batches_done, "epoch_losses": state.epoch_losses,
+               "micro_splits": state.micro_splits, "oom_retries": state.oom_retries,
                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-               "rng": checkpoint.rng_state()}
+               "rng": checkpoint.rng_state(),
+               "scaler": scaler.state_dict() if scaler is not None else None}  # fp16 loss scale, if any
     checkpoint.save_checkpoint(run_dir, _snapshot(trainable), best_weights, payload)
 
 
-def _resume(run_dir: Path, trainable, optimizer, scheduler, state: RunState) -> dict[str, torch.Tensor] | None:
-    """Load the last epoch checkpoint into the live objects; returns the best weights, or None."""
-    loaded = checkpoint.load_checkpoint(run_dir)
+def _resume(run_dir: Path, trainable, optimizer, scheduler, state: RunState,
+            scaler=None) -> dict[str, torch.Tensor] | None:
+    """Load the last checkpoint into the live objects; returns the best weights, or None."""
+    try:
+        loaded = checkpoint.load_checkpoint(run_dir)
+    except Exception as exc:  # noqa: BLE001 - a damaged checkpoint costs the progress, never the run
+        warnings.warn(f"{run_dir}: unreadable checkpoint ({type(exc).__name__}); starting afresh", stacklevel=2)
+        return None
     if loaded is None:
         return None
     current, best, payload = loaded
@@ -313,10 +398,14 @@ def _resume(run_dir: Path, trainable, optimizer, scheduler, state: RunState) -> 
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     checkpoint.set_rng_state(payload["rng"])
+    if scaler is not None and payload.get("scaler"):
+        scaler.load_state_dict(payload["scaler"])
     state.epoch, state.step, state.history = payload["epoch"], payload["step"], payload["history"]
     state.stopper = EarlyStopping(**payload["stopper"])
     state.train_tokens, state.train_seconds = payload["train_tokens"], payload["train_seconds"]
     state.to_best_s = payload["to_best_s"]
+    state.batches_done, state.epoch_losses = payload.get("batches_done", 0), payload.get("epoch_losses", [])
+    state.micro_splits, state.oom_retries = payload.get("micro_splits", 1), payload.get("oom_retries", 0)
     return best
 
 

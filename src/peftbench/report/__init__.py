@@ -30,7 +30,10 @@ def build_report(results_dir: Path, out_dir: Path | None = None) -> dict[str, li
     table_list = tables.build_tables(coll)
     written = {"tables": tables.write_tables(table_list, out_dir / "tables")}
     figure_dir = out_dir / "figures"
-    written["figures"] = (figures.figure1(coll, figure_dir) + figures.val_loss_figures(coll, figure_dir)
-                          + figures.tradeoff_figures(coll, figure_dir))
+    written["figures"] = (
+        figures.figure1(coll, figure_dir)
+        + figures.val_loss_figures(coll, figure_dir)
+        + figures.tradeoff_figures(coll, figure_dir)
+    )
     written["html"] = [html.write_html(coll, table_list, written["figures"], out_dir)]
     return written

@@ -12,24 +12,40 @@ from pathlib import Path
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add ``report`` and ``recommend``; each sets ``func(args) -> exit code``."""
     report = subparsers.add_parser(
-        "report", help="tables, figures and an HTML page from a results directory",
+        "report",
+        help="tables, figures and an HTML page from a results directory",
         description="Write Tables 1-6 (Markdown, CSV, LaTeX), Figure 1, validation-loss curves, trade-off plots "
-                    "and a self-contained index.html from the result files in RESULTS_DIR.")
+        "and a self-contained index.html from the result files in RESULTS_DIR.",
+    )
     report.add_argument("results_dir", type=Path, metavar="RESULTS_DIR")
-    report.add_argument("--out", type=Path, default=None, metavar="DIR",
-                        help="output directory (default: RESULTS_DIR/report)")
+    report.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="output directory (default: RESULTS_DIR/report)"
+    )
     report.set_defaults(func=run_report)
 
     recommend = subparsers.add_parser(
-        "recommend", help="rank fine-tuning methods for a task type, data size and constraint",
+        "recommend",
+        help="rank fine-tuning methods for a task type, data size and constraint",
         description="Without --results: the decision framework of Pu et al. (2023) §3.2. With --results: the "
-                    "same question answered from measured numbers at the closest data scale.")
+        "same question answered from measured numbers at the closest data scale.",
+    )
     recommend.add_argument("--task-type", required=True, metavar="classification|generation")
-    recommend.add_argument("--examples", required=True, type=int, metavar="N", help="training examples available")
-    recommend.add_argument("--constraint", required=True, metavar="time|memory|performance",
-                           help="what matters most: training time, memory, or task performance")
-    recommend.add_argument("--results", type=Path, default=None, metavar="RESULTS_DIR",
-                           help="answer from these measured results instead of the paper's framework")
+    recommend.add_argument(
+        "--examples", required=True, type=int, metavar="N", help="training examples available"
+    )
+    recommend.add_argument(
+        "--constraint",
+        required=True,
+        metavar="time|memory|performance",
+        help="what matters most: training time, memory, or task performance",
+    )
+    recommend.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        metavar="RESULTS_DIR",
+        help="answer from these measured results instead of the paper's framework",
+    )
     recommend.set_defaults(func=run_recommend)
 
 
@@ -38,7 +54,9 @@ def run_report(args: argparse.Namespace) -> int:
 
     written = build_report(args.results_dir, args.out)
     for kind, paths in written.items():
-        print(f"{kind}: {len(paths)} file(s) in {sorted({str(p.parent) for p in paths})[0] if paths else '-'}")
+        print(
+            f"{kind}: {len(paths)} file(s) in {sorted({str(p.parent) for p in paths})[0] if paths else '-'}"
+        )
     print(f"open {written['html'][0]}")
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,14 @@ METHOD_ORDER = ("full", "ia3", "lora", "bitfit", "prompt")
 TASK_ORDER = ("ag_news", "cola", "e2e_nlg", "samsum", "synthetic_classification", "synthetic_data_to_text")
 SCALE_ORDER = ("low", "medium", "high")
 ABLATION_ORDER = (
-    "early_layers", "later_layers", "random_layers", "drop_self_attention", "drop_cross_attention",
-    "drop_query_output", "drop_attention", "drop_feed_forward",
+    "early_layers",
+    "later_layers",
+    "random_layers",
+    "drop_self_attention",
+    "drop_cross_attention",
+    "drop_query_output",
+    "drop_attention",
+    "drop_feed_forward",
 )
 # Nominal training-set sizes of the named scales (§3.1), used to find "the closest scale".
 SCALE_EXAMPLES = {"low": 100, "medium": 1000, "high": 10000}
@@ -186,8 +193,11 @@ def cell_key(result: dict[str, Any]) -> CellKey:
     if isinstance(scale, str) and scale.isdigit():
         scale = int(scale)
     return CellKey(
-        model=str(config.get("model")), task=str(config.get("task")), scale=scale,
-        method=str(config.get("method")), ablation=config.get("ablation") or _custom_variant(config),
+        model=str(config.get("model")),
+        task=str(config.get("task")),
+        scale=scale,
+        method=str(config.get("method")),
+        ablation=config.get("ablation") or _custom_variant(config),
     )
 
 
@@ -241,6 +251,8 @@ class Collection:
     results_dir: Path
     runs: list[dict[str, Any]]
     cells: dict[CellKey, Cell]
+    skipped: list[str] = field(default_factory=list)
+    """Why each unreadable result file was left out."""
 
     def cell(self, model: str, task: str, scale: str | int, method: str, ablation: str | None = None) -> Cell:
         key = CellKey(model, task, scale, method, ablation)
@@ -274,15 +286,21 @@ def collect(results_dir: Path) -> Collection:
     """Read every result under ``results_dir``; UserError when the directory is absent or holds none."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
-        raise UserError(f"results directory not found: {results_dir}")
-    runs = list(iter_results(results_dir))
+        what = "is a file, not a directory" if results_dir.exists() else "not found"
+        raise UserError(f"results directory {what}: {results_dir}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runs = list(iter_results(results_dir))
+    skipped = [str(warning.message) for warning in caught]
+    for message in skipped:  # re-raised for callers, and kept so that the report can say what it left out
+        warnings.warn(message, stacklevel=2)
     if not runs:
         raise UserError(f"no result files (*/result.json) under {results_dir}")
     cells: dict[CellKey, Cell] = {}
     for run in runs:
         key = cell_key(run)
         cells.setdefault(key, Cell(key)).runs.append(run)
-    return Collection(results_dir, runs, cells)
+    return Collection(results_dir, runs, cells, skipped)
 
 
 # ---- provenance: what model, data and hardware produced a number ---------------------------------------
@@ -306,8 +324,10 @@ def provenance(runs: Iterable[dict[str, Any]]) -> str:
     tasks = _order((cell_key(r).task for r in runs), TASK_ORDER)
     sources = sorted({str((r.get("config") or {}).get("data_dir") or "hub") for r in runs})
     hardware = sorted({describe_hardware(r.get("hardware")) for r in runs})
-    return (f"Model: {', '.join(models) or 'none'} | Data: {', '.join(tasks) or 'none'} "
-            f"from {', '.join(sources) or 'none'} | Hardware: {'; '.join(hardware) or 'unknown'}")
+    return (
+        f"Model: {', '.join(models) or 'none'} | Data: {', '.join(tasks) or 'none'} "
+        f"from {', '.join(sources) or 'none'} | Hardware: {'; '.join(hardware) or 'unknown'}"
+    )
 
 
 def run_details(run: dict[str, Any]) -> str:

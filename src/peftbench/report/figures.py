@@ -23,7 +23,13 @@ from peftbench.report import collect as c
 from peftbench.report.collect import Collection, Stat
 from peftbench.report.tables import ablation_label, method_label, scale_label, task_label
 
-_METHOD_COLORS = {"full": "#1f77b4", "ia3": "#ff7f0e", "lora": "#2ca02c", "bitfit": "#d62728", "prompt": "#9467bd"}
+_METHOD_COLORS = {
+    "full": "#1f77b4",
+    "ia3": "#ff7f0e",
+    "lora": "#2ca02c",
+    "bitfit": "#d62728",
+    "prompt": "#9467bd",
+}
 _EXTRA_COLORS = ("#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939")
 _MARKERS = ("s", "^", "v", "D", "P", "X", "<", ">", "*", "h")
 FIGURE1_SCALES = ("low", "medium")
@@ -43,7 +49,9 @@ def ablation_marker(ablation: str | None) -> str:
 
 
 def variant_label(method: str, ablation: str | None) -> str:
-    return method_label(method) if ablation is None else f"{method_label(method)} ({ablation_label(ablation)})"
+    return (
+        method_label(method) if ablation is None else f"{method_label(method)} ({ablation_label(ablation)})"
+    )
 
 
 def slug(value: Any) -> str:
@@ -120,8 +128,10 @@ def figure1(coll: Collection, out_dir: Path) -> list[Path]:
         for col, scale in enumerate(FIGURE1_SCALES):
             omitted += _ratio_panel(axes[row][col], coll, model, scale)
     footer = [c.provenance(_runs_of(coll, lambda k: k.scale in FIGURE1_SCALES))]
-    footer.append("Bars: PEFT time.total_s / full tuning's (same model, task, scale); error bars: 95% CI "
-                  "propagated from both means.")
+    footer.append(
+        "Bars: PEFT time.total_s / full tuning's (same model, task, scale); error bars: 95% CI "
+        "propagated from both means."
+    )
     if omitted:
         footer.append("Bars omitted, no ok full-tuning run: " + "; ".join(omitted) + ".")
     return _save(fig, footer, out_dir / "figure1", ("png", "svg"))
@@ -137,20 +147,44 @@ def _ratio_panel(ax, coll: Collection, model: str, scale: str) -> list[str]:
         full = coll.cell(model, task, scale, "full").stat(c.total_seconds)
         if full is None:
             notes.append(f"{model} {task} {scale}")
-            ax.text(t, 0.5, "no full-tuning run:\nbars omitted", ha="center", va="center", fontsize=7,
-                    transform=ax.get_xaxis_transform(), color="#aa0000")
+            ax.text(
+                t,
+                0.5,
+                "no full-tuning run:\nbars omitted",
+                ha="center",
+                va="center",
+                fontsize=7,
+                transform=ax.get_xaxis_transform(),
+                color="#aa0000",
+            )
             continue
         for m, method in enumerate(methods):
             x = t - 0.4 + width * (m + 0.5)
             stat = coll.cell(model, task, scale, method).stat(c.total_seconds)
             if stat is None:
-                ax.text(x, 0.02, "missing", rotation=90, ha="center", va="bottom", fontsize=6,
-                        transform=ax.get_xaxis_transform(), color="#666666")
+                ax.text(
+                    x,
+                    0.02,
+                    "missing",
+                    rotation=90,
+                    ha="center",
+                    va="bottom",
+                    fontsize=6,
+                    transform=ax.get_xaxis_transform(),
+                    color="#666666",
+                )
                 continue
             ratio = stat.mean / full.mean
             error = ratio * math.hypot(_half(stat) / stat.mean, _half(full) / full.mean)
-            ax.bar(x, ratio, width, color=method_color(method), yerr=error or None, capsize=2,
-                   label=method_label(method))
+            ax.bar(
+                x,
+                ratio,
+                width,
+                color=method_color(method),
+                yerr=error or None,
+                capsize=2,
+                label=method_label(method),
+            )
     ax.set_xticks(range(len(tasks)), [task_label(t) for t in tasks])
     ax.set_xlim(-0.6, max(len(tasks), 1) - 0.4)
     ax.set_ylabel("run time / full tuning's")
@@ -198,9 +232,16 @@ def _plot_curve(ax, runs: list[dict[str, Any]], method: str, ablation: str | Non
         return
     epochs = sorted(by_epoch)
     stats = [Stat.of(by_epoch[e]) for e in epochs]
-    ax.errorbar(epochs, [s.mean for s in stats], yerr=[_half(s) for s in stats], capsize=2,
-                color=method_color(method), marker=ablation_marker(ablation),
-                linestyle="-" if ablation is None else "--", label=variant_label(method, ablation))
+    ax.errorbar(
+        epochs,
+        [s.mean for s in stats],
+        yerr=[_half(s) for s in stats],
+        capsize=2,
+        color=method_color(method),
+        marker=ablation_marker(ablation),
+        linestyle="-" if ablation is None else "--",
+        label=variant_label(method, ablation),
+    )
 
 
 # ---- trade-offs -----------------------------------------------------------------------------------------
@@ -224,13 +265,15 @@ def tradeoff_figures(coll: Collection, out_dir: Path) -> list[Path]:
         notes = []
         for ax, panel in zip(axes[: len(panels)], panels, strict=True):
             notes += _tradeoff_panel(ax, coll, panel, quantity, factor, _axis_label(coll, kind, label))
-        for ax in axes[len(panels):]:
+        for ax in axes[len(panels) :]:
             ax.set_visible(False)
         if not panels:
             axes[0].text(0.5, 0.5, "no ok runs", ha="center", transform=axes[0].transAxes)
-        footer = [c.provenance(_runs_of(coll, lambda k: True)),
-                  "Ringed points joined by the black step line: Pareto front (no other run has a higher score "
-                  "at a lower cost). Error bars: 95% CI over seeds. " + " ".join(notes)]
+        footer = [
+            c.provenance(_runs_of(coll, lambda k: True)),
+            "Ringed points joined by the black step line: Pareto front (no other run has a higher score "
+            "at a lower cost). Error bars: 95% CI over seeds. " + " ".join(notes),
+        ]
         paths += _save(fig, footer, out_dir / f"tradeoff_{kind}")
     return paths
 
@@ -252,9 +295,17 @@ def _tradeoff_panel(ax, coll: Collection, panel: tuple, quantity, factor: float,
             notes.append(f"{model}/{task}/{scale}/{variant_label(key.method, key.ablation)}: not recorded.")
             continue
         x = cost.mean * factor
-        ax.errorbar(x, score.mean, xerr=_half(cost, factor), yerr=_half(score), capsize=2,
-                    color=method_color(key.method), marker=ablation_marker(key.ablation), linestyle="none",
-                    label=variant_label(key.method, key.ablation))
+        ax.errorbar(
+            x,
+            score.mean,
+            xerr=_half(cost, factor),
+            yerr=_half(score),
+            capsize=2,
+            color=method_color(key.method),
+            marker=ablation_marker(key.ablation),
+            linestyle="none",
+            label=variant_label(key.method, key.ablation),
+        )
         points.append((x, score.mean))
         labels.append(variant_label(key.method, key.ablation))
     front = pareto_front(points)

@@ -76,23 +76,36 @@ _SCRIPT = """
 
 
 def _attrs(**attributes: Any) -> str:
-    return "".join(f' {name.replace("_", "-")}="{escape(str(value))}"' for name, value in attributes.items()
-                   if value is not None)
+    return "".join(
+        f' {name.replace("_", "-")}="{escape(str(value))}"'
+        for name, value in attributes.items()
+        if value is not None
+    )
 
 
 def table_html(table: Table) -> str:
-    parts = [f'<h2 id="{table.name}">Table {table.number}: {escape(table.title)}</h2>',
-             f"<p>{escape(table.caption)}</p>"]
-    header = "".join(f"<th>{escape(label)}</th>" for label in [table.corner] + [lab for _, lab in table.columns])
+    parts = [
+        f'<h2 id="{table.name}">Table {table.number}: {escape(table.title)}</h2>',
+        f"<p>{escape(table.caption)}</p>",
+    ]
+    header = "".join(
+        f"<th>{escape(label)}</th>" for label in [table.corner] + [lab for _, lab in table.columns]
+    )
     for block in table.blocks:
         parts.append(f'<table class="sortable" data-table="{table.name}">')
-        parts.append(f"<caption>Model: {escape(block.model)}</caption><thead><tr>{header}</tr></thead><tbody>")
+        parts.append(
+            f"<caption>Model: {escape(block.model)}</caption><thead><tr>{header}</tr></thead><tbody>"
+        )
         for group in block.groups:
             for index, row in enumerate(group):
-                parts.append(f'<tr{_attrs(class_="group-start" if index == 0 else None)}><td>{escape(row.label)}</td>')
+                parts.append(
+                    f"<tr{_attrs(class_='group-start' if index == 0 else None)}><td>{escape(row.label)}</td>"
+                )
                 for cell in row.cells:
                     css = {"ok": None, "partial": "partial"}.get(cell.state, "nodata")
-                    parts.append(f"<td{_attrs(class_=css, data_sort=cell.sort_value)}>{escape(cell.text)}</td>")
+                    parts.append(
+                        f"<td{_attrs(class_=css, data_sort=cell.sort_value)}>{escape(cell.text)}</td>"
+                    )
                 parts.append("</tr>")
         parts.append("</tbody></table>")
     parts += [f'<p class="note">{escape(note)}</p>' for note in table.notes]
@@ -104,34 +117,67 @@ def table_html(table: Table) -> str:
 def figure_html(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     name = escape(path.stem)
-    return (f'<figure id="fig-{name}"><img alt="{name}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{name} (figures/{escape(path.name)})</figcaption></figure>")
+    return (
+        f'<figure id="fig-{name}"><img alt="{name}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{name} (figures/{escape(path.name)})</figcaption></figure>"
+    )
 
 
-_RUN_COLUMNS = ("run", "model", "task", "scale", "method", "ablation", "seed", "status", "score", "total s",
-                "trainable", "peak MiB", "config & environment")
+_RUN_COLUMNS = (
+    "run",
+    "model",
+    "task",
+    "scale",
+    "method",
+    "ablation",
+    "seed",
+    "status",
+    "score",
+    "total s",
+    "trainable",
+    "peak MiB",
+    "config & environment",
+)
 
 
 def _run_row(run: dict[str, Any]) -> str:
     key = c.cell_key(run)
     numbers = [c.score(run), c.total_seconds(run), c.trainable_params(run), c.peak_bytes(run)]
-    shown = [f"{numbers[0]:.4f}" if numbers[0] is not None else "", f"{numbers[1]:.1f}" if numbers[1] else "",
-             f"{numbers[2]:,.0f}" if numbers[2] else "", f"{numbers[3] / 2**20:.0f}" if numbers[3] else ""]
-    cells = [f"<td>{escape(str(value))}</td>" for value in
-             (run.get("run_id"), key.model, key.task, key.scale, key.method, key.ablation or "",
-              (run.get("config") or {}).get("seed", run.get("seed")), run.get("status"))]
+    shown = [
+        f"{numbers[0]:.4f}" if numbers[0] is not None else "",
+        f"{numbers[1]:.1f}" if numbers[1] else "",
+        f"{numbers[2]:,.0f}" if numbers[2] else "",
+        f"{numbers[3] / 2**20:.0f}" if numbers[3] else "",
+    ]
+    cells = [
+        f"<td>{escape(str(value))}</td>"
+        for value in (
+            run.get("run_id"),
+            key.model,
+            key.task,
+            key.scale,
+            key.method,
+            key.ablation or "",
+            (run.get("config") or {}).get("seed", run.get("seed")),
+            run.get("status"),
+        )
+    ]
     cells += [f"<td{_attrs(data_sort=n)}>{escape(text)}</td>" for n, text in zip(numbers, shown, strict=True)]
-    cells.append(f"<td><details><summary>show</summary><pre>{escape(c.run_details(run))}</pre></details></td>")
+    cells.append(
+        f"<td><details><summary>show</summary><pre>{escape(c.run_details(run))}</pre></details></td>"
+    )
     return "<tr>" + "".join(cells) + "</tr>"
 
 
 def runs_html(coll: Collection) -> str:
     header = "".join(f"<th>{escape(name)}</th>" for name in _RUN_COLUMNS)
     rows = "\n".join(_run_row(run) for run in coll.runs)
-    return (f'<h2 id="runs">Runs</h2><p class="note">Every result file read; only status "ok" feeds the tables.'
-            f' Click "show" for a run\'s config, versions and hardware.</p>'
-            f'<table class="sortable" data-table="runs"><thead><tr>{header}</tr></thead><tbody>\n{rows}\n'
-            "</tbody></table>")
+    return (
+        f'<h2 id="runs">Runs</h2><p class="note">Every result file read; only status "ok" feeds the tables.'
+        f' Click "show" for a run\'s config, versions and hardware.</p>'
+        f'<table class="sortable" data-table="runs"><thead><tr>{header}</tr></thead><tbody>\n{rows}\n'
+        "</tbody></table>"
+    )
 
 
 def write_html(coll: Collection, tables: list[Table], figures: list[Path], out_dir: Path) -> Path:
@@ -142,6 +188,7 @@ def write_html(coll: Collection, tables: list[Table], figures: list[Path], out_d
         "<h1>peftbench report</h1>",
         f'<p class="meta">{len(coll.runs)} result files in {escape(str(coll.results_dir))} ({ok} ok); '
         f"generated {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}.<br>{escape(c.provenance(coll.runs))}</p>",
+        *(f'<p class="note">Skipped: {escape(message)}</p>' for message in coll.skipped),
         f'<nav>{nav} <a href="#figures">Figures</a> <a href="#runs">Runs</a></nav>',
         *(table_html(table) for table in tables),
         '<h2 id="figures">Figures</h2>',
@@ -153,7 +200,8 @@ def write_html(coll: Collection, tables: list[Table], figures: list[Path], out_d
         f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>peftbench report</title><style>{_STYLE}</style></head>\n<body>\n"
-        + "\n".join(body) + f"\n<script>{_SCRIPT}</script>\n</body></html>\n"
+        + "\n".join(body)
+        + f"\n<script>{_SCRIPT}</script>\n</body></html>\n"
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "index.html"

@@ -17,15 +17,17 @@ from pathlib import Path
 from peftbench.report import collect as c
 from peftbench.report.collect import Cell, Collection, Quantity, Stat
 
+# fmt: off
 METHOD_LABELS = {"full": "Full Tuning", "ia3": "(IA)3", "lora": "LoRA", "bitfit": "BitFit", "prompt": "Prompt Tune"}
 SCALE_LABELS = {"low": "low", "medium": "med.", "high": "high"}
 TASK_LABELS = {"ag_news": "AG News", "cola": "CoLA", "e2e_nlg": "E2E NLG", "samsum": "SAMSum"}
-ABLATION_LABELS = {
+ABLATION_LABELS = {  # the paper's Table 2 wording
     None: "all layers", "early_layers": "select early layers", "later_layers": "select later layers",
     "random_layers": "select random layers", "drop_self_attention": "drop self-attention",
     "drop_cross_attention": "drop enc/dec-attention", "drop_query_output": "drop query/output attention",
     "drop_attention": "drop attention", "drop_feed_forward": "drop feed-forward",
 }
+# fmt: on
 
 
 def method_label(method: str) -> str:
@@ -118,7 +120,9 @@ def _csv_name(*parts: str) -> str:
 # ---- cells -----------------------------------------------------------------------------------------------
 
 
-def stat_cell(cell: Cell, quantities: Sequence[tuple[str, Quantity]], render: Callable[[list[Stat]], str]) -> TableCell:
+def stat_cell(
+    cell: Cell, quantities: Sequence[tuple[str, Quantity]], render: Callable[[list[Stat]], str]
+) -> TableCell:
     """One table cell from a benchmark cell: mean ± CI of each quantity, or why there is no number."""
     state = cell.state
     if state not in ("ok", "partial"):
@@ -164,7 +168,9 @@ def _method_scale_blocks(coll: Collection, quantities, render) -> list[TableBloc
         for scale in coll.scales(model):
             rows = []
             for method in coll.methods(model, baseline_only=True):
-                cells = [stat_cell(coll.cell(model, t, scale, method), quantities, render) for t in coll.tasks()]
+                cells = [
+                    stat_cell(coll.cell(model, t, scale, method), quantities, render) for t in coll.tasks()
+                ]
                 label = f"{method_label(method)} ({scale_label(scale)})"
                 rows.append(TableRow(label, method, str(scale), "", cells))
             groups.append(rows)
@@ -172,7 +178,9 @@ def _method_scale_blocks(coll: Collection, quantities, render) -> list[TableBloc
     return blocks
 
 
-def _ablation_pairs(coll: Collection, model: str, scale: str | int | None = None) -> list[tuple[str, str | None]]:
+def _ablation_pairs(
+    coll: Collection, model: str, scale: str | int | None = None
+) -> list[tuple[str, str | None]]:
     """(method, ablation) pairs of ``model`` (at ``scale``): each ablated method on all layers, then Table 2 order.
 
     The all-layers baseline of an ablated method is listed even when it was not run, so it shows as missing.
@@ -181,7 +189,9 @@ def _ablation_pairs(coll: Collection, model: str, scale: str | int | None = None
     ablated = c.order_methods(k.method for k in keys if k.ablation is not None)
     pairs: list[tuple[str, str | None]] = [(method, None) for method in ablated]
     for ablation in c.order_ablations(k.ablation for k in keys if k.ablation is not None):
-        pairs += [(method, ablation) for method in c.order_methods(k.method for k in keys if k.ablation == ablation)]
+        pairs += [
+            (method, ablation) for method in c.order_methods(k.method for k in keys if k.ablation == ablation)
+        ]
     return pairs
 
 
@@ -192,8 +202,10 @@ def _ablation_blocks(coll: Collection, quantities, render) -> list[TableBlock]:
         for scale in coll.scales(model):
             rows = []
             for method, ablation in _ablation_pairs(coll, model, scale):
-                cells = [stat_cell(coll.cell(model, t, scale, method, ablation), quantities, render)
-                         for t in coll.tasks()]
+                cells = [
+                    stat_cell(coll.cell(model, t, scale, method, ablation), quantities, render)
+                    for t in coll.tasks()
+                ]
                 label = f"{method_label(method)} ({ablation_label(ablation)}, {scale_label(scale)})"
                 rows.append(TableRow(label, method, str(scale), ablation or "", cells))
             if rows:
@@ -219,12 +231,17 @@ def _parameter_blocks(coll: Collection) -> list[TableBlock]:
     blocks = []
     for model in coll.models():
         model_cells = [cell for key, cell in coll.cells.items() if key.model == model]
-        rows = [TableRow("Total Parameters (no PEFT)", "", "", "", [_count_cell(model_cells, c.total_params)])]
+        rows = [
+            TableRow("Total Parameters (no PEFT)", "", "", "", [_count_cell(model_cells, c.total_params)])
+        ]
         pairs = [(m, None) for m in coll.methods(model, baseline_only=True)]
         pairs += [pair for pair in _ablation_pairs(coll, model) if pair[1] is not None]
         for method, ablation in pairs:
-            cells = [cell for key, cell in coll.cells.items()
-                     if key.model == model and key.method == method and key.ablation == ablation]
+            cells = [
+                cell
+                for key, cell in coll.cells.items()
+                if key.model == model and key.method == method and key.ablation == ablation
+            ]
             suffix = "full layers/modules" if ablation is None else ablation_label(ablation)
             count = _count_cell(cells, c.trainable_params)
             rows.append(TableRow(f"{method_label(method)} ({suffix})", method, "", ablation or "", [count]))
@@ -237,43 +254,71 @@ def _metric_note(coll: Collection) -> str:
     return "Metric per task: " + ", ".join(metrics) + "."
 
 
-SEEDS_NOTE = "Several seeds: mean ± 95% CI (t-distribution); one seed: the value alone; '(k/n ok)': k of n seeds ok."
+TABLE_TEXTS = {
+    1: (
+        "Test score per method, task and data scale",
+        "Accuracy (exact match) for classification, ROUGE-L for generation; higher is better.",
+    ),
+    2: (
+        "Ablations across layers and submodules",
+        "Test score of LoRA/(IA)3 (or any method) on selected layers or modules; higher is better.",
+    ),
+    3: (
+        "Trainable parameters across methods and ablation variants",
+        "Parameter count per method and ablation variant; the first row is the model's total.",
+    ),
+    4: (
+        "Convergence: epochs and total run time (seconds)",
+        "Epochs to convergence (best epoch by validation loss, with early stopping) and total run time in "
+        "seconds; lower is better.",
+    ),
+    5: (
+        "Score per hundred thousand trainable parameters",
+        "Score / trainable parameters × 100,000; higher is better.",
+    ),
+    6: ("Score per minute of run time", "Score / (total run time in minutes); higher is better."),
+}
+SEEDS_NOTE = (
+    "Several seeds: mean ± 95% CI (t-distribution); one seed: the value alone; '(k/n ok)': k of n seeds ok."
+)
+HIGH_NOTE = "The paper omits high-resource runs here (one epoch only); they are shown when present."
+PROMPT_NOTE = "The paper leaves prompt tuning out of Tables 5-6; it is kept here when it was run."
 
 
 def build_tables(coll: Collection) -> list[Table]:
     """Tables 1-6 in the paper's layout."""
     columns = [(task, task_label(task)) for task in coll.tasks()]
-    score_q, score_r = _single(c.score, fmt_fixed)
-    tables = [
-        Table(1, "Test score per method, task and data scale",
-              "Accuracy (exact match) for classification, ROUGE-L for generation; higher is better.",
-              "PEFT/Dataset", columns, _method_scale_blocks(coll, score_q, score_r), [_metric_note(coll)]),
-        Table(2, "Ablations across layers and submodules",
-              "Test score of LoRA/(IA)3 (or any method) on selected layers or modules; higher is better.",
-              "PEFT/Dataset", columns, _ablation_blocks(coll, score_q, score_r), [_metric_note(coll)]),
-        Table(3, "Trainable parameters across methods and ablation variants",
-              "Parameter count per method and ablation variant; the first row is the model's total.",
-              "Ablation Technique", [("trainable_params", "Parameter Count")], _parameter_blocks(coll)),
-        Table(4, "Convergence: epochs and total run time (seconds)",
-              "Epochs to convergence (best epoch by validation loss, with early stopping) and total run time "
-              "in seconds; lower is better.", "PEFT/Dataset", columns,
-              _method_scale_blocks(coll, [("epochs", c.best_epoch), ("total_s", c.total_seconds)],
-                                   _epochs_and_time),
-              ["The paper omits high-resource runs here (one epoch only); they are shown when present."]),
-        Table(5, "Score per hundred thousand trainable parameters",
-              "Score / trainable parameters × 100,000; higher is better.", "PEFT/Dataset", columns,
-              _method_scale_blocks(coll, *_single(c.score_per_100k_params, fmt_sig)),
-              ["The paper leaves prompt tuning out of Tables 5-6; it is kept here when it was run."]),
-        Table(6, "Score per minute of run time",
-              "Score / (total run time in minutes); higher is better.", "PEFT/Dataset", columns,
-              _method_scale_blocks(coll, *_single(c.score_per_minute, fmt_sig)),
-              ["The paper leaves prompt tuning out of Tables 5-6; it is kept here when it was run."]),
-    ]
-    for table in tables:
-        if table.number != 3:  # parameter counts do not vary with the seed
-            table.notes.append(SEEDS_NOTE)
+    score = _single(c.score, fmt_fixed)
+    blocks = {
+        1: _method_scale_blocks(coll, *score),
+        2: _ablation_blocks(coll, *score),
+        3: _parameter_blocks(coll),
+        4: _method_scale_blocks(
+            coll, [("epochs", c.best_epoch), ("total_s", c.total_seconds)], _epochs_and_time
+        ),
+        5: _method_scale_blocks(coll, *_single(c.score_per_100k_params, fmt_sig)),
+        6: _method_scale_blocks(coll, *_single(c.score_per_minute, fmt_sig)),
+    }
+    notes = {
+        1: [_metric_note(coll)],
+        2: [_metric_note(coll)],
+        4: [HIGH_NOTE],
+        5: [PROMPT_NOTE],
+        6: [PROMPT_NOTE],
+    }
+    tables = []
+    for number, (title, caption) in TABLE_TEXTS.items():
+        if number == 3:  # one count per variant, not per task; and counts do not vary with the seed
+            table = Table(
+                3, title, caption, "Ablation Technique", [("trainable_params", "Parameter Count")], blocks[3]
+            )
+        else:
+            table = Table(
+                number, title, caption, "PEFT/Dataset", columns, blocks[number], notes[number] + [SEEDS_NOTE]
+            )
         if not table.rows():
             table.notes.insert(0, "No runs of this kind in the results.")
+        tables.append(table)
     return tables
 
 
@@ -284,8 +329,17 @@ def to_markdown(table: Table) -> str:
     lines = [f"## Table {table.number}: {table.title}", "", table.caption, ""]
     header = [table.corner] + [label for _, label in table.columns]
     for block in table.blocks:
-        lines += [f"**Model: {block.model}**", "", _md_row(header), _md_row(["---"] + ["---:"] * len(table.columns))]
-        lines += [_md_row([row.label] + [cell.text for cell in row.cells]) for group in block.groups for row in group]
+        lines += [
+            f"**Model: {block.model}**",
+            "",
+            _md_row(header),
+            _md_row(["---"] + ["---:"] * len(table.columns)),
+        ]
+        lines += [
+            _md_row([row.label] + [cell.text for cell in row.cells])
+            for group in block.groups
+            for row in group
+        ]
         lines.append("")
     lines += [f"Note: {note}" for note in table.notes]
     return "\n".join(lines) + "\n"
@@ -305,7 +359,9 @@ def to_csv(table: Table) -> str:
     else:
         pairs = zip(table.columns, first.cells, strict=True)
         value_columns = [(key, suffix) for (key, _), cell in pairs for suffix in cell.csv]
-    writer.writerow(["model", "row", "method", "scale", "ablation"] + [_csv_name(k, s) for k, s in value_columns])
+    writer.writerow(
+        ["model", "row", "method", "scale", "ablation"] + [_csv_name(k, s) for k, s in value_columns]
+    )
     index = {key: i for i, (key, _) in enumerate(table.columns)}
     for block in table.blocks:
         for group in block.groups:
@@ -315,8 +371,20 @@ def to_csv(table: Table) -> str:
     return buffer.getvalue()
 
 
-_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}", "±": r"$\pm$", "–": "--"}
+_LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\^{}",
+    "±": r"$\pm$",
+    "–": "--",
+}
 
 
 def latex_escape(text: str) -> str:
@@ -336,7 +404,9 @@ def to_latex(table: Table) -> str:
         for group in block.groups:
             lines.append(r"\midrule")
             for row in group:
-                lines.append(" & ".join(latex_escape(x) for x in [row.label] + [c.text for c in row.cells]) + r" \\")
+                lines.append(
+                    " & ".join(latex_escape(x) for x in [row.label] + [c.text for c in row.cells]) + r" \\"
+                )
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 

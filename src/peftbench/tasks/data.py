@@ -79,8 +79,9 @@ def load_task_data(task: TaskSpec, data_dir: str | None, scale: str | int, seed:
         "source": "synthetic" if task.synthetic else (data_dir or "huggingface-hub"),
         "carved": carved, "sample_hash": _sample_hash(data),
     }
-    if len(data.train) < cap and scale_cap_and_epochs(scale)[0] == cap:
-        data.info["note"] = f"scale asks for {cap} training examples; the data has {len(data.train)}, all used"
+    if len(data.train) < cap:  # the scale is an upper bound (paper §3.1): say so, and use what there is
+        data.info["note"] = (f"scale {scale} asks for {cap} training examples; the data has {len(data.train)}, "
+                             f"all used")
     return data
 
 

@@ -1,0 +1,112 @@
+"""A sweep SIGKILLed at many points and re-run ends exactly as an uninterrupted sweep does.
+
+Each kill is a separate process that SIGKILLs itself at a deterministic point (a call count of a function
+on the write or training path, see ``sweep_helpers.install_kill``). The kills form a chain on one results
+directory: each process starts from whatever the previous one left (a half-written result, a stale lock,
+a checkpoint caught between its two renames, ...), and a last process runs the sweep to completion. Every
+run must then be present exactly once, with results identical (all fields but clocks and memory) to a
+sweep that was never interrupted, and nothing half-written may be left behind.
+
+Processes are forked from a fork server that has imported torch but never computed with it, so each
+starts in milliseconds and none inherits a used OpenMP thread pool.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import sweep_helpers
+from sweep_helpers import comparable, read_results, tiny_overrides
+
+# Runs in sweep order: t5/lora, t5/bitfit, llama/lora, llama/bitfit; 3 epochs of 2 optimiser steps each.
+T5_LORA, T5_BITFIT, LLAMA_LORA = "t5_tiny_random-lora", "t5_tiny_random-bitfit", "llama_tiny_random-lora"
+
+
+def _dir(results_dir: Path, prefix: str) -> Path:
+    (found,) = [p for p in results_dir.iterdir() if p.name.startswith(prefix)]
+    return found
+
+
+def _status(run_dir: Path) -> str | None:
+    results = read_results(run_dir.parent)
+    return results.get(run_dir.name, {}).get("status")
+
+
+# (kill point, what the process must have left behind: proof that the kill hit the intended moment)
+CHAIN = [
+    (("peftbench.results:atomic_write_json", "before", 1),  # lock taken, nothing written
+     lambda d: not (_dir(d, T5_LORA) / "config.json").exists()),
+    (("os:replace", "before", 2),  # the "running" result written to its temporary file, not renamed
+     lambda d: _status(_dir(d, T5_LORA)) is None and any(_dir(d, T5_LORA).glob(".result.json.*.tmp"))),
+    (("peftbench.train:collate", "before", 2),  # mid epoch 1, before any checkpoint
+     lambda d: _status(_dir(d, T5_LORA)) == "running" and not (_dir(d, T5_LORA) / "checkpoint").exists()),
+    (("peftbench.checkpoint:save_checkpoint", "after", 1),  # right after the epoch 1 checkpoint
+     lambda d: (_dir(d, T5_LORA) / "checkpoint").is_dir()),
+    (("peftbench.train:collate", "before", 2),  # resumed at epoch 2, killed mid epoch 2
+     lambda d: (_dir(d, T5_LORA) / "checkpoint").is_dir()),
+    (("pathlib:Path.rename", "before", 2),  # epoch 2 checkpoint caught between its two renames
+     lambda d: (_dir(d, T5_LORA) / ".checkpoint.old").is_dir() and not (_dir(d, T5_LORA) / "checkpoint").exists()),
+    (("peftbench.checkpoint:save_checkpoint", "after", 2),  # resumed from .checkpoint.old: epochs 2 and 3
+     lambda d: (_dir(d, T5_LORA) / "checkpoint").is_dir()),
+    (("peftbench.train:_save_adapter", "after", 1),  # tested and adapter saved, no result yet
+     lambda d: (_dir(d, T5_LORA) / "adapter").is_dir() and _status(_dir(d, T5_LORA)) == "running"),
+    (("os:replace", "before", 3),  # the ok result in its temporary file, not renamed
+     lambda d: _status(_dir(d, T5_LORA)) == "running" and any(_dir(d, T5_LORA).glob(".result.json.*.tmp"))),
+    (("peftbench.checkpoint:remove_checkpoint", "before", 1),  # ok written, checkpoint not yet removed
+     lambda d: _status(_dir(d, T5_LORA)) == "ok" and (_dir(d, T5_LORA) / "checkpoint").is_dir()),
+    (("peftbench.sweep:execute_run", "before", 1),  # next run's lock held by a process that dies
+     lambda d: (_dir(d, T5_BITFIT) / ".lock").exists() and _status(_dir(d, T5_BITFIT)) is None),
+    (("peftbench.train:collate", "before", 5),  # mid epoch 3 after two checkpoints
+     lambda d: _status(_dir(d, T5_BITFIT)) == "running"),
+    (("peftbench.results:atomic_write_json", "after", 3),  # right after the ok result, lock still held
+     lambda d: _status(_dir(d, T5_BITFIT)) == "ok"),
+    (("peftbench.train:collate", "before", 3),  # the causal model's run, mid epoch 2
+     lambda d: _status(_dir(d, LLAMA_LORA)) == "running"),
+    (("peftbench.sweep:run_if_pending", "after", 3),  # right after a run finished and unlocked
+     lambda d: _status(_dir(d, LLAMA_LORA)) == "ok"),
+]
+
+
+@pytest.fixture(scope="module")
+def forkserver(tmp_path_factory):
+    """A fork server with the training stack imported; children share a tokenisation cache of this module."""
+    os.environ["PEFTBENCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["sweep_helpers", "peftbench.train", "peftbench.sweep", "peftbench.datacache"])
+    return context
+
+
+def _child(context, overrides: list[str], point=None) -> int:
+    process = context.Process(target=sweep_helpers.run_child, args=(overrides, point))
+    process.start()
+    process.join(timeout=300)
+    return process.exitcode
+
+
+def test_sigkilled_sweep_resumes_to_identical_results(forkserver, tmp_path):
+    models = ("t5-tiny-random", "llama-tiny-random")
+    reference_dir, chain_dir = tmp_path / "reference", tmp_path / "chain"
+    assert _child(forkserver, tiny_overrides(reference_dir, models=models)) == 0
+    reference = read_results(reference_dir)
+    assert len(reference) == 4 and all(r["status"] == "ok" for r in reference.values())
+
+    for step, (point, left_behind) in enumerate(CHAIN, start=1):
+        code = _child(forkserver, tiny_overrides(chain_dir, models=models), point)
+        assert code == -signal.SIGKILL, f"kill {step} {point} was never reached (exit code {code})"
+        assert left_behind(chain_dir), f"kill {step} {point} left an unexpected state"
+    assert _child(forkserver, tiny_overrides(chain_dir, models=models)) == 0
+
+    final = read_results(chain_dir)
+    assert sorted(final) == sorted(reference)  # every run exactly once, under the same id
+    assert sorted(p.name for p in chain_dir.iterdir()) == sorted(reference)  # and no stray directories
+    for run_id, result in final.items():
+        assert comparable(result) == comparable(reference[run_id]), run_id
+    leftovers = [p.name for p in chain_dir.rglob("*") if p.name.endswith(".tmp") or "checkpoint" in p.name]
+    assert leftovers == []
+    # The kills cost progress, never the finished epochs: these runs continued from checkpoints.
+    assert final[_dir(chain_dir, T5_LORA).name]["resumed_from_epoch"] == 3
+    assert final[_dir(chain_dir, T5_BITFIT).name]["resumed_from_epoch"] == 2

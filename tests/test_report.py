@@ -1,0 +1,260 @@
+"""Tables, statistics and figures of ``peftbench report``, from hand-made result files."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+from pathlib import Path
+
+import pytest
+from report_fixtures import make_result, paper_grid, write_results
+
+from peftbench.errors import UserError
+from peftbench.report import build_report, figures, mean_ci, tables
+from peftbench.report import collect as c
+from peftbench.report.cli import add_commands
+
+
+def _tables(results_dir: Path) -> dict[int, tables.Table]:
+    return {t.number: t for t in tables.build_tables(c.collect(results_dir))}
+
+
+def _csv_rows(table: tables.Table) -> dict[str, dict[str, str]]:
+    return {row["row"]: row for row in csv.DictReader(io.StringIO(tables.to_csv(table)))}
+
+
+def _md_cells(table: tables.Table, label: str) -> list[str]:
+    for line in tables.to_markdown(table).splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split(" | ")]
+        if cells[0] == label:
+            return cells[1:]
+    raise AssertionError(f"no row {label!r}")
+
+
+@pytest.fixture
+def paper_dir(tmp_path: Path) -> Path:
+    return write_results(tmp_path / "results", paper_grid())
+
+
+# ---- statistics ----------------------------------------------------------------------------------------
+
+
+def test_mean_ci_uses_student_t():
+    mean, sd, half = mean_ci([1.0, 2.0, 3.0])
+    assert (mean, sd) == (2.0, 1.0)
+    assert half == pytest.approx(4.3027 / math.sqrt(3), rel=1e-4)  # t_{0.975,2} = 4.3027
+
+
+def test_mean_ci_of_one_value_has_no_interval_and_of_none_fails():
+    mean, sd, half = mean_ci([0.5])
+    assert mean == 0.5 and math.isnan(sd) and math.isnan(half)
+    with pytest.raises(ValueError):
+        mean_ci([])
+
+
+@pytest.mark.parametrize(("df", "t"), [(1, 12.7062), (4, 2.7764), (29, 2.0452), (30, 2.0423), (200, 1.9719)])
+def test_t_quantile(df, t):
+    assert c.t_quantile_975(df) == pytest.approx(t, rel=1e-3)
+
+
+# ---- Tables 5 and 6: hand-computed -------------------------------------------------------------------------
+
+
+def test_table5_is_score_per_hundred_thousand_trainable_parameters(paper_dir):
+    table5 = _tables(paper_dir)[5]
+    rows = _csv_rows(table5)
+    # The paper's own check: (IA)3, low, AG News: 0.67 / 933,888 x 1e5 = 0.0717.
+    assert float(rows["(IA)3 (low)"]["ag_news"]) == pytest.approx(0.0717430784, rel=1e-9)
+    assert float(rows["BitFit (low)"]["cola"]) == pytest.approx(0.7203 / 1179648 * 1e5, rel=1e-9)
+    assert float(rows["Full Tuning (low)"]["ag_news"]) == pytest.approx(3.013590087e-05, rel=1e-9)
+    assert _md_cells(table5, "(IA)3 (low)") == ["0.07174", "0.07467"]
+    assert _md_cells(table5, "Full Tuning (low)") == ["3.014E-05", "2.453E-05"]
+    assert _md_cells(table5, "LoRA (low)") == ["0.02433", "0.0216"]
+
+
+def test_table6_is_score_per_minute_of_total_run_time(paper_dir):
+    table6 = _tables(paper_dir)[6]
+    rows = _csv_rows(table6)
+    assert float(rows["Full Tuning (low)"]["cola"]) == pytest.approx(0.699 / (89 / 60), rel=1e-9)  # 0.47124
+    assert float(rows["BitFit (low)"]["ag_news"]) == pytest.approx(0.0193017, rel=1e-5)
+    assert _md_cells(table6, "Full Tuning (low)") == ["0.04126", "0.4712"]
+    assert _md_cells(table6, "(IA)3 (low)") == ["0.006558", "0.05771"]
+
+
+def test_seeds_give_mean_and_95_percent_interval(tmp_path):
+    runs = [
+        make_result(
+            method="lora",
+            task="samsum",
+            scale="medium",
+            seed=s,
+            score=0.40 + 0.01 * s,
+            total_s=100.0 + 10 * s,
+        )
+        for s in range(3)
+    ]
+    by_number = _tables(write_results(tmp_path, runs))
+    assert _md_cells(by_number[1], "LoRA (med.)") == ["0.4100 ± 0.0248"]
+    row = _csv_rows(by_number[1])["LoRA (med.)"]
+    assert (float(row["samsum"]), row["samsum n"]) == (pytest.approx(0.41), "3")
+    assert float(row["samsum ci95"]) == pytest.approx(4.3027 * 0.01 / math.sqrt(3), rel=1e-3)
+    # Table 6 averages the per-seed ratios: 0.40/(100/60), 0.41/(110/60), 0.42/(120/60).
+    per_minute = float(_csv_rows(by_number[6])["LoRA (med.)"]["samsum"])
+    assert per_minute == pytest.approx((0.24 + 0.41 / (110 / 60) + 0.21) / 3, rel=1e-9)
+
+
+# ---- missing, failed and partial cells ----------------------------------------------------------------------
+
+
+def test_missing_and_failed_cells_render_as_such_never_as_zero(tmp_path):
+    runs = [
+        make_result(method="full", task="ag_news"),
+        make_result(method="lora", task="cola"),
+        make_result(method="lora", task="ag_news", status="diverged"),
+    ]
+    by_number = _tables(write_results(tmp_path, runs))
+    for number in (1, 4, 5, 6):
+        assert _md_cells(by_number[number], "Full Tuning (low)")[1] == "missing"
+        assert _md_cells(by_number[number], "LoRA (low)")[0] == "diverged"
+        row = _csv_rows(by_number[number])["Full Tuning (low)"]
+        assert row[next(k for k in row if k.startswith("cola"))] == "missing"
+        assert "missing" in tables.to_latex(by_number[number]) and "diverged" in tables.to_latex(
+            by_number[number]
+        )
+    assert "0.0000" not in tables.to_markdown(by_number[1])
+
+
+def test_partially_failed_seeds_are_flagged(tmp_path):
+    runs = [
+        make_result(seed=0, score=0.5),
+        make_result(seed=1, score=0.7),
+        make_result(seed=2, status="failed"),
+    ]
+    table1 = _tables(write_results(tmp_path, runs))[1]
+    assert _md_cells(table1, "LoRA (low)") == ["0.6000 ± 1.2706 (2/3 ok)"]
+
+
+# ---- layout of the paper's tables ---------------------------------------------------------------------------------
+
+
+def test_table1_and_4_follow_the_paper_layout(paper_dir):
+    by_number = _tables(paper_dir)
+    markdown = tables.to_markdown(by_number[1])
+    assert "| PEFT/Dataset | AG News | CoLA |" in markdown
+    assert [row.label for row in by_number[1].rows()] == [
+        "Full Tuning (low)",
+        "(IA)3 (low)",
+        "LoRA (low)",
+        "BitFit (low)",
+    ]
+    assert _md_cells(by_number[1], "LoRA (low)") == ["0.8612", "0.7644"]
+    assert _md_cells(by_number[4], "(IA)3 (low)") == ["Ep. 3; 6130", "Ep. 3; 725"]
+
+
+def test_table2_lists_ablations_in_paper_order_with_their_baselines(tmp_path):
+    runs = [
+        make_result(method="lora", scale="medium", ablation=a, score=0.9)
+        for a in ("drop_attention", "early_layers")
+    ]
+    runs += [make_result(method="ia3", scale="medium", ablation="later_layers", score=0.92, trainable=466944)]
+    runs += [make_result(method="lora", scale="medium", score=0.91)]
+    table2 = _tables(write_results(tmp_path, runs))[2]
+    assert [row.label for row in table2.rows()] == [
+        "(IA)3 (all layers, med.)",
+        "LoRA (all layers, med.)",
+        "LoRA (select early layers, med.)",
+        "(IA)3 (select later layers, med.)",
+        "LoRA (drop attention, med.)",
+    ]
+    assert _md_cells(table2, "(IA)3 (all layers, med.)") == ["missing"]
+
+
+def test_table3_counts_parameters_per_variant(tmp_path):
+    runs = [
+        make_result(method="ia3"),
+        make_result(method="ia3", ablation="later_layers", trainable=466944),
+        make_result(method="lora", method_options={"r": 2}, trainable=884736),
+    ]
+    table3 = _tables(write_results(tmp_path, runs))[3]
+    assert _md_cells(table3, "Total Parameters (no PEFT)") == ["2,849,757,184"]
+    assert _md_cells(table3, "(IA)3 (full layers/modules)") == ["933,888"]
+    assert _md_cells(table3, "(IA)3 (select later layers)") == ["466,944"]
+    assert _md_cells(table3, "LoRA (r=2)") == ["884,736"]  # explicit options are a variant, not a seed
+    assert _csv_rows(table3)["(IA)3 (select later layers)"]["trainable_params"] == "466944"
+
+
+def test_latex_is_plain_booktabs_with_escapes(tmp_path):
+    runs = [make_result(task="my_task", seed=s, score=0.5 + 0.1 * s) for s in range(2)]
+    latex = tables.to_latex(_tables(write_results(tmp_path, runs))[1])
+    assert latex.count(r"\toprule") == 1 and r"\bottomrule" in latex and r"\begin{tabular}{lr}" in latex
+    assert r"my\_task" in latex and r"$\pm$" in latex
+    body = "\n".join(
+        line for line in latex.splitlines() if not line.startswith("%")
+    )  # comments need no escapes
+    assert "my_task" not in body.replace(r"my\_task", "")
+
+
+# ---- the whole report -------------------------------------------------------------------------------------------
+
+
+def test_build_report_writes_the_documented_layout(tmp_path):
+    runs = paper_grid() + [make_result(method="lora", task="samsum", scale="medium")]
+    results = write_results(tmp_path / "results", runs)
+    written = build_report(results)
+    out = results / "report"
+    names = {p.relative_to(out).as_posix() for paths in written.values() for p in paths}
+    assert {f"tables/table{n}.{ext}" for n in range(1, 7) for ext in ("md", "csv", "tex")} <= names
+    assert {
+        "figures/figure1.png",
+        "figures/figure1.svg",
+        "figures/tradeoff_params.png",
+        "figures/tradeoff_time.png",
+        "figures/tradeoff_memory.png",
+        "index.html",
+    } <= names
+    assert "figures/val_loss_flan-t5-xl_samsum_medium.png" in names
+    assert all(p.stat().st_size > 0 for paths in written.values() for p in paths)
+    svg = (out / "figures" / "figure1.svg").read_text()
+    assert (
+        "Model: flan-t5-xl" in svg and "Hardware: Test CPU (2 CPUs, Linux-test)" in svg and "from hub" in svg
+    )
+    assert "no full-tuning run" in svg  # samsum/medium has LoRA but no full tuning: bars omitted, said so
+
+
+def test_report_errors_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        build_report(tmp_path / "nope")
+    with pytest.raises(UserError, match="no result files"):
+        build_report(tmp_path)
+
+
+def test_corrupt_result_files_are_skipped_with_a_warning(tmp_path):
+    write_results(tmp_path, [make_result()])
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "result.json").write_text("{not json")
+    with pytest.warns(UserWarning, match="corrupt"):
+        coll = c.collect(tmp_path)
+    assert len(coll.runs) == 1
+    assert len(coll.skipped) == 1 and "broken" in coll.skipped[0]  # the HTML page lists what it left out
+
+
+def test_pareto_front_keeps_points_nobody_beats():
+    points = [(1.0, 0.5), (2.0, 0.7), (3.0, 0.6), (4.0, 0.9), (1.0, 0.4), (5.0, 0.9)]
+    assert figures.pareto_front(points) == [0, 1, 3]
+
+
+def test_method_colours_are_stable():
+    assert figures.method_color("lora") == "#2ca02c"
+    assert figures.method_color("my_method") == figures.method_color("my_method")
+
+
+def test_report_command(tmp_path, capsys):
+    results = write_results(tmp_path / "results", paper_grid())
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers())
+    args = parser.parse_args(["report", str(results), "--out", str(tmp_path / "out")])
+    assert args.func(args) == 0
+    assert (tmp_path / "out" / "index.html").is_file()
+    assert "index.html" in capsys.readouterr().out
