@@ -70,3 +70,25 @@ def test_scale_larger_than_the_data_uses_what_there_is():
     assert len(data.train) == 2000
     assert data.info["requested_train_examples"] == 5000
     assert "2000" in data.info["note"]
+
+
+def test_hub_path_loads_splits_and_carves_the_hidden_test_set(monkeypatch):
+    """The Hub path (offline here): CoLA's Hub test labels are hidden, so test is carved from validation."""
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None, revision=None):
+        calls.append((path, name, split, revision))
+        size = {"train": 300, "validation": 80}[split]
+        return datasets.Dataset.from_list(
+            [{"sentence": f"{split} sentence {i}.", "label": i % 2} for i in range(size)])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    data = load_task_data(get_task("cola"), None, "low", seed=0, eval_examples=60)
+    assert ("nyu-mll/glue", "cola", "train", None) in calls
+    assert not any(split == "test" for _, _, split, _ in calls), "the hidden-label test split is never read"
+    assert data.info["carved"]["test"].startswith("30 rows carved from validation")
+    assert len(data.test) == 30 and len(data.validation) == 30 and len(data.train) == 100
+    assert all(e.id.startswith("validation:") for e in data.test + data.validation)
+    assert not {e.id for e in data.test} & {e.id for e in data.validation}

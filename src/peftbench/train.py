@@ -32,6 +32,7 @@ from peftbench.datacache import encode_cached
 from peftbench.evaluate import generate, score, validation_loss
 from peftbench.methods import LRSchedule, apply_method, get_method
 from peftbench.models import load_model
+from peftbench.precision import store_frozen_linears_in
 from peftbench.tasks import get_task
 from peftbench.tasks.data import load_task_data, scale_cap_and_epochs
 
@@ -141,8 +142,13 @@ def make_accelerator(precision: str, model_type: str) -> Accelerator:
     return Accelerator(mixed_precision="no" if precision == "fp32" else precision)
 
 
-def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_requested=lambda: False) -> dict:
-    """Train, validate and test one cell; returns the result dict (status ok)."""
+def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_requested=lambda: False,
+             device_map: str | None = None) -> dict:
+    """Train, validate and test one cell; returns the result dict (status ok).
+
+    ``device_map`` splits the model over the visible GPUs (``models.place_on_gpus``): where the run
+    executes, not what it computes, so it is not part of the run's config or id.
+    """
     started = time.perf_counter()
     run_dir = Path(run_dir)
     cfg = run.train
@@ -157,7 +163,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     max_epochs = cfg.max_epochs or scale_epochs
 
     # Model and method.
-    loaded = load_model(run.model, run.trust_remote_code)
+    loaded = load_model(run.model, run.trust_remote_code, device_map)
     # Seed again: the first load in a process may draw random numbers (tiny models are built from seed 0),
     # and a run must not depend on whether an earlier run in the same process loaded the model already.
     seed_everything(run.seed)
@@ -184,6 +190,8 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, paper_lr_lambda(lr, total_steps, warmup_steps))
 
     accelerator = make_accelerator(cfg.precision, loaded.architecture)
+    # Frozen linears stored in bf16 once rather than re-cast by autocast at every call (see precision.py).
+    frozen_bf16 = store_frozen_linears_in(model, torch.bfloat16) if accelerator.mixed_precision == "bf16" else 0
     model, optimizer = accelerator.prepare(model, optimizer)
     device = accelerator.device
     environment.reset_peak_memory(device)
@@ -250,12 +258,12 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
                   "architecture": loaded.architecture},
         "data": {**data.info, "scale": run.scale},
         "batch": state.batch_plan(cfg),
-        "versions": environment.versions(), "hardware": environment.hardware(device),
+        "versions": environment.versions(), "hardware": {**environment.hardware(device), "device_map": device_map},
         "params": params, "epochs": state.epoch, "max_epochs": max_epochs,
         "best_epoch": state.stopper.best_epoch, "history": state.history,
         "optimizer": {"name": "AdamW", "lr_initial": lr.initial, "lr_peak": lr.peak, "lr_final": lr.final,
                       "total_steps": total_steps, "warmup_steps": warmup_steps, "steps_done": state.step,
-                      "precision": accelerator.mixed_precision},
+                      "precision": accelerator.mixed_precision, "frozen_bf16_linears": frozen_bf16},
         "metrics": {"test": {task.metric: test_score}, "score": test_score,
                     "validation": {task.metric: state.history[state.stopper.best_epoch - 1]["val_metric"]}},
         "predictions_sample": [{"prompt": e.prompt[-200:], "prediction": p, "references": list(e.references[:3])}

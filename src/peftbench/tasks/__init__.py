@@ -26,6 +26,8 @@ class HubSource:
 
     path: str
     name: str | None = None
+    revision: str | None = None
+    """A branch or commit, e.g. refs/convert/parquet for repositories that only have a loading script."""
     splits: dict[str, str] = field(default_factory=dict)
 
 

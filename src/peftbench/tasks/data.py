@@ -146,7 +146,7 @@ def _read_hub(task: TaskSpec, split: str) -> list[dict] | None:
     import datasets
 
     try:
-        dataset = datasets.load_dataset(task.hf.path, task.hf.name, split=hub_split)
+        dataset = datasets.load_dataset(task.hf.path, task.hf.name, split=hub_split, revision=task.hf.revision)
     except Exception as exc:  # offline, unknown dataset, ...: one line for the user
         raise UserError(f"task {task.name}: cannot load {task.hf.path} split {hub_split} from the Hub "
                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up (see setup.sh) and run the test suite offline, as CI does.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh --browser
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+.venv/bin/ruff check src tests
+.venv/bin/python -m pytest -q "$@"
