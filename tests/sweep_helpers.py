@@ -90,7 +90,7 @@ def read_results(results_dir: Path) -> dict[str, dict[str, Any]]:
 
 # --- a stand-in for training, for tests of the sweep's bookkeeping alone --------------------------------
 
-def fake_run_cell(run, run_dir, *, progress=True, stop_requested=lambda: False) -> dict:
+def fake_run_cell(run, run_dir, **_options) -> dict:
     """Sleeps instead of training; appends ``<run id> <pid>`` to $FAKE_LOG (O_APPEND: one line per call)."""
     log = os.environ.get("FAKE_LOG")
     if log:

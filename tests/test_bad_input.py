@@ -120,6 +120,12 @@ CASES: dict[str, Case] = {
                                              ["method prompt adapts no per-layer modules"]),
     "method_ablations for a method not run": lambda t: (
         run_args(t, "method_ablations={ia3: [early_layers]}"), ["method in method_ablations 'ia3'"]),
+    "unknown method option": lambda t: (run_args(t, "method_options={lora: {rank: 2}}"),
+                                        ["model t5-tiny-random, method lora", "method option 'rank'", "LoraConfig"]),
+    "layer index out of range": lambda t: (run_args(t, "layers=[0, 5]"),
+                                           ["model t5-tiny-random, method lora", "layers: [5] out of range"]),
+    "hub model not available": lambda t: (run_args(t, "models=[peftbench-test/no-such-model]"),
+                                          ["model peftbench-test/no-such-model", "cannot build the model"]),
     "model dir without config": lambda t: (run_args(t, f"models=[{(t / 'm').mkdir() or t / 'm'}]"),
                                            ["model directory", "has no config.json"]),
     # --- empty sweeps -----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from sweep_helpers import comparable, read_results, tiny_overrides  # noqa: E402
 
 from peftbench.config import load_sweep  # noqa: E402
 from peftbench.executors import run_sweep_ray  # noqa: E402
-from peftbench.sweep import lock_holder, run_lock, run_sweep  # noqa: E402
+from peftbench.sweep import lock_holder, run_sweep  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -48,18 +48,16 @@ def test_ray_sweep_gives_the_local_executors_results(local_ray, reference, tmp_p
     assert sorted(again.skipped) == sorted(reference) and not again.ran
 
 
-def _kill_first_worker_holding_a_lock(results_dir, deadline_s: float = 120.0) -> int:
-    """SIGKILL the Ray worker that holds a run's lock (that is, is running it); returns its pid."""
+def _kill_a_worker_running_a_run(results_dir, deadline_s: float = 120.0) -> tuple[int, str]:
+    """SIGKILL the Ray worker running a run (its result says running; it holds the lock): (pid, run id)."""
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
-        for run_dir in sorted(p for p in results_dir.glob("*") if p.is_dir()):
-            holder = lock_holder(run_dir)
-            with run_lock(run_dir) as free:
-                held = not free
-            if held and holder:
+        for run_id, result in read_results(results_dir).items():
+            holder = lock_holder(results_dir / run_id)
+            if result["status"] == "running" and holder:
                 pid = int(holder.split("@")[0])
                 os.kill(pid, signal.SIGKILL)
-                return pid
+                return pid, run_id
         time.sleep(0.02)
     raise AssertionError("no run was ever started")
 
@@ -74,17 +72,19 @@ def _in_thread(function, *args):
 @pytest.mark.parametrize("max_retries", [2, 0])
 def test_a_lost_workers_run_is_retried_or_marked_failed(local_ray, reference, tmp_path, max_retries):
     thread, box = _in_thread(run_sweep_ray, _sweep(tmp_path, f"max_retries={max_retries}"))
-    killed = _kill_first_worker_holding_a_lock(tmp_path)
+    killed, victim = _kill_a_worker_running_a_run(tmp_path)
     thread.join(timeout=300)
     outcome = box["value"]
     assert killed != os.getpid()
     found = read_results(tmp_path)
     if max_retries:  # Ray started the task again in a new worker; it resumed and finished
         assert sorted(outcome.ran) == sorted(reference) and not outcome.failed
+        assert int(lock_holder(tmp_path / victim).split("@")[0]) != killed
         assert {run_id: comparable(r) for run_id, r in found.items()} == \
             {run_id: comparable(r) for run_id, r in reference.items()}
         return
     (lost,) = outcome.failed
+    assert lost == victim
     assert found[lost]["status"] == "failed" and found[lost]["error"]["type"] == "WorkerLost"
     retried = run_sweep_ray(_sweep(tmp_path, "retry_failed=true"), progress=False)
     assert retried.ran == [lost] and comparable(read_results(tmp_path)[lost]) == comparable(reference[lost])

@@ -46,19 +46,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.retry_failed:
         sweep.retry_failed = True
     for note in check_sweep(sweep):
-        print(f"peftbench: note: {note}", file=sys.stderr)
+        print(redact(f"peftbench: note: {note}"), file=sys.stderr)
     runs = sweep.expand()
-    print(f"sweep {sweep.name}: {len(runs)} run(s) → {sweep.results_dir}", file=sys.stderr)
+    print(redact(f"sweep {sweep.name}: {len(runs)} run(s) → {sweep.results_dir}"), file=sys.stderr)
     if sweep.executor == "ray":
         from peftbench.executors import run_sweep_ray
 
         outcome = run_sweep_ray(sweep)
     else:
         outcome = run_sweep(sweep, progress=not args.quiet)
-    print(results_table(runs, sweep.results_dir))
-    print(f"\n{len(outcome.ran)} ran, {len(outcome.skipped)} already done, {len(outcome.failed)} not ok, "
-          f"{len(outcome.locked)} held by another process; results in {sweep.results_dir}", file=sys.stderr)
+    print(redact(results_table(runs, sweep.results_dir)))
+    for run_id in outcome.failed:  # why each run is not ok, one line each (the result file has the rest)
+        print(redact(_failure_line(sweep.results_dir, run_id)), file=sys.stderr)
+    print(redact(f"\n{len(outcome.ran)} ran, {len(outcome.skipped)} already done, {len(outcome.failed)} not ok, "
+                 f"{len(outcome.locked)} held by another process; results in {sweep.results_dir}"), file=sys.stderr)
     return 1 if outcome.failed else 0
+
+
+def _failure_line(results_dir: Path, run_id: str) -> str:
+    from peftbench.results import CorruptResult, read_result, result_path
+
+    try:
+        result = read_result(result_path(results_dir, run_id))
+    except CorruptResult as exc:
+        return f"peftbench: {run_id}: {exc}"
+    error = result.get("error") or {}
+    message = (str(error.get("message") or "").splitlines() or [""])[0]
+    return f"peftbench: {result['status']}: {run_id}: {error.get('type', '?')}: {message}"
 
 
 def cmd_list(args: argparse.Namespace) -> int:

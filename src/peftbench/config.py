@@ -160,6 +160,9 @@ class SweepConfig:
     executor: str = "local"
     """local (runs one after another in this process) or ray (each run a Ray task; pip install peftbench[ray])."""
     retry_failed: bool = False
+    device_map: str | None = None
+    """Model parallelism for models too big for one GPU: "auto" splits each run's model over all visible GPUs
+    (balanced), "sequential" fills them in order; None trains on one device. Not part of run ids."""
     ray_address: str | None = None
     """Ray cluster to join: "auto" (the cluster started on this node with `ray start`), ray://host:10001, or
     None (RAY_ADDRESS if set, else a local Ray instance on this machine)."""
@@ -185,6 +188,8 @@ class SweepConfig:
         if self.executor not in ("local", "ray"):
             raise UserError(f"executor must be local or ray, got {self.executor!r}"
                             f"{did_you_mean(self.executor, ['local', 'ray'])}")
+        if self.device_map not in (None, "auto", "sequential"):
+            raise UserError(f"device_map must be auto, sequential or null, got {self.device_map!r}")
         if self.ray_num_cpus_per_run < 0 or (self.ray_num_gpus_per_run or 0) < 0 or self.max_retries < -1:
             raise UserError("ray_num_cpus_per_run and ray_num_gpus_per_run must be at least 0, "
                             "max_retries at least -1")

@@ -52,7 +52,11 @@ def run_sweep_ray(sweep: SweepConfig, *, progress: bool = True) -> SweepOutcome:
         return outcome
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=sweep.ray_address, include_dashboard=False, log_to_driver=False)
+        joining = sweep.ray_address or os.environ.get("RAY_ADDRESS")
+        # A local instance is this sweep's alone: no dashboard. Worker logs stay in Ray's log files either
+        # way; what a run has to say is in its result.
+        options = {} if joining else {"include_dashboard": False}
+        ray.init(address=sweep.ray_address, log_to_driver=False, **options)
     try:
         _run_tasks(ray, sweep, pending, results_dir, outcome, progress)
     finally:
@@ -82,7 +86,7 @@ def _run_tasks(ray, sweep: SweepConfig, pending: list[RunConfig], results_dir: P
     task = ray.remote(execute_in_worker).options(
         num_cpus=cpus, num_gpus=gpus_per_run(ray, sweep), max_retries=sweep.max_retries, retry_exceptions=False)
     env = {name: os.environ[name] for name in _FORWARDED_ENV if name in os.environ}
-    refs = {task.remote(run, str(results_dir), sweep.retry_failed, env): run for run in pending}
+    refs = {task.remote(run, str(results_dir), sweep.retry_failed, sweep.device_map, env): run for run in pending}
     bar = tqdm(total=len(refs), desc=f"sweep {sweep.name} (ray)", unit="run", disable=not progress)
     try:
         while refs:
@@ -99,10 +103,11 @@ def _run_tasks(ray, sweep: SweepConfig, pending: list[RunConfig], results_dir: P
         bar.close()
 
 
-def execute_in_worker(run: RunConfig, results_dir: str, retry_failed: bool, env: dict[str, str]) -> str:
+def execute_in_worker(run: RunConfig, results_dir: str, retry_failed: bool, device_map: str | None,
+                      env: dict[str, str]) -> str:
     """The Ray task: run ``run`` under its lock, exactly as the local executor does; returns what happened."""
     os.environ.update(env)
-    status = run_if_pending(run, Path(results_dir), retry_failed, progress=False)
+    status = run_if_pending(run, Path(results_dir), retry_failed, progress=False, device_map=device_map)
     try:
         import torch
 

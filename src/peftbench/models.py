@@ -181,11 +181,36 @@ def _load_pristine(name: str, trust_remote_code: bool) -> LoadedModel:
     return LoadedModel(name, spec.source, family_of(model.config), model, tokenizer)
 
 
-def load_model(name: str, trust_remote_code: bool = False) -> LoadedModel:
-    """A fresh, trainable copy of the model. Weights are read from disk once per process and copied."""
+def load_model(name: str, trust_remote_code: bool = False, device_map: str | None = None) -> LoadedModel:
+    """A fresh, trainable copy of the model. Weights are read from disk once per process and copied.
+
+    ``device_map`` ("auto" or "sequential") splits the copy's layers over the visible GPUs (see
+    ``place_on_gpus``); None leaves it on the CPU for the trainer to move.
+    """
     pristine = _load_pristine(name, trust_remote_code)
     model = copy.deepcopy(pristine.model)  # deepcopy keeps tied weights tied
+    if device_map is not None:
+        model = place_on_gpus(model, device_map)
     return LoadedModel(pristine.name, pristine.source, pristine.family, model, pristine.tokenizer)
+
+
+def place_on_gpus(model: PreTrainedModel, device_map: str) -> PreTrainedModel:
+    """Model parallelism in one process (the paper's FLAN-T5-XL on 4 A10s): whole blocks per GPU.
+
+    "auto" balances the blocks over the GPUs, "sequential" fills GPU 0 first. A model that does not fit the
+    GPUs is a UserError: training with layers offloaded to the CPU would be far too slow to be meant.
+    """
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    no_split = list(getattr(model, "_no_split_modules", None) or [])
+    max_memory = get_balanced_memory(model, no_split_module_classes=no_split) if device_map == "auto" else None
+    placement = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split)
+    offloaded = sorted({str(d) for d in placement.values() if str(d) in ("cpu", "disk")})
+    if offloaded and torch.cuda.is_available():
+        raise UserError(f"device_map={device_map}: the model does not fit the {torch.cuda.device_count()} visible "
+                        f"GPU(s); {len(offloaded)} part(s) would go to {', '.join(offloaded)}")
+    return dispatch_model(model, device_map=placement)
 
 
 def smollm2_dir() -> Path:

@@ -23,8 +23,9 @@ def check_sweep(sweep: SweepConfig) -> list[str]:
     """Raise UserError on the first bad input of ``sweep``; return notes worth telling the user."""
     check_names(sweep)
     check_selection(sweep)
-    check_models(sweep)
-    notes = check_data(sweep)
+    notes = check_models(sweep)
+    check_methods(sweep)
+    notes += check_data(sweep)
     check_results_dir(sweep.results_dir)
     return notes
 
@@ -66,22 +67,53 @@ def check_selection(sweep: SweepConfig) -> None:
                                 f"{ablation or 'layers=/modules='} does not apply to it")
 
 
-def check_models(sweep: SweepConfig) -> None:
-    """A local model directory that ships its own code runs only with ``trust_remote_code: true``."""
+def check_models(sweep: SweepConfig) -> list[str]:
+    """Code a local model directory ships (``auto_map``) runs only with ``trust_remote_code: true``.
+
+    Without it, a model of an architecture transformers knows loads with the built-in class (a note says
+    so); any other is refused.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
     from peftbench.models import resolve_source
 
+    notes = []
     for model in sweep.models:
-        source = Path(resolve_source(model).source)
-        config_file = source / "config.json"
+        config_file = Path(resolve_source(model).source) / "config.json"
         if sweep.trust_remote_code or not config_file.is_file():
             continue
         try:
             config = json.loads(config_file.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UserError(f"{config_file}: not readable as JSON ({exc})") from None
-        if isinstance(config, dict) and config.get("auto_map"):
-            raise UserError(f"model {model}: {config_file} names its own code (auto_map), which peftbench runs "
-                            f"only with trust_remote_code: true")
+        if not isinstance(config, dict) or not config.get("auto_map"):
+            continue
+        model_type = config.get("model_type")
+        if model_type not in CONFIG_MAPPING:
+            raise UserError(f"model {model}: {config_file} needs its own code (auto_map, model_type "
+                            f"{model_type!r}), which peftbench runs only with trust_remote_code: true")
+        notes.append(f"model {model}: the code named by auto_map in {config_file} is not run "
+                     f"(trust_remote_code is off); the built-in {model_type} class is used")
+    return notes
+
+
+def check_methods(sweep: SweepConfig) -> None:
+    """Apply every (model, method, ablation) of the grid to the model built on the meta device (no weights,
+    well under a second each): method options, layer indices and module selections fail here, not mid-sweep."""
+    from peftbench.params import count_params
+
+    for model in sweep.models:
+        for method in sweep.methods:
+            for ablation in sweep.ablations_for(method):
+                cell = f"model {model}, method {method}" + (f", ablation {ablation}" if ablation else "")
+                try:
+                    count_params(model, method, ablation, sweep.layers, sweep.modules,
+                                 sweep.method_options.get(method, {}), seed=sweep.seeds[0])
+                except UserError as exc:
+                    raise UserError(f"{cell}: {exc}") from None
+                except (OSError, ValueError) as exc:  # a hub id offline or unknown, a config it cannot read
+                    raise UserError(f"{cell}: cannot build the model from its config "
+                                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
 def check_data(sweep: SweepConfig) -> list[str]:

@@ -116,7 +116,7 @@ def lock_holder(run_dir: Path) -> str | None:
 
 
 def execute_run(run: RunConfig, results_dir: Path, *, progress: bool = True,
-                stop_requested: Callable[[], bool] = lambda: False) -> dict:
+                stop_requested: Callable[[], bool] = lambda: False, device_map: str | None = None) -> dict:
     """Run one cell and write its result file (whatever happens); returns the result. Hold the run's lock."""
     from peftbench.train import Diverged, Interrupted, run_cell  # heavy imports only when running
 
@@ -129,7 +129,8 @@ def execute_run(run: RunConfig, results_dir: Path, *, progress: bool = True,
     results.atomic_write_json(results.result_path(results_dir, run_id),
                               {**base, "status": "running", "error": None, "started_at": time.time()})
     try:
-        result = {**base, **run_cell(run, run_dir, progress=progress, stop_requested=stop_requested)}
+        result = {**base, **run_cell(run, run_dir, progress=progress, stop_requested=stop_requested,
+                                     device_map=device_map)}
     except Diverged as exc:
         result = {**base, "status": "diverged", "error": {"type": "Diverged", "message": str(exc), "step": exc.step}}
     except (Interrupted, KeyboardInterrupt) as exc:
@@ -156,7 +157,7 @@ def _remove_partial_writes(run_dir: Path) -> None:
 
 
 def run_if_pending(run: RunConfig, results_dir: Path, retry_failed: bool, *, progress: bool = True,
-                   stop_requested: Callable[[], bool] = lambda: False) -> str:
+                   stop_requested: Callable[[], bool] = lambda: False, device_map: str | None = None) -> str:
     """Run ``run`` unless it is done or another process holds it: its result status, SKIPPED or LOCKED.
 
     Every executor goes through here, so the skip rules and the lock are the same for all of them.
@@ -173,7 +174,8 @@ def run_if_pending(run: RunConfig, results_dir: Path, retry_failed: bool, *, pro
         # Re-check under the lock: another sweep may have finished it meanwhile.
         if not should_run(results.load_status(results_dir, run_id), retry_failed):
             return SKIPPED
-        return execute_run(run, results_dir, progress=progress, stop_requested=stop_requested)["status"]
+        return execute_run(run, results_dir, progress=progress, stop_requested=stop_requested,
+                           device_map=device_map)["status"]
 
 
 def _tidy_finished(run_dir: Path) -> None:
@@ -187,6 +189,7 @@ def _tidy_finished(run_dir: Path) -> None:
 
 def run_sweep(sweep: SweepConfig, *, progress: bool = True) -> SweepOutcome:
     """Run every pending cell of the grid in this process (the local executor)."""
+    refuse_multi_process_launch()
     runs = sweep.expand()
     results_dir = sweep.results_dir
     check_results_dir(results_dir)
@@ -196,11 +199,26 @@ def run_sweep(sweep: SweepConfig, *, progress: bool = True) -> SweepOutcome:
         for run in tqdm(runs, desc=f"sweep {sweep.name}", unit="run", disable=not progress):
             if flag():  # a stop that came after the last run's final step: start nothing new
                 break
-            what = run_if_pending(run, results_dir, sweep.retry_failed, progress=progress, stop_requested=flag)
+            what = run_if_pending(run, results_dir, sweep.retry_failed, progress=progress, stop_requested=flag,
+                                  device_map=sweep.device_map)
             outcome.record(run.run_id(), what)
             if what == "interrupted":
                 break
     return outcome
+
+
+def refuse_multi_process_launch() -> None:
+    """Several processes of one run (``accelerate launch``, ``torchrun``) would each train it alone.
+
+    The recipe feeds every batch to one process; data parallelism, FSDP and ZeRO-3 need it to shard batches
+    and gather states across processes, which it does not do (docs/scaling.md). Fail before any training
+    rather than hang in the first gradient all-reduce.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:
+        raise UserError(f"peftbench was started as {world} processes (WORLD_SIZE={world}), but a run trains in "
+                        f"one process: use device_map=auto to spread a model over several GPUs, or "
+                        f"executor=ray to run several runs at once (see docs/scaling.md)")
 
 
 def check_results_dir(results_dir: Path) -> None:

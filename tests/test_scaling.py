@@ -1,0 +1,39 @@
+"""Beyond one device: device_map placement (exercised on the CPU here) and the multi-process guard."""
+
+from __future__ import annotations
+
+import pytest
+from sweep_helpers import comparable, tiny_overrides
+
+from peftbench.config import load_sweep
+from peftbench.errors import UserError
+from peftbench.models import load_model
+from peftbench.sweep import run_sweep
+from peftbench.train import run_cell
+
+
+def test_device_map_is_an_execution_setting_not_part_of_the_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path / "cache"))
+    plain = load_sweep(None, tiny_overrides(tmp_path / "a", methods=("lora",)))
+    mapped = load_sweep(None, tiny_overrides(tmp_path / "b", methods=("lora",), extra=("device_map=auto",)))
+    (run,) = plain.expand()
+    assert [r.run_id() for r in mapped.expand()] == [run.run_id()]
+    # Without GPUs every block lands on the CPU: the same training, recorded as placed by device_map.
+    placed = run_cell(run, tmp_path / "b" / run.run_id(), progress=False, device_map="auto")
+    straight = run_cell(run, tmp_path / "a" / run.run_id(), progress=False)
+    assert placed["hardware"]["device_map"] == "auto" and straight["hardware"]["device_map"] is None
+    placed["hardware"]["device_map"] = None
+    assert comparable(placed) == comparable(straight)
+    assert load_model("t5-tiny-random", device_map="auto").model.hf_device_map == {"": "cpu"}
+
+
+def test_unknown_device_map_is_refused():
+    with pytest.raises(UserError, match="device_map must be auto, sequential or null"):
+        load_sweep(None, ["device_map=balanced_low_0"])
+
+
+def test_a_multi_process_launch_fails_before_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(UserError, match="started as 4 processes"):
+        run_sweep(load_sweep(None, tiny_overrides(tmp_path)), progress=False)
+    assert not any(tmp_path.iterdir())
