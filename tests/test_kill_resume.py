@@ -14,7 +14,6 @@ starts in milliseconds and none inherits a used OpenMP thread pool.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import signal
 from pathlib import Path
 
@@ -74,10 +73,12 @@ CHAIN = [
 @pytest.fixture(scope="module")
 def forkserver(tmp_path_factory):
     """A fork server with the training stack imported; children share a tokenisation cache of this module."""
-    os.environ["PEFTBENCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["sweep_helpers", "peftbench.train", "peftbench.sweep", "peftbench.datacache"])
-    return context
+    with pytest.MonkeyPatch.context() as patch:  # the fork server inherits the environment it starts with
+        patch.setenv("PEFTBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["sweep_helpers", "peftbench.train", "peftbench.sweep",
+                                        "peftbench.datacache"])
+        yield context
 
 
 def _child(context, overrides: list[str], point=None) -> int:

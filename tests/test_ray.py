@@ -20,10 +20,11 @@ from peftbench.sweep import lock_holder, run_sweep  # noqa: E402
 
 @pytest.fixture(scope="module")
 def local_ray(tmp_path_factory):
-    os.environ["PEFTBENCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    with pytest.MonkeyPatch.context() as patch:  # the Ray workers inherit the environment
+        patch.setenv("PEFTBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        yield
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

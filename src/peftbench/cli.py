@@ -40,9 +40,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from peftbench.sweep import run_sweep
 
     config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config:  # `peftbench run key=value ...` with no config file
-        config, overrides = None, [config, *overrides]
-    sweep = load_sweep(resolve_config_path(config), overrides)
+    if config is not None and "=" in config:  # `peftbench run key=value ...`: the defaults (the paper's
+        config, overrides = None, [config, *overrides]  # protocol) plus the overrides, no suite
+        sweep = load_sweep(None, overrides)
+    else:  # a suite or YAML file; no arguments at all is the embedded quickstart
+        sweep = load_sweep(resolve_config_path(config), overrides)
     if args.retry_failed:
         sweep.retry_failed = True
     for note in check_sweep(sweep):

@@ -5,8 +5,9 @@ train, autocast caches that cast for the duration of the autocast region; for fr
 so a frozen 135M-parameter base is re-cast (read 540 MB, write 270 MB) on every forward pass and every
 decoding step. Storing the frozen linear weights in bf16 once gives the same matmul inputs autocast would
 have produced, bit for bit, without the repeated casts; trainable parameters stay fp32 (the optimiser's
-master copy). Weights shared with an embedding (tied LM heads) are left alone: embedding lookups are not
-autocast, so casting them would change the computation.
+master copy). A frozen weight shared with an embedding (a tied LM head: 28M of SmolLM2's 135M) cannot be
+cast in place, since embedding lookups are not autocast; the head gets its own bf16 copy instead (untied,
++2 bytes per weight) and the embedding keeps the fp32 original.
 """
 
 from __future__ import annotations
@@ -23,10 +24,15 @@ def store_frozen_linears_in(model: nn.Module, dtype: torch.dtype) -> int:
         if type(module) is not nn.Linear:  # exact type: PEFT wrappers keep their base layer as a child
             continue
         weight = module.weight
-        if weight.requires_grad or id(weight) in embedding_weights or weight.dtype == dtype:
+        if weight.requires_grad or weight.dtype == dtype:
             continue
         if module.bias is not None and module.bias.requires_grad:
             continue
-        module.to(dtype)
+        if id(weight) in embedding_weights:  # tied head: a bf16 copy of its own; the embedding stays fp32
+            module.weight = nn.Parameter(weight.detach().to(dtype), requires_grad=False)
+            if module.bias is not None:
+                module.bias = nn.Parameter(module.bias.detach().to(dtype), requires_grad=False)
+        else:
+            module.to(dtype)
         cast += 1
     return cast

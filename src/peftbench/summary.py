@@ -2,35 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import statistics
 from pathlib import Path
 
 from peftbench import results
 from peftbench.config import RunConfig
-
-# Two-sided 95% Student t quantiles t_{0.975, df} for df = 1..30 (df = number of seeds - 1).
-_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-        2.045, 2.042]
-
-
-def t95(df: int) -> float:
-    """Two-sided 95% Student t quantile for ``df`` degrees of freedom (Cornish-Fisher beyond the table)."""
-    if df <= len(_T95):
-        return _T95[df - 1]
-    z = 1.959964
-    return z + (z**3 + z) / (4 * df)  # within 0.003 of t for df > 30
-
-
-def mean_ci(values: list[float]) -> tuple[float, float, float]:
-    """(mean, sample standard deviation, half-width of the 95% t interval); sd and CI are 0 for one value."""
-    n = len(values)
-    mean = statistics.fmean(values)
-    if n < 2:
-        return mean, 0.0, 0.0
-    sd = statistics.stdev(values)
-    return mean, sd, t95(n - 1) * sd / math.sqrt(n)
+from peftbench.stats import mean_ci
 
 
 def _cell_key(run: RunConfig) -> tuple:

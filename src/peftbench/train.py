@@ -29,7 +29,7 @@ from peftbench.ablations import resolve_selection
 from peftbench.batching import collate, length_grouped_batches
 from peftbench.config import RunConfig, TrainConfig
 from peftbench.datacache import encode_cached
-from peftbench.evaluate import generate, score, validation_loss
+from peftbench.evaluate import causal_target_loss, generate, score, validation_loss
 from peftbench.methods import LRSchedule, apply_method, get_method
 from peftbench.models import load_model
 from peftbench.precision import store_frozen_linears_in
@@ -258,7 +258,8 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
                   "architecture": loaded.architecture},
         "data": {**data.info, "scale": run.scale},
         "batch": state.batch_plan(cfg),
-        "versions": environment.versions(), "hardware": {**environment.hardware(device), "device_map": device_map},
+        "versions": environment.versions(),
+        "hardware": {**environment.hardware(device), "device_map": device_map},
         "params": params, "epochs": state.epoch, "max_epochs": max_epochs,
         "best_epoch": state.stopper.best_epoch, "history": state.history,
         "optimizer": {"name": "AdamW", "lr_initial": lr.initial, "lr_peak": lr.peak, "lr_final": lr.final,
@@ -347,8 +348,8 @@ def _accumulate(model, accelerator, items, group: list[list[int]], cfg: TrainCon
         for chunk in chunks:
             batch = collate([items[i] for i in chunk], family, pad_id)
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            with accelerator.autocast():
-                loss = model(**batch).loss
+            with accelerator.autocast():  # causal: the LM head runs only where a target token is predicted
+                loss = causal_target_loss(model, batch) if family == "causal" else model(**batch).loss
             accelerator.backward(loss / (cfg.grad_accum * len(chunks)))
             chunk_losses.append(loss.detach().float())
             tokens += batch["attention_mask"].sum()

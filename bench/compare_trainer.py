@@ -1,0 +1,132 @@
+"""peftbench against the plain Hugging Face Trainer + PEFT script, cell by cell, in one process tree.
+
+    python bench/compare_trainer.py --cells all --data-dir ../shared/data [--device cpu|cuda] [--quick]
+
+For each cell the two sides run as subprocesses, one after the other, alternating which goes first so that
+drift in the machine's load hits both alike; the GEMM peak (fp32, bf16) is measured in this process before
+and after the cells, with the same torch threads. Printed and written to ``bench/results/``: time to
+result (data + model + training + validation + test decoding + scoring), training seconds and tokens/s,
+test-decoding seconds, model FLOPs utilisation (bench/flops.py, over the best bf16 GEMM rate measured) and
+the test score, with the ratios trainer / peftbench.
+
+Protocol: the paper's (batch 16 × 4, the scale's max epochs, early stopping with patience 1, the best
+epoch tested), except the evaluation size: ``train.eval_examples=200`` (100 validation, 100 test) and
+no per-epoch validation decoding (``train.val_metric_examples=0``; the Trainer script computes the loss
+only). ``--quick`` also caps training at 2 epochs and evaluation at 64 examples: a smoke test of the bench.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from flops import gemm_peak, gemm_sizes
+from report import markdown_table, summarise
+
+HERE = Path(__file__).resolve().parent
+CELLS = {
+    "smollm2-lora-cola": ["model=smollm2-135m", "methods=[lora]", "tasks=[cola]", "scales=[low]"],
+    "smollm2-full-cola": ["model=smollm2-135m", "methods=[full]", "tasks=[cola]", "scales=[low]"],
+    "smollm2-lora-samsum": ["model=smollm2-135m", "methods=[lora]", "tasks=[samsum]", "scales=[low]"],
+    "smollm2-full-samsum": ["model=smollm2-135m", "methods=[full]", "tasks=[samsum]", "scales=[low]"],
+    "t5tiny-lora-cola": ["model=t5-tiny-random", "methods=[lora]", "tasks=[cola]", "scales=[low]"],
+}
+PROTOCOL = ["train.eval_examples=200", "train.val_metric_examples=0"]
+QUICK = ["train.eval_examples=64", "train.val_metric_examples=0", "train.max_epochs=2"]
+SIDES = {"peftbench": HERE / "peftbench_side.py", "trainer": HERE / "trainer_baseline.py"}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", default="all", help=f"comma-separated, or all: {', '.join(CELLS)}")
+    parser.add_argument("--data-dir", default="../shared/data")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--quick", action="store_true", help="2 epochs, 64 evaluation examples")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--sides", default="peftbench,trainer")
+    parser.add_argument("--out-dir", default=str(HERE / "results"))
+    parser.add_argument("--omp-passive", action="store_true",
+                        help="OMP_WAIT_POLICY=PASSIVE for both sides (a shared, busy CPU; see RESULTS.md)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="extra peftbench overrides for both sides, e.g. train.max_epochs=3")
+    return parser.parse_args(argv)
+
+
+def child_env(args: argparse.Namespace) -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+    if args.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    if args.omp_passive:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return env
+
+
+def run_side(side: str, cell: str, overrides: list[str], out_dir: Path, env: dict[str, str], repeat: int) -> dict:
+    out = out_dir / f"{cell}.{side}.{repeat}.json"
+    log = out_dir / f"{cell}.{side}.{repeat}.log"
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    started = time.perf_counter()
+    with log.open("w") as handle:
+        code = subprocess.call([sys.executable, str(SIDES[side]), str(out), *overrides], env=env,
+                               stdout=handle, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - started
+    if code != 0 or not out.is_file():
+        print(f"  {side:9s} FAILED (exit {code}); see {log}", flush=True)
+        return {"side": side, "cell": cell, "failed": True, "exit_code": code, "log": str(log)}
+    record = json.loads(out.read_text())
+    record.update(cell=cell, process_wall_s=wall, load_before=load_before, repeat=repeat)
+    print(f"  {side:9s} {record['time_to_result_s']:8.1f} s to result, {record['epochs']} epochs, "
+          f"score {record['score']:.4f}, load {load_before[0]}", flush=True)
+    return record
+
+
+def measure_peaks(device: str) -> dict:
+    sizes = gemm_sizes(device)
+    return {"fp32": gemm_peak(device, torch.float32, sizes), "bf16": gemm_peak(device, torch.bfloat16, sizes)}
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    names = list(CELLS) if args.cells == "all" else args.cells.split(",")
+    unknown = [n for n in names if n not in CELLS]
+    if unknown:
+        raise SystemExit(f"unknown cell(s) {unknown}; choose from {', '.join(CELLS)}")
+    sides = args.sides.split(",")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(args.out_dir) / stamp
+    out_dir.mkdir(parents=True)
+    env = child_env(args)
+    protocol = (QUICK if args.quick else PROTOCOL) + [f"data_dir={Path(args.data_dir).resolve()}", *args.set]
+    print(f"GEMM peak on {args.device} ({torch.get_num_threads()} threads) ...", flush=True)
+    peaks_before = measure_peaks(args.device)
+    records = []
+    for repeat in range(args.repeats):
+        for index, cell in enumerate(names):
+            order = sides if (index + repeat) % 2 == 0 else sides[::-1]
+            print(f"{cell} (repeat {repeat + 1}/{args.repeats})", flush=True)
+            for side in order:
+                records.append(run_side(side, cell, CELLS[cell] + protocol, out_dir, env, repeat))
+    peaks_after = measure_peaks(args.device)
+    peaks = {"before": peaks_before, "after": peaks_after}
+    summary = summarise(records, peaks, names)
+    meta = {"command": " ".join([Path(sys.argv[0]).name, *argv]), "device": args.device, "stamp": stamp,
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "protocol": protocol,
+            "omp_wait_policy": env.get("OMP_WAIT_POLICY"), "peaks": peaks}
+    table = markdown_table(summary, meta)
+    print("\n" + table)
+    (out_dir / "summary.json").write_text(json.dumps({"meta": meta, "cells": summary, "runs": records},
+                                                     indent=1, default=str))
+    (out_dir / "summary.md").write_text(table + "\n")
+    print(f"\nwritten: {out_dir}/summary.md, summary.json")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

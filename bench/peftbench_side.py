@@ -1,0 +1,78 @@
+"""One benchmark cell through peftbench's own recipe (``peftbench.train.run_cell``), timed.
+
+    python bench/peftbench_side.py OUT.json key=value ...
+
+Time to result is ``run_cell``'s own clock (data, model copy, method, tokenising, training with its
+per-epoch validation, test decoding and scoring, adapter saving). Training seconds are the optimiser
+loop alone: the bench wraps ``train._train_epoch`` with a timer, which changes nothing it computes.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+
+from common import epoch_flops, load_average, resolve_cell, write_record
+
+from peftbench import train
+from peftbench.batching import IGNORE
+from peftbench.datacache import encode_cached
+from peftbench.methods import apply_method
+from peftbench.models import load_model
+from peftbench.tasks import get_task
+from peftbench.tasks.data import load_task_data
+
+_train_seconds = [0.0]
+
+
+def _timed(function):
+    def wrapper(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            _train_seconds[0] += time.perf_counter() - started
+    return wrapper
+
+
+def flops_per_epoch(run) -> float:
+    """Model FLOPs of one training epoch of this cell (see flops.py), outside the timed run."""
+    loaded = load_model(run.model, run.trust_remote_code)
+    model = apply_method(loaded.model, loaded.family, run.method, run.method_options, seed=run.seed).model
+    task = get_task(run.task)
+    data = load_task_data(task, run.data_dir, run.scale, run.seed, run.train.eval_examples)
+    cfg = run.train
+    items = encode_cached(task, data.train, loaded.tokenizer, loaded.family, cfg.max_source_tokens,
+                          cfg.max_target_tokens)
+    if loaded.family == "causal":
+        counts = [(len(e.input_ids), sum(label != IGNORE for label in e.labels), 0) for e in items]
+    else:
+        counts = [(len(e.input_ids), 0, len(e.labels)) for e in items]
+    return epoch_flops(model, counts)
+
+
+def main(out: str, overrides: list[str]) -> None:
+    run = resolve_cell(overrides)
+    train._train_epoch = _timed(train._train_epoch)
+    load_before = load_average()
+    with tempfile.TemporaryDirectory() as run_dir:
+        result = train.run_cell(run, run_dir, progress=False)
+    load_after = load_average()
+    per_epoch = flops_per_epoch(run)
+    write_record(out, {
+        "side": "peftbench", "overrides": overrides,
+        "time_to_result_s": result["time"]["total_s"], "train_s": _train_seconds[0],
+        "validation_s": result["time"]["train_s"] - _train_seconds[0], "eval_s": result["time"]["eval_s"],
+        "epochs": result["epochs"], "best_epoch": result["best_epoch"],
+        "train_tokens": result["throughput"]["train_tokens"], "train_flops": per_epoch * result["epochs"],
+        "score": result["metrics"]["score"], "metric": result["task"]["metric"],
+        "trainable_params": result["params"]["trainable"], "precision": result["optimizer"]["precision"],
+        "device": result["hardware"].get("device"), "history": result["history"],
+        "load_average": {"before": load_before, "after": load_after},
+        "predictions_sample": result["predictions_sample"][:3],
+    })
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])
