@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peftbench.ablations import ABLATIONS
 from peftbench.errors import UserError
 from peftbench.results import iter_results
 from peftbench.stats import mean_ci, t_quantile_975  # noqa: F401 - re-exported
@@ -24,16 +25,7 @@ from peftbench.stats import mean_ci, t_quantile_975  # noqa: F401 - re-exported
 METHOD_ORDER = ("full", "ia3", "lora", "bitfit", "prompt")
 TASK_ORDER = ("ag_news", "cola", "e2e_nlg", "samsum", "synthetic_classification", "synthetic_data_to_text")
 SCALE_ORDER = ("low", "medium", "high")
-ABLATION_ORDER = (
-    "early_layers",
-    "later_layers",
-    "random_layers",
-    "drop_self_attention",
-    "drop_cross_attention",
-    "drop_query_output",
-    "drop_attention",
-    "drop_feed_forward",
-)
+ABLATION_ORDER = tuple(ABLATIONS.names())  # the registry's order is Table 2's
 # Nominal training-set sizes of the named scales (§3.1), used to find "the closest scale".
 SCALE_EXAMPLES = {"low": 100, "medium": 1000, "high": 10000}
 
