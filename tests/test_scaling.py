@@ -1,6 +1,8 @@
-"""Beyond one device: device_map placement (exercised on the CPU here) and the multi-process guard."""
+"""Beyond one device: device_map placement (exercised on the CPU here) and what a multi-process launch refuses."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 from sweep_helpers import comparable, tiny_overrides
@@ -32,8 +34,12 @@ def test_unknown_device_map_is_refused():
         load_sweep(None, ["device_map=balanced_low_0"])
 
 
-def test_a_multi_process_launch_fails_before_training(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("setting", "message"), [
+    ("device_map=auto", "device_map=auto splits one model over the GPUs of one process; with 4 processes"),
+    ("executor=ray", "executor=ray starts its own processes; launch it as one process")])
+def test_a_multi_process_launch_refuses_settings_of_one_process(tmp_path, monkeypatch, setting, message):
+    # Data parallel runs (tests/test_distributed.py) hold the whole model in every process.
     monkeypatch.setenv("WORLD_SIZE", "4")
-    with pytest.raises(UserError, match="started as 4 processes"):
-        run_sweep(load_sweep(None, tiny_overrides(tmp_path)), progress=False)
+    with pytest.raises(UserError, match=re.escape(message)):
+        run_sweep(load_sweep(None, tiny_overrides(tmp_path, extra=(setting,))), progress=False)
     assert not any(tmp_path.iterdir())

@@ -35,6 +35,7 @@ def resolve_config_path(name: str | None) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from peftbench.config import load_sweep
+    from peftbench.distributed import check_launch, is_main_process
     from peftbench.preflight import check_sweep
     from peftbench.summary import results_table
     from peftbench.sweep import run_sweep
@@ -47,21 +48,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         sweep = load_sweep(resolve_config_path(config), overrides)
     if args.retry_failed:
         sweep.retry_failed = True
+    check_launch(sweep)  # a multi-process launch peftbench cannot serve fails before any work
+    # Launched as several processes (accelerate launch, torchrun), the main one alone reports.
+    say = print if is_main_process() else (lambda *_args, **_kwargs: None)
     for note in check_sweep(sweep):
-        print(redact(f"peftbench: note: {note}"), file=sys.stderr)
+        say(redact(f"peftbench: note: {note}"), file=sys.stderr)
     runs = sweep.expand()
-    print(redact(f"sweep {sweep.name}: {len(runs)} run(s) → {sweep.results_dir}"), file=sys.stderr)
+    say(redact(f"sweep {sweep.name}: {len(runs)} run(s) → {sweep.results_dir}"), file=sys.stderr)
     if sweep.executor == "ray":
         from peftbench.executors import run_sweep_ray
 
         outcome = run_sweep_ray(sweep)
     else:
         outcome = run_sweep(sweep, progress=not args.quiet)
-    print(redact(results_table(runs, sweep.results_dir)))
+    say(redact(results_table(runs, sweep.results_dir)))
     for run_id in outcome.failed:  # why each run is not ok, one line each (the result file has the rest)
-        print(redact(_failure_line(sweep.results_dir, run_id)), file=sys.stderr)
-    print(redact(f"\n{len(outcome.ran)} ran, {len(outcome.skipped)} already done, {len(outcome.failed)} not ok, "
-                 f"{len(outcome.locked)} held by another process; results in {sweep.results_dir}"), file=sys.stderr)
+        say(redact(_failure_line(sweep.results_dir, run_id)), file=sys.stderr)
+    say(redact(f"\n{len(outcome.ran)} ran, {len(outcome.skipped)} already done, {len(outcome.failed)} not ok, "
+               f"{len(outcome.locked)} held by another process; results in {sweep.results_dir}"), file=sys.stderr)
     return 1 if outcome.failed else 0
 
 

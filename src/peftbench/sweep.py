@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from peftbench import checkpoint, results
+from peftbench import checkpoint, distributed, results
 from peftbench.config import RunConfig, SweepConfig
 from peftbench.errors import UserError
 
@@ -122,12 +122,14 @@ def execute_run(run: RunConfig, results_dir: Path, *, progress: bool = True,
 
     run_id = run.run_id()
     run_dir = Path(results_dir) / run_id
-    _remove_partial_writes(run_dir)
     base = {"schema_version": results.SCHEMA_VERSION, "run_id": run_id, "config": run.to_dict(),
             "seed": run.seed}
-    results.atomic_write_json(run_dir / CONFIG_FILE, base["config"])
-    results.atomic_write_json(results.result_path(results_dir, run_id),
-                              {**base, "status": "running", "error": None, "started_at": time.time()})
+    writer = distributed.is_main_process()  # in a multi-process launch the other processes only train
+    if writer:
+        _remove_partial_writes(run_dir)
+        results.atomic_write_json(run_dir / CONFIG_FILE, base["config"])
+        results.atomic_write_json(results.result_path(results_dir, run_id),
+                                  {**base, "status": "running", "error": None, "started_at": time.time()})
     try:
         result = {**base, **run_cell(run, run_dir, progress=progress, stop_requested=stop_requested,
                                      device_map=device_map)}
@@ -140,6 +142,9 @@ def execute_run(run: RunConfig, results_dir: Path, *, progress: bool = True,
     except Exception as exc:  # noqa: BLE001 - a sweep goes on; the error is kept in the result
         result = {**base, "status": "failed", "error": {
             "type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc(limit=20)}}
+    result = distributed.agree_outcome(result, base)  # a failure in any process fails the run in all
+    if not writer:
+        return result
     results.atomic_write_json(results.result_path(results_dir, run_id), result)
     if result["status"] == "ok":
         # Only now: a crash before the result is durable resumes from the last epoch instead of epoch 0.
@@ -160,22 +165,30 @@ def run_if_pending(run: RunConfig, results_dir: Path, retry_failed: bool, *, pro
                    stop_requested: Callable[[], bool] = lambda: False, device_map: str | None = None) -> str:
     """Run ``run`` unless it is done or another process holds it: its result status, SKIPPED or LOCKED.
 
-    Every executor goes through here, so the skip rules and the lock are the same for all of them.
+    Every executor goes through here, so the skip rules and the lock are the same for all of them. In a
+    multi-process launch the main process decides (and holds the lock) and tells the others.
     """
+    def execute() -> str:
+        return execute_run(run, results_dir, progress=progress, stop_requested=stop_requested,
+                           device_map=device_map)["status"]
+
+    if not distributed.is_main_process():
+        decision = distributed.share_decision(None)
+        return execute() if decision == distributed.RUN else decision
     run_id = run.run_id()
     status = results.load_status(results_dir, run_id)
     if not should_run(status, retry_failed):
         if status == "ok":
             _tidy_finished(Path(results_dir) / run_id)
-        return SKIPPED
+        return distributed.share_decision(SKIPPED)
     with run_lock(Path(results_dir) / run_id) as acquired:
         if not acquired:
-            return LOCKED
+            return distributed.share_decision(LOCKED)
         # Re-check under the lock: another sweep may have finished it meanwhile.
         if not should_run(results.load_status(results_dir, run_id), retry_failed):
-            return SKIPPED
-        return execute_run(run, results_dir, progress=progress, stop_requested=stop_requested,
-                           device_map=device_map)["status"]
+            return distributed.share_decision(SKIPPED)
+        distributed.share_decision(distributed.RUN)
+        return execute()
 
 
 def _tidy_finished(run_dir: Path) -> None:
@@ -188,37 +201,27 @@ def _tidy_finished(run_dir: Path) -> None:
 
 
 def run_sweep(sweep: SweepConfig, *, progress: bool = True) -> SweepOutcome:
-    """Run every pending cell of the grid in this process (the local executor)."""
-    refuse_multi_process_launch()
+    """Run every pending cell of the grid in this process (the local executor), or, launched as several
+    processes (``accelerate launch``, ``torchrun``), each run data parallel across them (distributed.py)."""
+    distributed.check_launch(sweep)
+    distributed.init()
+    progress = progress and distributed.is_main_process()
     runs = sweep.expand()
     results_dir = sweep.results_dir
     check_results_dir(results_dir)
     outcome = SweepOutcome()
     flag = StopFlag()
+    stop = distributed.agreed_stop(flag)  # several processes stop after the same step, or none does
     with stop_on_signals(flag):
         for run in tqdm(runs, desc=f"sweep {sweep.name}", unit="run", disable=not progress):
-            if flag():  # a stop that came after the last run's final step: start nothing new
+            if stop():  # a stop that came after the last run's final step: start nothing new
                 break
-            what = run_if_pending(run, results_dir, sweep.retry_failed, progress=progress, stop_requested=flag,
+            what = run_if_pending(run, results_dir, sweep.retry_failed, progress=progress, stop_requested=stop,
                                   device_map=sweep.device_map)
             outcome.record(run.run_id(), what)
             if what == "interrupted":
                 break
     return outcome
-
-
-def refuse_multi_process_launch() -> None:
-    """Several processes of one run (``accelerate launch``, ``torchrun``) would each train it alone.
-
-    The recipe feeds every batch to one process; data parallelism, FSDP and ZeRO-3 need it to shard batches
-    and gather states across processes, which it does not do (docs/scaling.md). Fail before any training
-    rather than hang in the first gradient all-reduce.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world > 1:
-        raise UserError(f"peftbench was started as {world} processes (WORLD_SIZE={world}), but a run trains in "
-                        f"one process: use device_map=auto to spread a model over several GPUs, or "
-                        f"executor=ray to run several runs at once (see docs/scaling.md)")
 
 
 def check_results_dir(results_dir: Path) -> None:
