@@ -26,9 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from flops import gemm_peak, gemm_sizes
 from report import markdown_table, summarise
+
+import peftbench  # noqa: F401  (sets the OpenMP spin limit in os.environ; the children inherit it)
 
 HERE = Path(__file__).resolve().parent
 CELLS = {
@@ -52,20 +52,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--sides", default="peftbench,trainer")
     parser.add_argument("--out-dir", default=str(HERE / "results"))
-    parser.add_argument("--omp-passive", action="store_true",
-                        help="OMP_WAIT_POLICY=PASSIVE for both sides (a shared, busy CPU; see RESULTS.md)")
+    parser.add_argument("--trainer-omp", choices=["same", "default"], default="same",
+                        help="same: the trainer script gets the OpenMP spin limit peftbench sets for itself "
+                             "(GOMP_SPINCOUNT, see src/peftbench/__init__.py), so the ratios measure the other "
+                             "levers; default: libgomp's own spinning, as a plain script runs")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra peftbench overrides for both sides, e.g. train.max_epochs=3")
     return parser.parse_args(argv)
 
 
-def child_env(args: argparse.Namespace) -> dict[str, str]:
+def child_env(args: argparse.Namespace, side: str) -> dict[str, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
-    if args.omp_passive:
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    # Importing peftbench set GOMP_SPINCOUNT here (unless the user set an OpenMP policy): the children inherit
+    # it, whatever they import first.
+    if side == "trainer" and args.trainer_omp == "default" and "OMP_WAIT_POLICY" not in os.environ:
+        env.pop("GOMP_SPINCOUNT", None)
     return env
 
 
@@ -88,9 +92,10 @@ def run_side(side: str, cell: str, overrides: list[str], out_dir: Path, env: dic
     return record
 
 
-def measure_peaks(device: str) -> dict:
-    sizes = gemm_sizes(device)
-    return {"fp32": gemm_peak(device, torch.float32, sizes), "bf16": gemm_peak(device, torch.bfloat16, sizes)}
+def measure_peaks(args: argparse.Namespace) -> dict:
+    """The GEMM peak, in a child process with the peftbench side's environment (threads, OpenMP)."""
+    output = subprocess.run([sys.executable, str(HERE / "flops.py"), args.device], env=child_env(args, "peftbench"), check=True, capture_output=True, text=True).stdout
+    return json.loads(output)
 
 
 def main(argv: list[str]) -> None:
@@ -103,23 +108,25 @@ def main(argv: list[str]) -> None:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = Path(args.out_dir) / stamp
     out_dir.mkdir(parents=True)
-    env = child_env(args)
     protocol = (QUICK if args.quick else PROTOCOL) + [f"data_dir={Path(args.data_dir).resolve()}", *args.set]
-    print(f"GEMM peak on {args.device} ({torch.get_num_threads()} threads) ...", flush=True)
-    peaks_before = measure_peaks(args.device)
+    print(f"GEMM peak on {args.device} ...", flush=True)
+    peaks_before = measure_peaks(args)
     records = []
     for repeat in range(args.repeats):
         for index, cell in enumerate(names):
             order = sides if (index + repeat) % 2 == 0 else sides[::-1]
             print(f"{cell} (repeat {repeat + 1}/{args.repeats})", flush=True)
             for side in order:
-                records.append(run_side(side, cell, CELLS[cell] + protocol, out_dir, env, repeat))
-    peaks_after = measure_peaks(args.device)
+                records.append(run_side(side, cell, CELLS[cell] + protocol, out_dir, child_env(args, side),
+                                            repeat))
+    peaks_after = measure_peaks(args)
     peaks = {"before": peaks_before, "after": peaks_after}
     summary = summarise(records, peaks, names)
     meta = {"command": " ".join([Path(sys.argv[0]).name, *argv]), "device": args.device, "stamp": stamp,
-            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "protocol": protocol,
-            "omp_wait_policy": env.get("OMP_WAIT_POLICY"), "peaks": peaks}
+            "torch_threads": peaks_before["threads"], "cpu_count": os.cpu_count(), "protocol": protocol,
+            "omp": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+                    "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT"), "trainer": args.trainer_omp},
+            "peaks": peaks}
     table = markdown_table(summary, meta)
     print("\n" + table)
     (out_dir / "summary.json").write_text(json.dumps({"meta": meta, "cells": summary, "runs": records},

@@ -125,3 +125,13 @@ def _sync(device: str) -> None:
 
 def gemm_sizes(device: str) -> tuple[int, ...]:
     return (4096, 8192, 16384) if device.startswith("cuda") else (1024, 2048, 3072)
+
+
+if __name__ == "__main__":  # python bench/flops.py cpu|cuda: the peaks as JSON (compare_trainer.py runs this)
+    import json
+    import sys
+
+    target = sys.argv[1] if len(sys.argv) > 1 else "cpu"
+    sizes = gemm_sizes(target)
+    print(json.dumps({"threads": torch.get_num_threads(), "fp32": gemm_peak(target, torch.float32, sizes),
+                      "bf16": gemm_peak(target, torch.bfloat16, sizes)}))

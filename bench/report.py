@@ -56,7 +56,7 @@ def markdown_table(summary: dict, meta: dict) -> str:
     peaks = meta["peaks"]
     lines = [
         f"`{meta['command']}` — {meta['device']}, {meta['torch_threads']} torch threads, "
-        f"OMP_WAIT_POLICY={meta['omp_wait_policy'] or 'unset'}",
+        f"OpenMP {meta['omp']} (trainer side: {meta['omp']['trainer']})",
         "",
         "GEMM peak (GFLOP/s, before / after the cells): "
         f"fp32 {peaks['before']['fp32']['flops_per_s'] / 1e9:.0f} / {peaks['after']['fp32']['flops_per_s'] / 1e9:.0f}, "

@@ -22,14 +22,16 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.utils import get_mixed_precision_context_manager
 from tqdm.auto import tqdm
 
-from peftbench import checkpoint, environment
+from peftbench import checkpoint, distributed, environment
 from peftbench.ablations import resolve_selection
 from peftbench.batching import collate, length_grouped_batches
 from peftbench.config import RunConfig, TrainConfig
 from peftbench.datacache import encode_cached
-from peftbench.evaluate import causal_target_loss, generate, score, validation_loss
+from peftbench.evaluate import causal_target_loss, score
+from peftbench.kernels import training_attention
 from peftbench.methods import LRSchedule, apply_method, get_method
 from peftbench.models import load_model
 from peftbench.precision import store_frozen_linears_in
@@ -192,10 +194,13 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     accelerator = make_accelerator(cfg.precision, loaded.architecture)
     # Frozen linears stored in bf16 once rather than re-cast by autocast at every call (see precision.py).
     frozen_bf16 = store_frozen_linears_in(model, torch.bfloat16) if accelerator.mixed_precision == "bf16" else 0
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = distributed.prepare(accelerator, model, optimizer)  # no DDP wrapper: see distributed.py
     device = accelerator.device
     environment.reset_peak_memory(device)
-    autocast = accelerator.autocast
+    # Re-enterable (torch.autocast or nullcontext): evaluation enters the one it is given once per batch, which
+    # accelerator.autocast(), a one-shot generator context manager, does not survive.
+    def autocast():
+        return get_mixed_precision_context_manager(accelerator.native_amp, accelerator.autocast_handler)
 
     state = RunState(stopper=EarlyStopping(cfg.patience, cfg.min_delta))
     best_weights = _snapshot(trainable)
@@ -203,6 +208,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     resumed_from = state.epoch if resumed is not None else None
     if resumed is not None:
         best_weights = resumed
+    distributed.check_in_sync(trainable, state.epoch, state.step)
 
     bar = tqdm(total=max_epochs, initial=state.epoch, desc=f"{run.method}/{run.task}", unit="epoch",
                disable=not progress, leave=False)
@@ -218,8 +224,8 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
             state.train_seconds += time.perf_counter() - epoch_started
             _save(run_dir, trainable, best_weights, optimizer, scheduler, state, accelerator.scaler)
             raise
-        val_loss = validation_loss(model, encoded["validation"], family, tokenizer.pad_token_id,
-                                   cfg.eval_batch_size, device, autocast())
+        val_loss = distributed.validation_loss(model, encoded["validation"], family, tokenizer.pad_token_id,
+                                               cfg.eval_batch_size, device, autocast())
         val_metric = _validation_metric(model, task, encoded["validation"], data.validation, tokenizer, family,
                                         cfg, device, autocast) if cfg.val_metric_examples else None
         seconds = time.perf_counter() - epoch_started
@@ -243,7 +249,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     eval_started = time.perf_counter()
     gen = dict(tokenizer=tokenizer, family=family, max_new_tokens=task.generation_budget,
                batch_size=cfg.eval_batch_size, device=device, autocast=autocast())
-    test_predictions = generate(model, encoded["test"], **gen)
+    test_predictions = distributed.generate(model, encoded["test"], **gen)
     test_score = score(task, test_predictions, data.test)
     eval_s = time.perf_counter() - eval_started
 
@@ -310,7 +316,9 @@ def _optimizer_step(model, optimizer, scheduler, accelerator, items, group: list
     """
     while True:
         try:
-            losses, tokens = _accumulate(model, accelerator, items, group, cfg, family, pad_id, state.micro_splits)
+            losses, tokens = distributed.accumulate_step(  # this process's share of the group, summed over all
+                lambda batches: _accumulate(model, accelerator, items, batches, cfg, family, pad_id, state.micro_splits),
+                group, state.step, optimizer)
             break
         except torch.cuda.OutOfMemoryError:
             micro = math.ceil(cfg.batch_size / state.micro_splits)
@@ -348,7 +356,9 @@ def _accumulate(model, accelerator, items, group: list[list[int]], cfg: TrainCon
         for chunk in chunks:
             batch = collate([items[i] for i in chunk], family, pad_id)
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            with accelerator.autocast():  # causal: the LM head runs only where a target token is predicted
+            width = batch["input_ids"].shape[1]
+            with accelerator.autocast(), training_attention(width, accelerator.device):
+                # causal: the LM head runs only where a target token is predicted
                 loss = causal_target_loss(model, batch) if family == "causal" else model(**batch).loss
             accelerator.backward(loss / (cfg.grad_accum * len(chunks)))
             chunk_losses.append(loss.detach().float())
@@ -363,8 +373,8 @@ def _validation_metric(model, task, items, examples, tokenizer, family, cfg: Tra
                        autocast) -> float:
     """The task's metric on the first ``val_metric_examples`` validation examples (decoding is costly)."""
     n = cfg.val_metric_examples
-    predictions = generate(model, items[:n], tokenizer, family, task.generation_budget, cfg.eval_batch_size,
-                           device, autocast())
+    predictions = distributed.generate(model, items[:n], tokenizer, family, task.generation_budget,
+                                       cfg.eval_batch_size, device, autocast())
     return score(task, predictions, examples[:n])
 
 
@@ -379,6 +389,8 @@ def _restore(trainable: dict[str, torch.nn.Parameter], weights: dict[str, torch.
 
 
 def _save(run_dir: Path, trainable, best_weights, optimizer, scheduler, state: RunState, scaler=None) -> None:
+    if not distributed.is_main_process():  # one writer; the RNG states saved are the main process's
+        return
     payload = {"epoch": state.epoch, "step": state.step, "history": state.history,
                "stopper": vars(state.stopper).copy(), "train_tokens": state.train_tokens,
                "train_seconds": state.train_seconds, "to_best_s": state.to_best_s,
@@ -420,7 +432,7 @@ def _resume(run_dir: Path, trainable, optimizer, scheduler, state: RunState,
 
 def _save_adapter(model, tokenizer, run_dir: Path, enabled: bool) -> dict[str, Any]:
     """The tested weights, with save_pretrained: the adapter for PEFT methods, the model for full tuning."""
-    if not enabled:
+    if not enabled or not distributed.is_main_process():  # one writer
         return {"path": None, "bytes": None}
     target = run_dir / "adapter"
     model.save_pretrained(target, safe_serialization=True)
