@@ -38,6 +38,12 @@ CELLS = {
     "smollm2-full-samsum": ["model=smollm2-135m", "methods=[full]", "tasks=[samsum]", "scales=[low]"],
     "t5tiny-lora-cola": ["model=t5-tiny-random", "methods=[lora]", "tasks=[cola]", "scales=[low]"],
 }
+# GPU only: FLAN-T5-base's architecture with random weights and a byte tokenizer (the Hub is unreachable
+# offline), for throughput and MFU of the seq2seq path at a realistic size; its score means nothing.
+GPU_CELLS = {
+    "flant5base-lora-samsum": ["model={models}/flan-t5-base-random", "methods=[lora]", "tasks=[samsum]",
+                               "scales=[low]"],
+}
 PROTOCOL = ["train.eval_examples=200", "train.val_metric_examples=0"]
 QUICK = ["train.eval_examples=64", "train.val_metric_examples=0", "train.max_epochs=2"]
 SIDES = {"peftbench": HERE / "peftbench_side.py", "trainer": HERE / "trainer_baseline.py"}
@@ -45,7 +51,8 @@ SIDES = {"peftbench": HERE / "peftbench_side.py", "trainer": HERE / "trainer_bas
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cells", default="all", help=f"comma-separated, or all: {', '.join(CELLS)}")
+    parser.add_argument("--cells", default="all",
+                        help=f"comma-separated, or all: {', '.join(CELLS)} (+ {', '.join(GPU_CELLS)} on cuda)")
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--quick", action="store_true", help="2 epochs, 64 evaluation examples")
@@ -92,6 +99,25 @@ def run_side(side: str, cell: str, overrides: list[str], out_dir: Path, env: dic
     return record
 
 
+def random_flan_t5(directory: Path) -> None:
+    """A local model directory (config, safetensors, tokenizer) that peftbench and the script both load."""
+    if (directory / "model.safetensors").is_file():
+        return
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM, ByT5Tokenizer
+
+    data = json.loads((HERE.parent / "src/peftbench/model_configs/flan-t5-base.json").read_text())
+    config = AutoConfig.for_model(data.pop("model_type"), **data)
+    AutoModelForSeq2SeqLM.from_config(config).save_pretrained(directory, safe_serialization=True)
+    ByT5Tokenizer().save_pretrained(directory)
+
+
+def cell_overrides(name: str, models_dir: Path) -> list[str]:
+    if name in GPU_CELLS:
+        random_flan_t5(models_dir / "flan-t5-base-random")
+        return [o.format(models=models_dir) for o in GPU_CELLS[name]]
+    return CELLS[name]
+
+
 def measure_peaks(args: argparse.Namespace) -> dict:
     """The GEMM peak, in a child process with the peftbench side's environment (threads, OpenMP)."""
     output = subprocess.run([sys.executable, str(HERE / "flops.py"), args.device], env=child_env(args, "peftbench"), check=True, capture_output=True, text=True).stdout
@@ -100,10 +126,12 @@ def measure_peaks(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    names = list(CELLS) if args.cells == "all" else args.cells.split(",")
-    unknown = [n for n in names if n not in CELLS]
+    every = {**CELLS, **GPU_CELLS}
+    default = list(CELLS) + (list(GPU_CELLS) if args.device == "cuda" else [])
+    names = default if args.cells == "all" else args.cells.split(",")
+    unknown = [n for n in names if n not in every]
     if unknown:
-        raise SystemExit(f"unknown cell(s) {unknown}; choose from {', '.join(CELLS)}")
+        raise SystemExit(f"unknown cell(s) {unknown}; choose from {', '.join(every)}")
     sides = args.sides.split(",")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = Path(args.out_dir) / stamp
@@ -117,8 +145,8 @@ def main(argv: list[str]) -> None:
             order = sides if (index + repeat) % 2 == 0 else sides[::-1]
             print(f"{cell} (repeat {repeat + 1}/{args.repeats})", flush=True)
             for side in order:
-                records.append(run_side(side, cell, CELLS[cell] + protocol, out_dir, child_env(args, side),
-                                            repeat))
+                overrides = cell_overrides(cell, Path(args.out_dir) / "models") + protocol
+                records.append(run_side(side, cell, overrides, out_dir, child_env(args, side), repeat))
     peaks_after = measure_peaks(args)
     peaks = {"before": peaks_before, "after": peaks_after}
     summary = summarise(records, peaks, names)

@@ -20,7 +20,8 @@ REQUIRED = {
 @pytest.mark.parametrize("model", ["t5-tiny-random", "llama-tiny-random"])
 def test_one_cell_writes_a_complete_result(tmp_path, capsys, model):
     code = main(["run", f"model={model}", "methods=[lora]", "tasks=[synthetic_classification]", "scales=[32]",
-                 "train.max_epochs=2", "train.eval_examples=16", f"output_dir={tmp_path}", "-q"])
+                 "train.max_epochs=2", "train.eval_examples=16", "train.eval_batch_size=3",  # several batches
+                 f"output_dir={tmp_path}", "-q"])
     assert code == 0
     out = capsys.readouterr().out
     assert "lora" in out and "synthetic_classification" in out and "accuracy" in out

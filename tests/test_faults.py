@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftbench import checkpoint, results, train
+from peftbench import batching, checkpoint, results, train
 from peftbench.cli import main
 from peftbench.config import SweepConfig, TrainConfig
 from peftbench.sweep import execute_run, run_sweep
@@ -43,6 +43,7 @@ def wrap_training_forward(monkeypatch, fault, runs: int = 1) -> list[int]:
     every training-mode call (1-based) and returns the output. Returns the rows of every training call."""
     real_load = train.load_model
     loads, rows = [], []
+    monkeypatch.setattr(batching, "FUSE_MAX_TOKENS", 0)  # one forward pass per micro-batch, as counted here
 
     def load_model(*args, **kwargs):
         loaded = real_load(*args, **kwargs)

@@ -8,6 +8,7 @@ causal:  one sequence ``prompt + " " + target + EOS``; only the target's tokens 
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -61,6 +62,61 @@ def count_tokens(items: list[Encoded], family: str) -> int:
     if family == "seq2seq":
         return sum(len(e.input_ids) + len(e.labels) for e in items)
     return sum(len(e.input_ids) for e in items)
+
+
+def padded_size(items: list[Encoded], batches: list[list[int]], family: str) -> int:
+    """Tokens of ``batches`` collated as one padded batch (encoder + decoder widths for seq2seq)."""
+    rows = [items[i] for batch in batches for i in batch]
+    width = max(len(e.input_ids) for e in rows) + (max(len(e.labels) for e in rows) if family == "seq2seq" else 0)
+    return len(rows) * width
+
+
+def fuse_batches(items: list[Encoded], group: list[list[int]], family: str, max_tokens: int,
+                 max_padding: float = 1.25) -> list[list[list[int]]]:
+    """Consecutive batches of one optimiser step merged into chunks that run as one forward/backward.
+
+    Each chunk stays within ``max_tokens`` padded tokens (activation memory) and pads at most
+    ``max_padding`` times what its batches would pad apart; a batch that alone exceeds the limit runs alone.
+    """
+    chunks: list[list[list[int]]] = []
+    for batch in group:
+        candidate = chunks[-1] + [batch] if chunks else None
+        if candidate and padded_size(items, candidate, family) <= min(
+                max_tokens, max_padding * sum(padded_size(items, [b], family) for b in candidate)):
+            chunks[-1] = candidate
+        else:
+            chunks.append([batch])
+    return chunks
+
+
+FUSE_MAX_TOKENS = 2048
+"""Padded tokens that one fused forward/backward may hold (activation memory; see ``plan_passes``)."""
+
+
+def plan_passes(items: list[Encoded], group: list[list[int]], family: str, batch_size: int, splits: int,
+                fuse: bool) -> list[list[tuple[int, list[int], int]]]:
+    """The forward/backward passes of one optimiser step: each a list of (batch position, rows, pieces of that
+    batch) segments.
+
+    With ``fuse`` (on CPU) and no micro-batch split, consecutive batches share a pass while it stays small
+    (``fuse_batches``). Every pass has a fixed cost that dominates small batches: autocast re-casts every
+    trainable weight, weight gradients are converted and accumulated, small GEMMs run below the CPU's peak
+    (full tuning of SmolLM2 on CoLA: 2× faster as one pass of 64 examples than as 4 of 16). Otherwise a batch
+    runs as ``splits`` micro-batches of ⌈batch_size / splits⌉. The gradient is the same either way: each
+    batch's mean loss over its target tokens, divided by the accumulation.
+    """
+    if fuse and splits == 1:
+        passes, position = [], 0
+        for chunk in fuse_batches(items, group, family, FUSE_MAX_TOKENS):
+            passes.append([(position + k, batch, 1) for k, batch in enumerate(chunk)])
+            position += len(chunk)
+        return passes
+    micro = math.ceil(batch_size / splits)
+    passes = []
+    for position, batch in enumerate(group):
+        pieces = [batch[i: i + micro] for i in range(0, len(batch), micro)]
+        passes += [[(position, piece, len(pieces))] for piece in pieces]
+    return passes
 
 
 def length_grouped_batches(items: list[Encoded], batch_size: int, seed: int, group_by_length: bool) -> list[list[int]]:

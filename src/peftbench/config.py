@@ -26,7 +26,8 @@ class TrainConfig:
     """The paper's training protocol (§A.2, §A.3). ``None`` means "the method's or the scale's default"."""
 
     batch_size: int = 16
-    """Examples per micro-batch."""
+    """Examples per micro-batch: each batch's mean loss enters the step. On CPU, small consecutive batches of a
+    step run as one forward/backward pass (same gradient, less fixed cost per pass; batching.plan_passes)."""
     grad_accum: int = 4
     """Micro-batches per optimiser step: the paper's effective batch is 16 × 4 = 64."""
     max_epochs: int | None = None

@@ -87,6 +87,22 @@ def causal_target_loss(model, batch: dict[str, torch.Tensor], reduction: str = "
     return torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction=reduction)
 
 
+def target_token_losses(model, batch: dict[str, torch.Tensor], family: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy (fp32) of every target token, and the batch row each one belongs to."""
+    labels = batch["labels"]
+    if family == "causal":
+        rows = (labels[:, 1:] != IGNORE).nonzero()[:, 0]  # causal_target_loss's order: row-major
+        return causal_target_loss(model, batch, reduction="none"), rows
+    inputs = dict(batch)
+    prepare = getattr(model, "prepare_decoder_input_ids_from_labels", None)
+    if prepare is not None:  # the decoder inputs without the model's own (here unused) loss over every logit
+        inputs["decoder_input_ids"] = prepare(labels=labels)
+        del inputs["labels"]
+    logits = model(**inputs).logits
+    mask = labels != IGNORE
+    return torch.nn.functional.cross_entropy(logits[mask].float(), labels[mask], reduction="none"), mask.nonzero()[:, 0]
+
+
 @torch.no_grad()
 def validation_loss(model, items: list[Encoded], family: str, pad_id: int, batch_size: int,
                     device: torch.device, autocast: AbstractContextManager) -> float:

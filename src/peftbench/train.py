@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 
 from peftbench import checkpoint, distributed, environment
 from peftbench.ablations import resolve_selection
-from peftbench.batching import collate, length_grouped_batches
+from peftbench.batching import IGNORE, collate, length_grouped_batches, plan_passes
 from peftbench.config import RunConfig, TrainConfig
 from peftbench.datacache import encode_cached
-from peftbench.evaluate import causal_target_loss, score
+from peftbench.evaluate import causal_target_loss, score, target_token_losses
 from peftbench.kernels import training_attention
 from peftbench.methods import LRSchedule, apply_method, get_method
 from peftbench.models import load_model
@@ -343,30 +343,40 @@ def _optimizer_step(model, optimizer, scheduler, accelerator, items, group: list
 
 def _accumulate(model, accelerator, items, group: list[list[int]], cfg: TrainConfig, family: str, pad_id: int,
                 splits: int) -> tuple[list[float], int]:
-    """Forward and backward every batch of ``group`` in micro-batches of ⌈batch_size / splits⌉ examples.
+    """Forward and backward every batch of ``group`` in the passes ``batching.plan_passes`` plans (CPU: small
+    batches fused).
 
     Returns each batch's loss (the mean of its micro-batches') and the tokens processed; one host
     synchronisation per optimiser step.
     """
-    micro = math.ceil(cfg.batch_size / splits)
-    batch_losses, tokens = [], torch.zeros((), dtype=torch.long, device=accelerator.device)
-    for batch_indices in group:
-        chunks = [batch_indices[i: i + micro] for i in range(0, len(batch_indices), micro)]
-        chunk_losses = []
-        for chunk in chunks:
-            batch = collate([items[i] for i in chunk], family, pad_id)
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            width = batch["input_ids"].shape[1]
-            with accelerator.autocast(), training_attention(width, accelerator.device):
-                # causal: the LM head runs only where a target token is predicted
-                loss = causal_target_loss(model, batch) if family == "causal" else model(**batch).loss
-            accelerator.backward(loss / (cfg.grad_accum * len(chunks)))
-            chunk_losses.append(loss.detach().float())
-            tokens += batch["attention_mask"].sum()
-            if family == "seq2seq":
-                tokens += (batch["labels"] != -100).sum()
-        batch_losses.append(torch.stack(chunk_losses).mean())
-    return torch.stack(batch_losses).tolist(), int(tokens)
+    device = accelerator.device
+    piece_losses: list[list[torch.Tensor]] = [[] for _ in group]
+    tokens = torch.zeros((), dtype=torch.long, device=device)
+    for segments in plan_passes(items, group, family, cfg.batch_size, splits, fuse=device.type == "cpu"):
+        batch = collate([items[i] for _, piece, _ in segments for i in piece], family, pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with accelerator.autocast(), training_attention(batch["input_ids"].shape[1], device):
+            means = _segment_losses(model, batch, family, segments)
+        weights = torch.tensor([1.0 / (cfg.grad_accum * pieces) for _, _, pieces in segments], device=device)
+        accelerator.backward((means * weights).sum())
+        for (position, _, _), mean in zip(segments, means.detach(), strict=True):
+            piece_losses[position].append(mean)
+        tokens += batch["attention_mask"].sum()
+        if family == "seq2seq":
+            tokens += (batch["labels"] != IGNORE).sum()
+    return torch.stack([torch.stack(losses).mean() for losses in piece_losses]).tolist(), int(tokens)
+
+
+def _segment_losses(model, batch, family: str, segments) -> torch.Tensor:
+    """The mean loss over the target tokens of each segment of a pass (causal: the LM head runs only where a
+    target token is predicted)."""
+    if len(segments) == 1:
+        return (causal_target_loss(model, batch) if family == "causal" else model(**batch).loss).unsqueeze(0)
+    losses, rows = target_token_losses(model, batch, family)
+    owner = torch.tensor([s for s, (_, piece, _) in enumerate(segments) for _ in piece], device=losses.device)
+    segment = owner[rows]
+    sums = torch.zeros(len(segments), device=losses.device).index_add_(0, segment, losses)
+    return sums / torch.bincount(segment, minlength=len(segments))
 
 
 def _validation_metric(model, task, items, examples, tokenizer, family, cfg: TrainConfig, device,

@@ -1,0 +1,193 @@
+"""The before/after pairs of bench/levers.py: each case maps "what is timed" to {"before": f, "after": f}.
+
+Also the child processes of the OpenMP case: ``--omp-child`` (times a training step and a decode) and
+``--hog`` (a competing 2-thread torch loop, like another user's job on a shared machine).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import nullcontext
+from functools import cached_property
+
+import torch
+
+from peftbench.batching import collate, encode, length_grouped_batches
+from peftbench.evaluate import causal_target_loss, generate
+from peftbench.kernels import training_attention
+from peftbench.methods import apply_method
+from peftbench.models import load_model
+from peftbench.precision import store_frozen_linears_in
+from peftbench.tasks import get_task
+from peftbench.tasks.data import load_task_data
+
+CPU = torch.device("cpu")
+
+
+def autocast():
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+class Setup:
+    """Data and model copies, built on first use."""
+
+    def __init__(self, data_dir: str | None) -> None:
+        self.data_dir = data_dir
+
+    @cached_property
+    def tokenizer(self):
+        return load_model("smollm2-135m").tokenizer
+
+    def encoded(self, task: str, split: str, n: int):
+        data = load_task_data(get_task(task), self.data_dir, "low", 0, 2 * max(n, 32))
+        return encode(getattr(data, split)[:n], self.tokenizer, "causal", 512, 128)
+
+    def model(self, method: str = "lora", bf16_storage: bool = True):
+        loaded = load_model("smollm2-135m")
+        torch.manual_seed(0)
+        model = apply_method(loaded.model, "causal", method).model
+        if bf16_storage:
+            store_frozen_linears_in(model, torch.bfloat16)
+        return model
+
+    @cached_property
+    def lora(self):
+        return self.model()
+
+    def batch(self, task: str, n: int = 16, skip: int = 40):
+        """``n`` training examples of middling length (sorted, from position ``skip``)."""
+        items = sorted(self.encoded(task, "train", 100), key=lambda e: len(e.input_ids))[skip: skip + n]
+        return collate(items, "causal", self.tokenizer.pad_token_id)
+
+
+def train_step(model, batch, loss=causal_target_loss, attention=None, zero=True):
+    model.train()
+    with autocast(), attention or nullcontext():
+        value = loss(model, batch)
+    value.backward()
+    if zero:
+        model.zero_grad(set_to_none=True)
+
+
+def accumulate(model, batches):
+    """Forward/backward each batch into the same gradients, as an optimiser step does."""
+    for batch in batches:
+        train_step(model, batch, attention=training_attention(batch["input_ids"].shape[1], CPU), zero=False)
+    model.zero_grad(set_to_none=True)
+
+
+def hf_loss(model, batch):
+    return model(**batch).loss
+
+
+def decode(model, setup: Setup, task="cola", n=16, new_tokens=8, batch_size=16):
+    items = setup.encoded(task, "test", n)
+    return lambda: generate(model, items, setup.tokenizer, "causal", new_tokens, batch_size, CPU, autocast())
+
+
+def frozen_bf16(setup: Setup) -> dict:
+    fp32 = setup.model(bf16_storage=False)
+    batch = setup.batch("cola")
+    return {"LoRA train step, CoLA 16 ex": {"before": lambda: train_step(fp32, batch),
+                                            "after": lambda: train_step(setup.lora, batch)},
+            "decode 16 CoLA prompts × 8 tokens": {"before": decode(fp32, setup), "after": decode(setup.lora, setup)}}
+
+
+def tied_head_bf16(setup: Setup) -> dict:
+    retied = setup.model()
+    retied.get_output_embeddings().weight = retied.get_input_embeddings().weight  # the fp32 original, shared
+    return {"decode 16 CoLA prompts × 8 tokens": {"before": decode(retied, setup), "after": decode(setup.lora, setup)}}
+
+
+def target_only_head(setup: Setup) -> dict:
+    cases = {}
+    for task in ("cola", "samsum"):
+        batch = setup.batch(task)
+        width = batch["input_ids"].shape[1]
+        cases[f"LoRA train step, {task} 16 ex × {width} tokens"] = {
+            "before": lambda b=batch: train_step(setup.lora, b, hf_loss),
+            "after": lambda b=batch: train_step(setup.lora, b)}
+    return cases
+
+
+def math_attention(setup: Setup) -> dict:
+    cases = {}
+    for task, skip in (("cola", 40), ("samsum", 20)):
+        batch = setup.batch(task, skip=skip)
+        width = batch["input_ids"].shape[1]
+        cases[f"LoRA train step, {task} 16 ex × {width} tokens"] = {
+            "before": lambda b=batch: train_step(setup.lora, b),
+            "after": lambda b=batch, w=width: train_step(setup.lora, b, attention=training_attention(w, CPU))}
+    return cases
+
+
+def length_grouping(setup: Setup) -> dict:
+    items = setup.encoded("samsum", "train", 100)
+    pad = setup.tokenizer.pad_token_id
+
+    def epoch(grouped: bool):
+        def run():
+            for indices in length_grouped_batches(items, 16, seed=1, group_by_length=grouped):
+                batch = collate([items[i] for i in indices], "causal", pad)
+                train_step(setup.lora, batch, attention=training_attention(batch["input_ids"].shape[1], CPU))
+        return run
+
+    padded = {g: sum(16 * max(len(items[i].input_ids) for i in b) for b in length_grouped_batches(items, 16, 1, g))
+              for g in (False, True)}
+    real = sum(len(e.input_ids) for e in items)
+    what = (f"LoRA epoch, SAMSum 100 ex ({real} tokens; padded to {padded[False]} random, {padded[True]} grouped)")
+    return {what: {"before": epoch(False), "after": epoch(True), "repeats": 1}}
+
+
+def sorted_decoding(setup: Setup) -> dict:
+    items = setup.encoded("samsum", "test", 64)
+
+    def in_dataset_order():  # what a plain loop does: batches of consecutive prompts
+        for start in range(0, len(items), 32):
+            generate(setup.lora, items[start: start + 32], setup.tokenizer, "causal", 16, 32, CPU, autocast())
+
+    return {"decode 64 SAMSum prompts × 16 tokens": {
+        "before": in_dataset_order,
+        "after": lambda: generate(setup.lora, items, setup.tokenizer, "causal", 16, 32, CPU, autocast())}}
+
+
+def fused_accumulation(setup: Setup) -> dict:
+    """Experiment: an optimiser step's 4 micro-batches of 16 as one forward/backward of 64."""
+    cases = {}
+    items = sorted(setup.encoded("cola", "train", 100), key=lambda e: len(e.input_ids))[20:84]
+    pad = setup.tokenizer.pad_token_id
+    quarters = [collate(items[i: i + 16], "causal", pad) for i in range(0, 64, 16)]
+    whole = collate(items, "causal", pad)
+    for method in ("lora", "full"):
+        model = setup.lora if method == "lora" else setup.model("full")
+        cases[f"{method} step: 4 passes of 16 CoLA ex, or 1 of 64"] = {
+            "before": lambda m=model: accumulate(m, quarters), "after": lambda m=model: accumulate(m, [whole])}
+    return cases
+
+
+CASES = {"frozen_bf16": frozen_bf16, "tied_head_bf16": tied_head_bf16, "target_only_head": target_only_head,
+         "math_attention": math_attention, "length_grouping": length_grouping, "sorted_decoding": sorted_decoding,
+         "fused_accumulation": fused_accumulation}
+
+
+def _omp_child() -> None:
+    setup = Setup(None)
+    model, batch = setup.lora, setup.batch("synthetic_classification", skip=0)
+    run = decode(model, setup, task="synthetic_classification")
+    train_step(model, batch)
+    started = time.perf_counter()
+    train_step(model, batch)
+    run()
+    print(json.dumps({"seconds": time.perf_counter() - started}))
+
+
+def _hog() -> None:
+    x, w = torch.randn(512, 576), torch.randn(576, 576)
+    while True:
+        (x @ w).relu().mul(1.5).add(x)
+
+
+if __name__ == "__main__":
+    {"--omp-child": _omp_child, "--hog": _hog}[sys.argv[1]]()

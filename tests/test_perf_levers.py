@@ -1,0 +1,162 @@
+"""The performance levers change how fast, not what: same losses, same logits, same kernels' results."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from peftbench.batching import IGNORE, collate, encode
+from peftbench.evaluate import causal_target_loss, validation_loss
+from peftbench.kernels import MATH_ATTENTION_MAX_TOKENS, training_attention
+from peftbench.methods import apply_method
+from peftbench.models import load_model
+from peftbench.precision import store_frozen_linears_in
+from peftbench.tasks import get_task
+from peftbench.tasks.data import load_task_data
+
+CPU = torch.device("cpu")
+
+
+def _setup(method: str, n: int = 8):
+    loaded = load_model("llama-tiny-random")
+    torch.manual_seed(0)
+    model = apply_method(loaded.model, "causal", method).model
+    data = load_task_data(get_task("synthetic_classification"), None, 32, 0, 32)
+    items = encode(data.train[:n], loaded.tokenizer, "causal", 512, 128)
+    return model, items, loaded.tokenizer.pad_token_id
+
+
+def _reference_sum(model, batch) -> tuple[float, int]:
+    """Every position's logits, then the target positions: the computation the lever avoids."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"]
+    logits = logits[:, -labels.shape[1]:][:, :-1]  # prompt tuning prepends virtual tokens
+    targets = labels[:, 1:]
+    loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                             ignore_index=IGNORE, reduction="sum")
+    return float(loss), int((targets != IGNORE).sum())
+
+
+def test_target_only_loss_is_the_models_own_loss():
+    for method in ("lora", "prompt", "full"):
+        model, items, pad = _setup(method)
+        batch = collate(items, "causal", pad)
+        with torch.no_grad():
+            own = float(model(**batch).loss)
+            ours = float(causal_target_loss(model, batch))
+            total, count = _reference_sum(model, batch)
+            ours_sum = float(causal_target_loss(model, batch, reduction="sum"))
+        assert abs(own - ours) < 1e-5, method
+        assert abs(total - ours_sum) < 1e-3 and abs(ours_sum / count - own) < 1e-5, method
+
+
+def test_target_only_loss_trains_the_same_gradients():
+    model, items, pad = _setup("lora")
+    batch = collate(items, "causal", pad)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    model(**batch).loss.backward()
+    reference = [p.grad.clone() for p in lora_b]
+    model.zero_grad(set_to_none=True)
+    causal_target_loss(model, batch).backward()
+    for expected, param in zip(reference, lora_b, strict=True):
+        torch.testing.assert_close(param.grad, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_validation_loss_matches_every_position_logits():
+    model, items, pad = _setup("prompt", n=12)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(items), 5):
+            part_total, part_count = _reference_sum(model, collate(items[start: start + 5], "causal", pad))
+            total, count = total + part_total, count + part_count
+    measured = validation_loss(model, items, "causal", pad, 5, CPU, torch.autocast("cpu", enabled=False))
+    assert abs(measured - total / count) < 1e-5
+
+
+def test_frozen_tied_head_gets_its_own_bf16_copy_with_identical_logits():
+    model, items, pad = _setup("lora")
+    batch = collate(items, "causal", pad)
+    embedding = model.get_input_embeddings().weight
+    original = embedding.detach().clone()
+    assert model.get_output_embeddings().weight is embedding  # llama-tiny-random is built tied
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    cast = store_frozen_linears_in(model, torch.bfloat16)
+    head = model.get_output_embeddings().weight
+    assert cast == 15  # 2 layers × (q, k, v, o base layers + gate, up, down) + the head
+    assert head is not embedding and head.dtype == torch.bfloat16 and not head.requires_grad
+    assert embedding.dtype == torch.float32 and torch.equal(embedding, original)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        after = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert torch.equal(before, after)  # the cast autocast did at every call, done once
+
+
+def test_trained_tied_head_is_left_shared():
+    model, _, _ = _setup("full")
+    assert store_frozen_linears_in(model, torch.bfloat16) == 0
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+def test_training_attention_uses_the_math_kernel_for_short_batches_on_cpu_only():
+    with training_attention(MATH_ATTENTION_MAX_TOKENS, CPU):
+        assert torch.backends.cuda.math_sdp_enabled() and not torch.backends.cuda.flash_sdp_enabled()
+    assert torch.backends.cuda.flash_sdp_enabled()
+    with training_attention(MATH_ATTENTION_MAX_TOKENS + 1, CPU):
+        assert torch.backends.cuda.flash_sdp_enabled()
+    with training_attention(8, torch.device("cuda")):
+        assert torch.backends.cuda.flash_sdp_enabled()
+
+
+def test_math_attention_gives_the_same_training_loss():
+    model, items, pad = _setup("lora")
+    batch = collate(items, "causal", pad)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        default = causal_target_loss(model, batch)
+        with training_attention(batch["input_ids"].shape[1], CPU):
+            math = causal_target_loss(model, batch)
+    assert abs(float(default) - float(math)) < 2e-2  # bf16 attention either way; only the kernel differs
+
+
+def _gradients_and_losses(model_name: str, method: str, fuse: bool, monkeypatch):
+    from accelerate import Accelerator
+
+    import peftbench.batching
+    import peftbench.train
+    from peftbench.config import TrainConfig
+
+    loaded = load_model(model_name)
+    torch.manual_seed(0)
+    model = apply_method(loaded.model, loaded.family, method).model
+    model.eval()  # no dropout: the two plans must give the same numbers, not the same distribution
+    data = load_task_data(get_task("synthetic_classification"), None, 32, 0, 32)
+    items = encode(data.train[:14], loaded.tokenizer, loaded.family, 512, 128)
+    group = [list(range(0, 4)), list(range(4, 8)), list(range(8, 12)), list(range(12, 14))]
+    if not fuse:
+        monkeypatch.setattr(peftbench.batching, "FUSE_MAX_TOKENS", 0)
+    cfg = TrainConfig(batch_size=4, grad_accum=4, precision="fp32")
+    losses, tokens = peftbench.train._accumulate(model, Accelerator(cpu=True), items, group, cfg, loaded.family,
+                                                 loaded.tokenizer.pad_token_id, 1)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return losses, tokens, grads
+
+
+def test_fused_passes_give_the_same_step_as_one_batch_at_a_time(monkeypatch):
+    from peftbench.batching import plan_passes
+
+    items = encode(load_task_data(get_task("synthetic_classification"), None, 32, 0, 32).train[:14],
+                   load_model("llama-tiny-random").tokenizer, "causal", 512, 128)
+    group = [list(range(0, 4)), list(range(4, 8)), list(range(8, 12)), list(range(12, 14))]
+    fused = plan_passes(items, group, "causal", 4, 1, fuse=True)
+    assert len(fused) < len(group) and [s[0] for p in fused for s in p] == [0, 1, 2, 3]
+    assert plan_passes(items, group, "causal", 4, 2, fuse=True) == [  # halved micro-batches: never fused
+        [(0, [0, 1], 2)], [(0, [2, 3], 2)], [(1, [4, 5], 2)], [(1, [6, 7], 2)], [(2, [8, 9], 2)], [(2, [10, 11], 2)],
+        [(3, [12, 13], 1)]]
+    for model_name, method in (("llama-tiny-random", "lora"), ("t5-tiny-random", "full")):
+        one_losses, one_tokens, one_grads = _gradients_and_losses(model_name, method, False, monkeypatch)
+        monkeypatch.undo()
+        fused_losses, fused_tokens, fused_grads = _gradients_and_losses(model_name, method, True, monkeypatch)
+        assert fused_tokens == one_tokens
+        assert fused_losses == pytest.approx(one_losses, rel=1e-5)
+        assert fused_grads.keys() == one_grads.keys()
+        for name, grad in fused_grads.items():
+            torch.testing.assert_close(grad, one_grads[name], rtol=1e-4, atol=1e-6)
