@@ -84,3 +84,15 @@ def has_checkpoint_files(run_dir: Path) -> bool:
 def remove_checkpoint(run_dir: Path) -> None:
     for name in _ALL_DIRS:
         shutil.rmtree(Path(run_dir) / name, ignore_errors=True)
+
+
+def snapshot(trainable: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    """A CPU copy of the trainable weights (the best epoch's, kept while training goes on)."""
+    return {name: p.detach().to("cpu", copy=True) for name, p in trainable.items()}
+
+
+@torch.no_grad()
+def restore(trainable: dict[str, torch.nn.Parameter], weights: dict[str, torch.Tensor]) -> None:
+    """Copy ``weights`` back into the live trainable parameters, on their own devices."""
+    for name, param in trainable.items():
+        param.copy_(weights[name].to(param.device))

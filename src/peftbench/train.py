@@ -203,7 +203,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
         return get_mixed_precision_context_manager(accelerator.native_amp, accelerator.autocast_handler)
 
     state = RunState(stopper=EarlyStopping(cfg.patience, cfg.min_delta))
-    best_weights = _snapshot(trainable)
+    best_weights = checkpoint.snapshot(trainable)
     resumed = _resume(run_dir, trainable, optimizer, scheduler, state, accelerator.scaler)
     resumed_from = state.epoch if resumed is not None else None
     if resumed is not None:
@@ -232,7 +232,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
         state.train_seconds += seconds
         improved = state.stopper.update(epoch, val_loss)
         if improved:
-            best_weights = _snapshot(trainable)
+            best_weights = checkpoint.snapshot(trainable)
             state.to_best_s = state.train_seconds
         state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                               "val_metric": val_metric, "seconds": seconds, "steps": state.step,
@@ -245,7 +245,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     bar.close()
 
     # Test the best epoch's weights (the paper's protocol) and record its validation metric.
-    _restore(trainable, best_weights)
+    checkpoint.restore(trainable, best_weights)
     eval_started = time.perf_counter()
     gen = dict(tokenizer=tokenizer, family=family, max_new_tokens=task.generation_budget,
                batch_size=cfg.eval_batch_size, device=device, autocast=autocast())
@@ -388,16 +388,6 @@ def _validation_metric(model, task, items, examples, tokenizer, family, cfg: Tra
     return score(task, predictions, examples[:n])
 
 
-def _snapshot(trainable: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
-    return {name: p.detach().to("cpu", copy=True) for name, p in trainable.items()}
-
-
-@torch.no_grad()
-def _restore(trainable: dict[str, torch.nn.Parameter], weights: dict[str, torch.Tensor]) -> None:
-    for name, param in trainable.items():
-        param.copy_(weights[name].to(param.device))
-
-
 def _save(run_dir: Path, trainable, best_weights, optimizer, scheduler, state: RunState, scaler=None) -> None:
     if not distributed.is_main_process():  # one writer; the RNG states saved are the main process's
         return
@@ -409,7 +399,7 @@ def _save(run_dir: Path, trainable, best_weights, optimizer, scheduler, state: R
                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                "rng": checkpoint.rng_state(),
                "scaler": scaler.state_dict() if scaler is not None else None}  # fp16 loss scale, if any
-    checkpoint.save_checkpoint(run_dir, _snapshot(trainable), best_weights, payload)
+    checkpoint.save_checkpoint(run_dir, checkpoint.snapshot(trainable), best_weights, payload)
 
 
 def _resume(run_dir: Path, trainable, optimizer, scheduler, state: RunState,
@@ -425,7 +415,7 @@ def _resume(run_dir: Path, trainable, optimizer, scheduler, state: RunState,
     current, best, payload = loaded
     if set(current) != set(trainable):
         return None  # a checkpoint of another configuration: start afresh
-    _restore(trainable, current)
+    checkpoint.restore(trainable, current)
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     checkpoint.set_rng_state(payload["rng"])
