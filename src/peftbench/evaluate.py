@@ -13,6 +13,7 @@ import torch
 from rouge_score import rouge_scorer
 
 from peftbench.batching import IGNORE, Encoded, collate, collate_prompts
+from peftbench.prefix import forward_with_shared_prefix, prefix_to_share
 from peftbench.tasks import TaskSpec
 from peftbench.tasks.data import Example
 
@@ -67,32 +68,39 @@ def logits_only_where(model, keep: torch.Tensor):
         handle.remove()
 
 
-def causal_target_loss(model, batch: dict[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
+def causal_target_loss(model, batch: dict[str, torch.Tensor], reduction: str = "mean",
+                       prefix: int | None = None) -> torch.Tensor:
     """Cross-entropy (fp32) of a causal model's target tokens, with logits computed only where they are used.
 
     The same loss as the model's own (``labels=``), but the LM head runs at the positions that predict a
     target token only: CoLA's answer is 2-3 of ~30 tokens, and SmolLM2's 49,152-way head is a fifth of its
-    FLOPs. Position t predicts token t + 1.
+    FLOPs. Position t predicts token t + 1. A prompt prefix that every row shares runs once: ``prefix`` is
+    its length (``prefix.prefix_to_share``; computed here when None, which reads the ids back from the device).
     """
     labels = batch["labels"]
     targets = torch.full_like(labels, IGNORE)
     targets[:, :-1] = labels[:, 1:]
     keep = targets != IGNORE
     inputs = {k: v for k, v in batch.items() if k != "labels"}
+    prefix = prefix_to_share(model, batch) if prefix is None else prefix
     if _output_layer(model) is None:  # no output layer to trim: every position's logits, then select
         logits = model(**inputs).logits[:, -labels.shape[1]:][keep]
+    elif prefix:
+        with logits_only_where(model, keep[:, prefix:]):  # the prefix predicts no target (prefix.py)
+            logits = forward_with_shared_prefix(model, inputs, prefix).logits[0]
     else:
         with logits_only_where(model, keep):
             logits = model(**inputs).logits[0]
     return torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction=reduction)
 
 
-def target_token_losses(model, batch: dict[str, torch.Tensor], family: str) -> tuple[torch.Tensor, torch.Tensor]:
+def target_token_losses(model, batch: dict[str, torch.Tensor], family: str,
+                        prefix: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy (fp32) of every target token, and the batch row each one belongs to."""
     labels = batch["labels"]
     if family == "causal":
         rows = (labels[:, 1:] != IGNORE).nonzero()[:, 0]  # causal_target_loss's order: row-major
-        return causal_target_loss(model, batch, reduction="none"), rows
+        return causal_target_loss(model, batch, reduction="none", prefix=prefix), rows
     inputs = dict(batch)
     prepare = getattr(model, "prepare_decoder_input_ids_from_labels", None)
     if prepare is not None:  # the decoder inputs without the model's own (here unused) loss over every logit
@@ -106,15 +114,19 @@ def target_token_losses(model, batch: dict[str, torch.Tensor], family: str) -> t
 @torch.no_grad()
 def validation_loss(model, items: list[Encoded], family: str, pad_id: int, batch_size: int,
                     device: torch.device, autocast: AbstractContextManager) -> float:
-    """Mean cross-entropy per target token over the whole split (nats)."""
+    """Mean cross-entropy per target token over the whole split (nats). Batches are drawn in length order
+    (the sum does not depend on the order; similar lengths pad least)."""
     model.eval()
+    items = sorted(items, key=lambda e: (len(e.input_ids), len(e.labels)))
     total, count = torch.zeros((), dtype=torch.float64), 0
     for start in range(0, len(items), batch_size):
-        batch = {k: v.to(device) for k, v in collate(items[start: start + batch_size], family, pad_id).items()}
+        batch = collate(items[start: start + batch_size], family, pad_id)
+        prefix = prefix_to_share(model, batch) if family == "causal" else 0  # on the host copy: no sync
+        batch = {k: v.to(device) for k, v in batch.items()}
         labels = batch["labels"]
         if family == "causal":
             with autocast:
-                loss = causal_target_loss(model, batch, reduction="sum")
+                loss = causal_target_loss(model, batch, reduction="sum", prefix=prefix)
             count += int((labels[:, 1:] != IGNORE).sum())
         else:
             with autocast:

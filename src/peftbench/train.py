@@ -35,6 +35,7 @@ from peftbench.kernels import training_attention
 from peftbench.methods import LRSchedule, apply_method, get_method
 from peftbench.models import load_model
 from peftbench.precision import store_frozen_linears_in
+from peftbench.prefix import prefix_to_share
 from peftbench.tasks import get_task
 from peftbench.tasks.data import load_task_data, scale_cap_and_epochs
 
@@ -354,9 +355,10 @@ def _accumulate(model, accelerator, items, group: list[list[int]], cfg: TrainCon
     tokens = torch.zeros((), dtype=torch.long, device=device)
     for segments in plan_passes(items, group, family, cfg.batch_size, splits, fuse=device.type == "cpu"):
         batch = collate([items[i] for _, piece, _ in segments for i in piece], family, pad_id)
+        prefix = prefix_to_share(model, batch) if family == "causal" else 0  # on the host copy: no sync
         batch = {k: v.to(device) for k, v in batch.items()}
         with accelerator.autocast(), training_attention(batch["input_ids"].shape[1], device):
-            means = _segment_losses(model, batch, family, segments)
+            means = _segment_losses(model, batch, family, segments, prefix)
         weights = torch.tensor([1.0 / (cfg.grad_accum * pieces) for _, _, pieces in segments], device=device)
         accelerator.backward((means * weights).sum())
         for (position, _, _), mean in zip(segments, means.detach(), strict=True):
@@ -367,12 +369,13 @@ def _accumulate(model, accelerator, items, group: list[list[int]], cfg: TrainCon
     return torch.stack([torch.stack(losses).mean() for losses in piece_losses]).tolist(), int(tokens)
 
 
-def _segment_losses(model, batch, family: str, segments) -> torch.Tensor:
+def _segment_losses(model, batch, family: str, segments, prefix: int) -> torch.Tensor:
     """The mean loss over the target tokens of each segment of a pass (causal: the LM head runs only where a
-    target token is predicted)."""
+    target token is predicted, and a ``prefix`` every row shares runs once)."""
     if len(segments) == 1:
-        return (causal_target_loss(model, batch) if family == "causal" else model(**batch).loss).unsqueeze(0)
-    losses, rows = target_token_losses(model, batch, family)
+        loss = causal_target_loss(model, batch, prefix=prefix) if family == "causal" else model(**batch).loss
+        return loss.unsqueeze(0)
+    losses, rows = target_token_losses(model, batch, family, prefix)
     owner = torch.tensor([s for s, (_, piece, _) in enumerate(segments) for _ in piece], device=losses.device)
     segment = owner[rows]
     sums = torch.zeros(len(segments), device=losses.device).index_add_(0, segment, losses)
