@@ -1,6 +1,7 @@
 """peftbench against the plain Hugging Face Trainer + PEFT script, cell by cell, in one process tree.
 
     python bench/compare_trainer.py --cells all --data-dir ../shared/data [--device cpu|cuda] [--quick]
+                                    [--seeds 0,1,2] [--repeats N]
 
 For each cell the two sides run as subprocesses, one after the other, alternating which goes first so that
 drift in the machine's load hits both alike; the GEMM peak (fp32, bf16) is measured in this process before
@@ -56,13 +57,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--quick", action="store_true", help="2 epochs, 64 evaluation examples")
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each cell and seed (timing noise)")
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated run seeds: each cell runs once per seed (score noise)")
     parser.add_argument("--sides", default="peftbench,trainer")
     parser.add_argument("--out-dir", default=str(HERE / "results"))
     parser.add_argument("--trainer-omp", choices=["same", "default"], default="same",
                         help="same: the trainer script gets the OpenMP spin limit peftbench sets for itself "
                              "(GOMP_SPINCOUNT, see src/peftbench/__init__.py), so the ratios measure the other "
                              "levers; default: libgomp's own spinning, as a plain script runs")
+    parser.add_argument("--summarise", metavar="DIR", help="only write the table of a bench directory "
+                        "(e.g. one that was stopped): its finished cells, peaks before and now")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra peftbench overrides for both sides, e.g. train.max_epochs=3")
     return parser.parse_args(argv)
@@ -80,7 +85,7 @@ def child_env(args: argparse.Namespace, side: str) -> dict[str, str]:
     return env
 
 
-def run_side(side: str, cell: str, overrides: list[str], out_dir: Path, env: dict[str, str], repeat: int) -> dict:
+def run_side(side: str, cell: str, overrides: list[str], out_dir: Path, env: dict[str, str], repeat: str) -> dict:
     out = out_dir / f"{cell}.{side}.{repeat}.json"
     log = out_dir / f"{cell}.{side}.{repeat}.log"
     load_before = [round(x, 2) for x in os.getloadavg()]
@@ -126,6 +131,8 @@ def measure_peaks(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
+    if args.summarise:
+        return write_summary(Path(args.summarise), args, argv)
     every = {**CELLS, **GPU_CELLS}
     default = list(CELLS) + (list(GPU_CELLS) if args.device == "cuda" else [])
     names = default if args.cells == "all" else args.cells.split(",")
@@ -133,24 +140,35 @@ def main(argv: list[str]) -> None:
     if unknown:
         raise SystemExit(f"unknown cell(s) {unknown}; choose from {', '.join(every)}")
     sides = args.sides.split(",")
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_dir = Path(args.out_dir) / stamp
+    out_dir = Path(args.out_dir) / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True)
     protocol = (QUICK if args.quick else PROTOCOL) + [f"data_dir={Path(args.data_dir).resolve()}", *args.set]
     print(f"GEMM peak on {args.device} ...", flush=True)
-    peaks_before = measure_peaks(args)
-    records = []
+    (out_dir / "peaks_before.json").write_text(json.dumps(measure_peaks(args)))
+    seeds = [int(seed) for seed in args.seeds.split(",")]
     for repeat in range(args.repeats):
-        for index, cell in enumerate(names):
+        for index, (cell, seed) in enumerate((c, s) for c in names for s in seeds):
             order = sides if (index + repeat) % 2 == 0 else sides[::-1]
-            print(f"{cell} (repeat {repeat + 1}/{args.repeats})", flush=True)
+            print(f"{cell} seed {seed} (repeat {repeat + 1}/{args.repeats})", flush=True)
             for side in order:
-                overrides = cell_overrides(cell, Path(args.out_dir) / "models") + protocol
-                records.append(run_side(side, cell, overrides, out_dir, child_env(args, side), repeat))
-    peaks_after = measure_peaks(args)
-    peaks = {"before": peaks_before, "after": peaks_after}
+                overrides = cell_overrides(cell, Path(args.out_dir) / "models") + protocol + [f"seeds=[{seed}]"]
+                record = run_side(side, cell, overrides, out_dir, child_env(args, side), f"{seed}.{repeat}")
+                with (out_dir / "records.jsonl").open("a") as handle:  # a stopped bench keeps what it measured
+                    handle.write(json.dumps({**record, "seed": seed}, default=str) + "\n")
+    write_summary(out_dir, args, argv, protocol)
+
+
+def write_summary(out_dir: Path, args: argparse.Namespace, argv: list[str], protocol=None) -> None:
+    """The table from ``out_dir``'s records and GEMM peaks (before: from the start of the bench; after: now).
+
+    ``--summarise DIR`` runs this alone, for a bench that was stopped: the cells it finished are tabled.
+    """
+    records = [json.loads(line) for line in (out_dir / "records.jsonl").read_text().splitlines()]
+    names = list(dict.fromkeys(r["cell"] for r in records))
+    peaks_before = json.loads((out_dir / "peaks_before.json").read_text())
+    peaks = {"before": peaks_before, "after": measure_peaks(args)}
     summary = summarise(records, peaks, names)
-    meta = {"command": " ".join([Path(sys.argv[0]).name, *argv]), "device": args.device, "stamp": stamp,
+    meta = {"command": " ".join([Path(sys.argv[0]).name, *argv]), "device": args.device, "stamp": out_dir.name,
             "torch_threads": peaks_before["threads"], "cpu_count": os.cpu_count(), "protocol": protocol,
             "omp": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
                     "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT"), "trainer": args.trainer_omp},

@@ -15,11 +15,12 @@ from functools import cached_property
 import torch
 
 from peftbench.batching import collate, encode, length_grouped_batches
-from peftbench.evaluate import causal_target_loss, generate
+from peftbench.evaluate import causal_target_loss, generate, validation_loss
 from peftbench.kernels import training_attention
 from peftbench.methods import apply_method
 from peftbench.models import load_model
 from peftbench.precision import store_frozen_linears_in
+from peftbench.prefix import shared_prefix_length
 from peftbench.tasks import get_task
 from peftbench.tasks.data import load_task_data
 
@@ -62,7 +63,12 @@ class Setup:
         return collate(items, "causal", self.tokenizer.pad_token_id)
 
 
-def train_step(model, batch, loss=causal_target_loss, attention=None, zero=True):
+def unshared_loss(model, batch):
+    """The target-only loss without prefix sharing: the baseline the other levers are measured on."""
+    return causal_target_loss(model, batch, prefix=0)
+
+
+def train_step(model, batch, loss=unshared_loss, attention=None, zero=True):
     model.train()
     with autocast(), attention or nullcontext():
         value = loss(model, batch)
@@ -167,9 +173,37 @@ def fused_accumulation(setup: Setup) -> dict:
     return cases
 
 
+def shared_prefix(setup: Setup) -> dict:
+    """A template prefix common to a pass's rows run once (peftbench.prefix), in a fused step of 64 CoLA
+    examples (LoRA and full tuning) and in a validation pass over 100 CoLA examples."""
+    cases = {}
+    items = sorted(setup.encoded("cola", "train", 100), key=lambda e: len(e.input_ids))[18:82]
+    batch = collate(items, "causal", setup.tokenizer.pad_token_id)
+    prefix, width = shared_prefix_length(batch), batch["input_ids"].shape[1]
+    for method in ("lora", "full"):
+        model = setup.lora if method == "lora" else setup.model("full")
+        what = f"{method} step, 64 CoLA ex × {width} tokens, {prefix} shared"
+        cases[what] = {
+            "before": lambda m=model: train_step(m, batch, attention=training_attention(width, CPU)),
+            "after": lambda m=model: train_step(m, batch, causal_target_loss, attention=training_attention(width, CPU))}
+    validation = setup.encoded("cola", "validation", 100)
+    pad = setup.tokenizer.pad_token_id
+
+    def unshared_in_dataset_order():  # the loop before both levers: batches of consecutive examples
+        setup.lora.eval()
+        with torch.no_grad(), autocast():
+            for start in range(0, len(validation), 32):
+                unshared_loss(setup.lora, collate(validation[start: start + 32], "causal", pad))
+
+    cases["validation loss, 100 CoLA ex (length-ordered batches + shared prefix)"] = {
+        "before": unshared_in_dataset_order,
+        "after": lambda: validation_loss(setup.lora, validation, "causal", pad, 32, CPU, autocast())}
+    return cases
+
+
 CASES = {"frozen_bf16": frozen_bf16, "tied_head_bf16": tied_head_bf16, "target_only_head": target_only_head,
          "math_attention": math_attention, "length_grouping": length_grouping, "sorted_decoding": sorted_decoding,
-         "fused_accumulation": fused_accumulation}
+         "fused_accumulation": fused_accumulation, "shared_prefix": shared_prefix}
 
 
 def _omp_child() -> None:

@@ -1,4 +1,4 @@
-"""The comparison table: per cell and side, medians over repeats; ratios are trainer / peftbench."""
+"""The comparison table: per cell and side, medians over seeds and repeats; ratios are trainer / peftbench."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def side_summary(runs: list[dict], peak_bf16: float) -> dict | None:
         "train_tokens_per_s": _median(tokens_per_s),
         "mfu_bf16": _median(flops_per_s) / peak_bf16 if flops_per_s else None,
         "epochs": [r["epochs"] for r in runs], "score": _median([r["score"] for r in runs]),
+        "scores": [r["score"] for r in runs],
         "metric": runs[0]["metric"], "trainable_params": runs[0]["trainable_params"],
         "load_before": [r["load_before"][0] for r in runs],
     }
@@ -52,6 +53,12 @@ def _fmt(value, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
+def _scores(side: dict) -> str:
+    """The median score; with several runs (seeds), each run's score after it."""
+    text = f"{side['score']:.4f} {side['metric']}"
+    return text if len(side["scores"]) == 1 else f"{text} ({', '.join(f'{v:.2f}' for v in side['scores'])})"
+
+
 def markdown_table(summary: dict, meta: dict) -> str:
     peaks = meta["peaks"]
     lines = [
@@ -79,7 +86,7 @@ def markdown_table(summary: dict, meta: dict) -> str:
                 f"| {_fmt(s['train_s'], '.1f')} | {_fmt(s['train_tokens_per_s'], '.0f')} "
                 f"| {_fmt(r.get('train_tokens_per_s'), '.2f')} | {_fmt(s['eval_s'], '.1f')} "
                 f"| {_fmt(r.get('eval_s'), '.2f')} | {_fmt(s['mfu_bf16'] and 100 * s['mfu_bf16'], '.1f')} "
-                f"| {','.join(map(str, s['epochs']))} | {s['score']:.4f} {s['metric']} "
+                f"| {','.join(map(str, s['epochs']))} | {_scores(s)} "
                 f"| {','.join(map(str, s['load_before']))} |")
     lines += ["", "× = trainer / peftbench (time) or peftbench / trainer (tokens/s): above 1, peftbench is faster."]
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from task_helpers import tiny_task_yaml
 
 from peftbench.cli import main
 from peftbench.config import load_sweep
@@ -19,17 +20,7 @@ from peftbench.preflight import check_sweep
 from peftbench.tasks import get_task
 from peftbench.tasks.data import load_task_data
 
-TASK_YAML = """\
-name: tiny_yes_no
-version: 1
-type: classification
-metric: accuracy
-fields: [text, label]
-template: "Text: {text}\\nAnswer:"
-label_field: label
-label_words: {0: no, 1: yes}
-data_files: {train: train.jsonl, validation: validation.jsonl, test: test.jsonl}
-"""
+TASK_YAML = tiny_task_yaml()
 GOOD_ROWS = [{"text": f"example number {i}", "label": i % 2} for i in range(8)]
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from task_helpers import tiny_task_yaml
 
 from peftbench.cli import main
 from peftbench.results import read_result
@@ -21,17 +22,7 @@ from peftbench.results import read_result
 EXCEPTED = ("time", "throughput.train_tokens_per_s", "memory", "history.*.seconds", "adapter.path")
 
 ROWS = [{"text": f"{word} number {i}", "label": i % 2} for i, word in enumerate(["alpha", "beta", "gamma"] * 4)]
-TASK_YAML = """\
-name: tiny_yes_no
-version: 1
-type: classification
-metric: accuracy
-fields: [text, label]
-template: "Text: {text}\\nAnswer:"
-label_field: label
-label_words: {0: no, 1: yes}
-data_files: {train: rows.jsonl, validation: rows.jsonl, test: rows.jsonl}
-"""
+TASK_YAML = tiny_task_yaml("rows.jsonl", "rows.jsonl", "rows.jsonl")
 
 
 def differences(a: Any, b: Any, path: str = "") -> list[str]:

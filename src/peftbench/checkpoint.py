@@ -8,6 +8,7 @@ A checkpoint is written to a temporary directory and renamed into place: it is w
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 from pathlib import Path
@@ -37,18 +38,31 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _cpu_copy(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+def _on_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors as ``save_file`` takes them: on the CPU, contiguous, no two sharing memory. A CPU tensor is
+    not copied (full tuning of a 135M model: 540 MB less to copy per checkpoint)."""
+    seen: set[int] = set()
+    out = {}
+    for name, t in tensors.items():
+        t = t.detach().to("cpu").contiguous()
+        out[name] = t.clone() if t.data_ptr() in seen else t
+        seen.add(t.data_ptr())
+    return out
 
 
 def save_checkpoint(run_dir: Path, trainable: dict[str, torch.Tensor], best: dict[str, torch.Tensor],
-                    state: dict[str, Any]) -> None:
+                    state: dict[str, Any], best_is_trainable: bool = False) -> None:
+    """Write the checkpoint. ``best_is_trainable``: the best weights are the current ones (the epoch just
+    finished is the best so far), so ``best.safetensors`` is a hard link to ``trainable.safetensors``."""
     target = Path(run_dir) / CHECKPOINT_DIR
     tmp = Path(run_dir) / f".{CHECKPOINT_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(_cpu_copy(trainable), tmp / "trainable.safetensors")
-    save_file(_cpu_copy(best), tmp / "best.safetensors")
+    save_file(_on_cpu(trainable), tmp / "trainable.safetensors")
+    if best_is_trainable:
+        _link_or_copy(tmp / "trainable.safetensors", tmp / "best.safetensors")
+    else:
+        save_file(_on_cpu(best), tmp / "best.safetensors")
     torch.save(state, tmp / "state.pt")
     old = Path(run_dir) / f".{CHECKPOINT_DIR}.old"
     shutil.rmtree(old, ignore_errors=True)
@@ -56,6 +70,13 @@ def save_checkpoint(run_dir: Path, trainable: dict[str, torch.Tensor], best: dic
         target.rename(old)
     tmp.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _link_or_copy(source: Path, link: Path) -> None:
+    try:
+        os.link(source, link)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(source, link)
 
 
 def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]] | None:

@@ -402,7 +402,10 @@ def _save(run_dir: Path, trainable, best_weights, optimizer, scheduler, state: R
                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                "rng": checkpoint.rng_state(),
                "scaler": scaler.state_dict() if scaler is not None else None}  # fp16 loss scale, if any
-    checkpoint.save_checkpoint(run_dir, checkpoint.snapshot(trainable), best_weights, payload)
+    # The live weights are written as they are (save_file reads them now); at an epoch's end, the best
+    # weights are these very ones when that epoch improved.
+    best_is_current = state.batches_done == 0 and state.stopper.best_epoch == state.epoch
+    checkpoint.save_checkpoint(run_dir, trainable, best_weights, payload, best_is_trainable=best_is_current)
 
 
 def _resume(run_dir: Path, trainable, optimizer, scheduler, state: RunState,
