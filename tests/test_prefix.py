@@ -87,3 +87,14 @@ def test_not_applied_to_virtual_tokens_or_encoder_decoder_models():
     assert not supports_prefix_sharing(apply_method(load_model("llama-tiny-random").model, "causal", "prompt").model)
     t5 = load_model("t5-tiny-random")
     assert not supports_prefix_sharing(apply_method(t5.model, "seq2seq", "lora").model)
+
+
+def test_not_applied_while_dropout_is_at_work():
+    loaded = load_model("llama-tiny-random")
+    model = apply_method(loaded.model, "causal", "lora").model
+    model.train()
+    assert supports_prefix_sharing(model)  # no dropout in this model: training shares too
+    model.get_base_model().config.attention_dropout = 0.1
+    assert not supports_prefix_sharing(model)  # the rows would share one dropout mask over the prefix
+    model.eval()
+    assert supports_prefix_sharing(model)

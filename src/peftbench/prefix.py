@@ -9,8 +9,9 @@ whose backward sums over rows) the same gradients, up to floating-point reorderi
 pass of SmolLM2 LoRA it cuts the forward/backward time by a third (bench/RESULTS.md).
 
 Not applied where it would change the computation: encoder-decoder models (the encoder attends both ways),
-prompt-learning methods (PEFT prepends the virtual tokens itself), a prefix that reaches the position
-predicting the first target token, or a prefix too short to pay for the extra pass.
+prompt-learning methods (PEFT prepends the virtual tokens itself), training with dropout (the rows would
+share one dropout mask over the prefix), a prefix that reaches the position predicting the first target
+token, or a prefix too short to pay for the extra pass.
 """
 
 from __future__ import annotations
@@ -26,14 +27,25 @@ MIN_SHARED_TOKENS = 8
 
 
 def supports_prefix_sharing(model: nn.Module) -> bool:
-    """A causal LM whose forward takes a key/value cache, without PEFT virtual tokens."""
+    """A causal transformers LM (its forward takes a key/value cache), without PEFT virtual tokens, and
+    without dropout at work."""
     inner = getattr(model, "module", model)  # DistributedDataParallel
     config = getattr(inner, "config", None)
     if config is None or getattr(config, "is_encoder_decoder", False):
         return False
     if getattr(getattr(inner, "active_peft_config", None), "is_prompt_learning", False):
         return False
+    if inner.training and _has_dropout(inner):
+        return False
     return inner.get_output_embeddings() is not None  # the loss trims the head's input (evaluate.py)
+
+
+def _has_dropout(model: nn.Module) -> bool:
+    """Dropout modules with p > 0, or a config rate > 0 (attention dropout is a functional argument)."""
+    if any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
+        return True
+    rates = {k: v for k, v in model.config.to_dict().items() if "dropout" in k or "pdrop" in k}
+    return any(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in rates.values())
 
 
 def prefix_to_share(model: nn.Module, batch: dict[str, torch.Tensor]) -> int:
