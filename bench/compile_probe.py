@@ -14,7 +14,6 @@ import time
 import torch
 from lever_cases import CPU, Setup, autocast, unshared_loss
 
-from peftbench.batching import collate
 from peftbench.kernels import training_attention
 
 
@@ -29,8 +28,7 @@ def best_of(step, repeats: int = 3) -> float:
 
 def main(data_dir: str) -> None:
     setup = Setup(data_dir)
-    items = sorted(setup.encoded("cola", "train", 100), key=lambda e: len(e.input_ids))[18:82]
-    batch = collate(items, "causal", setup.tokenizer.pad_token_id)
+    batch = setup.batch("cola", n=64, skip=18)  # the same pass as levers.py's shared_prefix case
     model = setup.lora
 
     def step(module):

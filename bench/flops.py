@@ -84,10 +84,15 @@ def linear_costs(model: nn.Module) -> LinearCosts:
     return costs
 
 
+def attention_pair_flops(costs: LinearCosts) -> float:
+    """FLOPs per (query, key) pair of one attention layer: forward 4·width, backward 8·width."""
+    return 3 * 4.0 * costs.attention_width
+
+
 def example_flops(costs: LinearCosts, source_tokens: int, target_tokens: int, decoder_tokens: int = 0) -> float:
     """Training FLOPs of one example. Causal: ``source_tokens`` is the whole sequence (prompt + target),
     ``target_tokens`` the positions scored. Seq2seq: encoder and decoder lengths; every decoder token is scored."""
-    pair = 3 * 4.0 * costs.attention_width  # per (query, key) pair: forward 4·width, backward 8·width
+    pair = attention_pair_flops(costs)
     if decoder_tokens == 0:  # causal
         causal_pairs = source_tokens * (source_tokens + 1) / 2
         return (costs.encoder * source_tokens + costs.head * target_tokens

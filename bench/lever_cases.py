@@ -177,8 +177,7 @@ def shared_prefix(setup: Setup) -> dict:
     """A template prefix common to a pass's rows run once (peftbench.prefix), in a fused step of 64 CoLA
     examples (LoRA and full tuning) and in a validation pass over 100 CoLA examples."""
     cases = {}
-    items = sorted(setup.encoded("cola", "train", 100), key=lambda e: len(e.input_ids))[18:82]
-    batch = collate(items, "causal", setup.tokenizer.pad_token_id)
+    batch = setup.batch("cola", n=64, skip=18)
     prefix, width = shared_prefix_length(batch), batch["input_ids"].shape[1]
     for method in ("lora", "full"):
         model = setup.lora if method == "lora" else setup.model("full")

@@ -16,7 +16,7 @@ import tempfile
 import time
 
 from common import epoch_flops, load_average, resolve_cell, write_record
-from flops import linear_costs
+from flops import attention_pair_flops, linear_costs
 
 from peftbench import evaluate, train
 from peftbench.batching import IGNORE
@@ -72,7 +72,7 @@ def flops_per_epoch(run) -> tuple[float, float]:
         counts = [(len(e.input_ids), 0, len(e.labels)) for e in items]
     costs = linear_costs(model)
     saved = (costs.encoder * _shared_prefix["tokens"]
-             + 3 * 4.0 * costs.attention_width * costs.layers * _shared_prefix["pairs"])
+             + attention_pair_flops(costs) * costs.layers * _shared_prefix["pairs"])
     return epoch_flops(model, counts), saved
 
 
