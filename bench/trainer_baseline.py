@@ -6,7 +6,7 @@ The same cell as peftbench's: the overrides resolve to the same config (``common
 come from ``peftbench.tasks.data.load_task_data`` (same sample, same validation and test sets), the prompt
 and target are tokenised to the same ids (the same truncation rule), the model is the same checkpoint,
 and the method has the same configuration (LoRA r=3, alpha 8, on q/k/v/o; or every weight). Training:
-AdamW at the peak LR with the paper's warm-up/anneal as a ``LambdaLR`` (``optimizers=``), batch 16 ×
+fused AdamW (the Trainer's default) at the peak LR with the paper's warm-up/anneal as a ``LambdaLR`` (``optimizers=``), batch 16 ×
 accumulation 4, the same max epochs, evaluation every epoch, ``EarlyStoppingCallback(patience=1)`` on
 eval_loss with ``load_best_model_at_end``, ``DataCollatorForSeq2Seq`` (dynamic padding), bf16 where the
 hardware has it. Test: batched greedy ``generate`` (left padding for causal models) under bf16 autocast,
@@ -97,8 +97,9 @@ def build_trainer(run, model, tokenizer, family, train_set, validation_set, outp
     steps = math.ceil(math.ceil(len(train_set) / cfg.batch_size) / cfg.grad_accum) * max_epochs
     warmup = max(1, round(cfg.warmup_fraction * steps)) if cfg.warmup_fraction > 0 else 0
     lr = resolved_lr(cfg, run.method)
+    # fused=True: what the Trainer's default optim ("adamw_torch_fused" since torch 2.8) builds.
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr.peak,
-                                  weight_decay=cfg.weight_decay)
+                                  weight_decay=cfg.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, paper_lr_lambda(lr, steps, warmup))
     bf16 = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else True  # CPU autocast has bf16
     args_cls, trainer_cls = ((Seq2SeqTrainingArguments, Seq2SeqTrainer) if family == "seq2seq"

@@ -51,6 +51,7 @@ def test_resume_from_an_epoch_checkpoint_is_bit_identical(tmp_path, model, metho
     run, straight_dir = _run(model, method, tmp_path / "straight")
     straight = run_cell(run, straight_dir, progress=False)
     assert straight["epochs"] == 4 and straight["resumed_from_epoch"] is None
+    assert load_checkpoint(straight_dir)[2]["epoch"] == 3  # none after the last epoch: it is tested at once
 
     _, resumed_dir = _run(model, method, tmp_path / "resumed")
     # 2 optimiser steps per epoch: step 5 is the first of epoch 3, after the epoch 2 checkpoint.

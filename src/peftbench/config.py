@@ -65,7 +65,7 @@ class TrainConfig:
     save_adapter: bool = True
     """Save the best adapter (or model) with ``save_pretrained`` in the run directory."""
     checkpoint_every_epoch: bool = True
-    """Write a resumable checkpoint after each epoch (deleted when the run finishes)."""
+    """Write a resumable checkpoint after each epoch but the last (deleted when the run finishes)."""
     num_threads: int | None = None
     """torch intra-op threads on CPU; None leaves torch's default."""
     max_oom_retries: int = 4

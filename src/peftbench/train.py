@@ -189,8 +189,15 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     steps_per_epoch = math.ceil(micro_batches / cfg.grad_accum)
     total_steps = steps_per_epoch * max_epochs
     warmup_steps = max(1, round(cfg.warmup_fraction * total_steps)) if cfg.warmup_fraction > 0 else 0
-    optimizer = torch.optim.AdamW(list(trainable.values()), lr=lr.peak, weight_decay=cfg.weight_decay)
+    # fused: one kernel per step over all tensors (CPU: 0.07 s against foreach's 0.25-0.30 s for 135M
+    # weights), the transformers Trainer's default optimiser since torch 2.8.
+    optimizer = torch.optim.AdamW(list(trainable.values()), lr=lr.peak, weight_decay=cfg.weight_decay,
+                                  fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, paper_lr_lambda(lr, total_steps, warmup_steps))
+    # Checkpoints are written while training goes on (checkpoint.BackgroundWriter): no optimiser step may
+    # change the weights and moments being written. On the bare optimiser, which accelerate wraps below.
+    writer = checkpoint.BackgroundWriter()
+    optimizer.register_step_pre_hook(lambda *_: writer.wait())
 
     accelerator = make_accelerator(cfg.precision, loaded.architecture)
     # Frozen linears stored in bf16 once rather than re-cast by autocast at every call (see precision.py).
@@ -211,39 +218,45 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
         best_weights = resumed
     distributed.check_in_sync(trainable, state.epoch, state.step)
 
-    bar = tqdm(total=max_epochs, initial=state.epoch, desc=f"{run.method}/{run.task}", unit="epoch",
-               disable=not progress, leave=False)
-    while state.epoch < max_epochs and not state.stopper.should_stop:
-        epoch = state.epoch + 1
-        epoch_started = time.perf_counter()
-        order = length_grouped_batches(encoded["train"], cfg.batch_size, seed=run.seed * 1000 + epoch,
-                                       group_by_length=cfg.group_by_length)
-        try:
-            train_loss = _train_epoch(model, optimizer, scheduler, accelerator, encoded["train"], order, cfg,
-                                      family, tokenizer.pad_token_id, state, stop_requested)
-        except Interrupted:  # keep the steps done so far: the re-run continues from this very step
-            state.train_seconds += time.perf_counter() - epoch_started
-            _save(run_dir, trainable, best_weights, optimizer, scheduler, state, accelerator.scaler)
-            raise
-        val_loss = distributed.validation_loss(model, encoded["validation"], family, tokenizer.pad_token_id,
-                                               cfg.eval_batch_size, device, autocast())
-        val_metric = _validation_metric(model, task, encoded["validation"], data.validation, tokenizer, family,
-                                        cfg, device, autocast) if cfg.val_metric_examples else None
-        seconds = time.perf_counter() - epoch_started
-        state.train_seconds += seconds
-        improved = state.stopper.update(epoch, val_loss)
-        if improved:
-            best_weights = checkpoint.snapshot(trainable)
-            state.to_best_s = state.train_seconds
-        state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                              "val_metric": val_metric, "seconds": seconds, "steps": state.step,
-                              "lr": scheduler.get_last_lr()[0]})
-        state.epoch = epoch
-        if cfg.checkpoint_every_epoch:
-            _save(run_dir, trainable, best_weights, optimizer, scheduler, state, accelerator.scaler)
-        bar.update(1)
-        bar.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}")
-    bar.close()
+    with writer:  # leaving it waits for the last write: the best weights are restored below
+        bar = tqdm(total=max_epochs, initial=state.epoch, desc=f"{run.method}/{run.task}", unit="epoch",
+                   disable=not progress, leave=False)
+        while state.epoch < max_epochs and not state.stopper.should_stop:
+            epoch = state.epoch + 1
+            epoch_started = time.perf_counter()
+            order = length_grouped_batches(encoded["train"], cfg.batch_size, seed=run.seed * 1000 + epoch,
+                                           group_by_length=cfg.group_by_length)
+            try:
+                train_loss = _train_epoch(model, optimizer, scheduler, accelerator, encoded["train"], order, cfg,
+                                          family, tokenizer.pad_token_id, state, stop_requested)
+            except Interrupted:  # keep the steps done so far: the re-run continues from this very step
+                state.train_seconds += time.perf_counter() - epoch_started
+                _save(writer, run_dir, trainable, best_weights, optimizer, scheduler, state, accelerator.scaler)
+                raise
+            val_loss = distributed.validation_loss(model, encoded["validation"], family, tokenizer.pad_token_id,
+                                                   cfg.eval_batch_size, device, autocast())
+            val_metric = _validation_metric(model, task, encoded["validation"], data.validation, tokenizer, family,
+                                            cfg, device, autocast) if cfg.val_metric_examples else None
+            seconds = time.perf_counter() - epoch_started
+            state.train_seconds += seconds
+            improved = state.stopper.update(epoch, val_loss)
+            if improved:
+                best_weights = checkpoint.snapshot(trainable)
+                state.to_best_s = state.train_seconds
+            state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                                  "val_metric": val_metric, "seconds": seconds, "steps": state.step,
+                                  "lr": scheduler.get_last_lr()[0]})
+            state.epoch = epoch
+            # No checkpoint after the last epoch: its best weights are tested at once, from memory. A process that
+            # dies during that test re-trains the last epoch from the previous checkpoint (bit-identically), which
+            # costs less over a sweep than writing one more checkpoint per run (full tuning: weights and AdamW
+            # state, 12 bytes per parameter).
+            last_epoch = state.epoch >= max_epochs or state.stopper.should_stop
+            if cfg.checkpoint_every_epoch and not last_epoch:
+                _save(writer, run_dir, trainable, best_weights, optimizer, scheduler, state, accelerator.scaler)
+            bar.update(1)
+            bar.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}")
+        bar.close()
 
     # Test the best epoch's weights (the paper's protocol) and record its validation metric.
     checkpoint.restore(trainable, best_weights)
@@ -391,13 +404,15 @@ def _validation_metric(model, task, items, examples, tokenizer, family, cfg: Tra
     return score(task, predictions, examples[:n])
 
 
-def _save(run_dir: Path, trainable, best_weights, optimizer, scheduler, state: RunState, scaler=None) -> None:
+def _save(writer: checkpoint.BackgroundWriter, run_dir: Path, trainable, best_weights, optimizer, scheduler,
+          state: RunState, scaler=None) -> None:
     if not distributed.is_main_process():  # one writer; the RNG states saved are the main process's
         return
-    payload = {"epoch": state.epoch, "step": state.step, "history": state.history,
+    # Lists are copied: training appends to them while the write is in flight.
+    payload = {"epoch": state.epoch, "step": state.step, "history": list(state.history),
                "stopper": vars(state.stopper).copy(), "train_tokens": state.train_tokens,
                "train_seconds": state.train_seconds, "to_best_s": state.to_best_s,
-               "batches_done": state.batches_done, "epoch_losses": state.epoch_losses,
+               "batches_done": state.batches_done, "epoch_losses": list(state.epoch_losses),
                "micro_splits": state.micro_splits, "oom_retries": state.oom_retries,
                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                "rng": checkpoint.rng_state(),
@@ -405,7 +420,7 @@ def _save(run_dir: Path, trainable, best_weights, optimizer, scheduler, state: R
     # The live weights are written as they are (save_file reads them now); at an epoch's end, the best
     # weights are these very ones when that epoch improved.
     best_is_current = state.batches_done == 0 and state.stopper.best_epoch == state.epoch
-    checkpoint.save_checkpoint(run_dir, trainable, best_weights, payload, best_is_trainable=best_is_current)
+    writer.save(run_dir, trainable, best_weights, payload, best_is_trainable=best_is_current)
 
 
 def _resume(run_dir: Path, trainable, optimizer, scheduler, state: RunState,
