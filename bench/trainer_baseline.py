@@ -38,9 +38,9 @@ from transformers import (
 from peftbench.batching import IGNORE, truncate_middle
 from peftbench.evaluate import score
 from peftbench.models import load_model
+from peftbench.protocol import paper_lr_lambda, resolved_lr
 from peftbench.tasks import get_task
 from peftbench.tasks.data import load_task_data, scale_cap_and_epochs
-from peftbench.train import paper_lr_lambda, resolved_lr
 
 LORA_TARGETS = {"llama": ["q_proj", "k_proj", "v_proj", "o_proj"], "t5": ["q", "k", "v", "o"]}
 

@@ -9,9 +9,9 @@ from torch import nn, optim
 
 from peftbench.evaluate import exact_match, rouge_l, score
 from peftbench.methods import ADAPTER_LR, FULL_LR, PROMPT_LR, LRSchedule
+from peftbench.protocol import EarlyStopping, paper_lr_lambda
 from peftbench.tasks import get_task
 from peftbench.tasks.data import Example, scale_cap_and_epochs
-from peftbench.train import EarlyStopping, paper_lr_lambda
 
 
 def _lrs(lr: LRSchedule, total: int, warmup: int) -> list[float]:

@@ -14,7 +14,7 @@ import math
 import random
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,11 @@ from peftbench.config import RunConfig, TrainConfig
 from peftbench.datacache import encode_cached
 from peftbench.evaluate import causal_target_loss, score, target_token_losses
 from peftbench.kernels import training_attention
-from peftbench.methods import LRSchedule, apply_method, get_method
+from peftbench.methods import apply_method
 from peftbench.models import load_model
 from peftbench.precision import store_frozen_linears_in
 from peftbench.prefix import prefix_to_share
+from peftbench.protocol import EarlyStopping, paper_lr_lambda, resolved_lr
 from peftbench.tasks import get_task
 from peftbench.tasks.data import load_task_data, scale_cap_and_epochs
 
@@ -54,50 +55,6 @@ class Interrupted(RuntimeError):
 
 class OutOfMemory(RuntimeError):
     """CUDA ran out of memory even at the smallest micro-batch the run may fall back to."""
-
-
-# --- the paper's schedule and stopping rule -------------------------------------------------------------
-
-def paper_lr_lambda(lr: LRSchedule, total_steps: int, warmup_steps: int):
-    """LambdaLR multiplier (of ``lr.peak``): initial → peak linearly over warm-up, then → final linearly."""
-    def multiplier(step: int) -> float:
-        if step < warmup_steps:
-            value = lr.initial + (lr.peak - lr.initial) * step / warmup_steps
-        else:
-            progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-            value = lr.peak + (lr.final - lr.peak) * progress
-        return value / lr.peak
-    return multiplier
-
-
-@dataclass
-class EarlyStopping:
-    """Stop after ``patience`` epochs whose validation loss is not below the best by ``min_delta``."""
-
-    patience: int = 1
-    min_delta: float = 0.0
-    best: float = math.inf
-    best_epoch: int = 0
-    bad_epochs: int = 0
-
-    def update(self, epoch: int, val_loss: float) -> bool:
-        """Record an epoch; True when this epoch is the new best."""
-        if val_loss < self.best - self.min_delta:
-            self.best, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
-            return True
-        self.bad_epochs += 1
-        return False
-
-    @property
-    def should_stop(self) -> bool:
-        return self.bad_epochs >= self.patience
-
-
-def resolved_lr(train: TrainConfig, method: str) -> LRSchedule:
-    default = get_method(method).lr
-    return LRSchedule(train.lr_initial if train.lr_initial is not None else default.initial,
-                      train.lr_peak if train.lr_peak is not None else default.peak,
-                      train.lr_final if train.lr_final is not None else default.final)
 
 
 # --- one cell ----------------------------------------------------------------------------------------
@@ -120,6 +77,19 @@ class RunState:
     micro_splits: int = 1
     """Each configured batch runs as this many micro-batches (doubled by each CUDA out-of-memory error)."""
     oom_retries: int = 0
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """The fields as ``state.pt`` stores them; lists are copied (training appends to them while the
+        checkpoint is written in the background)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {**values, "history": list(self.history), "epoch_losses": list(self.epoch_losses),
+                "stopper": vars(self.stopper).copy()}
+
+    @classmethod
+    def from_checkpoint(cls, payload: dict[str, Any]) -> RunState:
+        """The state ``to_checkpoint`` wrote; fields an older checkpoint lacks keep their defaults."""
+        values = {f.name: payload[f.name] for f in fields(cls) if f.name in payload}
+        return cls(**{**values, "stopper": EarlyStopping(**payload["stopper"])})
 
     def batch_plan(self, cfg: TrainConfig) -> dict[str, int]:
         """The micro-batch actually used; micro_batch_size × grad_accum stays batch_size × cfg.grad_accum."""
@@ -212,10 +182,10 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
 
     state = RunState(stopper=EarlyStopping(cfg.patience, cfg.min_delta))
     best_weights = checkpoint.snapshot(trainable)
-    resumed = _resume(run_dir, trainable, optimizer, scheduler, state, accelerator.scaler)
-    resumed_from = state.epoch if resumed is not None else None
+    resumed = _resume(run_dir, trainable, optimizer, scheduler, accelerator.scaler)
     if resumed is not None:
-        best_weights = resumed
+        state, best_weights = resumed
+    resumed_from = state.epoch if resumed is not None else None
     distributed.check_in_sync(trainable, state.epoch, state.step)
 
     with writer:  # leaving it waits for the last write: the best weights are restored below
@@ -408,13 +378,7 @@ def _save(writer: checkpoint.BackgroundWriter, run_dir: Path, trainable, best_we
           state: RunState, scaler=None) -> None:
     if not distributed.is_main_process():  # one writer; the RNG states saved are the main process's
         return
-    # Lists are copied: training appends to them while the write is in flight.
-    payload = {"epoch": state.epoch, "step": state.step, "history": list(state.history),
-               "stopper": vars(state.stopper).copy(), "train_tokens": state.train_tokens,
-               "train_seconds": state.train_seconds, "to_best_s": state.to_best_s,
-               "batches_done": state.batches_done, "epoch_losses": list(state.epoch_losses),
-               "micro_splits": state.micro_splits, "oom_retries": state.oom_retries,
-               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    payload = {**state.to_checkpoint(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                "rng": checkpoint.rng_state(),
                "scaler": scaler.state_dict() if scaler is not None else None}  # fp16 loss scale, if any
     # The live weights are written as they are (save_file reads them now); at an epoch's end, the best
@@ -423,9 +387,9 @@ def _save(writer: checkpoint.BackgroundWriter, run_dir: Path, trainable, best_we
     writer.save(run_dir, trainable, best_weights, payload, best_is_trainable=best_is_current)
 
 
-def _resume(run_dir: Path, trainable, optimizer, scheduler, state: RunState,
-            scaler=None) -> dict[str, torch.Tensor] | None:
-    """Load the last checkpoint into the live objects; returns the best weights, or None."""
+def _resume(run_dir: Path, trainable, optimizer, scheduler,
+            scaler=None) -> tuple[RunState, dict[str, torch.Tensor]] | None:
+    """Load the last checkpoint into the live objects; returns its run state and best weights, or None."""
     try:
         loaded = checkpoint.load_checkpoint(run_dir)
     except Exception as exc:  # noqa: BLE001 - a damaged checkpoint costs the progress, never the run
@@ -442,13 +406,7 @@ def _resume(run_dir: Path, trainable, optimizer, scheduler, state: RunState,
     checkpoint.set_rng_state(payload["rng"])
     if scaler is not None and payload.get("scaler"):
         scaler.load_state_dict(payload["scaler"])
-    state.epoch, state.step, state.history = payload["epoch"], payload["step"], payload["history"]
-    state.stopper = EarlyStopping(**payload["stopper"])
-    state.train_tokens, state.train_seconds = payload["train_tokens"], payload["train_seconds"]
-    state.to_best_s = payload["to_best_s"]
-    state.batches_done, state.epoch_losses = payload.get("batches_done", 0), payload.get("epoch_losses", [])
-    state.micro_splits, state.oom_retries = payload.get("micro_splits", 1), payload.get("oom_retries", 0)
-    return best
+    return RunState.from_checkpoint(payload), best
 
 
 def _save_adapter(model, tokenizer, run_dir: Path, enabled: bool) -> dict[str, Any]:
