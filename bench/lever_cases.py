@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 from functools import cached_property
+from pathlib import Path
 
 import torch
 
 from peftbench.batching import collate, encode, length_grouped_batches
+from peftbench.checkpoint import BackgroundWriter, save_checkpoint
 from peftbench.evaluate import causal_target_loss, generate, validation_loss
 from peftbench.kernels import training_attention
 from peftbench.methods import apply_method
@@ -196,13 +199,69 @@ def shared_prefix(setup: Setup) -> dict:
 
     cases["validation loss, 100 CoLA ex (length-ordered batches + shared prefix)"] = {
         "before": unshared_in_dataset_order,
-        "after": lambda: validation_loss(setup.lora, validation, "causal", pad, 32, CPU, autocast())}
+        "after": lambda: validation_loss(setup.lora, validation, "causal", pad, 32, CPU, autocast(), fuse=False)}
     return cases
+
+
+def validation_fusion(setup: Setup) -> dict:
+    """Validation batches of 32 in length order, each its own forward pass, or consecutive ones sharing a pass
+    (``evaluate.validation_batches``; CoLA: passes of 64 and 36, not 32, 32, 32 and 4)."""
+    validation = setup.encoded("cola", "validation", 100)
+    pad = setup.tokenizer.pad_token_id
+
+    def loss(fuse: bool):
+        return lambda: validation_loss(setup.lora, validation, "causal", pad, 32, CPU, autocast(), fuse=fuse)
+    return {"validation loss, 100 CoLA ex, LoRA": {"before": loss(False), "after": loss(True)}}
+
+
+def _full_tuning_state(setup: Setup):
+    """SmolLM2 under full tuning after one AdamW step (so the optimiser holds its two moments), and a batch."""
+    model, batch = setup.model("full"), setup.batch("cola", n=64, skip=18)
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW(list(trainable.values()), lr=1e-5, fused=True)
+    train_step(model, batch, causal_target_loss, zero=False)
+    optimizer.step()
+    return model, batch, trainable, optimizer
+
+
+def background_checkpoint(setup: Setup) -> dict:
+    """An epoch checkpoint of full tuning (weights + AdamW moments, 1.6 GB) followed by the next epoch's first
+    training step: written first, or written on a background thread during the step (the step's optimiser
+    update would wait for it)."""
+    model, batch, trainable, optimizer = _full_tuning_state(setup)
+    run_dir = Path(tempfile.mkdtemp(prefix="peftbench-lever-"))
+    width = batch["input_ids"].shape[1]
+
+    def step():
+        train_step(model, batch, causal_target_loss, attention=training_attention(width, CPU))
+
+    def write(save):
+        save(run_dir, trainable, trainable, {"optimizer": optimizer.state_dict()}, best_is_trainable=True)
+
+    def in_background():
+        with BackgroundWriter() as writer:
+            write(writer.save)
+            step()
+
+    return {"full-tuning checkpoint + next step, 64 CoLA ex": {
+        "before": lambda: (write(save_checkpoint), step()), "after": in_background}}
+
+
+def fused_adamw(setup: Setup) -> dict:
+    """AdamW's update of all 135M weights of full tuning: one multi-tensor (foreach) kernel per operation, or
+    one fused kernel."""
+    _, _, trainable, _ = _full_tuning_state(setup)
+    optimizers = {kind: torch.optim.AdamW(list(trainable.values()), lr=1e-9, **{kind: True})
+                  for kind in ("foreach", "fused")}
+    return {"AdamW step, 135M weights (full tuning)": {
+        "before": optimizers["foreach"].step, "after": optimizers["fused"].step}}
 
 
 CASES = {"frozen_bf16": frozen_bf16, "tied_head_bf16": tied_head_bf16, "target_only_head": target_only_head,
          "math_attention": math_attention, "length_grouping": length_grouping, "sorted_decoding": sorted_decoding,
-         "fused_accumulation": fused_accumulation, "shared_prefix": shared_prefix}
+         "fused_accumulation": fused_accumulation, "shared_prefix": shared_prefix,
+         "validation_fusion": validation_fusion, "background_checkpoint": background_checkpoint,
+         "fused_adamw": fused_adamw}
 
 
 def _omp_child() -> None:

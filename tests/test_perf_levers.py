@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from peftbench.batching import IGNORE, collate, encode
-from peftbench.evaluate import causal_target_loss, validation_loss
+from peftbench.evaluate import causal_target_loss, validation_batches, validation_loss
 from peftbench.kernels import MATH_ATTENTION_MAX_TOKENS, training_attention
 from peftbench.methods import apply_method
 from peftbench.models import load_model
@@ -71,6 +71,21 @@ def test_validation_loss_matches_every_position_logits():
             total, count = total + part_total, count + part_count
     measured = validation_loss(model, items, "causal", pad, 5, CPU, torch.autocast("cpu", enabled=False))
     assert abs(measured - total / count) < 1e-5
+
+
+def test_fused_validation_batches_cover_each_example_once_and_keep_the_loss(monkeypatch):
+    model, items, pad = _setup("lora", n=12)
+    lengths = [len(e.input_ids) for e in items]
+    plain = validation_batches(items, "causal", 5, fuse=False)
+    assert [len(b) for b in plain] == [5, 5, 2]
+    assert [lengths[i] for b in plain for i in b] == sorted(lengths)  # length order
+    monkeypatch.setattr("peftbench.evaluate.FUSE_MAX_TOKENS", 10_000)  # room for every batch in one pass
+    fused = validation_batches(items, "causal", 5, fuse=True)
+    assert [i for b in fused for i in b] == [i for b in plain for i in b] and len(fused) < len(plain)
+    off = torch.autocast("cpu", enabled=False)
+    apart = validation_loss(model, items, "causal", pad, 5, CPU, off, fuse=False)
+    together = validation_loss(model, items, "causal", pad, 5, CPU, off, fuse=True)
+    assert together == pytest.approx(apart, rel=1e-6)
 
 
 def test_frozen_tied_head_gets_its_own_bf16_copy_with_identical_logits():

@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager, contextmanager
 import torch
 from rouge_score import rouge_scorer
 
-from peftbench.batching import IGNORE, Encoded, collate, collate_prompts
+from peftbench.batching import FUSE_MAX_TOKENS, IGNORE, Encoded, collate, collate_prompts, fuse_batches
 from peftbench.prefix import forward_with_shared_prefix, prefix_to_share
 from peftbench.tasks import TaskSpec
 from peftbench.tasks.data import Example
@@ -113,14 +113,14 @@ def target_token_losses(model, batch: dict[str, torch.Tensor], family: str,
 
 @torch.no_grad()
 def validation_loss(model, items: list[Encoded], family: str, pad_id: int, batch_size: int,
-                    device: torch.device, autocast: AbstractContextManager) -> float:
-    """Mean cross-entropy per target token over the whole split (nats). Batches are drawn in length order
-    (the sum does not depend on the order; similar lengths pad least)."""
+                    device: torch.device, autocast: AbstractContextManager, fuse: bool | None = None) -> float:
+    """Mean cross-entropy per target token over the whole split (nats), in ``validation_batches``' passes
+    (``fuse``: None fuses on CPU)."""
     model.eval()
-    items = sorted(items, key=lambda e: (len(e.input_ids), len(e.labels)))
     total, count = torch.zeros((), dtype=torch.float64), 0
-    for start in range(0, len(items), batch_size):
-        batch = collate(items[start: start + batch_size], family, pad_id)
+    fuse = device.type == "cpu" if fuse is None else fuse
+    for rows in validation_batches(items, family, batch_size, fuse):
+        batch = collate([items[i] for i in rows], family, pad_id)
         prefix = prefix_to_share(model, batch) if family == "causal" else 0  # on the host copy: no sync
         batch = {k: v.to(device) for k, v in batch.items()}
         labels = batch["labels"]
@@ -136,6 +136,18 @@ def validation_loss(model, items: list[Encoded], family: str, pad_id: int, batch
             count += int((labels != IGNORE).sum())
         total += loss.double().cpu()
     return float(total / max(count, 1))
+
+
+def validation_batches(items: list[Encoded], family: str, batch_size: int, fuse: bool) -> list[list[int]]:
+    """Indices of ``items`` in batches of ``batch_size`` drawn in length order (the summed loss does not depend
+    on the order; similar lengths pad least). With ``fuse`` (CPU), consecutive batches share one forward pass
+    while it stays small, as training's do (``batching.fuse_batches``): a pass's fixed cost (a shared prefix's
+    own pass, every layer's small operations) is paid once. SmolLM2 on CoLA's 100 validation examples: 2 passes, not 4."""
+    order = sorted(range(len(items)), key=lambda i: (len(items[i].input_ids), len(items[i].labels)))
+    batches = [order[start: start + batch_size] for start in range(0, len(order), batch_size)]
+    if not fuse:
+        return batches
+    return [[i for batch in chunk for i in batch] for chunk in fuse_batches(items, batches, family, FUSE_MAX_TOKENS)]
 
 
 @torch.no_grad()
