@@ -79,11 +79,12 @@ class BackgroundWriter:
     """Writes checkpoints on a background thread while training goes on; at most one write is in flight.
 
     A checkpoint of full tuning is 12 bytes per parameter (weights and AdamW's two moments; 1.6 GB for
-    135M), and writing it mostly waits for the disk: 0.3-2 s per GB on the development machine, varying
-    with how much the kernel has still to write back. Training computes meanwhile. The tensors handed to
-    ``save`` are written as they are, not copied, so nothing may change them until ``wait`` returns: the
-    recipe registers ``wait`` as an optimiser step pre-hook and leaves the ``with`` block before it
-    restores the best weights. A failed write is raised by the next ``wait``.
+    135M): 2-3.5 s to write on the 2-core development machine. Training computes meanwhile. There, copying
+    into the page cache competes with training for the two cores, and the overlap saves about 0.8 s per
+    checkpoint (bench/RESULTS.md); where the CPU idles while a GPU trains, more of it can hide (not
+    measured). The tensors handed to ``save`` are written as they are, not copied, so nothing may change
+    them until ``wait`` returns: the recipe registers ``wait`` as an optimiser step pre-hook and leaves the
+    ``with`` block before it restores the best weights. A failed write is raised by the next ``wait``.
     """
 
     def __init__(self) -> None:

@@ -142,7 +142,8 @@ def validation_batches(items: list[Encoded], family: str, batch_size: int, fuse:
     """Indices of ``items`` in batches of ``batch_size`` drawn in length order (the summed loss does not depend
     on the order; similar lengths pad least). With ``fuse`` (CPU), consecutive batches share one forward pass
     while it stays small, as training's do (``batching.fuse_batches``): a pass's fixed cost (a shared prefix's
-    own pass, every layer's small operations) is paid once. SmolLM2 on CoLA's 100 validation examples: 2 passes, not 4."""
+    own pass, every layer's small operations) is paid once. SmolLM2 on CoLA's 100 validation examples: 2
+    passes, not 4 (1.06× faster, bench/RESULTS.md)."""
     order = sorted(range(len(items)), key=lambda i: (len(items[i].input_ids), len(items[i].labels)))
     batches = [order[start: start + batch_size] for start in range(0, len(order), batch_size)]
     if not fuse:
