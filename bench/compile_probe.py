@@ -1,9 +1,12 @@
-"""torch.compile on one fused SmolLM2 LoRA training step, against eager: compile time and step time.
+"""torch.compile on SmolLM2 LoRA training steps, against eager: compile time and step time.
 
-    python bench/compile_probe.py [DATA_DIR]
+    python bench/compile_probe.py [DATA_DIR]              # the whole model, one step
+    python bench/compile_probe.py [DATA_DIR] --regional   # each decoder layer, three batch shapes
 
-A probe for the MFU gap (bench/RESULTS.md), not a lever peftbench uses: 64 CoLA training examples × 31
-tokens in one pass, bf16 autocast, without prefix sharing, so the step matches the profiled one.
+A probe for the MFU gap (bench/RESULTS.md), not a lever peftbench uses. Whole model: 64 CoLA training
+examples × 31 tokens in one pass, bf16 autocast, without prefix sharing, so the step matches the profiled
+one. Regional: each decoder layer compiled on its own with dynamic shapes (one graph could serve all 30),
+on the training path as peftbench runs it (shared prefix), for three CoLA batches of different shapes.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import time
 import torch
 from lever_cases import CPU, Setup, autocast, unshared_loss
 
+from peftbench.evaluate import causal_target_loss
 from peftbench.kernels import training_attention
+from peftbench.prefix import prefix_to_share
 
 
 def best_of(step, repeats: int = 3) -> float:
@@ -49,5 +54,35 @@ def main(data_dir: str) -> None:
           f"({eager / fast:.2f}×)")
 
 
+def regional(data_dir: str) -> None:
+    setup = Setup(data_dir)
+    model = setup.lora
+    batches = [setup.batch("cola", n=64, skip=18), setup.batch("cola", n=64, skip=0), setup.batch("cola", n=48, skip=40)]
+
+    def step(batch):
+        model.train()
+        with autocast(), training_attention(batch["input_ids"].shape[1], CPU):
+            loss = causal_target_loss(model, batch, prefix=prefix_to_share(model, batch))
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    for batch in batches:  # warm-up
+        step(batch)
+    eager = [best_of(lambda b=batch: step(b)) for batch in batches]
+    # Each layer's graph is guarded on its layer_idx (the cache update reads it), so each compiles its own:
+    # allow one per layer (dynamo's default of 8 leaves 22 of the 30 layers eager).
+    torch._dynamo.config.recompile_limit = 64
+    for layer in model.get_base_model().base_model.layers:  # PEFT model → LlamaForCausalLM → LlamaModel
+        layer.compile(dynamic=True)
+    for batch in batches:
+        started = time.perf_counter()
+        step(batch)
+        print(f"{tuple(batch['input_ids'].shape)}: compile + first step {time.perf_counter() - started:.1f} s", flush=True)
+    compiled = [best_of(lambda b=batch: step(b)) for batch in batches]
+    for batch, before, after in zip(batches, eager, compiled, strict=True):
+        print(f"{tuple(batch['input_ids'].shape)}: eager {before:.3f} s, compiled {after:.3f} s ({before / after:.2f}×)")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "../shared/data")
+    arguments = [a for a in sys.argv[1:] if not a.startswith("--")]
+    (regional if "--regional" in sys.argv else main)(arguments[0] if arguments else "../shared/data")
