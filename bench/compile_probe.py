@@ -15,11 +15,10 @@ import sys
 import time
 
 import torch
-from lever_cases import CPU, Setup, autocast, unshared_loss
+from lever_cases import CPU, Setup, train_step
 
 from peftbench.evaluate import causal_target_loss
 from peftbench.kernels import training_attention
-from peftbench.prefix import prefix_to_share
 
 
 def best_of(step, repeats: int = 3) -> float:
@@ -36,12 +35,8 @@ def main(data_dir: str) -> None:
     batch = setup.batch("cola", n=64, skip=18)  # the same pass as levers.py's shared_prefix case
     model = setup.lora
 
-    def step(module):
-        module.train()
-        with autocast(), training_attention(batch["input_ids"].shape[1], CPU):
-            loss = unshared_loss(module, batch)
-        loss.backward()
-        model.zero_grad(set_to_none=True)
+    def step(module):  # the unshared loss (train_step's default), as profiled
+        train_step(module, batch, attention=training_attention(batch["input_ids"].shape[1], CPU))
 
     step(model)  # warm-up: kernel choices, page faults
     eager = best_of(lambda: step(model))
@@ -59,12 +54,8 @@ def regional(data_dir: str) -> None:
     model = setup.lora
     batches = [setup.batch("cola", n=64, skip=18), setup.batch("cola", n=64, skip=0), setup.batch("cola", n=48, skip=40)]
 
-    def step(batch):
-        model.train()
-        with autocast(), training_attention(batch["input_ids"].shape[1], CPU):
-            loss = causal_target_loss(model, batch, prefix=prefix_to_share(model, batch))
-        loss.backward()
-        model.zero_grad(set_to_none=True)
+    def step(batch):  # causal_target_loss shares the prefix itself (prefix=None)
+        train_step(model, batch, causal_target_loss, attention=training_attention(batch["input_ids"].shape[1], CPU))
 
     for batch in batches:  # warm-up
         step(batch)

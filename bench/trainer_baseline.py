@@ -6,10 +6,10 @@ The same cell as peftbench's: the overrides resolve to the same config (``common
 come from ``peftbench.tasks.data.load_task_data`` (same sample, same validation and test sets), the prompt
 and target are tokenised to the same ids (the same truncation rule), the model is the same checkpoint,
 and the method has the same configuration (LoRA r=3, alpha 8, on q/k/v/o; or every weight). Training:
-fused AdamW (the Trainer's default) at the peak LR with the paper's warm-up/anneal as a ``LambdaLR`` (``optimizers=``), batch 16 ×
-accumulation 4, the same max epochs, evaluation every epoch, ``EarlyStoppingCallback(patience=1)`` on
-eval_loss with ``load_best_model_at_end``, ``DataCollatorForSeq2Seq`` (dynamic padding), bf16 where the
-hardware has it. Test: batched greedy ``generate`` (left padding for causal models) under bf16 autocast,
+fused AdamW (the Trainer's default) at the peak LR with the paper's warm-up/anneal as a ``LambdaLR``
+(``optimizers=``), batch 16 × accumulation 4, the same max epochs, evaluation every epoch,
+``EarlyStoppingCallback(patience=1)`` on eval_loss with ``load_best_model_at_end``,
+``DataCollatorForSeq2Seq`` (dynamic padding), bf16 where the hardware has it. Test: batched greedy ``generate`` (left padding for causal models) under bf16 autocast,
 with the task's max_new_tokens, scored by the same metric. Written as a user would: random batch order,
 every position's logits, the Trainer's own evaluation loop.
 """

@@ -381,8 +381,8 @@ def _save(writer: checkpoint.BackgroundWriter, run_dir: Path, trainable, best_we
     payload = {**state.to_checkpoint(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                "rng": checkpoint.rng_state(),
                "scaler": scaler.state_dict() if scaler is not None else None}  # fp16 loss scale, if any
-    # The live weights are written as they are (save_file reads them now); at an epoch's end, the best
-    # weights are these very ones when that epoch improved.
+    # The live weights are written as they are, on the writer's thread (the next optimiser step waits for it);
+    # at an epoch's end, the best weights are these very ones when that epoch improved.
     best_is_current = state.batches_done == 0 and state.stopper.best_epoch == state.epoch
     writer.save(run_dir, trainable, best_weights, payload, best_is_trainable=best_is_current)
 
