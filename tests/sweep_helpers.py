@@ -27,7 +27,7 @@ def tiny_overrides(results_dir: Path, *, models=("t5-tiny-random",), methods=("l
             "scales=[8]", f"seeds=[{','.join(str(s) for s in seeds)}]", f"output_dir={results_dir}",
             f"train.max_epochs={epochs}", "train.batch_size=4", "train.grad_accum=1", "train.patience=2",
             "train.eval_examples=8", "train.eval_batch_size=4", "train.val_metric_examples=2",
-            "train.precision=fp32", "train.num_threads=1", *extra]
+            "train.precision=fp32", "train.num_threads=1", "train.checkpoint_interval_s=0", *extra]
 
 
 def install_kill(point: KillPoint) -> None:

@@ -31,7 +31,8 @@ def _own_cache(tmp_path, monkeypatch):
 def tiny_sweep(tmp_path: Path, seeds=(0,), **train_options) -> SweepConfig:
     """16 synthetic examples in batches of 4 with accumulation 2: 2 optimiser steps per epoch."""
     options = dict(batch_size=4, grad_accum=2, max_epochs=1, patience=5, eval_examples=8, eval_batch_size=4,
-                   val_metric_examples=0, precision="fp32", num_threads=1, checkpoint_every_epoch=False)
+                   val_metric_examples=0, precision="fp32", num_threads=1, checkpoint_every_epoch=False,
+                   checkpoint_interval_s=0)
     options.update(train_options)
     return SweepConfig(name="faults", models=["t5-tiny-random"], methods=["lora"],
                        tasks=["synthetic_classification"], scales=[16], seeds=list(seeds),
@@ -139,7 +140,7 @@ SIGTERM_RUN = ["run", "models=[t5-tiny-random]", "methods=[lora]", "tasks=[synth
                "scales=[32]", "train.batch_size=4", "train.grad_accum=1", "train.max_epochs=3", "train.patience=5",
                "train.eval_examples=8", "train.eval_batch_size=4", "train.val_metric_examples=0",
                "train.precision=fp32", "train.num_threads=1", "train.save_adapter=false",
-               "train.checkpoint_every_epoch=true"]
+               "train.checkpoint_every_epoch=true", "train.checkpoint_interval_s=0"]
 
 
 def wait_for_file(pattern: str, results_dir: Path, process: subprocess.Popen, timeout_s: float = 120) -> Path:

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 from sweep_helpers import comparable, tiny_overrides
 
-from peftbench import models
+from peftbench import models, train
 from peftbench.checkpoint import load_checkpoint
 from peftbench.config import load_sweep
 from peftbench.train import Interrupted, run_cell
@@ -17,9 +17,9 @@ class Crash(RuntimeError):
     """Stands for a process dying mid-epoch: nothing after the last epoch checkpoint survives."""
 
 
-def _run(model: str, method: str, results_dir, seed: int = 0):
+def _run(model: str, method: str, results_dir, seed: int = 0, extra: tuple[str, ...] = ()):
     sweep = load_sweep(None, tiny_overrides(results_dir, models=(model,), methods=(method,), seeds=(seed,),
-                                            epochs=4))
+                                            epochs=4, extra=extra))
     (run,) = sweep.expand()
     return run, results_dir / run.run_id()
 
@@ -66,6 +66,24 @@ def test_resume_from_an_epoch_checkpoint_is_bit_identical(tmp_path, model, metho
     assert comparable(resumed) == comparable(straight)  # metrics, steps, lr, tokens, early stopping
     for name, weight in _adapter(straight_dir).items():
         assert torch.equal(weight, _adapter(resumed_dir)[name]), name
+
+
+@pytest.mark.parametrize(("interval_s", "checkpointed_epochs"), [(0, [1, 2, 3]), (3600, [])])
+def test_epoch_checkpoints_wait_for_the_checkpoint_interval(tmp_path, monkeypatch, interval_s, checkpointed_epochs):
+    saved = []
+    real_save = train._save
+
+    def recording_save(writer, run_dir, trainable, best, optimizer, scheduler, state, scaler=None):
+        saved.append((state.epoch, state.checkpointed_s, state.train_seconds))
+        real_save(writer, run_dir, trainable, best, optimizer, scheduler, state, scaler)
+
+    monkeypatch.setattr(train, "_save", recording_save)
+    run, run_dir = _run("t5-tiny-random", "lora", tmp_path, extra=(f"train.checkpoint_interval_s={interval_s}",))
+    result = run_cell(run, run_dir, progress=False)
+    assert result["epochs"] == 4
+    assert [epoch for epoch, _, _ in saved] == checkpointed_epochs
+    assert all(at == seconds for _, at, seconds in saved)  # the interval counts from each checkpoint taken
+    assert (load_checkpoint(run_dir) is None) == (not checkpointed_epochs)
 
 
 def test_resume_after_a_stop_mid_epoch_is_bit_identical(tmp_path):

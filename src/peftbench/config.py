@@ -65,7 +65,12 @@ class TrainConfig:
     save_adapter: bool = True
     """Save the best adapter (or model) with ``save_pretrained`` in the run directory."""
     checkpoint_every_epoch: bool = True
-    """Write a resumable checkpoint after each epoch but the last (deleted when the run finishes)."""
+    """Write resumable checkpoints at epoch ends (never after the last; deleted when the run finishes)."""
+    checkpoint_interval_s: float = 60.0
+    """Run seconds (training and validation) that must pass after the last checkpoint, or the run's start,
+    before an epoch end writes one. Short epochs then skip checkpoints that would cost more than the work
+    they keep (full tuning writes 12 bytes per parameter); a crash loses at most this plus one epoch.
+    0: at every epoch end."""
     num_threads: int | None = None
     """torch intra-op threads on CPU; None leaves torch's default."""
     max_oom_retries: int = 4
@@ -81,6 +86,8 @@ class TrainConfig:
                 raise UserError(f"train.{name} must be at least 1, got {value}")
         if self.max_epochs is not None and self.max_epochs < 1:
             raise UserError(f"train.max_epochs must be at least 1, got {self.max_epochs}")
+        if self.checkpoint_interval_s < 0:
+            raise UserError(f"train.checkpoint_interval_s must be at least 0, got {self.checkpoint_interval_s}")
         if self.max_oom_retries < 0:
             raise UserError(f"train.max_oom_retries must be at least 0, got {self.max_oom_retries}")
         if self.patience < 1:

@@ -70,6 +70,8 @@ class RunState:
     train_tokens: int = 0
     train_seconds: float = 0.0
     to_best_s: float = 0.0
+    checkpointed_s: float = 0.0
+    """``train_seconds`` when the last epoch checkpoint was taken."""
     batches_done: int = 0
     """Batches of the unfinished epoch already trained (non-zero only in a checkpoint left by a stop)."""
     epoch_losses: list[float] = field(default_factory=list)
@@ -201,6 +203,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
                                           family, tokenizer.pad_token_id, state, stop_requested)
             except Interrupted:  # keep the steps done so far: the re-run continues from this very step
                 state.train_seconds += time.perf_counter() - epoch_started
+                state.checkpointed_s = state.train_seconds
                 _save(writer, run_dir, trainable, best_weights, optimizer, scheduler, state, accelerator.scaler)
                 raise
             val_loss = distributed.validation_loss(model, encoded["validation"], family, tokenizer.pad_token_id,
@@ -218,11 +221,14 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
                                   "lr": scheduler.get_last_lr()[0]})
             state.epoch = epoch
             # No checkpoint after the last epoch: its best weights are tested at once, from memory. A process that
-            # dies during that test re-trains the last epoch from the previous checkpoint (bit-identically), which
+            # dies during that test re-trains from the previous checkpoint or the start (bit-identically), which
             # costs less over a sweep than writing one more checkpoint per run (full tuning: weights and AdamW
-            # state, 12 bytes per parameter).
+            # state, 12 bytes per parameter). For the same reason, epochs closer than checkpoint_interval_s to
+            # the last checkpoint write none.
             last_epoch = state.epoch >= max_epochs or state.stopper.should_stop
-            if cfg.checkpoint_every_epoch and not last_epoch:
+            due = state.train_seconds - state.checkpointed_s >= cfg.checkpoint_interval_s
+            if cfg.checkpoint_every_epoch and due and not last_epoch:
+                state.checkpointed_s = state.train_seconds
                 _save(writer, run_dir, trainable, best_weights, optimizer, scheduler, state, accelerator.scaler)
             bar.update(1)
             bar.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}")
