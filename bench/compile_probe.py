@@ -1,17 +1,19 @@
 """torch.compile on SmolLM2 LoRA training steps, against eager: compile time and step time.
 
-    python bench/compile_probe.py [DATA_DIR]              # the whole model, one step
-    python bench/compile_probe.py [DATA_DIR] --regional   # each decoder layer, three batch shapes
+    python bench/compile_probe.py [DATA_DIR]                          # the whole model, one step
+    python bench/compile_probe.py [DATA_DIR] --regional [--parts P]   # parts of it, three batch shapes
 
 A probe for the MFU gap (bench/RESULTS.md), not a lever peftbench uses. Whole model: 64 CoLA training
 examples × 31 tokens in one pass, bf16 autocast, without prefix sharing, so the step matches the profiled
-one. Regional: each decoder layer compiled on its own with dynamic shapes (one graph could serve all 30),
-on the training path as peftbench runs it (shared prefix), for three CoLA batches of different shapes.
+one. Regional: parts of the model compiled on their own with dynamic shapes, on the training path as
+peftbench runs it (shared prefix), for three CoLA batches of different shapes. ``--parts`` says which:
+``layers`` (each decoder layer, the default), ``mlp-norm`` (each layer's MLP and RMSNorms, which do not
+touch the key/value cache) or ``body`` (the decoder stack under the LM head, as one module).
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 
 import torch
@@ -49,7 +51,23 @@ def main(data_dir: str) -> None:
           f"({eager / fast:.2f}×)")
 
 
-def regional(data_dir: str) -> None:
+def compile_parts(model, parts: str) -> None:
+    body = model.get_base_model().base_model  # PEFT model → LlamaForCausalLM → LlamaModel
+    if parts == "body":
+        body.compile(dynamic=True)
+        return
+    # Each layer's graph is guarded on its layer_idx (the cache update reads it), so each compiles its own:
+    # allow one per layer (dynamo's default of 8 leaves 22 of the 30 layers eager).
+    torch._dynamo.config.recompile_limit = 64
+    for layer in body.layers:
+        if parts == "layers":
+            layer.compile(dynamic=True)
+        else:
+            for module in (layer.mlp, layer.input_layernorm, layer.post_attention_layernorm):
+                module.compile(dynamic=True)
+
+
+def regional(data_dir: str, parts: str) -> None:
     setup = Setup(data_dir)
     model = setup.lora
     batches = [setup.batch("cola", n=64, skip=18), setup.batch("cola", n=64, skip=0), setup.batch("cola", n=48, skip=40)]
@@ -60,11 +78,7 @@ def regional(data_dir: str) -> None:
     for batch in batches:  # warm-up
         step(batch)
     eager = [best_of(lambda b=batch: step(b)) for batch in batches]
-    # Each layer's graph is guarded on its layer_idx (the cache update reads it), so each compiles its own:
-    # allow one per layer (dynamo's default of 8 leaves 22 of the 30 layers eager).
-    torch._dynamo.config.recompile_limit = 64
-    for layer in model.get_base_model().base_model.layers:  # PEFT model → LlamaForCausalLM → LlamaModel
-        layer.compile(dynamic=True)
+    compile_parts(model, parts)
     for batch in batches:
         started = time.perf_counter()
         step(batch)
@@ -75,5 +89,12 @@ def regional(data_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    arguments = [a for a in sys.argv[1:] if not a.startswith("--")]
-    (regional if "--regional" in sys.argv else main)(arguments[0] if arguments else "../shared/data")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data_dir", nargs="?", default="../shared/data")
+    parser.add_argument("--regional", action="store_true", help="compile parts of the model, three batch shapes")
+    parser.add_argument("--parts", choices=["layers", "mlp-norm", "body"], default="layers")
+    args = parser.parse_args()
+    if args.regional:
+        regional(args.data_dir, args.parts)
+    else:
+        main(args.data_dir)
