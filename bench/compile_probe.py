@@ -13,10 +13,10 @@ touch the key/value cache) or ``body`` (the decoder stack under the LM head, as 
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
+from common import probe_parser
 from lever_cases import CPU, Setup, train_step
 
 from peftbench.evaluate import causal_target_loss
@@ -89,8 +89,7 @@ def regional(data_dir: str, parts: str) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data_dir", nargs="?", default="../shared/data")
+    parser = probe_parser(__doc__)
     parser.add_argument("--regional", action="store_true", help="compile parts of the model, three batch shapes")
     parser.add_argument("--parts", choices=["layers", "mlp-norm", "body"], default="layers")
     args = parser.parse_args()

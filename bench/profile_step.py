@@ -10,11 +10,11 @@ shape its calls, time and achieved GFLOP/s (2·m·k·n per call), against the bf
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections import defaultdict
 
 import torch
+from common import probe_parser
 from flops import gemm_peak, gemm_sizes
 from lever_cases import CPU, Setup, train_step
 from torch.profiler import profile
@@ -58,8 +58,7 @@ def main(data_dir: str, steps: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data_dir", nargs="?", default="../shared/data")
+    parser = probe_parser(__doc__)
     parser.add_argument("--steps", type=int, default=2)
     args = parser.parse_args()
     main(args.data_dir, args.steps)

@@ -15,10 +15,9 @@ Medians of interleaved repeats (``levers.interleaved``). It prints:
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
+from common import probe_parser
 from levers import interleaved
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import profile
@@ -98,8 +97,7 @@ def main(data_dir: str, repeats: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data_dir", nargs="?", default="../shared/data")
+    parser = probe_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     main(args.data_dir, args.repeats)
