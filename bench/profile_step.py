@@ -30,7 +30,8 @@ def main(data_dir: str, steps: int) -> None:
     def step():
         train_step(model, batch, causal_target_loss, attention=training_attention(batch["input_ids"].shape[1], CPU))
 
-    step(), step()
+    for _ in range(2):  # warm-up: kernel choices, page faults
+        step()
     with profile(record_shapes=True) as prof:
         for _ in range(steps):
             step()

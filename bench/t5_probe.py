@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from common import probe_parser
+from lever_cases import hf_loss, train_step
 from levers import interleaved
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import profile
@@ -40,11 +41,9 @@ def setup(data_dir: str):
 
 
 def step(model, batches) -> None:
-    model.train()
+    """Forward/backward each batch into the same gradients (the model's own loss), as an optimiser step does."""
     for batch in batches:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(**batch).loss
-        loss.backward()
+        train_step(model, batch, hf_loss, zero=False)
     model.zero_grad(set_to_none=True)
 
 
