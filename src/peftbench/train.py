@@ -203,7 +203,6 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
                                           family, tokenizer.pad_token_id, state, stop_requested)
             except Interrupted:  # keep the steps done so far: the re-run continues from this very step
                 state.train_seconds += time.perf_counter() - epoch_started
-                state.checkpointed_s = state.train_seconds
                 _save(writer, run_dir, trainable, best_weights, optimizer, scheduler, state, accelerator.scaler)
                 raise
             val_loss = distributed.validation_loss(model, encoded["validation"], family, tokenizer.pad_token_id,
@@ -228,7 +227,6 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
             last_epoch = state.epoch >= max_epochs or state.stopper.should_stop
             due = state.train_seconds - state.checkpointed_s >= cfg.checkpoint_interval_s
             if cfg.checkpoint_every_epoch and due and not last_epoch:
-                state.checkpointed_s = state.train_seconds
                 _save(writer, run_dir, trainable, best_weights, optimizer, scheduler, state, accelerator.scaler)
             bar.update(1)
             bar.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}")
@@ -382,6 +380,7 @@ def _validation_metric(model, task, items, examples, tokenizer, family, cfg: Tra
 
 def _save(writer: checkpoint.BackgroundWriter, run_dir: Path, trainable, best_weights, optimizer, scheduler,
           state: RunState, scaler=None) -> None:
+    state.checkpointed_s = state.train_seconds  # in every process: the interval counts from here
     if not distributed.is_main_process():  # one writer; the RNG states saved are the main process's
         return
     payload = {**state.to_checkpoint(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
