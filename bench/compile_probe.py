@@ -17,9 +17,8 @@ import time
 
 import torch
 from common import probe_parser
-from lever_cases import CPU, Setup, train_step
+from lever_cases import CPU, Setup, train_step, training_step
 
-from peftbench.evaluate import causal_target_loss
 from peftbench.kernels import training_attention
 
 
@@ -72,8 +71,8 @@ def regional(data_dir: str, parts: str) -> None:
     model = setup.lora
     batches = [setup.batch("cola", n=64, skip=18), setup.batch("cola", n=64, skip=0), setup.batch("cola", n=48, skip=40)]
 
-    def step(batch):  # causal_target_loss shares the prefix itself (prefix=None)
-        train_step(model, batch, causal_target_loss, attention=training_attention(batch["input_ids"].shape[1], CPU))
+    def step(batch):
+        training_step(model, batch)
 
     for batch in batches:  # warm-up
         step(batch)

@@ -80,11 +80,16 @@ def train_step(model, batch, loss=unshared_loss, attention=None, zero=True):
         model.zero_grad(set_to_none=True)
 
 
-def accumulate(model, batches):
+def accumulate(model, batches, loss=unshared_loss):
     """Forward/backward each batch into the same gradients, as an optimiser step does."""
     for batch in batches:
-        train_step(model, batch, attention=training_attention(batch["input_ids"].shape[1], CPU), zero=False)
+        train_step(model, batch, loss, attention=training_attention(batch["input_ids"].shape[1], CPU), zero=False)
     model.zero_grad(set_to_none=True)
+
+
+def training_step(model, batch):
+    """A step as peftbench trains: the shared-prefix target loss, the CPU attention kernel for its width."""
+    train_step(model, batch, causal_target_loss, attention=training_attention(batch["input_ids"].shape[1], CPU))
 
 
 def hf_loss(model, batch):
@@ -187,7 +192,7 @@ def shared_prefix(setup: Setup) -> dict:
         what = f"{method} step, 64 CoLA ex × {width} tokens, {prefix} shared"
         cases[what] = {
             "before": lambda m=model: train_step(m, batch, attention=training_attention(width, CPU)),
-            "after": lambda m=model: train_step(m, batch, causal_target_loss, attention=training_attention(width, CPU))}
+            "after": lambda m=model: training_step(m, batch)}
     validation = setup.encoded("cola", "validation", 100)
     pad = setup.tokenizer.pad_token_id
 
@@ -230,10 +235,9 @@ def background_checkpoint(setup: Setup) -> dict:
     update would wait for it)."""
     model, batch, trainable, optimizer = _full_tuning_state(setup)
     run_dir = Path(tempfile.mkdtemp(prefix="peftbench-lever-"))
-    width = batch["input_ids"].shape[1]
 
     def step():
-        train_step(model, batch, causal_target_loss, attention=training_attention(width, CPU))
+        training_step(model, batch)
 
     def write(save):
         save(run_dir, trainable, trainable, {"optimizer": optimizer.state_dict()}, best_is_trainable=True)
@@ -291,8 +295,7 @@ def unpadding(setup: Setup) -> dict:
                for m in (layer.mlp, *(getattr(layer.self_attn, f"{p}_proj") for p in "qkvo"))]
     _run_real_tokens_only(modules, batch["attention_mask"][:, prefix:].bool())
     return {f"LoRA step, 64 CoLA ex × {width} tokens, {prefix} shared": {
-        "before": lambda: train_step(setup.lora, batch, causal_target_loss, attention=training_attention(width, CPU)),
-        "after": lambda: train_step(unpadded, batch, causal_target_loss, attention=training_attention(width, CPU))}}
+        "before": lambda: training_step(setup.lora, batch), "after": lambda: training_step(unpadded, batch)}}
 
 
 CASES = {"frozen_bf16": frozen_bf16, "tied_head_bf16": tied_head_bf16, "target_only_head": target_only_head,

@@ -16,25 +16,19 @@ from collections import defaultdict
 import torch
 from common import probe_parser
 from flops import gemm_peak, gemm_sizes
-from lever_cases import CPU, Setup, train_step
+from lever_cases import Setup, training_step
 from torch.profiler import profile
-
-from peftbench.evaluate import causal_target_loss
-from peftbench.kernels import training_attention
 
 
 def main(data_dir: str, steps: int) -> None:
     setup = Setup(data_dir)
     batch, model = setup.batch("cola", n=64, skip=18), setup.lora
 
-    def step():
-        train_step(model, batch, causal_target_loss, attention=training_attention(batch["input_ids"].shape[1], CPU))
-
     for _ in range(2):  # warm-up: kernel choices, page faults
-        step()
+        training_step(model, batch)
     with profile(record_shapes=True) as prof:
         for _ in range(steps):
-            step()
+            training_step(model, batch)
     peak = gemm_peak("cpu", torch.bfloat16, gemm_sizes("cpu"))["flops_per_s"] / 1e9
     by_operator: dict[str, float] = defaultdict(float)
     gemms: dict[tuple, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])  # calls, seconds, flops

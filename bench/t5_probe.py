@@ -3,7 +3,7 @@
     python bench/t5_probe.py [DATA_DIR] [--repeats 5]
 
 The cell of ``compare_trainer.py --cells t5tiny-lora-cola`` (2 + 2 layers, d_model 32, 4 heads, byte
-tokens, LoRA, bf16 autocast) on 64 length-sorted CoLA training examples, one optimiser step's worth.
+tokens, LoRA, bf16 autocast, the attention kernel peftbench trains with) on 64 length-sorted CoLA training examples, one optimiser step's worth.
 Medians of interleaved repeats (``levers.interleaved``). It prints:
 - the step as four passes of 16 rows or one of 64 (the fusion peftbench applies to SmolLM2);
 - the step on one or two torch threads;
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from common import probe_parser
-from lever_cases import hf_loss, train_step
+from lever_cases import accumulate, hf_loss
 from levers import interleaved
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import profile
@@ -38,13 +38,6 @@ def setup(data_dir: str):
     rows = items[20:84]  # 64 examples of middling length
     pad = loaded.tokenizer.pad_token_id
     return model, [collate(rows[i: i + 16], "seq2seq", pad) for i in range(0, 64, 16)], collate(rows, "seq2seq", pad)
-
-
-def step(model, batches) -> None:
-    """Forward/backward each batch into the same gradients (the model's own loss), as an optimiser step does."""
-    for batch in batches:
-        train_step(model, batch, hf_loss, zero=False)
-    model.zero_grad(set_to_none=True)
 
 
 def on_threads(n: int, function):
@@ -74,10 +67,14 @@ def main(data_dir: str, repeats: int) -> None:
     model, quarters, whole = setup(data_dir)
     heads, width = model.config.num_heads, whole["input_ids"].shape[1]
     print(f"step: 64 rows, source width {width}, target width {whole['labels'].shape[1]}, {heads} heads")
-    report("passes", interleaved({"4 × 16": lambda: step(model, quarters), "1 × 64": lambda: step(model, [whole])},
+
+    def optimiser_step(batches):
+        accumulate(model, batches, hf_loss)
+
+    report("passes", interleaved({"4 × 16": lambda: optimiser_step(quarters), "1 × 64": lambda: optimiser_step([whole])},
                                  repeats))
-    report("threads", interleaved({"1": on_threads(1, lambda: step(model, quarters)),
-                                   "2": on_threads(2, lambda: step(model, quarters))}, repeats))
+    report("threads", interleaved({"1": on_threads(1, lambda: optimiser_step(quarters)),
+                                   "2": on_threads(2, lambda: optimiser_step(quarters))}, repeats))
     probabilities = torch.empty(64, heads, width, width)
     report(f"dropout mask of {probabilities.numel():,} elements", interleaved(
         {"bernoulli_": lambda: probabilities.bernoulli_(0.9), "rand_like": lambda: torch.rand_like(probabilities)},
@@ -88,7 +85,7 @@ def main(data_dir: str, repeats: int) -> None:
                                              "dropout 0": attention(q, bias, 0.0)}, repeats))
     with profile() as prof:
         for _ in range(repeats):
-            step(model, quarters)
+            optimiser_step(quarters)
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
     print("step CPU time by operator: " + ", ".join(
