@@ -17,9 +17,7 @@ import time
 
 import torch
 from common import probe_parser
-from lever_cases import CPU, Setup, train_step, training_step
-
-from peftbench.kernels import training_attention
+from lever_cases import Setup, peftbench_attention, train_step, training_step
 
 
 def best_of(step, repeats: int = 3) -> float:
@@ -37,7 +35,7 @@ def main(data_dir: str) -> None:
     model = setup.lora
 
     def step(module):  # the unshared loss (train_step's default), as profiled
-        train_step(module, batch, attention=training_attention(batch["input_ids"].shape[1], CPU))
+        train_step(module, batch, attention=peftbench_attention(module, batch))
 
     step(model)  # warm-up: kernel choices, page faults
     eager = best_of(lambda: step(model))

@@ -15,11 +15,12 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from peftbench.batching import collate, encode, length_grouped_batches
 from peftbench.checkpoint import BackgroundWriter, save_checkpoint
 from peftbench.evaluate import causal_target_loss, generate, validation_loss
-from peftbench.kernels import training_attention
+from peftbench.kernels import pass_attention
 from peftbench.methods import apply_method
 from peftbench.models import load_model
 from peftbench.precision import store_frozen_linears_in
@@ -83,13 +84,18 @@ def train_step(model, batch, loss=unshared_loss, attention=None, zero=True):
 def accumulate(model, batches, loss=unshared_loss):
     """Forward/backward each batch into the same gradients, as an optimiser step does."""
     for batch in batches:
-        train_step(model, batch, loss, attention=training_attention(batch["input_ids"].shape[1], CPU), zero=False)
+        train_step(model, batch, loss, attention=peftbench_attention(model, batch), zero=False)
     model.zero_grad(set_to_none=True)
+
+
+def peftbench_attention(model, batch, training: bool = True):
+    """The attention peftbench runs a CPU pass of ``batch`` with (kernels.pass_attention)."""
+    return pass_attention(model, batch["input_ids"].shape[1], CPU, training)
 
 
 def training_step(model, batch):
     """A step as peftbench trains: the shared-prefix target loss, the CPU attention kernel for its width."""
-    train_step(model, batch, causal_target_loss, attention=training_attention(batch["input_ids"].shape[1], CPU))
+    train_step(model, batch, causal_target_loss, attention=peftbench_attention(model, batch))
 
 
 def hf_loss(model, batch):
@@ -126,14 +132,31 @@ def target_only_head(setup: Setup) -> dict:
     return cases
 
 
-def math_attention(setup: Setup) -> dict:
-    cases = {}
-    for task, skip in (("cola", 40), ("samsum", 20)):
-        batch = setup.batch(task, skip=skip)
+def math_or_flash(width: int):
+    """The SDPA kernel peftbench trained with before eager attention: math up to 200 tokens, flash beyond."""
+    return sdpa_kernel([SDPBackend.MATH]) if width <= 200 else nullcontext()
+
+
+def forward_pass(model, batch, attention) -> None:
+    """A validation pass: the summed target loss, no gradients."""
+    model.eval()
+    with torch.no_grad(), autocast(), attention:
+        causal_target_loss(model, batch, reduction="sum")
+
+
+def eager_attention(setup: Setup) -> dict:
+    """transformers' eager attention (bf16 matmuls, fp32 softmax) against the SDPA kernel peftbench used
+    before: training steps (math up to 200 tokens, flash beyond) and validation passes (flash)."""
+    cases, model = {}, setup.lora
+    for task, n, skip in (("cola", 64, 18), ("samsum", 16, 20), ("samsum", 16, 60)):
+        batch = setup.batch(task, n=n, skip=skip)
         width = batch["input_ids"].shape[1]
-        cases[f"LoRA train step, {task} 16 ex × {width} tokens"] = {
-            "before": lambda b=batch: train_step(setup.lora, b),
-            "after": lambda b=batch, w=width: train_step(setup.lora, b, attention=training_attention(w, CPU))}
+        cases[f"LoRA train step, {task} {n} ex × {width} tokens"] = {
+            "before": lambda b=batch, w=width: train_step(model, b, causal_target_loss, attention=math_or_flash(w)),
+            "after": lambda b=batch: training_step(model, b)}
+        cases[f"validation pass, {task} {n} ex × {width} tokens"] = {
+            "before": lambda b=batch: forward_pass(model, b, nullcontext()),
+            "after": lambda b=batch: forward_pass(model, b, peftbench_attention(model, b, training=False))}
     return cases
 
 
@@ -145,7 +168,7 @@ def length_grouping(setup: Setup) -> dict:
         def run():
             for indices in length_grouped_batches(items, 16, seed=1, group_by_length=grouped):
                 batch = collate([items[i] for i in indices], "causal", pad)
-                train_step(setup.lora, batch, attention=training_attention(batch["input_ids"].shape[1], CPU))
+                train_step(setup.lora, batch, attention=peftbench_attention(setup.lora, batch))
         return run
 
     padded = {g: sum(16 * max(len(items[i].input_ids) for i in b) for b in length_grouped_batches(items, 16, 1, g))
@@ -191,7 +214,7 @@ def shared_prefix(setup: Setup) -> dict:
         model = setup.lora if method == "lora" else setup.model("full")
         what = f"{method} step, 64 CoLA ex × {width} tokens, {prefix} shared"
         cases[what] = {
-            "before": lambda m=model: train_step(m, batch, attention=training_attention(width, CPU)),
+            "before": lambda m=model: train_step(m, batch, attention=peftbench_attention(m, batch)),
             "after": lambda m=model: training_step(m, batch)}
     validation = setup.encoded("cola", "validation", 100)
     pad = setup.tokenizer.pad_token_id
@@ -299,7 +322,7 @@ def unpadding(setup: Setup) -> dict:
 
 
 CASES = {"frozen_bf16": frozen_bf16, "tied_head_bf16": tied_head_bf16, "target_only_head": target_only_head,
-         "math_attention": math_attention, "length_grouping": length_grouping, "sorted_decoding": sorted_decoding,
+         "eager_attention": eager_attention, "length_grouping": length_grouping, "sorted_decoding": sorted_decoding,
          "fused_accumulation": fused_accumulation, "shared_prefix": shared_prefix,
          "validation_fusion": validation_fusion, "background_checkpoint": background_checkpoint,
          "fused_adamw": fused_adamw, "unpadding": unpadding}

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 
 from peftbench.batching import IGNORE, collate, encode
 from peftbench.evaluate import causal_target_loss, validation_batches, validation_loss
-from peftbench.kernels import MATH_ATTENTION_MAX_TOKENS, training_attention
+from peftbench.kernels import EAGER_FORWARD_MAX_TOKENS, EAGER_TRAINING_MAX_TOKENS, pass_attention
 from peftbench.methods import apply_method
 from peftbench.models import load_model
 from peftbench.precision import store_frozen_linears_in
@@ -112,24 +114,62 @@ def test_trained_tied_head_is_left_shared():
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
 
 
-def test_training_attention_uses_the_math_kernel_for_short_batches_on_cpu_only():
-    with training_attention(MATH_ATTENTION_MAX_TOKENS, CPU):
-        assert torch.backends.cuda.math_sdp_enabled() and not torch.backends.cuda.flash_sdp_enabled()
-    assert torch.backends.cuda.flash_sdp_enabled()
-    with training_attention(MATH_ATTENTION_MAX_TOKENS + 1, CPU):
-        assert torch.backends.cuda.flash_sdp_enabled()
-    with training_attention(8, torch.device("cuda")):
-        assert torch.backends.cuda.flash_sdp_enabled()
+def _attention_choices(model) -> set[str]:
+    return {m.config._attn_implementation for m in model.modules() if hasattr(m, "config")}
 
 
-def test_math_attention_gives_the_same_training_loss():
+def test_pass_attention_runs_eager_for_short_cpu_passes_only():
+    model, _, _ = _setup("lora")
+    assert _attention_choices(model) == {"sdpa"}
+    with pass_attention(model, EAGER_TRAINING_MAX_TOKENS, CPU, training=True):
+        assert _attention_choices(model) == {"eager"}
+    assert _attention_choices(model) == {"sdpa"}
+    for width, device, training in ((EAGER_TRAINING_MAX_TOKENS + 1, CPU, True),
+                                    (EAGER_FORWARD_MAX_TOKENS + 1, CPU, False),
+                                    (8, torch.device("cuda"), True)):
+        with pass_attention(model, width, device, training):
+            assert _attention_choices(model) == {"sdpa"}, (width, device, training)
+    with pass_attention(model, EAGER_FORWARD_MAX_TOKENS, CPU, training=False):
+        assert _attention_choices(model) == {"eager"}
+
+
+def test_pass_attention_reaches_the_copied_configs_of_an_encoder_decoder():
+    model = load_model("t5-tiny-random").model
+    stacks = (model.encoder.config, model.decoder.config)
+    assert all(c is not model.config and c._attn_implementation == "sdpa" for c in stacks)
+    with pass_attention(model, 8, CPU, training=True):
+        assert _attention_choices(model) == {"eager"}
+    assert _attention_choices(model) == {"sdpa"}
+
+
+def test_pass_attention_leaves_a_chosen_implementation_alone():
+    model, _, _ = _setup("lora")
+    model.config._attn_implementation = "eager"
+    with pass_attention(model, 8, CPU, training=True):
+        pass
+    assert _attention_choices(model) == {"eager"}
+
+
+def test_eager_attention_gives_the_same_loss_and_gradients():
     model, items, pad = _setup("lora")
     batch = collate(items, "causal", pad)
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    results = {}
+    for name, attention in (("sdpa", nullcontext()), ("eager", pass_attention(model, 64, CPU, training=True))):
+        with attention:
+            loss = causal_target_loss(model, batch)
+        loss.backward()
+        results[name] = (float(loss.detach()), [p.grad.clone() for p in lora])
+        model.zero_grad(set_to_none=True)
+    assert abs(results["sdpa"][0] - results["eager"][0]) < 1e-5  # fp32: the same function, other kernels
+    assert any(g.abs().sum() > 0 for g in results["sdpa"][1])
+    for sdpa, eager in zip(results["sdpa"][1], results["eager"][1], strict=True):
+        torch.testing.assert_close(eager, sdpa, rtol=1e-4, atol=1e-6)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         default = causal_target_loss(model, batch)
-        with training_attention(batch["input_ids"].shape[1], CPU):
-            math = causal_target_loss(model, batch)
-    assert abs(float(default) - float(math)) < 2e-2  # bf16 attention either way; only the kernel differs
+        with pass_attention(model, 64, CPU, training=True):
+            eager = causal_target_loss(model, batch)
+    assert abs(float(default) - float(eager)) < 2e-2  # bf16 matmuls in eager; to bf16 rounding
 
 
 def _gradients_and_losses(model_name: str, method: str, fuse: bool, monkeypatch):

@@ -13,6 +13,7 @@ import torch
 from rouge_score import rouge_scorer
 
 from peftbench.batching import FUSE_MAX_TOKENS, IGNORE, Encoded, collate, collate_prompts, fuse_batches
+from peftbench.kernels import pass_attention
 from peftbench.prefix import forward_with_shared_prefix, prefix_to_share
 from peftbench.tasks import TaskSpec
 from peftbench.tasks.data import Example
@@ -124,12 +125,13 @@ def validation_loss(model, items: list[Encoded], family: str, pad_id: int, batch
         prefix = prefix_to_share(model, batch) if family == "causal" else 0  # on the host copy: no sync
         batch = {k: v.to(device) for k, v in batch.items()}
         labels = batch["labels"]
+        attention = pass_attention(model, batch["input_ids"].shape[1], device, training=False)
         if family == "causal":
-            with autocast:
+            with autocast, attention:
                 loss = causal_target_loss(model, batch, reduction="sum", prefix=prefix)
             count += int((labels[:, 1:] != IGNORE).sum())
         else:
-            with autocast:
+            with autocast, attention:
                 logits = model(**batch).logits
             loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
                                                      labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
