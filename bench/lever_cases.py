@@ -10,13 +10,15 @@ import json
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from functools import cached_property
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from peftbench import unpadding
 from peftbench.batching import collate, encode, length_grouped_batches
 from peftbench.checkpoint import BackgroundWriter, save_checkpoint
 from peftbench.evaluate import causal_target_loss, generate, validation_loss
@@ -284,48 +286,43 @@ def fused_adamw(setup: Setup) -> dict:
         "before": optimizers["foreach"].step, "after": optimizers["fused"].step}}
 
 
-def _run_real_tokens_only(modules, real: torch.Tensor) -> None:
-    """Hooks that feed ``modules`` only the rows of their (batch, width, features) input that ``real`` marks,
-    and scatter their outputs back (zeros at padding): per-token modules then skip the padding's work."""
-    rows = real.reshape(-1).nonzero().squeeze(1)
-
-    def pack(module, args):
-        x = args[0]
-        if x.shape[:2] != real.shape:  # the prefix pass (one row) runs padded as before
-            return None
-        module._padded_shape = x.shape
-        return (x.reshape(-1, x.shape[-1]).index_select(0, rows),)
-
-    def unpack(module, args, out):
-        shape = module.__dict__.pop("_padded_shape", None)
-        if shape is None:
-            return None
-        return out.new_zeros(shape[0] * shape[1], out.shape[-1]).index_copy(0, rows, out).reshape(*shape[:2], -1)
-
-    for module in modules:
-        module.register_forward_pre_hook(pack)
-        module.register_forward_hook(unpack)
+@contextmanager
+def padded_feed_forward():
+    """peftbench as it was before unpadding: every pass runs its feed-forward networks on padding too."""
+    with mock.patch.object(unpadding, "MIN_PADDING_SHARE", 2.0):
+        yield
 
 
-def unpadding(setup: Setup) -> dict:
-    """A probe, not a lever peftbench uses: the per-token modules of each layer (MLP; q, k, v, o
-    projections with their LoRA) run on the suffix pass's real tokens only, not its padded positions
-    (64 CoLA examples, shared prefix; the loss is the same). Padding is 20 % of that pass."""
-    batch = setup.batch("cola", n=64, skip=18)
-    width, prefix = batch["input_ids"].shape[1], shared_prefix_length(batch)
-    unpadded = setup.model()
-    modules = [m for layer in unpadded.get_base_model().base_model.layers
-               for m in (layer.mlp, *(getattr(layer.self_attn, f"{p}_proj") for p in "qkvo"))]
-    _run_real_tokens_only(modules, batch["attention_mask"][:, prefix:].bool())
-    return {f"LoRA step, 64 CoLA ex × {width} tokens, {prefix} shared": {
-        "before": lambda: training_step(setup.lora, batch), "after": lambda: training_step(unpadded, batch)}}
+def unpadding_case(setup: Setup) -> dict:
+    """Feed-forward networks on real tokens only (peftbench.unpadding) against the padded pass: a LoRA step
+    and a validation pass of 64 CoLA examples (20 % of the suffix pass is padding), a SAMSum step."""
+    cases, model = {}, setup.lora
+    for task, n, skip in (("cola", 64, 18), ("samsum", 16, 20)):
+        batch = setup.batch(task, n=n, skip=skip)
+        prefix = shared_prefix_length(batch)
+        real = batch["attention_mask"][:, prefix:]
+        what = f"{task} {n} ex × {batch['input_ids'].shape[1]} tokens, {1 - real.float().mean():.0%} padding"
+
+        def padded_step(b=batch):
+            with padded_feed_forward():
+                training_step(model, b)
+
+        def padded_validation(b=batch):
+            with padded_feed_forward():
+                forward_pass(model, b, peftbench_attention(model, b, training=False))
+
+        cases[f"LoRA step, {what}"] = {"before": padded_step, "after": lambda b=batch: training_step(model, b)}
+        cases[f"validation pass, {what}"] = {
+            "before": padded_validation,
+            "after": lambda b=batch: forward_pass(model, b, peftbench_attention(model, b, training=False))}
+    return cases
 
 
 CASES = {"frozen_bf16": frozen_bf16, "tied_head_bf16": tied_head_bf16, "target_only_head": target_only_head,
          "eager_attention": eager_attention, "length_grouping": length_grouping, "sorted_decoding": sorted_decoding,
          "fused_accumulation": fused_accumulation, "shared_prefix": shared_prefix,
          "validation_fusion": validation_fusion, "background_checkpoint": background_checkpoint,
-         "fused_adamw": fused_adamw, "unpadding": unpadding}
+         "fused_adamw": fused_adamw, "unpadding": unpadding_case}
 
 
 def _omp_child() -> None:

@@ -11,8 +11,10 @@ from peftbench.batching import IGNORE, collate, encode
 from peftbench.evaluate import causal_target_loss, validation_batches, validation_loss
 from peftbench.kernels import EAGER_FORWARD_MAX_TOKENS, EAGER_TRAINING_MAX_TOKENS, pass_attention
 from peftbench.methods import apply_method
+from peftbench.methods.roles import feed_forward_networks
 from peftbench.models import load_model
 from peftbench.precision import store_frozen_linears_in
+from peftbench.prefix import shared_prefix_length
 from peftbench.tasks import get_task
 from peftbench.tasks.data import load_task_data
 
@@ -215,3 +217,45 @@ def test_fused_passes_give_the_same_step_as_one_batch_at_a_time(monkeypatch):
         assert fused_grads.keys() == one_grads.keys()
         for name, grad in fused_grads.items():
             torch.testing.assert_close(grad, one_grads[name], rtol=1e-4, atol=1e-6)
+
+
+def _loss_and_lora_grads(model, batch, prefix):
+    loss = causal_target_loss(model, batch, prefix=prefix)
+    loss.backward()
+    grads = [p.grad.clone() for n, p in model.named_parameters() if "lora_" in n]
+    model.zero_grad(set_to_none=True)
+    return float(loss.detach()), grads
+
+
+@pytest.mark.parametrize("share_prefix", [False, True])
+def test_feed_forward_on_real_tokens_keeps_the_loss_and_gradients(share_prefix, monkeypatch):
+    import peftbench.unpadding
+
+    model, items, pad = _setup("lora", n=8)
+    batch = collate(items, "causal", pad)
+    prefix = shared_prefix_length(batch) if share_prefix else 0
+    assert (prefix > 0) == share_prefix
+    real = batch["attention_mask"][:, prefix:].bool()
+    assert not real.all()  # 2 % padding here: below the default threshold, so the test sets it to 0
+    networks = feed_forward_networks(model)
+    assert [type(n).__name__ for n in networks] == ["LlamaMLP", "LlamaMLP"]
+    seen = []  # the input shape of the first block's down projection, per pass (a shared prefix's pass first)
+    probe = networks[0].down_proj.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+    monkeypatch.setattr(peftbench.unpadding, "MIN_PADDING_SHARE", 0.0)
+    unpadded = _loss_and_lora_grads(model, batch, prefix)
+    unpadded_shape = seen[-1]
+    monkeypatch.setattr(peftbench.unpadding, "MIN_PADDING_SHARE", 2.0)  # never applies: the padded pass
+    padded = _loss_and_lora_grads(model, batch, prefix)
+    probe.remove()
+    assert unpadded_shape[:-1] == (int(real.sum()),)  # (real tokens, features)
+    assert seen[-1][:-1] == tuple(real.shape)  # (rows, width, features)
+    assert abs(unpadded[0] - padded[0]) < 1e-5
+    assert any(g.abs().sum() > 0 for g in padded[1])
+    for a, b in zip(unpadded[1], padded[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert not any(n._forward_pre_hooks or n._forward_hooks for n in networks)  # removed after the pass
+
+
+def test_feed_forward_networks_come_from_the_role_map():
+    assert len(feed_forward_networks(load_model("llama-tiny-random").model)) == 2
+    assert feed_forward_networks(load_model("t5-tiny-random").model) == []  # no single per-token module named

@@ -17,6 +17,7 @@ from peftbench.kernels import pass_attention
 from peftbench.prefix import forward_with_shared_prefix, prefix_to_share
 from peftbench.tasks import TaskSpec
 from peftbench.tasks.data import Example
+from peftbench.unpadding import feed_forward_on_real_tokens
 
 _ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
@@ -87,10 +88,11 @@ def causal_target_loss(model, batch: dict[str, torch.Tensor], reduction: str = "
     if _output_layer(model) is None:  # no output layer to trim: every position's logits, then select
         logits = model(**inputs).logits[:, -labels.shape[1]:][keep]
     elif prefix:
-        with logits_only_where(model, keep[:, prefix:]):  # the prefix predicts no target (prefix.py)
-            logits = forward_with_shared_prefix(model, inputs, prefix).logits[0]
+        real = inputs["attention_mask"][:, prefix:].bool()  # the suffix pass's tokens (the prefix has none padded)
+        with logits_only_where(model, keep[:, prefix:]), feed_forward_on_real_tokens(model, real):
+            logits = forward_with_shared_prefix(model, inputs, prefix).logits[0]  # the prefix predicts no target
     else:
-        with logits_only_where(model, keep):
+        with logits_only_where(model, keep), feed_forward_on_real_tokens(model, inputs["attention_mask"].bool()):
             logits = model(**inputs).logits[0]
     return torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction=reduction)
 

@@ -9,7 +9,7 @@ nothing is ever found by substring matching. Adding an architecture is adding on
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -36,10 +36,13 @@ def _ff(prefix: str, gate: str | None, up: str, down: str) -> dict[str, frozense
 
 @dataclass(frozen=True)
 class RoleMap:
-    """``stacks``: stack name → path of its list of blocks; ``blocks``: stack → module path → roles."""
+    """``stacks``: stack name → path of its list of blocks; ``blocks``: stack → module path → roles;
+    ``feed_forward``: stack → path in a block of its feed-forward network, where it is one module that maps
+    each token's hidden state alone and takes the hidden states as its only input (unpadding.py)."""
 
     stacks: dict[str, str]
     blocks: dict[str, dict[str, frozenset[str]]]
+    feed_forward: dict[str, str] = field(default_factory=dict)
 
 
 _T5_QKVO = ("q", "k", "v", "o")
@@ -48,6 +51,7 @@ _LLAMA = RoleMap(
     stacks={"decoder": "model.layers"},
     blocks={"decoder": {**_attn("self_attn", "self_attention", _LLAMA_QKVO),
                         **_ff("mlp", "gate_proj", "up_proj", "down_proj")}},
+    feed_forward={"decoder": "mlp"},
 )
 _BART_QKVO = ("q_proj", "k_proj", "v_proj", "out_proj")
 
@@ -84,6 +88,7 @@ ROLE_MAPS: dict[str, RoleMap] = {
             "attention.query_key_value": frozenset({"attention", "self_attention", "query", "key", "value"}),
             "attention.dense": frozenset({"attention", "self_attention", "output"}),
             **_ff("mlp", None, "dense_h_to_4h", "dense_4h_to_h")}},
+        feed_forward={"decoder": "mlp"},
     ),
     "bert": RoleMap(
         stacks={"encoder": "encoder.layer"},
@@ -92,6 +97,16 @@ ROLE_MAPS: dict[str, RoleMap] = {
             **_ff("", None, "intermediate.dense", "output.dense")}},
     ),
 }
+
+
+def feed_forward_networks(model: nn.Module) -> list[nn.Module]:
+    """Every block's feed-forward network (``RoleMap.feed_forward``); empty for an architecture without
+    a role map or without one such module per block."""
+    rmap = ROLE_MAPS.get(getattr(getattr(model, "config", None), "model_type", None))
+    if rmap is None:
+        return []
+    return [block.get_submodule(path) for stack, path in rmap.feed_forward.items()
+            for block in _stack(model, rmap.stacks[stack])]
 
 
 def _strip_empty(path: str) -> str:
