@@ -6,21 +6,27 @@ The step of ``levers.py``'s shared-prefix case as training runs it: 64 CoLA exam
 template prefix shared, bf16 autocast, the math attention kernel. torch.profiler over ``--steps`` steps
 after two warm-up steps; per step, it prints the time of each operator, and for every matrix-multiply
 shape its calls, time and achieved GFLOP/s (2·m·k·n per call), against the bf16 GEMM peak measured here.
+Then, without the profiler, the median of ``--timed`` steps and its MFU: the step's model FLOPs
+(``flops.step_flops``: real tokens only, the shared prefix once) per second over that peak.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from collections import defaultdict
 
 import torch
 from common import probe_parser
-from flops import gemm_peak, gemm_sizes
+from flops import gemm_peak, gemm_sizes, linear_costs, step_flops
 from lever_cases import Setup, training_step
 from torch.profiler import profile
 
+from peftbench.prefix import shared_prefix_length
 
-def main(data_dir: str, steps: int) -> None:
+
+def main(data_dir: str, steps: int, timed: int) -> None:
     setup = Setup(data_dir)
     batch, model = setup.batch("cola", n=64, skip=18), setup.lora
 
@@ -50,10 +56,21 @@ def main(data_dir: str, steps: int) -> None:
         rate = flops / seconds / 1e9 if seconds else math.nan
         print(f"  {m:6d} × {k:6d} · {n:6d}  {calls:5.0f} calls  {seconds:.3f} s  {rate:5.0f} GFLOP/s "
               f"({100 * rate / peak:.0f} % of peak)")
+    times = []
+    for _ in range(timed):
+        started = time.perf_counter()
+        training_step(model, batch)
+        times.append(time.perf_counter() - started)
+    flops = step_flops(linear_costs(model), batch, shared_prefix_length(batch))
+    seconds = statistics.median(times)
+    print(f"step without the profiler: median {seconds:.3f} s of {timed} ({min(times):.3f}–{max(times):.3f}); "
+          f"{flops / 1e9:.0f} GFLOP of model work: {flops / seconds / 1e9:.0f} GFLOP/s, "
+          f"MFU {100 * flops / seconds / 1e9 / peak:.1f} %")
 
 
 if __name__ == "__main__":
     parser = probe_parser(__doc__)
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2, help="profiled steps")
+    parser.add_argument("--timed", type=int, default=7, help="steps timed without the profiler")
     args = parser.parse_args()
-    main(args.data_dir, args.steps)
+    main(args.data_dir, args.steps, args.timed)
