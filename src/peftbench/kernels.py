@@ -12,9 +12,9 @@ SAMSum tokens: 11.8 s against 13.4 s eager), and so does decoding with the key/v
 query: eager is slower). GPUs keep their defaults.
 
 The choice is ``config._attn_implementation`` of the model's modules (an encoder-decoder's stacks hold
-copies of the config), switched for the pass only; the backward uses whatever its forward ran. Configs
-whose implementation is not "sdpa" (a user's "flash_attention_2", a model without SDPA support) are left
-as they are.
+copies of the config), switched for the pass only; the backward uses whatever its forward ran (peftbench
+does not recompute activations in the backward). Configs whose implementation is not "sdpa" (a user's
+"flash_attention_2", a model without SDPA support) are left as they are.
 """
 
 from __future__ import annotations
