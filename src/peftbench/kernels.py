@@ -40,7 +40,8 @@ def eager_attention_pays(width: int, device: torch.device, training: bool) -> bo
 @contextmanager
 def pass_attention(model: nn.Module, width: int, device: torch.device, training: bool):
     """Around one forward pass of ``model`` (a transformers model, PEFT-wrapped or not): eager attention where
-    ``eager_attention_pays``, the model's own choice otherwise."""
+    ``eager_attention_pays``, the model's own choice otherwise. ``width``: the batch's ``input_ids`` width
+    (prompt tuning's virtual tokens come on top)."""
     switched = _sdpa_configs(model) if eager_attention_pays(width, device, training) else []
     for config in switched:  # the internal field, as set_attn_implementation does: no recursion into sub-configs
         config._attn_implementation_internal = "eager"
