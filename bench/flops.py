@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from peftbench.batching import IGNORE
+
 _CROSS_KV = ("EncDecAttention.k", "EncDecAttention.v", "encoder_attn.k_proj", "encoder_attn.v_proj")
 
 
@@ -104,10 +106,10 @@ def example_flops(costs: LinearCosts, source_tokens: int, target_tokens: int, de
 
 
 def step_flops(costs: LinearCosts, batch: dict[str, torch.Tensor], prefix: int = 0) -> float:
-    """Training FLOPs of one causal pass over ``batch`` (right-padded; labels -100 off target): every row's
+    """Training FLOPs of one causal pass over ``batch`` (right-padded; labels IGNORE off target): every row's
     ``example_flops`` at its real length, with a ``prefix`` its rows share counted once."""
     lengths = batch["attention_mask"].sum(dim=1).tolist()
-    targets = (batch["labels"][:, 1:] != -100).sum(dim=1).tolist()
+    targets = (batch["labels"][:, 1:] != IGNORE).sum(dim=1).tolist()
     total = sum(example_flops(costs, n, t) for n, t in zip(lengths, targets, strict=True))
     copies = len(lengths) - 1  # the prefix's tokens and (query, key) pairs, done once instead of per row
     return total - copies * (costs.encoder * prefix + attention_pair_flops(costs) * costs.layers * prefix * (prefix + 1) / 2)

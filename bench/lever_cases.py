@@ -146,6 +146,11 @@ def forward_pass(model, batch, attention) -> None:
         causal_target_loss(model, batch, reduction="sum")
 
 
+def validation_pass(model, batch) -> None:
+    """A validation pass as peftbench runs it: the CPU attention for its width (forward only)."""
+    forward_pass(model, batch, peftbench_attention(model, batch, training=False))
+
+
 def eager_attention(setup: Setup) -> dict:
     """transformers' eager attention (bf16 matmuls, fp32 softmax) against the SDPA kernel peftbench used
     before: training steps (math up to 200 tokens, flash beyond) and validation passes (flash)."""
@@ -158,7 +163,7 @@ def eager_attention(setup: Setup) -> dict:
             "after": lambda b=batch: training_step(model, b)}
         cases[f"validation pass, {task} {n} ex × {width} tokens"] = {
             "before": lambda b=batch: forward_pass(model, b, nullcontext()),
-            "after": lambda b=batch: forward_pass(model, b, peftbench_attention(model, b, training=False))}
+            "after": lambda b=batch: validation_pass(model, b)}
     return cases
 
 
@@ -309,12 +314,11 @@ def unpadding_case(setup: Setup) -> dict:
 
         def padded_validation(b=batch):
             with padded_feed_forward():
-                forward_pass(model, b, peftbench_attention(model, b, training=False))
+                validation_pass(model, b)
 
         cases[f"LoRA step, {what}"] = {"before": padded_step, "after": lambda b=batch: training_step(model, b)}
         cases[f"validation pass, {what}"] = {
-            "before": padded_validation,
-            "after": lambda b=batch: forward_pass(model, b, peftbench_attention(model, b, training=False))}
+            "before": padded_validation, "after": lambda b=batch: validation_pass(model, b)}
     return cases
 
 

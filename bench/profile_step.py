@@ -3,7 +3,7 @@
     python bench/profile_step.py [DATA_DIR] [--steps 2]
 
 The step of ``levers.py``'s shared-prefix case as training runs it: 64 CoLA examples in one pass, the
-template prefix shared, bf16 autocast, the math attention kernel. torch.profiler over ``--steps`` steps
+template prefix shared, bf16 autocast, attention and unpadding as peftbench runs them. torch.profiler over ``--steps`` steps
 after two warm-up steps; per step, it prints the time of each operator, and for every matrix-multiply
 shape its calls, time and achieved GFLOP/s (2·m·k·n per call), against the bf16 GEMM peak measured here.
 Then, without the profiler, the median of ``--timed`` steps and its MFU: the step's model FLOPs
