@@ -17,14 +17,16 @@ from unittest import mock
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers import AutoModelForSeq2SeqLM
 
 from peftbench import unpadding
 from peftbench.batching import collate, encode, length_grouped_batches
 from peftbench.checkpoint import BackgroundWriter, save_checkpoint
+from peftbench.dropout import cpu_dropout
 from peftbench.evaluate import causal_target_loss, generate, validation_loss
 from peftbench.kernels import pass_attention
 from peftbench.methods import apply_method
-from peftbench.models import load_model
+from peftbench.models import load_config, load_model
 from peftbench.precision import store_frozen_linears_in
 from peftbench.prefix import shared_prefix_length
 from peftbench.tasks import get_task
@@ -322,11 +324,46 @@ def unpadding_case(setup: Setup) -> dict:
     return cases
 
 
+def _t5_lora(config) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return apply_method(AutoModelForSeq2SeqLM.from_config(config), "seq2seq", "lora").model
+
+
+def bits_dropout_case(setup: Setup) -> dict:
+    """Dropout masks from random bits (peftbench.dropout) against torch's ``bernoulli_`` masks: LoRA steps
+    with T5's dropout of 0.1 (on attention probabilities and hidden states), eager attention as peftbench
+    trains: the tiny T5 cell's step (4 passes of 16 CoLA rows, bytes), and 2 + 2 layers shaped like
+    FLAN-T5-base (d_model 768, 12 heads, random weights) on 8 rows of 256 source and 32 target tokens."""
+    loaded = load_model("t5-tiny-random")
+    data = load_task_data(get_task("cola"), setup.data_dir, "low", 0, 200)
+    rows = sorted(encode(data.train[:100], loaded.tokenizer, "seq2seq", 512, 128), key=lambda e: len(e.input_ids))
+    tiny_batches = [collate(rows[i: i + 16], "seq2seq", loaded.tokenizer.pad_token_id) for i in range(20, 84, 16)]
+    base_config = load_config("flan-t5-base")  # bundled with the package: no download
+    base_config.num_layers = base_config.num_decoder_layers = 2
+    generator = torch.Generator().manual_seed(0)
+    base_batch = {"input_ids": torch.randint(2, 32000, (8, 256), generator=generator),
+                  "attention_mask": torch.ones(8, 256, dtype=torch.long),
+                  "labels": torch.randint(2, 32000, (8, 32), generator=generator)}
+    cases = {}
+    for what, model, batches in (("tiny T5 LoRA step, 4 × 16 CoLA rows", _t5_lora(loaded.model.config), tiny_batches),
+                                 ("FLAN-T5-base-shaped 2+2 layers, LoRA step, 8 × 256", _t5_lora(base_config),
+                                  [base_batch])):
+        def torch_masks(m=model, b=batches):
+            accumulate(m, b, hf_loss)
+
+        def bits_masks(m=model, b=batches):
+            with cpu_dropout(CPU):
+                accumulate(m, b, hf_loss)
+        cases[what] = {"before": torch_masks, "after": bits_masks}
+    return cases
+
+
 CASES = {"frozen_bf16": frozen_bf16, "tied_head_bf16": tied_head_bf16, "target_only_head": target_only_head,
          "eager_attention": eager_attention, "length_grouping": length_grouping, "sorted_decoding": sorted_decoding,
          "fused_accumulation": fused_accumulation, "shared_prefix": shared_prefix,
          "validation_fusion": validation_fusion, "background_checkpoint": background_checkpoint,
-         "fused_adamw": fused_adamw, "unpadding": unpadding_case}
+         "fused_adamw": fused_adamw, "unpadding": unpadding_case,
+         "bits_dropout": bits_dropout_case}
 
 
 def _omp_child() -> None:

@@ -30,6 +30,7 @@ from peftbench.ablations import resolve_selection
 from peftbench.batching import IGNORE, collate, length_grouped_batches, plan_passes
 from peftbench.config import RunConfig, TrainConfig
 from peftbench.datacache import encode_cached
+from peftbench.dropout import cpu_dropout
 from peftbench.evaluate import causal_target_loss, score, target_token_losses
 from peftbench.kernels import pass_attention
 from peftbench.methods import apply_method
@@ -344,7 +345,8 @@ def _accumulate(model, accelerator, items, group: list[list[int]], cfg: TrainCon
         batch = collate([items[i] for _, piece, _ in segments for i in piece], family, pad_id)
         prefix = prefix_to_share(model, batch) if family == "causal" else 0  # on the host copy: no sync
         batch = {k: v.to(device) for k, v in batch.items()}
-        with accelerator.autocast(), pass_attention(model, batch["input_ids"].shape[1], device, training=True):
+        with (accelerator.autocast(), pass_attention(model, batch["input_ids"].shape[1], device, training=True),
+              cpu_dropout(device)):
             means = _segment_losses(model, batch, family, segments, prefix)
         weights = torch.tensor([1.0 / (cfg.grad_accum * pieces) for _, _, pieces in segments], device=device)
         accelerator.backward((means * weights).sum())
