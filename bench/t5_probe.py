@@ -8,9 +8,10 @@ Medians of interleaved repeats (``levers.interleaved``). It prints:
 - the step as four passes of 16 rows or one of 64 (the fusion peftbench applies to SmolLM2);
 - the step on one or two torch threads;
 - one attention-probability dropout mask (64 × 4 × L × L) drawn with ``bernoulli_`` (what
-  ``F.dropout`` does on CPU) or with ``rand_like``;
+  ``F.dropout`` does on CPU), with ``rand_like``, or applied by ``peftbench.dropout.bits_dropout``;
 - scaled-dot-product attention forward + backward on those shapes, with T5's dropout of 0.1 and without;
-- the share of the step's CPU time in each of its five most expensive operators (torch.profiler).
+- the share of the step's CPU time in each of its five most expensive operators (torch.profiler), with
+  torch's dropout (the step measures the model's own code, as the Trainer side runs it).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import profile
 
 from peftbench.batching import collate, encode
+from peftbench.dropout import bits_dropout
 from peftbench.methods import apply_method
 from peftbench.models import load_model
 from peftbench.tasks import get_task
@@ -59,8 +61,8 @@ def attention(q: torch.Tensor, bias: torch.Tensor, dropout: float):
 
 
 def report(what: str, times: dict[str, float]) -> None:
-    (a, ta), (b, tb) = times.items()
-    print(f"{what}: {a} {ta:.4f} s, {b} {tb:.4f} s ({ta / tb:.2f}×)", flush=True)
+    (a, ta), *others = times.items()
+    print(f"{what}: {a} {ta:.4f} s, " + ", ".join(f"{b} {tb:.4f} s ({ta / tb:.2f}×)" for b, tb in others), flush=True)
 
 
 def main(data_dir: str, repeats: int) -> None:
@@ -77,7 +79,8 @@ def main(data_dir: str, repeats: int) -> None:
                                    "2": on_threads(2, lambda: optimiser_step(quarters))}, repeats))
     probabilities = torch.empty(64, heads, width, width)
     report(f"dropout mask of {probabilities.numel():,} elements", interleaved(
-        {"bernoulli_": lambda: probabilities.bernoulli_(0.9), "rand_like": lambda: torch.rand_like(probabilities)},
+        {"bernoulli_": lambda: probabilities.bernoulli_(0.9), "rand_like": lambda: torch.rand_like(probabilities),
+         "peftbench.dropout": lambda: bits_dropout(probabilities, 0.1)},
         repeats))
     q = torch.randn(64, heads, width, model.config.d_kv, requires_grad=True)
     bias = torch.randn(64, heads, width, width)
