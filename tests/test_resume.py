@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 from sweep_helpers import comparable, tiny_overrides
 
-from peftbench import models, train
+from peftbench import models, run_state
 from peftbench.checkpoint import load_checkpoint
 from peftbench.config import load_sweep
 from peftbench.train import Interrupted, run_cell
@@ -71,13 +71,13 @@ def test_resume_from_an_epoch_checkpoint_is_bit_identical(tmp_path, model, metho
 @pytest.mark.parametrize(("interval_s", "checkpointed_epochs"), [(0, [1, 2, 3]), (3600, [])])
 def test_epoch_checkpoints_wait_for_the_checkpoint_interval(tmp_path, monkeypatch, interval_s, checkpointed_epochs):
     saved = []
-    real_save = train._save
+    real_save = run_state.save_run
 
     def recording_save(writer, run_dir, trainable, best, optimizer, scheduler, state, scaler=None):
         real_save(writer, run_dir, trainable, best, optimizer, scheduler, state, scaler)
         saved.append((state.epoch, state.checkpointed_s, state.train_seconds))
 
-    monkeypatch.setattr(train, "_save", recording_save)
+    monkeypatch.setattr(run_state, "save_run", recording_save)
     run, run_dir = _run("t5-tiny-random", "lora", tmp_path, extra=(f"train.checkpoint_interval_s={interval_s}",))
     result = run_cell(run, run_dir, progress=False)
     assert result["epochs"] == 4

@@ -13,8 +13,7 @@ from __future__ import annotations
 import math
 import random
 import time
-import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,23 +22,26 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import get_mixed_precision_context_manager
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
-from peftbench import checkpoint, distributed, environment
+from peftbench import checkpoint, distributed, environment, run_state
 from peftbench.ablations import resolve_selection
-from peftbench.batching import IGNORE, collate, length_grouped_batches, plan_passes
+from peftbench.batching import IGNORE, Encoded, collate, length_grouped_batches, plan_passes
 from peftbench.config import RunConfig, TrainConfig
 from peftbench.datacache import encode_cached
 from peftbench.dropout import cpu_dropout
 from peftbench.evaluate import causal_target_loss, score, target_token_losses
 from peftbench.kernels import pass_attention
-from peftbench.methods import apply_method
-from peftbench.models import load_model
+from peftbench.methods import LRSchedule, apply_method
+from peftbench.models import LoadedModel, load_model
 from peftbench.precision import store_frozen_linears_in
 from peftbench.prefix import prefix_to_share
 from peftbench.protocol import EarlyStopping, paper_lr_lambda, resolved_lr
-from peftbench.tasks import get_task
-from peftbench.tasks.data import load_task_data, scale_cap_and_epochs
+from peftbench.run_state import RunState
+from peftbench.tasks import TaskSpec, get_task
+from peftbench.tasks.data import TaskData, load_task_data, scale_cap_and_epochs
 
 
 class Diverged(RuntimeError):
@@ -60,47 +62,6 @@ class OutOfMemory(RuntimeError):
 
 # --- one cell ----------------------------------------------------------------------------------------
 
-@dataclass
-class RunState:
-    """What an epoch checkpoint restores."""
-
-    epoch: int = 0
-    step: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    stopper: EarlyStopping = field(default_factory=EarlyStopping)
-    train_tokens: int = 0
-    train_seconds: float = 0.0
-    to_best_s: float = 0.0
-    checkpointed_s: float = 0.0
-    """``train_seconds`` when the last epoch checkpoint was taken."""
-    batches_done: int = 0
-    """Batches of the unfinished epoch already trained (non-zero only in a checkpoint left by a stop)."""
-    epoch_losses: list[float] = field(default_factory=list)
-    """Training losses of those batches, one per configured batch."""
-    micro_splits: int = 1
-    """Each configured batch runs as this many micro-batches (doubled by each CUDA out-of-memory error)."""
-    oom_retries: int = 0
-
-    def to_checkpoint(self) -> dict[str, Any]:
-        """The fields as ``state.pt`` stores them; lists are copied (training appends to them while the
-        checkpoint is written in the background)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        return {**values, "history": list(self.history), "epoch_losses": list(self.epoch_losses),
-                "stopper": vars(self.stopper).copy()}
-
-    @classmethod
-    def from_checkpoint(cls, payload: dict[str, Any]) -> RunState:
-        """The state ``to_checkpoint`` wrote; fields an older checkpoint lacks keep their defaults."""
-        values = {f.name: payload[f.name] for f in fields(cls) if f.name in payload}
-        return cls(**{**values, "stopper": EarlyStopping(**payload["stopper"])})
-
-    def batch_plan(self, cfg: TrainConfig) -> dict[str, int]:
-        """The micro-batch actually used; micro_batch_size × grad_accum stays batch_size × cfg.grad_accum."""
-        return {"micro_batch_size": math.ceil(cfg.batch_size / self.micro_splits),
-                "grad_accum": cfg.grad_accum * self.micro_splits,
-                "effective_batch_size": cfg.batch_size * cfg.grad_accum, "oom_retries": self.oom_retries}
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -118,6 +79,94 @@ def make_accelerator(precision: str, model_type: str) -> Accelerator:
     return Accelerator(mixed_precision="no" if precision == "fp32" else precision)
 
 
+@dataclass
+class Cell:
+    """One cell before training: the task and its data at the run's scale, the model with the method
+    applied (``trainable``: its declared trainable parameters), and the tokenised splits."""
+
+    task: TaskSpec
+    data: TaskData
+    loaded: LoadedModel
+    model: nn.Module
+    trainable: dict[str, nn.Parameter]
+    params: dict[str, Any]
+    encoded: dict[str, list[Encoded]]
+    max_epochs: int
+
+
+def prepare_cell(run: RunConfig, device_map: str | None = None) -> Cell:
+    """Load the data and the model, apply the method (+ layer/module selection), tokenise the splits."""
+    cfg = run.train
+    seed_everything(run.seed)
+    # Identical splits for every method of a cell: they depend on task, scale and seed only.
+    task = get_task(run.task)
+    data = load_task_data(task, run.data_dir, run.scale, run.seed, cfg.eval_examples)
+    loaded = load_model(run.model, run.trust_remote_code, device_map)
+    # Seed again: the first load in a process may draw random numbers (tiny models are built from seed 0),
+    # and a run must not depend on whether an earlier run in the same process loaded the model already.
+    seed_everything(run.seed)
+    layers, modules = resolve_selection(run.ablation, run.layers, run.modules)
+    applied = apply_method(loaded.model, loaded.family, run.method, run.method_options,
+                           layers=layers, modules=modules, seed=run.seed)
+    params = {"trainable": sum(p.numel() for p in applied.trainable.values()),
+              "total": sum(p.numel() for p in {id(p): p for p in applied.model.parameters()}.values()),
+              "selected_layers": applied.selected_layers or None}
+    # Tokenise once per split (cached on disk across runs and processes).
+    encoded = {split: encode_cached(task, getattr(data, split), loaded.tokenizer, loaded.family,
+                                    cfg.max_source_tokens, cfg.max_target_tokens)
+               for split in ("train", "validation", "test")}
+    max_epochs = cfg.max_epochs or scale_cap_and_epochs(run.scale)[1]
+    return Cell(task, data, loaded, applied.model, applied.trainable, params, encoded, max_epochs)
+
+
+@dataclass
+class Schedule:
+    """The learning rates (``LRSchedule``: initial, peak, final) and the optimiser steps they span."""
+
+    lr: LRSchedule
+    total_steps: int
+    warmup_steps: int
+
+
+def build_optimizer(cfg: TrainConfig, method: str, trainable: dict[str, nn.Parameter], train_examples: int,
+                    max_epochs: int) -> tuple[torch.optim.Optimizer, LambdaLR, Schedule]:
+    """AdamW over the trainable parameters and the paper's schedule: linear warm-up, then linear anneal.
+    The optimiser's lr is the peak; LambdaLR scales it."""
+    lr = resolved_lr(cfg, method)
+    steps_per_epoch = math.ceil(math.ceil(train_examples / cfg.batch_size) / cfg.grad_accum)
+    total_steps = steps_per_epoch * max_epochs
+    warmup_steps = max(1, round(cfg.warmup_fraction * total_steps)) if cfg.warmup_fraction > 0 else 0
+    # fused: one kernel per step over all tensors (CPU: 0.07 s against foreach's 0.25-0.30 s for 135M
+    # weights), the transformers Trainer's default optimiser since torch 2.8.
+    optimizer = torch.optim.AdamW(list(trainable.values()), lr=lr.peak, weight_decay=cfg.weight_decay,
+                                  fused=True)
+    scheduler = LambdaLR(optimizer, paper_lr_lambda(lr, total_steps, warmup_steps))
+    return optimizer, scheduler, Schedule(lr, total_steps, warmup_steps)
+
+
+@dataclass
+class Loop:
+    """The live objects of one run's training loop (``model`` and ``optimizer`` as accelerate prepared them)."""
+
+    run: RunConfig
+    run_dir: Path
+    cell: Cell
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: LambdaLR
+    accelerator: Accelerator
+    writer: checkpoint.BackgroundWriter
+
+    def autocast(self):
+        """Re-enterable (torch.autocast or nullcontext): evaluation enters the one it is given once per batch,
+        which accelerator.autocast(), a one-shot generator context manager, does not survive."""
+        return get_mixed_precision_context_manager(self.accelerator.native_amp, self.accelerator.autocast_handler)
+
+    def save(self, state: RunState, best_weights: dict[str, torch.Tensor]) -> None:
+        run_state.save_run(self.writer, self.run_dir, self.cell.trainable, best_weights, self.optimizer,
+                           self.scheduler, state, self.accelerator.scaler)
+
+
 def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_requested=lambda: False,
              device_map: str | None = None) -> dict:
     """Train, validate and test one cell; returns the result dict (status ok).
@@ -126,151 +175,133 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     executes, not what it computes, so it is not part of the run's config or id.
     """
     started = time.perf_counter()
-    run_dir = Path(run_dir)
     cfg = run.train
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    seed_everything(run.seed)
-
-    # Data: identical splits for every method of a cell (they depend on task, scale and seed only).
-    task = get_task(run.task)
-    data = load_task_data(task, run.data_dir, run.scale, run.seed, cfg.eval_examples)
-    _, scale_epochs = scale_cap_and_epochs(run.scale)
-    max_epochs = cfg.max_epochs or scale_epochs
-
-    # Model and method.
-    loaded = load_model(run.model, run.trust_remote_code, device_map)
-    # Seed again: the first load in a process may draw random numbers (tiny models are built from seed 0),
-    # and a run must not depend on whether an earlier run in the same process loaded the model already.
-    seed_everything(run.seed)
-    layers, modules = resolve_selection(run.ablation, run.layers, run.modules)
-    applied = apply_method(loaded.model, loaded.family, run.method, run.method_options,
-                           layers=layers, modules=modules, seed=run.seed)
-    model, trainable = applied.model, applied.trainable
-    tokenizer, family = loaded.tokenizer, loaded.family
-    params = {"trainable": sum(p.numel() for p in trainable.values()),
-              "total": sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()),
-              "selected_layers": applied.selected_layers or None}
-
-    # Tokenise once per split (cached on disk across runs and processes).
-    encoded = {split: encode_cached(task, getattr(data, split), tokenizer, family, cfg.max_source_tokens,
-                                    cfg.max_target_tokens) for split in ("train", "validation", "test")}
-
-    # Optimiser and the paper's LR schedule. The optimiser's lr is the peak; LambdaLR scales it.
-    lr = resolved_lr(cfg, run.method)
-    micro_batches = math.ceil(len(encoded["train"]) / cfg.batch_size)
-    steps_per_epoch = math.ceil(micro_batches / cfg.grad_accum)
-    total_steps = steps_per_epoch * max_epochs
-    warmup_steps = max(1, round(cfg.warmup_fraction * total_steps)) if cfg.warmup_fraction > 0 else 0
-    # fused: one kernel per step over all tensors (CPU: 0.07 s against foreach's 0.25-0.30 s for 135M
-    # weights), the transformers Trainer's default optimiser since torch 2.8.
-    optimizer = torch.optim.AdamW(list(trainable.values()), lr=lr.peak, weight_decay=cfg.weight_decay,
-                                  fused=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, paper_lr_lambda(lr, total_steps, warmup_steps))
+    cell = prepare_cell(run, device_map)
+    optimizer, scheduler, schedule = build_optimizer(cfg, run.method, cell.trainable, len(cell.encoded["train"]),
+                                                     cell.max_epochs)
     # Checkpoints are written while training goes on (checkpoint.BackgroundWriter): no optimiser step may
     # change the weights and moments being written. On the bare optimiser, which accelerate wraps below.
     writer = checkpoint.BackgroundWriter()
     optimizer.register_step_pre_hook(lambda *_: writer.wait())
-
-    accelerator = make_accelerator(cfg.precision, loaded.architecture)
+    accelerator = make_accelerator(cfg.precision, cell.loaded.architecture)
     # Frozen linears stored in bf16 once rather than re-cast by autocast at every call (see precision.py).
-    frozen_bf16 = store_frozen_linears_in(model, torch.bfloat16) if accelerator.mixed_precision == "bf16" else 0
-    model, optimizer = distributed.prepare(accelerator, model, optimizer)  # no DDP wrapper: see distributed.py
-    device = accelerator.device
-    environment.reset_peak_memory(device)
-    # Re-enterable (torch.autocast or nullcontext): evaluation enters the one it is given once per batch, which
-    # accelerator.autocast(), a one-shot generator context manager, does not survive.
-    def autocast():
-        return get_mixed_precision_context_manager(accelerator.native_amp, accelerator.autocast_handler)
+    bf16 = accelerator.mixed_precision == "bf16"
+    frozen_bf16 = store_frozen_linears_in(cell.model, torch.bfloat16) if bf16 else 0
+    model, optimizer = distributed.prepare(accelerator, cell.model, optimizer)  # no DDP wrapper: distributed.py
+    environment.reset_peak_memory(accelerator.device)
+    loop = Loop(run, Path(run_dir), cell, model, optimizer, scheduler, accelerator, writer)
 
     state = RunState(stopper=EarlyStopping(cfg.patience, cfg.min_delta))
-    best_weights = checkpoint.snapshot(trainable)
-    resumed = _resume(run_dir, trainable, optimizer, scheduler, accelerator.scaler)
+    best_weights = checkpoint.snapshot(cell.trainable)
+    resumed = run_state.resume_run(loop.run_dir, cell.trainable, optimizer, scheduler, accelerator.scaler)
     if resumed is not None:
         state, best_weights = resumed
     resumed_from = state.epoch if resumed is not None else None
-    distributed.check_in_sync(trainable, state.epoch, state.step)
-
+    distributed.check_in_sync(cell.trainable, state.epoch, state.step)
     with writer:  # leaving it waits for the last write: the best weights are restored below
-        bar = tqdm(total=max_epochs, initial=state.epoch, desc=f"{run.method}/{run.task}", unit="epoch",
-                   disable=not progress, leave=False)
-        while state.epoch < max_epochs and not state.stopper.should_stop:
-            epoch = state.epoch + 1
-            epoch_started = time.perf_counter()
-            order = length_grouped_batches(encoded["train"], cfg.batch_size, seed=run.seed * 1000 + epoch,
-                                           group_by_length=cfg.group_by_length)
-            try:
-                train_loss = _train_epoch(model, optimizer, scheduler, accelerator, encoded["train"], order, cfg,
-                                          family, tokenizer.pad_token_id, state, stop_requested)
-            except Interrupted:  # keep the steps done so far: the re-run continues from this very step
-                state.train_seconds += time.perf_counter() - epoch_started
-                _save(writer, run_dir, trainable, best_weights, optimizer, scheduler, state, accelerator.scaler)
-                raise
-            val_loss = distributed.validation_loss(model, encoded["validation"], family, tokenizer.pad_token_id,
-                                                   cfg.eval_batch_size, device, autocast())
-            val_metric = _validation_metric(model, task, encoded["validation"], data.validation, tokenizer, family,
-                                            cfg, device, autocast) if cfg.val_metric_examples else None
-            seconds = time.perf_counter() - epoch_started
-            state.train_seconds += seconds
-            improved = state.stopper.update(epoch, val_loss)
-            if improved:
-                best_weights = checkpoint.snapshot(trainable)
-                state.to_best_s = state.train_seconds
-            state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                                  "val_metric": val_metric, "seconds": seconds, "steps": state.step,
-                                  "lr": scheduler.get_last_lr()[0]})
-            state.epoch = epoch
-            # No checkpoint after the last epoch: its best weights are tested at once, from memory. A process that
-            # dies during that test re-trains from the previous checkpoint or the start (bit-identically), which
-            # costs less over a sweep than writing one more checkpoint per run (full tuning: weights and AdamW
-            # state, 12 bytes per parameter). For the same reason, epochs closer than checkpoint_interval_s to
-            # the last checkpoint write none.
-            last_epoch = state.epoch >= max_epochs or state.stopper.should_stop
-            due = state.train_seconds - state.checkpointed_s >= cfg.checkpoint_interval_s
-            if cfg.checkpoint_every_epoch and due and not last_epoch:
-                _save(writer, run_dir, trainable, best_weights, optimizer, scheduler, state, accelerator.scaler)
-            bar.update(1)
-            bar.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}")
-        bar.close()
+        best_weights = train_until_stopped(loop, state, best_weights, progress, stop_requested)
 
-    # Test the best epoch's weights (the paper's protocol) and record its validation metric.
-    checkpoint.restore(trainable, best_weights)
+    # Test the best epoch's weights (the paper's protocol).
+    checkpoint.restore(cell.trainable, best_weights)
     eval_started = time.perf_counter()
-    gen = dict(tokenizer=tokenizer, family=family, max_new_tokens=task.generation_budget,
-               batch_size=cfg.eval_batch_size, device=device, autocast=autocast())
-    test_predictions = distributed.generate(model, encoded["test"], **gen)
-    test_score = score(task, test_predictions, data.test)
+    tokenizer, family = cell.loaded.tokenizer, cell.loaded.family
+    predictions = distributed.generate(model, cell.encoded["test"], tokenizer, family, cell.task.generation_budget,
+                                       cfg.eval_batch_size, accelerator.device, loop.autocast())
+    test_score = score(cell.task, predictions, cell.data.test)
     eval_s = time.perf_counter() - eval_started
-
-    adapter = _save_adapter(accelerator.unwrap_model(model), tokenizer, run_dir, cfg.save_adapter)
+    adapter = _save_adapter(accelerator.unwrap_model(model), tokenizer, loop.run_dir, cfg.save_adapter)
     # The last checkpoint stays until the caller has written the result (sweep.execute_run removes it).
-    total_s = time.perf_counter() - started
-    train_tokens = state.train_tokens
+    times = {"train_s": state.train_seconds, "eval_s": eval_s, "total_s": time.perf_counter() - started,
+             "to_best_s": state.to_best_s}
+    optimizer_info = {"name": "AdamW", "lr_initial": schedule.lr.initial, "lr_peak": schedule.lr.peak,
+                      "lr_final": schedule.lr.final, "total_steps": schedule.total_steps,
+                      "warmup_steps": schedule.warmup_steps, "steps_done": state.step,
+                      "precision": accelerator.mixed_precision, "frozen_bf16_linears": frozen_bf16}
+    return {**_result(run, cell, state, predictions, test_score), "optimizer": optimizer_info, "time": times,
+            "hardware": {**environment.hardware(accelerator.device), "device_map": device_map},
+            "memory": environment.peak_memory(accelerator.device), "adapter": adapter,
+            "resumed_from_epoch": resumed_from}
+
+
+def train_until_stopped(loop: Loop, state: RunState, best_weights: dict[str, torch.Tensor], progress: bool,
+                        stop_requested) -> dict[str, torch.Tensor]:
+    """Train epoch after epoch, from ``state`` on, until ``max_epochs`` or early stopping; returns the best
+    epoch's weights. A stop request checkpoints the last optimiser step and raises ``Interrupted``."""
+    cfg, cell = loop.run.train, loop.cell
+    bar = tqdm(total=cell.max_epochs, initial=state.epoch, desc=f"{loop.run.method}/{loop.run.task}",
+               unit="epoch", disable=not progress, leave=False)
+    while state.epoch < cell.max_epochs and not state.stopper.should_stop:
+        epoch_started = time.perf_counter()
+        order = length_grouped_batches(cell.encoded["train"], cfg.batch_size,
+                                       seed=loop.run.seed * 1000 + state.epoch + 1,
+                                       group_by_length=cfg.group_by_length)
+        try:
+            train_loss = _train_epoch(loop.model, loop.optimizer, loop.scheduler, loop.accelerator,
+                                      cell.encoded["train"], order, cfg, cell.loaded.family,
+                                      cell.loaded.tokenizer.pad_token_id, state, stop_requested)
+        except Interrupted:  # keep the steps done so far: the re-run continues from this very step
+            state.train_seconds += time.perf_counter() - epoch_started
+            loop.save(state, best_weights)
+            raise
+        best_weights = _end_epoch(loop, state, best_weights, train_loss, epoch_started)
+        bar.update(1)
+        bar.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{state.history[-1]['val_loss']:.3f}")
+    bar.close()
+    return best_weights
+
+
+def _end_epoch(loop: Loop, state: RunState, best_weights: dict[str, torch.Tensor], train_loss: float,
+               epoch_started: float) -> dict[str, torch.Tensor]:
+    """Validate the epoch just trained, record it, keep its weights if they are the best so far (returns the
+    best weights), and checkpoint when one is due."""
+    cfg, cell, epoch = loop.run.train, loop.cell, state.epoch + 1
+    family, pad_id, device = cell.loaded.family, cell.loaded.tokenizer.pad_token_id, loop.accelerator.device
+    val_loss = distributed.validation_loss(loop.model, cell.encoded["validation"], family, pad_id,
+                                           cfg.eval_batch_size, device, loop.autocast())
+    val_metric = _validation_metric(loop, cfg.val_metric_examples) if cfg.val_metric_examples else None
+    seconds = time.perf_counter() - epoch_started
+    state.train_seconds += seconds
+    if state.stopper.update(epoch, val_loss):
+        best_weights = checkpoint.snapshot(cell.trainable)
+        state.to_best_s = state.train_seconds
+    state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_metric": val_metric,
+                          "seconds": seconds, "steps": state.step, "lr": loop.scheduler.get_last_lr()[0]})
+    state.epoch = epoch
+    # No checkpoint after the last epoch: its best weights are tested at once, from memory. A process that
+    # dies during that test re-trains from the previous checkpoint or the start (bit-identically), which
+    # costs less over a sweep than writing one more checkpoint per run (full tuning: weights and AdamW
+    # state, 12 bytes per parameter). For the same reason, epochs closer than checkpoint_interval_s to
+    # the last checkpoint write none.
+    last_epoch = state.epoch >= cell.max_epochs or state.stopper.should_stop
+    due = state.train_seconds - state.checkpointed_s >= cfg.checkpoint_interval_s
+    if cfg.checkpoint_every_epoch and due and not last_epoch:
+        loop.save(state, best_weights)
+    return best_weights
+
+
+def _result(run: RunConfig, cell: Cell, state: RunState, predictions: list[str], test_score: float) -> dict:
+    """The result fields that describe the cell, its training and its test (``results.py``)."""
+    task, loaded = cell.task, cell.loaded
+    best_val_metric = state.history[state.stopper.best_epoch - 1]["val_metric"]
     return {
         "status": "ok", "error": None, "seed": run.seed,
         "task": {"name": task.name, "type": task.type, "metric": task.metric, "version": task.version},
-        "model": {"name": loaded.name, "source": loaded.source, "family": family,
+        "model": {"name": loaded.name, "source": loaded.source, "family": loaded.family,
                   "architecture": loaded.architecture},
-        "data": {**data.info, "scale": run.scale},
-        "batch": state.batch_plan(cfg),
+        "data": {**cell.data.info, "scale": run.scale},
+        "batch": state.batch_plan(run.train),
         "versions": environment.versions(),
-        "hardware": {**environment.hardware(device), "device_map": device_map},
-        "params": params, "epochs": state.epoch, "max_epochs": max_epochs,
+        "params": cell.params, "epochs": state.epoch, "max_epochs": cell.max_epochs,
         "best_epoch": state.stopper.best_epoch, "history": state.history,
-        "optimizer": {"name": "AdamW", "lr_initial": lr.initial, "lr_peak": lr.peak, "lr_final": lr.final,
-                      "total_steps": total_steps, "warmup_steps": warmup_steps, "steps_done": state.step,
-                      "precision": accelerator.mixed_precision, "frozen_bf16_linears": frozen_bf16},
         "metrics": {"test": {task.metric: test_score}, "score": test_score,
-                    "validation": {task.metric: state.history[state.stopper.best_epoch - 1]["val_metric"]}},
+                    "validation": {task.metric: best_val_metric}},
         "predictions_sample": [{"prompt": e.prompt[-200:], "prediction": p, "references": list(e.references[:3])}
-                               for e, p in list(zip(data.test, test_predictions, strict=True))[:5]],
-        "time": {"train_s": state.train_seconds, "eval_s": eval_s, "total_s": total_s,
-                 "to_best_s": state.to_best_s},
-        "throughput": {"train_tokens": train_tokens,
-                       "train_tokens_per_s": train_tokens / state.train_seconds if state.train_seconds else None},
-        "memory": environment.peak_memory(device),
-        "adapter": adapter,
-        "resumed_from_epoch": resumed_from,
+                               for e, p in list(zip(cell.data.test, predictions, strict=True))[:5]],
+        "throughput": {"train_tokens": state.train_tokens,
+                       "train_tokens_per_s": state.train_tokens / state.train_seconds if state.train_seconds
+                       else None},
     }
 
 
@@ -371,49 +402,13 @@ def _segment_losses(model, batch, family: str, segments, prefix: int) -> torch.T
     return sums / torch.bincount(segment, minlength=len(segments))
 
 
-def _validation_metric(model, task, items, examples, tokenizer, family, cfg: TrainConfig, device,
-                       autocast) -> float:
-    """The task's metric on the first ``val_metric_examples`` validation examples (decoding is costly)."""
-    n = cfg.val_metric_examples
-    predictions = distributed.generate(model, items[:n], tokenizer, family, task.generation_budget,
-                                       cfg.eval_batch_size, device, autocast())
-    return score(task, predictions, examples[:n])
-
-
-def _save(writer: checkpoint.BackgroundWriter, run_dir: Path, trainable, best_weights, optimizer, scheduler,
-          state: RunState, scaler=None) -> None:
-    state.checkpointed_s = state.train_seconds  # in every process: the interval counts from here
-    if not distributed.is_main_process():  # one writer; the RNG states saved are the main process's
-        return
-    payload = {**state.to_checkpoint(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-               "rng": checkpoint.rng_state(),
-               "scaler": scaler.state_dict() if scaler is not None else None}  # fp16 loss scale, if any
-    # The live weights are written as they are, on the writer's thread (the next optimiser step waits for it);
-    # at an epoch's end, the best weights are these very ones when that epoch improved.
-    best_is_current = state.batches_done == 0 and state.stopper.best_epoch == state.epoch
-    writer.save(run_dir, trainable, best_weights, payload, best_is_trainable=best_is_current)
-
-
-def _resume(run_dir: Path, trainable, optimizer, scheduler,
-            scaler=None) -> tuple[RunState, dict[str, torch.Tensor]] | None:
-    """Load the last checkpoint into the live objects; returns its run state and best weights, or None."""
-    try:
-        loaded = checkpoint.load_checkpoint(run_dir)
-    except Exception as exc:  # noqa: BLE001 - a damaged checkpoint costs the progress, never the run
-        warnings.warn(f"{run_dir}: unreadable checkpoint ({type(exc).__name__}); starting afresh", stacklevel=2)
-        return None
-    if loaded is None:
-        return None
-    current, best, payload = loaded
-    if set(current) != set(trainable):
-        return None  # a checkpoint of another configuration: start afresh
-    checkpoint.restore(trainable, current)
-    optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
-    checkpoint.set_rng_state(payload["rng"])
-    if scaler is not None and payload.get("scaler"):
-        scaler.load_state_dict(payload["scaler"])
-    return RunState.from_checkpoint(payload), best
+def _validation_metric(loop: Loop, n: int) -> float:
+    """The task's metric on the first ``n`` validation examples (decoding is costly)."""
+    cell, cfg = loop.cell, loop.run.train
+    predictions = distributed.generate(loop.model, cell.encoded["validation"][:n], cell.loaded.tokenizer,
+                                       cell.loaded.family, cell.task.generation_budget, cfg.eval_batch_size,
+                                       loop.accelerator.device, loop.autocast())
+    return score(cell.task, predictions, cell.data.validation[:n])
 
 
 def _save_adapter(model, tokenizer, run_dir: Path, enabled: bool) -> dict[str, Any]:
