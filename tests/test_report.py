@@ -12,7 +12,7 @@ import pytest
 from report_fixtures import make_result, paper_grid, write_results
 
 from peftbench.errors import UserError
-from peftbench.report import build_report, figures, mean_ci, tables
+from peftbench.report import build_report, figures, mean_ci, render, tables
 from peftbench.report import collect as c
 from peftbench.report.cli import add_commands
 
@@ -22,11 +22,11 @@ def _tables(results_dir: Path) -> dict[int, tables.Table]:
 
 
 def _csv_rows(table: tables.Table) -> dict[str, dict[str, str]]:
-    return {row["row"]: row for row in csv.DictReader(io.StringIO(tables.to_csv(table)))}
+    return {row["row"]: row for row in csv.DictReader(io.StringIO(render.to_csv(table)))}
 
 
 def _md_cells(table: tables.Table, label: str) -> list[str]:
-    for line in tables.to_markdown(table).splitlines():
+    for line in render.to_markdown(table).splitlines():
         cells = [cell.strip() for cell in line.strip("|").split(" | ")]
         if cells[0] == label:
             return cells[1:]
@@ -120,10 +120,10 @@ def test_missing_and_failed_cells_render_as_such_never_as_zero(tmp_path):
         assert _md_cells(by_number[number], "LoRA (low)")[0] == "diverged"
         row = _csv_rows(by_number[number])["Full Tuning (low)"]
         assert row[next(k for k in row if k.startswith("cola"))] == "missing"
-        assert "missing" in tables.to_latex(by_number[number]) and "diverged" in tables.to_latex(
+        assert "missing" in render.to_latex(by_number[number]) and "diverged" in render.to_latex(
             by_number[number]
         )
-    assert "0.0000" not in tables.to_markdown(by_number[1])
+    assert "0.0000" not in render.to_markdown(by_number[1])
 
 
 def test_partially_failed_seeds_are_flagged(tmp_path):
@@ -141,7 +141,7 @@ def test_partially_failed_seeds_are_flagged(tmp_path):
 
 def test_table1_and_4_follow_the_paper_layout(paper_dir):
     by_number = _tables(paper_dir)
-    markdown = tables.to_markdown(by_number[1])
+    markdown = render.to_markdown(by_number[1])
     assert "| PEFT/Dataset | AG News | CoLA |" in markdown
     assert [row.label for row in by_number[1].rows()] == [
         "Full Tuning (low)",
@@ -187,7 +187,7 @@ def test_table3_counts_parameters_per_variant(tmp_path):
 
 def test_latex_is_plain_booktabs_with_escapes(tmp_path):
     runs = [make_result(task="my_task", seed=s, score=0.5 + 0.1 * s) for s in range(2)]
-    latex = tables.to_latex(_tables(write_results(tmp_path, runs))[1])
+    latex = render.to_latex(_tables(write_results(tmp_path, runs))[1])
     assert latex.count(r"\toprule") == 1 and r"\bottomrule" in latex and r"\begin{tabular}{lr}" in latex
     assert r"my\_task" in latex and r"$\pm$" in latex
     body = "\n".join(

@@ -21,14 +21,14 @@ def build_report(results_dir: Path, out_dir: Path | None = None) -> dict[str, li
     Returns the files written, by kind. Raises UserError when ``results_dir`` is absent or holds no result.
     """
     # Imported here so that importing the package (e.g. for the CLI's --help) does not load matplotlib.
-    from peftbench.report import figures, html, tables
+    from peftbench.report import figures, html, render, tables
     from peftbench.report.collect import collect
 
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir is not None else results_dir / "report"
     coll = collect(results_dir)
     table_list = tables.build_tables(coll)
-    written = {"tables": tables.write_tables(table_list, out_dir / "tables")}
+    written = {"tables": render.write_tables(table_list, out_dir / "tables")}
     figure_dir = out_dir / "figures"
     written["figures"] = (
         figures.figure1(coll, figure_dir)

@@ -1,4 +1,4 @@
-"""Tables 1-6 of Pu et al. (2023), built from result files and rendered as Markdown, CSV and LaTeX.
+"""Tables 1-6 of Pu et al. (2023), built from result files (``render.py`` writes them as Markdown, CSV, LaTeX).
 
 Rows are "Method (scale)" grouped by scale and columns are tasks, as in the paper; with several models each
 model gets its own block. A cell shows mean ± 95% CI when a cell has several ok seeds, the status of its runs
@@ -7,12 +7,9 @@ when none is ok ("failed", "diverged", ...), and "missing" when no run exists: n
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from peftbench.report import collect as c
 from peftbench.report.collect import Cell, Collection, Quantity, Stat
@@ -113,7 +110,7 @@ def _raw(value: float | None) -> str:
     return "" if value is None or math.isnan(value) else format(value, ".10g")
 
 
-def _csv_name(*parts: str) -> str:
+def csv_column_name(*parts: str) -> str:
     return " ".join(p for p in parts if p)
 
 
@@ -135,16 +132,16 @@ def stat_cell(
         text += f" ({len(cell.ok_runs)}/{len(cell.runs)} ok)"
     values: dict[str, str] = {}
     for (name, _), stat in zip(quantities, stats, strict=True):
-        values[_csv_name(name)] = _raw(stat.mean)
-        values[_csv_name(name, "ci95")] = _raw(stat.half_width)
+        values[csv_column_name(name)] = _raw(stat.mean)
+        values[csv_column_name(name, "ci95")] = _raw(stat.half_width)
     values["n"] = str(stats[0].n)
     return TableCell(text, state, stats[0].mean, values)
 
 
 def _empty_cell(text: str, state: str, quantities: Sequence[tuple[str, Quantity]]) -> TableCell:
     """No number: the CSV says why in the first value column and leaves the others empty."""
-    values = {_csv_name(name, suffix): "" for name, _ in quantities for suffix in ("", "ci95")}
-    values[_csv_name(quantities[0][0])] = text
+    values = {csv_column_name(name, suffix): "" for name, _ in quantities for suffix in ("", "ci95")}
+    values[csv_column_name(quantities[0][0])] = text
     return TableCell(text, state, None, {**values, "n": "0"})
 
 
@@ -320,104 +317,3 @@ def build_tables(coll: Collection) -> list[Table]:
             table.notes.insert(0, "No runs of this kind in the results.")
         tables.append(table)
     return tables
-
-
-# ---- renderers --------------------------------------------------------------------------------------------
-
-
-def to_markdown(table: Table) -> str:
-    lines = [f"## Table {table.number}: {table.title}", "", table.caption, ""]
-    header = [table.corner] + [label for _, label in table.columns]
-    for block in table.blocks:
-        lines += [
-            f"**Model: {block.model}**",
-            "",
-            _md_row(header),
-            _md_row(["---"] + ["---:"] * len(table.columns)),
-        ]
-        lines += [
-            _md_row([row.label] + [cell.text for cell in row.cells])
-            for group in block.groups
-            for row in group
-        ]
-        lines.append("")
-    lines += [f"Note: {note}" for note in table.notes]
-    return "\n".join(lines) + "\n"
-
-
-def _md_row(cells: list[str]) -> str:
-    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
-
-
-def to_csv(table: Table) -> str:
-    """One line per row; per column the value, its 95% CI half-width and the number of ok seeds."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    first = next(iter(table.rows()), None)
-    if first is None:
-        value_columns = [(key, "") for key, _ in table.columns]
-    else:
-        pairs = zip(table.columns, first.cells, strict=True)
-        value_columns = [(key, suffix) for (key, _), cell in pairs for suffix in cell.csv]
-    writer.writerow(
-        ["model", "row", "method", "scale", "ablation"] + [_csv_name(k, s) for k, s in value_columns]
-    )
-    index = {key: i for i, (key, _) in enumerate(table.columns)}
-    for block in table.blocks:
-        for group in block.groups:
-            for row in group:
-                values = [row.cells[index[key]].csv.get(suffix, "") for key, suffix in value_columns]
-                writer.writerow([block.model, row.label, row.method, row.scale, row.ablation] + values)
-    return buffer.getvalue()
-
-
-_LATEX_ESCAPES = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\^{}",
-    "±": r"$\pm$",
-    "–": "--",
-}
-
-
-def latex_escape(text: str) -> str:
-    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
-
-
-def to_latex(table: Table) -> str:
-    """A plain booktabs ``tabular`` (needs \\usepackage{booktabs}); title and notes as comments."""
-    width = len(table.columns) + 1
-    lines = [f"% Table {table.number}: {table.title}. {table.caption}"]
-    lines += [f"% {note}" for note in table.notes]
-    lines += [f"\\begin{{tabular}}{{l{'r' * len(table.columns)}}}", r"\toprule"]
-    header = [table.corner] + [label for _, label in table.columns]
-    lines.append(" & ".join(latex_escape(h) for h in header) + r" \\")
-    for block in table.blocks:
-        lines += [r"\midrule", f"\\multicolumn{{{width}}}{{l}}{{Model: {latex_escape(block.model)}}} \\\\"]
-        for group in block.groups:
-            lines.append(r"\midrule")
-            for row in group:
-                lines.append(
-                    " & ".join(latex_escape(x) for x in [row.label] + [c.text for c in row.cells]) + r" \\"
-                )
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
-
-
-def write_tables(tables: list[Table], out_dir: Path) -> list[Path]:
-    """``out_dir/tableN.{md,csv,tex}`` for every table."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for table in tables:
-        for suffix, render in (("md", to_markdown), ("csv", to_csv), ("tex", to_latex)):
-            path = out_dir / f"{table.name}.{suffix}"
-            path.write_text(render(table), encoding="utf-8")
-            written.append(path)
-    return written
