@@ -4,7 +4,7 @@
 
 Time to result is ``run_cell``'s own clock (data, model copy, method, tokenising, training with its
 per-epoch validation, test decoding and scoring, adapter saving). Training seconds are the optimiser
-loop alone: the bench wraps ``train._train_epoch`` with a timer, which changes nothing it computes.
+loop alone: the bench wraps ``steps.train_epoch`` with a timer, which changes nothing it computes.
 Training FLOPs are those done: a prompt prefix shared by a pass's rows (``peftbench.prefix``) is counted
 once per pass, not once per row (the wrapper around ``forward_with_shared_prefix`` counts it).
 """
@@ -18,7 +18,7 @@ import time
 from common import epoch_flops, load_average, resolve_cell, write_record
 from flops import attention_pair_flops, linear_costs
 
-from peftbench import evaluate, train
+from peftbench import evaluate, steps, train
 from peftbench.batching import IGNORE
 from peftbench.datacache import encode_cached
 from peftbench.methods import apply_method
@@ -78,7 +78,7 @@ def flops_per_epoch(run) -> tuple[float, float]:
 
 def main(out: str, overrides: list[str]) -> None:
     run = resolve_cell(overrides)
-    train._train_epoch = _timed(train._train_epoch)
+    steps.train_epoch = _timed(steps.train_epoch)
     evaluate.forward_with_shared_prefix = _counted(evaluate.forward_with_shared_prefix)
     load_before = load_average()
     with tempfile.TemporaryDirectory() as run_dir:

@@ -32,14 +32,14 @@ def without_dropout(load_model):
 
 
 def install_faults(rank: int) -> None:
+    import peftbench.steps
     import peftbench.sweep
-    import peftbench.train
 
     failures = dict(((kind, int(where)), when) for kind, where, when in
                     (entry.split(":") for entry in os.environ.get("DP_TEST_FAIL", "").split(",") if entry))
     stop_rank = os.environ.get("DP_TEST_STOP_RANK")
     stop_seen = [False]
-    original = peftbench.train._optimizer_step
+    original = peftbench.steps.optimizer_step
 
     def optimizer_step(model, optimizer, scheduler, accelerator, items, group, cfg, family, pad_id, state):
         unwrapped = accelerator.unwrap_model(model)
@@ -54,7 +54,7 @@ def install_faults(rank: int) -> None:
             stop_seen[0] = True
         return losses
 
-    peftbench.train._optimizer_step = optimizer_step
+    peftbench.steps.optimizer_step = optimizer_step
     flag_call = peftbench.sweep.StopFlag.__call__
     peftbench.sweep.StopFlag.__call__ = lambda self: flag_call(self) or stop_seen[0]
 

@@ -32,7 +32,8 @@ ACCELERATE = str(Path(sys.executable).with_name("accelerate"))  # the launcher i
 # 8 validation and 8 test examples in batches of 4: one batch of each per process.
 COMMON = ("tasks=[synthetic_classification]", "scales=[32]", "train.max_epochs=2", "train.batch_size=4",
           "train.grad_accum=4", "train.patience=2", "train.eval_examples=16", "train.eval_batch_size=4",
-          "train.val_metric_examples=8", "train.precision=fp32", "train.num_threads=1")
+          "train.val_metric_examples=8", "train.precision=fp32", "train.num_threads=1",
+          "train.rank_classification=true")  # ranked in shares too: the metric must match one process's
 ALL_MODELS, ALL_METHODS = "models=[t5-tiny-random,llama-tiny-random]", "methods=[lora,full]"
 # Environmental reasons a launch can fail here (no free port, no loopback networking): skip, do not fail.
 ENVIRONMENTAL = re.compile(r"Address already in use|EADDRINUSE|RendezvousConnectionError|Connection refused")

@@ -41,11 +41,11 @@ CHAIN = [
      lambda d: not (_dir(d, T5_LORA) / "config.json").exists()),
     (("os:replace", "before", 2),  # the "running" result written to its temporary file, not renamed
      lambda d: _status(_dir(d, T5_LORA)) is None and any(_dir(d, T5_LORA).glob(".result.json.*.tmp"))),
-    (("peftbench.train:collate", "before", 2),  # mid epoch 1, before any checkpoint
+    (("peftbench.steps:collate", "before", 2),  # mid epoch 1, before any checkpoint
      lambda d: _status(_dir(d, T5_LORA)) == "running" and not (_dir(d, T5_LORA) / "checkpoint").exists()),
     (("peftbench.checkpoint:save_checkpoint", "after", 1),  # right after the epoch 1 checkpoint
      lambda d: (_dir(d, T5_LORA) / "checkpoint").is_dir()),
-    (("peftbench.train:collate", "before", 2),  # resumed at epoch 2, killed mid epoch 2
+    (("peftbench.steps:collate", "before", 2),  # resumed at epoch 2, killed mid epoch 2
      lambda d: (_dir(d, T5_LORA) / "checkpoint").is_dir()),
     (("pathlib:Path.rename", "before", 2),  # epoch 2 checkpoint caught between its two renames
      lambda d: (_dir(d, T5_LORA) / ".checkpoint.old").is_dir() and not (_dir(d, T5_LORA) / "checkpoint").exists()),
@@ -61,11 +61,11 @@ CHAIN = [
      lambda d: (_dir(d, T5_BITFIT) / ".lock").exists() and _status(_dir(d, T5_BITFIT)) is None),
     # Mid epoch 3, after its first optimiser step: that step waited for the epoch 2 checkpoint, written in
     # the background (a kill while it is in flight would leave epoch 1's).
-    (("peftbench.train:collate", "before", 6),
+    (("peftbench.steps:collate", "before", 6),
      lambda d: _status(_dir(d, T5_BITFIT)) == "running"),
     (("peftbench.results:atomic_write_json", "after", 3),  # right after the ok result, lock still held
      lambda d: _status(_dir(d, T5_BITFIT)) == "ok"),
-    (("peftbench.train:collate", "before", 3),  # the causal model's run, mid epoch 2
+    (("peftbench.steps:collate", "before", 3),  # the causal model's run, mid epoch 2
      lambda d: _status(_dir(d, LLAMA_LORA)) == "running"),
     (("peftbench.sweep:run_if_pending", "after", 3),  # right after a run finished and unlocked
      lambda d: _status(_dir(d, LLAMA_LORA)) == "ok"),

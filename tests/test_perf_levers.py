@@ -178,7 +178,7 @@ def _gradients_and_losses(model_name: str, method: str, fuse: bool, monkeypatch)
     from accelerate import Accelerator
 
     import peftbench.batching
-    import peftbench.train
+    import peftbench.steps
     from peftbench.config import TrainConfig
 
     loaded = load_model(model_name)
@@ -191,7 +191,7 @@ def _gradients_and_losses(model_name: str, method: str, fuse: bool, monkeypatch)
     if not fuse:
         monkeypatch.setattr(peftbench.batching, "FUSE_MAX_TOKENS", 0)
     cfg = TrainConfig(batch_size=4, grad_accum=4, precision="fp32")
-    losses, tokens = peftbench.train._accumulate(model, Accelerator(cpu=True), items, group, cfg, loaded.family,
+    losses, tokens = peftbench.steps.accumulate(model, Accelerator(cpu=True), items, group, cfg, loaded.family,
                                                  loaded.tokenizer.pad_token_id, 1)
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return losses, tokens, grads

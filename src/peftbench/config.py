@@ -58,6 +58,10 @@ class TrainConfig:
     """Examples per batch when computing validation loss and decoding."""
     val_metric_examples: int = 200
     """Validation examples decoded each epoch for the per-epoch metric (0: loss only; loss uses them all)."""
+    rank_classification: bool = False
+    """Classification tasks: also score every label word as the answer to each test prompt and report the
+    most likely one's accuracy as ``rank_accuracy`` (``rank.py``), beside exact match on generated text.
+    One forward pass per label word over the test set; generation tasks ignore it."""
     eval_examples: int = 2500
     """Cap on validation + test examples together (the paper's 2,500), split evenly."""
     group_by_length: bool = True

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from peftbench import evaluate
+from peftbench import evaluate, rank
 from peftbench.batching import IGNORE
 from peftbench.errors import UserError
 
@@ -274,12 +274,28 @@ def generate(*args, **kwargs) -> list[str]:
     longest_first = sorted(range(len(items)), key=lambda i: -len(items[i].prompt_ids))
     mine = _my_batches(longest_first, bound.arguments["batch_size"])
     bound.arguments["items"] = [items[i] for i in mine]
-    predictions = evaluate.generate(*bound.args, **bound.kwargs)
+    return _gathered(mine, evaluate.generate(*bound.args, **bound.kwargs), len(items))
+
+
+def rank_classify(*args, **kwargs) -> list[str]:
+    """``rank.rank_classify`` over a share of whole batches of the examples per process; every process gets
+    all predictions."""
+    if _GROUP is None:
+        return rank.rank_classify(*args, **kwargs)
+    bound = inspect.signature(rank.rank_classify).bind(*args, **kwargs)
+    examples = bound.arguments["examples"]
+    mine = _my_batches(list(range(len(examples))), bound.arguments["batch_size"])
+    bound.arguments["examples"] = [examples[i] for i in mine]
+    return _gathered(mine, rank.rank_classify(*bound.args, **bound.kwargs), len(examples))
+
+
+def _gathered(mine: list[int], predictions: list[str], total: int) -> list[str]:
+    """Every process's predictions for its indices ``mine``, put together in index order."""
     _check_peers()
     shares: list[Any] = [None] * _GROUP.world
     dist.all_gather_object(shares, (mine, predictions))
     by_index = {i: text for indices, texts in shares for i, text in zip(indices, texts, strict=True)}
-    return [by_index[i] for i in range(len(items))]
+    return [by_index[i] for i in range(total)]
 
 
 def _my_batches(indices: list[int], batch_size: int) -> list[int]:

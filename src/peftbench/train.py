@@ -26,39 +26,20 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
-from peftbench import checkpoint, distributed, environment, run_state
+from peftbench import checkpoint, distributed, environment, run_state, steps
 from peftbench.ablations import resolve_selection
-from peftbench.batching import IGNORE, Encoded, collate, length_grouped_batches, plan_passes
+from peftbench.batching import Encoded, length_grouped_batches
 from peftbench.config import RunConfig, TrainConfig
 from peftbench.datacache import encode_cached
-from peftbench.dropout import cpu_dropout
-from peftbench.evaluate import causal_target_loss, score, target_token_losses
-from peftbench.kernels import pass_attention
+from peftbench.evaluate import score
 from peftbench.methods import LRSchedule, apply_method
 from peftbench.models import LoadedModel, load_model
 from peftbench.precision import store_frozen_linears_in
-from peftbench.prefix import prefix_to_share
 from peftbench.protocol import EarlyStopping, paper_lr_lambda, resolved_lr
 from peftbench.run_state import RunState
+from peftbench.steps import Diverged, Interrupted, OutOfMemory  # noqa: F401 - the recipe's errors, raised in steps.py
 from peftbench.tasks import TaskSpec, get_task
 from peftbench.tasks.data import TaskData, load_task_data, scale_cap_and_epochs
-
-
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-    def __init__(self, step: int, loss: float) -> None:
-        super().__init__(f"non-finite training loss {loss} at optimiser step {step}")
-        self.step = step
-
-
-class Interrupted(RuntimeError):
-    """A stop was requested (SIGINT/SIGTERM); a checkpoint of the last optimiser step is kept for resuming."""
-
-
-class OutOfMemory(RuntimeError):
-    """CUDA ran out of memory even at the smallest micro-batch the run may fall back to."""
-
 
 # --- one cell ----------------------------------------------------------------------------------------
 
@@ -193,36 +174,65 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     environment.reset_peak_memory(accelerator.device)
     loop = Loop(run, Path(run_dir), cell, model, optimizer, scheduler, accelerator, writer)
 
-    state = RunState(stopper=EarlyStopping(cfg.patience, cfg.min_delta))
-    best_weights = checkpoint.snapshot(cell.trainable)
-    resumed = run_state.resume_run(loop.run_dir, cell.trainable, optimizer, scheduler, accelerator.scaler)
-    if resumed is not None:
-        state, best_weights = resumed
-    resumed_from = state.epoch if resumed is not None else None
-    distributed.check_in_sync(cell.trainable, state.epoch, state.step)
+    state, best_weights, resumed_from = _resume_or_start(loop)
     with writer:  # leaving it waits for the last write: the best weights are restored below
         best_weights = train_until_stopped(loop, state, best_weights, progress, stop_requested)
-
-    # Test the best epoch's weights (the paper's protocol).
-    checkpoint.restore(cell.trainable, best_weights)
-    eval_started = time.perf_counter()
-    tokenizer, family = cell.loaded.tokenizer, cell.loaded.family
-    predictions = distributed.generate(model, cell.encoded["test"], tokenizer, family, cell.task.generation_budget,
-                                       cfg.eval_batch_size, accelerator.device, loop.autocast())
-    test_score = score(cell.task, predictions, cell.data.test)
-    eval_s = time.perf_counter() - eval_started
-    adapter = _save_adapter(accelerator.unwrap_model(model), tokenizer, loop.run_dir, cfg.save_adapter)
+    checkpoint.restore(cell.trainable, best_weights)  # the best epoch's weights are tested (the paper's protocol)
+    tested = score_test_split(loop)
+    adapter = _save_adapter(accelerator.unwrap_model(model), cell.loaded.tokenizer, loop.run_dir, cfg.save_adapter)
     # The last checkpoint stays until the caller has written the result (sweep.execute_run removes it).
-    times = {"train_s": state.train_seconds, "eval_s": eval_s, "total_s": time.perf_counter() - started,
-             "to_best_s": state.to_best_s}
+    times = {"train_s": state.train_seconds, "eval_s": tested.eval_s, "rank_eval_s": tested.rank_eval_s,
+             "total_s": time.perf_counter() - started, "to_best_s": state.to_best_s}
     optimizer_info = {"name": "AdamW", "lr_initial": schedule.lr.initial, "lr_peak": schedule.lr.peak,
                       "lr_final": schedule.lr.final, "total_steps": schedule.total_steps,
                       "warmup_steps": schedule.warmup_steps, "steps_done": state.step,
                       "precision": accelerator.mixed_precision, "frozen_bf16_linears": frozen_bf16}
-    return {**_result(run, cell, state, predictions, test_score), "optimizer": optimizer_info, "time": times,
+    return {**_result(run, cell, state, tested), "optimizer": optimizer_info, "time": times,
             "hardware": {**environment.hardware(accelerator.device), "device_map": device_map},
             "memory": environment.peak_memory(accelerator.device), "adapter": adapter,
             "resumed_from_epoch": resumed_from}
+
+
+def _resume_or_start(loop: Loop) -> tuple[RunState, dict[str, torch.Tensor], int | None]:
+    """The run state and best weights of the last checkpoint, loaded into the live objects, or a fresh
+    start; and the epoch resumed from (None: a fresh start)."""
+    cfg, trainable = loop.run.train, loop.cell.trainable
+    resumed = run_state.resume_run(loop.run_dir, trainable, loop.optimizer, loop.scheduler, loop.accelerator.scaler)
+    if resumed is None:
+        state, best_weights = RunState(stopper=EarlyStopping(cfg.patience, cfg.min_delta)), checkpoint.snapshot(trainable)
+    else:
+        state, best_weights = resumed
+    distributed.check_in_sync(trainable, state.epoch, state.step)
+    return state, best_weights, state.epoch if resumed is not None else None
+
+
+@dataclass
+class Tested:
+    """The test split's predictions and scores, and the seconds they took."""
+
+    predictions: list[str]
+    score: float
+    eval_s: float
+    rank_accuracy: float | None = None
+    rank_eval_s: float | None = None
+
+
+def score_test_split(loop: Loop) -> Tested:
+    """Decode the test prompts and score them with the task's metric; with ``train.rank_classification``, a
+    classification task's label words are also ranked (``rank.py``)."""
+    cell, cfg, device = loop.cell, loop.run.train, loop.accelerator.device
+    started = time.perf_counter()
+    predictions = distributed.generate(loop.model, cell.encoded["test"], cell.loaded.tokenizer, cell.loaded.family,
+                                       cell.task.generation_budget, cfg.eval_batch_size, device, loop.autocast())
+    tested = Tested(predictions, score(cell.task, predictions, cell.data.test), time.perf_counter() - started)
+    if cfg.rank_classification and cell.task.type == "classification":
+        started = time.perf_counter()
+        ranked = distributed.rank_classify(loop.model, cell.task, cell.data.test, cell.loaded.tokenizer,
+                                           cell.loaded.family, cfg.max_source_tokens, cfg.max_target_tokens,
+                                           cfg.eval_batch_size, device, loop.autocast())
+        tested.rank_accuracy = score(cell.task, ranked, cell.data.test)
+        tested.rank_eval_s = time.perf_counter() - started
+    return tested
 
 
 def train_until_stopped(loop: Loop, state: RunState, best_weights: dict[str, torch.Tensor], progress: bool,
@@ -238,7 +248,7 @@ def train_until_stopped(loop: Loop, state: RunState, best_weights: dict[str, tor
                                        seed=loop.run.seed * 1000 + state.epoch + 1,
                                        group_by_length=cfg.group_by_length)
         try:
-            train_loss = _train_epoch(loop.model, loop.optimizer, loop.scheduler, loop.accelerator,
+            train_loss = steps.train_epoch(loop.model, loop.optimizer, loop.scheduler, loop.accelerator,
                                       cell.encoded["train"], order, cfg, cell.loaded.family,
                                       cell.loaded.tokenizer.pad_token_id, state, stop_requested)
         except Interrupted:  # keep the steps done so far: the re-run continues from this very step
@@ -281,10 +291,13 @@ def _end_epoch(loop: Loop, state: RunState, best_weights: dict[str, torch.Tensor
     return best_weights
 
 
-def _result(run: RunConfig, cell: Cell, state: RunState, predictions: list[str], test_score: float) -> dict:
+def _result(run: RunConfig, cell: Cell, state: RunState, tested: Tested) -> dict:
     """The result fields that describe the cell, its training and its test (``results.py``)."""
     task, loaded = cell.task, cell.loaded
     best_val_metric = state.history[state.stopper.best_epoch - 1]["val_metric"]
+    test_metrics = {task.metric: tested.score}
+    if tested.rank_accuracy is not None:
+        test_metrics["rank_accuracy"] = tested.rank_accuracy
     return {
         "status": "ok", "error": None, "seed": run.seed,
         "task": {"name": task.name, "type": task.type, "metric": task.metric, "version": task.version},
@@ -295,111 +308,13 @@ def _result(run: RunConfig, cell: Cell, state: RunState, predictions: list[str],
         "versions": environment.versions(),
         "params": cell.params, "epochs": state.epoch, "max_epochs": cell.max_epochs,
         "best_epoch": state.stopper.best_epoch, "history": state.history,
-        "metrics": {"test": {task.metric: test_score}, "score": test_score,
-                    "validation": {task.metric: best_val_metric}},
+        "metrics": {"test": test_metrics, "score": tested.score, "validation": {task.metric: best_val_metric}},
         "predictions_sample": [{"prompt": e.prompt[-200:], "prediction": p, "references": list(e.references[:3])}
-                               for e, p in list(zip(cell.data.test, predictions, strict=True))[:5]],
+                               for e, p in list(zip(cell.data.test, tested.predictions, strict=True))[:5]],
         "throughput": {"train_tokens": state.train_tokens,
                        "train_tokens_per_s": state.train_tokens / state.train_seconds if state.train_seconds
                        else None},
     }
-
-
-def _train_epoch(model, optimizer, scheduler, accelerator, items, order, cfg: TrainConfig, family: str,
-                 pad_id: int, state: RunState, stop_requested) -> float:
-    """One pass over the training batches (from ``state.batches_done`` when a stopped epoch resumes);
-    returns the mean training loss per batch."""
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    for start in range(state.batches_done, len(order), cfg.grad_accum):
-        group = order[start: start + cfg.grad_accum]
-        losses = _optimizer_step(model, optimizer, scheduler, accelerator, items, group, cfg, family, pad_id,
-                                 state)
-        state.step += 1
-        state.batches_done = start + len(group)
-        state.epoch_losses.extend(losses)
-        if stop_requested():
-            raise Interrupted(f"stop requested during epoch {state.epoch + 1}, after optimiser step {state.step}")
-    mean = float(torch.tensor(state.epoch_losses, dtype=torch.float32).mean())
-    state.batches_done, state.epoch_losses = 0, []
-    return mean
-
-
-def _optimizer_step(model, optimizer, scheduler, accelerator, items, group: list[list[int]], cfg: TrainConfig,
-                    family: str, pad_id: int, state: RunState) -> list[float]:
-    """Accumulate the gradients of ``group``'s batches and step; returns each batch's training loss.
-
-    A CUDA out-of-memory error discards the step's gradients, halves the micro-batch (doubling the
-    accumulation, so the effective batch is unchanged) and tries the step again, at most
-    ``cfg.max_oom_retries`` times per run. A non-finite loss raises ``Diverged`` before the optimiser
-    touches the weights.
-    """
-    while True:
-        try:
-            losses, tokens = distributed.accumulate_step(  # this process's share of the group, summed over all
-                lambda batches: _accumulate(model, accelerator, items, batches, cfg, family, pad_id, state.micro_splits),
-                group, state.step, optimizer)
-            break
-        except torch.cuda.OutOfMemoryError:
-            micro = math.ceil(cfg.batch_size / state.micro_splits)
-            if state.oom_retries >= cfg.max_oom_retries or micro == 1:
-                raise OutOfMemory(
-                    f"CUDA out of memory at micro-batch {micro} × accumulation {cfg.grad_accum * state.micro_splits}"
-                    f" after {state.oom_retries} halving(s) (train.max_oom_retries={cfg.max_oom_retries}); "
-                    f"lower train.batch_size or train.max_source_tokens") from None
-            state.micro_splits, state.oom_retries = state.micro_splits * 2, state.oom_retries + 1
-        optimizer.zero_grad(set_to_none=True)  # outside the except block: the error's frames are freed
-        torch.cuda.empty_cache()
-    if not all(math.isfinite(loss) for loss in losses):
-        raise Diverged(state.step + 1, sum(losses) / len(losses))
-    if cfg.max_grad_norm > 0:
-        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    state.train_tokens += tokens
-    return losses
-
-
-def _accumulate(model, accelerator, items, group: list[list[int]], cfg: TrainConfig, family: str, pad_id: int,
-                splits: int) -> tuple[list[float], int]:
-    """Forward and backward every batch of ``group`` in the passes ``batching.plan_passes`` plans (CPU: small
-    batches fused).
-
-    Returns each batch's loss (the mean of its micro-batches') and the tokens processed; one host
-    synchronisation per optimiser step.
-    """
-    device = accelerator.device
-    piece_losses: list[list[torch.Tensor]] = [[] for _ in group]
-    tokens = torch.zeros((), dtype=torch.long, device=device)
-    for segments in plan_passes(items, group, family, cfg.batch_size, splits, fuse=device.type == "cpu"):
-        batch = collate([items[i] for _, piece, _ in segments for i in piece], family, pad_id)
-        prefix = prefix_to_share(model, batch) if family == "causal" else 0  # on the host copy: no sync
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with (accelerator.autocast(), pass_attention(model, batch["input_ids"].shape[1], device, training=True),
-              cpu_dropout(device)):
-            means = _segment_losses(model, batch, family, segments, prefix)
-        weights = torch.tensor([1.0 / (cfg.grad_accum * pieces) for _, _, pieces in segments], device=device)
-        accelerator.backward((means * weights).sum())
-        for (position, _, _), mean in zip(segments, means.detach(), strict=True):
-            piece_losses[position].append(mean)
-        tokens += batch["attention_mask"].sum()
-        if family == "seq2seq":
-            tokens += (batch["labels"] != IGNORE).sum()
-    return torch.stack([torch.stack(losses).mean() for losses in piece_losses]).tolist(), int(tokens)
-
-
-def _segment_losses(model, batch, family: str, segments, prefix: int) -> torch.Tensor:
-    """The mean loss over the target tokens of each segment of a pass (causal: the LM head runs only where a
-    target token is predicted, and a ``prefix`` every row shares runs once)."""
-    if len(segments) == 1:
-        loss = causal_target_loss(model, batch, prefix=prefix) if family == "causal" else model(**batch).loss
-        return loss.unsqueeze(0)
-    losses, rows = target_token_losses(model, batch, family, prefix)
-    owner = torch.tensor([s for s, (_, piece, _) in enumerate(segments) for _ in piece], device=losses.device)
-    segment = owner[rows]
-    sums = torch.zeros(len(segments), device=losses.device).index_add_(0, segment, losses)
-    return sums / torch.bincount(segment, minlength=len(segments))
 
 
 def _validation_metric(loop: Loop, n: int) -> float:

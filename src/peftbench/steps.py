@@ -1,0 +1,134 @@
+"""An epoch of optimiser steps: each step's batches as forward/backward passes into one gradient, a CUDA
+out-of-memory error answered by halving the micro-batch, a non-finite loss stopped before the weights move.
+
+``train.py``'s recipe calls ``train_epoch`` once per epoch; ``RunState`` (run_state.py) carries where it stands,
+so a stop request can checkpoint the very step it came after.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from peftbench import distributed
+from peftbench.batching import IGNORE, collate, plan_passes
+from peftbench.config import TrainConfig
+from peftbench.dropout import cpu_dropout
+from peftbench.evaluate import causal_target_loss, target_token_losses
+from peftbench.kernels import pass_attention
+from peftbench.prefix import prefix_to_share
+from peftbench.run_state import RunState
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, step: int, loss: float) -> None:
+        super().__init__(f"non-finite training loss {loss} at optimiser step {step}")
+        self.step = step
+
+
+class Interrupted(RuntimeError):
+    """A stop was requested (SIGINT/SIGTERM); a checkpoint of the last optimiser step is kept for resuming."""
+
+
+class OutOfMemory(RuntimeError):
+    """CUDA ran out of memory even at the smallest micro-batch the run may fall back to."""
+
+
+def train_epoch(model, optimizer, scheduler, accelerator, items, order, cfg: TrainConfig, family: str,
+                 pad_id: int, state: RunState, stop_requested) -> float:
+    """One pass over the training batches (from ``state.batches_done`` when a stopped epoch resumes);
+    returns the mean training loss per batch."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    for start in range(state.batches_done, len(order), cfg.grad_accum):
+        group = order[start: start + cfg.grad_accum]
+        losses = optimizer_step(model, optimizer, scheduler, accelerator, items, group, cfg, family, pad_id,
+                                 state)
+        state.step += 1
+        state.batches_done = start + len(group)
+        state.epoch_losses.extend(losses)
+        if stop_requested():
+            raise Interrupted(f"stop requested during epoch {state.epoch + 1}, after optimiser step {state.step}")
+    mean = float(torch.tensor(state.epoch_losses, dtype=torch.float32).mean())
+    state.batches_done, state.epoch_losses = 0, []
+    return mean
+
+
+def optimizer_step(model, optimizer, scheduler, accelerator, items, group: list[list[int]], cfg: TrainConfig,
+                    family: str, pad_id: int, state: RunState) -> list[float]:
+    """Accumulate the gradients of ``group``'s batches and step; returns each batch's training loss.
+
+    A CUDA out-of-memory error discards the step's gradients, halves the micro-batch (doubling the
+    accumulation, so the effective batch is unchanged) and tries the step again, at most
+    ``cfg.max_oom_retries`` times per run. A non-finite loss raises ``Diverged`` before the optimiser
+    touches the weights.
+    """
+    while True:
+        try:
+            losses, tokens = distributed.accumulate_step(  # this process's share of the group, summed over all
+                lambda batches: accumulate(model, accelerator, items, batches, cfg, family, pad_id, state.micro_splits),
+                group, state.step, optimizer)
+            break
+        except torch.cuda.OutOfMemoryError:
+            micro = math.ceil(cfg.batch_size / state.micro_splits)
+            if state.oom_retries >= cfg.max_oom_retries or micro == 1:
+                raise OutOfMemory(
+                    f"CUDA out of memory at micro-batch {micro} × accumulation {cfg.grad_accum * state.micro_splits}"
+                    f" after {state.oom_retries} halving(s) (train.max_oom_retries={cfg.max_oom_retries}); "
+                    f"lower train.batch_size or train.max_source_tokens") from None
+            state.micro_splits, state.oom_retries = state.micro_splits * 2, state.oom_retries + 1
+        optimizer.zero_grad(set_to_none=True)  # outside the except block: the error's frames are freed
+        torch.cuda.empty_cache()
+    if not all(math.isfinite(loss) for loss in losses):
+        raise Diverged(state.step + 1, sum(losses) / len(losses))
+    if cfg.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    state.train_tokens += tokens
+    return losses
+
+
+def accumulate(model, accelerator, items, group: list[list[int]], cfg: TrainConfig, family: str, pad_id: int,
+                splits: int) -> tuple[list[float], int]:
+    """Forward and backward every batch of ``group`` in the passes ``batching.plan_passes`` plans (CPU: small
+    batches fused).
+
+    Returns each batch's loss (the mean of its micro-batches') and the tokens processed; one host
+    synchronisation per optimiser step.
+    """
+    device = accelerator.device
+    piece_losses: list[list[torch.Tensor]] = [[] for _ in group]
+    tokens = torch.zeros((), dtype=torch.long, device=device)
+    for segments in plan_passes(items, group, family, cfg.batch_size, splits, fuse=device.type == "cpu"):
+        batch = collate([items[i] for _, piece, _ in segments for i in piece], family, pad_id)
+        prefix = prefix_to_share(model, batch) if family == "causal" else 0  # on the host copy: no sync
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with (accelerator.autocast(), pass_attention(model, batch["input_ids"].shape[1], device, training=True),
+              cpu_dropout(device)):
+            means = _segment_losses(model, batch, family, segments, prefix)
+        weights = torch.tensor([1.0 / (cfg.grad_accum * pieces) for _, _, pieces in segments], device=device)
+        accelerator.backward((means * weights).sum())
+        for (position, _, _), mean in zip(segments, means.detach(), strict=True):
+            piece_losses[position].append(mean)
+        tokens += batch["attention_mask"].sum()
+        if family == "seq2seq":
+            tokens += (batch["labels"] != IGNORE).sum()
+    return torch.stack([torch.stack(losses).mean() for losses in piece_losses]).tolist(), int(tokens)
+
+
+def _segment_losses(model, batch, family: str, segments, prefix: int) -> torch.Tensor:
+    """The mean loss over the target tokens of each segment of a pass (causal: the LM head runs only where a
+    target token is predicted, and a ``prefix`` every row shares runs once)."""
+    if len(segments) == 1:
+        loss = causal_target_loss(model, batch, prefix=prefix) if family == "causal" else model(**batch).loss
+        return loss.unsqueeze(0)
+    losses, rows = target_token_losses(model, batch, family, prefix)
+    owner = torch.tensor([s for s, (_, piece, _) in enumerate(segments) for _ in piece], device=losses.device)
+    segment = owner[rows]
+    sums = torch.zeros(len(segments), device=losses.device).index_add_(0, segment, losses)
+    return sums / torch.bincount(segment, minlength=len(segments))

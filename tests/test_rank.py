@@ -1,0 +1,76 @@
+"""Rank classification: each label word scored as the target, the most likely one predicted."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import replace
+
+import pytest
+import torch
+from sweep_helpers import tiny_overrides
+
+from peftbench.batching import collate, encode
+from peftbench.config import load_sweep
+from peftbench.methods import apply_method
+from peftbench.models import load_model
+from peftbench.rank import label_words, rank_classify, target_log_likelihoods
+from peftbench.tasks import get_task
+from peftbench.tasks.data import load_task_data
+from peftbench.train import run_cell
+
+CPU = torch.device("cpu")
+MODELS = {"causal": "llama-tiny-random", "seq2seq": "t5-tiny-random"}
+
+
+def _model_and_examples(family: str, n: int = 6):
+    loaded = load_model(MODELS[family])
+    torch.manual_seed(0)
+    model = apply_method(loaded.model, family, "lora").model.eval()
+    task = get_task("synthetic_classification")
+    return model, loaded.tokenizer, task, load_task_data(task, None, 32, 0, 32).test[:n]
+
+
+def _one_at_a_time(model, item, family: str, pad_id: int) -> float:
+    """The summed target log-likelihood from the model's own mean loss over one unpadded example."""
+    batch = collate([item], family, pad_id)
+    with torch.no_grad():
+        mean = model(**batch).loss
+    targets = sum(label != -100 for label in (item.labels[1:] if family == "causal" else item.labels))
+    return -float(mean) * targets
+
+
+@pytest.mark.parametrize("family", ["causal", "seq2seq"])
+def test_target_log_likelihoods_are_the_models_summed_loss_per_example(family):
+    model, tokenizer, _, examples = _model_and_examples(family)
+    items = encode(examples, tokenizer, family, 512, 128)
+    got = target_log_likelihoods(model, items, family, tokenizer.pad_token_id, 4, CPU, nullcontext())
+    want = [_one_at_a_time(model, item, family, tokenizer.pad_token_id) for item in items]
+    assert got.dtype == torch.float64 and got.shape == (len(items),)
+    assert got.tolist() == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("family", ["causal", "seq2seq"])
+def test_rank_classify_predicts_the_label_word_of_highest_likelihood(family):
+    model, tokenizer, task, examples = _model_and_examples(family)
+    words = label_words(task)
+    assert words == ["sports", "food", "tech"]
+    predictions = rank_classify(model, task, examples, tokenizer, family, 512, 128, 4, CPU, nullcontext())
+    for example, prediction in zip(examples, predictions, strict=True):
+        candidates = encode([replace(example, target=word) for word in words], tokenizer, family, 512, 128)
+        scores = [_one_at_a_time(model, item, family, tokenizer.pad_token_id) for item in candidates]
+        assert prediction == words[max(range(len(words)), key=scores.__getitem__)]
+    assert rank_classify(model, task, [], tokenizer, family, 512, 128, 4, CPU, nullcontext()) == []
+
+
+def test_a_run_reports_rank_accuracy_as_its_own_metric_for_classification_only(tmp_path):
+    overrides = [*tiny_overrides(tmp_path), "models=[llama-tiny-random]", "methods=[lora]",
+                 "tasks=[synthetic_classification,synthetic_data_to_text]", "train.rank_classification=true"]
+    runs = load_sweep(None, overrides).expand()
+    by_task = {run.task: run_cell(run, tmp_path / run.run_id(), progress=False) for run in runs}
+    classification = by_task["synthetic_classification"]
+    assert set(classification["metrics"]["test"]) == {"accuracy", "rank_accuracy"}
+    assert 0.0 <= classification["metrics"]["test"]["rank_accuracy"] <= 1.0
+    assert classification["metrics"]["score"] == classification["metrics"]["test"]["accuracy"]
+    assert classification["time"]["rank_eval_s"] > 0
+    generation = by_task["synthetic_data_to_text"]
+    assert "rank_accuracy" not in generation["metrics"]["test"] and generation["time"]["rank_eval_s"] is None
