@@ -29,6 +29,7 @@ from peftbench.methods import apply_method
 from peftbench.models import load_config, load_model
 from peftbench.precision import store_frozen_linears_in
 from peftbench.prefix import shared_prefix_length
+from peftbench.rank import rank_classify
 from peftbench.tasks import get_task
 from peftbench.tasks.data import load_task_data
 
@@ -199,6 +200,19 @@ def sorted_decoding(setup: Setup) -> dict:
         "after": lambda: generate(setup.lora, items, setup.tokenizer, "causal", 16, 32, CPU, autocast())}}
 
 
+def rank_scoring(setup: Setup) -> dict:
+    """Scoring CoLA's two label words (peftbench.rank) against decoding the answer, on 64 test prompts in
+    batches of 32: the two ways a classification test can be scored (exact match needs the decoding)."""
+    task = get_task("cola")
+    examples = load_task_data(task, setup.data_dir, "low", 0, 200).test[:64]
+    items = encode(examples, setup.tokenizer, "causal", 512, 128)
+    return {"64 CoLA test prompts: decode the answer / rank 2 label words": {
+        "before": lambda: generate(setup.lora, items, setup.tokenizer, "causal", task.generation_budget, 32, CPU,
+                                   autocast()),
+        "after": lambda: rank_classify(setup.lora, task, examples, setup.tokenizer, "causal", 512, 128, 32, CPU,
+                                       autocast())}}
+
+
 def fused_accumulation(setup: Setup) -> dict:
     """Experiment: an optimiser step's 4 micro-batches of 16 as one forward/backward of 64."""
     cases = {}
@@ -363,7 +377,7 @@ CASES = {"frozen_bf16": frozen_bf16, "tied_head_bf16": tied_head_bf16, "target_o
          "fused_accumulation": fused_accumulation, "shared_prefix": shared_prefix,
          "validation_fusion": validation_fusion, "background_checkpoint": background_checkpoint,
          "fused_adamw": fused_adamw, "unpadding": unpadding_case,
-         "bits_dropout": bits_dropout_case}
+         "bits_dropout": bits_dropout_case, "rank_scoring": rank_scoring}
 
 
 def _omp_child() -> None:
