@@ -10,23 +10,19 @@ import json
 import sys
 import tempfile
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from functools import cached_property
 from pathlib import Path
-from unittest import mock
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from transformers import AutoModelForSeq2SeqLM
 
-from peftbench import unpadding
 from peftbench.batching import collate, encode, length_grouped_batches
 from peftbench.checkpoint import BackgroundWriter, save_checkpoint
-from peftbench.dropout import cpu_dropout
 from peftbench.evaluate import causal_target_loss, generate, validation_loss
 from peftbench.kernels import pass_attention
 from peftbench.methods import apply_method
-from peftbench.models import load_config, load_model
+from peftbench.models import load_model
 from peftbench.precision import store_frozen_linears_in
 from peftbench.prefix import shared_prefix_length
 from peftbench.rank import rank_classify
@@ -152,22 +148,6 @@ def forward_pass(model, batch, attention) -> None:
 def validation_pass(model, batch) -> None:
     """A validation pass as peftbench runs it: the CPU attention for its width (forward only)."""
     forward_pass(model, batch, peftbench_attention(model, batch, training=False))
-
-
-def eager_attention(setup: Setup) -> dict:
-    """transformers' eager attention (bf16 matmuls, fp32 softmax) against the SDPA kernel peftbench used
-    before: training steps (math up to 200 tokens, flash beyond) and validation passes (flash)."""
-    cases, model = {}, setup.lora
-    for task, n, skip in (("cola", 64, 18), ("samsum", 16, 20), ("samsum", 16, 60)):
-        batch = setup.batch(task, n=n, skip=skip)
-        width = batch["input_ids"].shape[1]
-        cases[f"LoRA train step, {task} {n} ex × {width} tokens"] = {
-            "before": lambda b=batch, w=width: train_step(model, b, causal_target_loss, attention=math_or_flash(w)),
-            "after": lambda b=batch: training_step(model, b)}
-        cases[f"validation pass, {task} {n} ex × {width} tokens"] = {
-            "before": lambda b=batch: forward_pass(model, b, nullcontext()),
-            "after": lambda b=batch: validation_pass(model, b)}
-    return cases
 
 
 def length_grouping(setup: Setup) -> dict:
@@ -307,77 +287,12 @@ def fused_adamw(setup: Setup) -> dict:
         "before": optimizers["foreach"].step, "after": optimizers["fused"].step}}
 
 
-@contextmanager
-def padded_feed_forward():
-    """peftbench as it was before unpadding: every pass runs its feed-forward networks on padding too."""
-    with mock.patch.object(unpadding, "MIN_PADDING_SHARE", 2.0):
-        yield
-
-
-def unpadding_case(setup: Setup) -> dict:
-    """Feed-forward networks on real tokens only (peftbench.unpadding) against the padded pass: a LoRA step
-    and a validation pass of 64 CoLA examples (20 % of the suffix pass is padding), a SAMSum step."""
-    cases, model = {}, setup.lora
-    for task, n, skip in (("cola", 64, 18), ("samsum", 16, 20)):
-        batch = setup.batch(task, n=n, skip=skip)
-        prefix = shared_prefix_length(batch)
-        real = batch["attention_mask"][:, prefix:]
-        what = f"{task} {n} ex × {batch['input_ids'].shape[1]} tokens, {1 - real.float().mean():.0%} padding"
-
-        def padded_step(b=batch):
-            with padded_feed_forward():
-                training_step(model, b)
-
-        def padded_validation(b=batch):
-            with padded_feed_forward():
-                validation_pass(model, b)
-
-        cases[f"LoRA step, {what}"] = {"before": padded_step, "after": lambda b=batch: training_step(model, b)}
-        cases[f"validation pass, {what}"] = {
-            "before": padded_validation, "after": lambda b=batch: validation_pass(model, b)}
-    return cases
-
-
-def _t5_lora(config) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return apply_method(AutoModelForSeq2SeqLM.from_config(config), "seq2seq", "lora").model
-
-
-def bits_dropout_case(setup: Setup) -> dict:
-    """Dropout masks from random bits (peftbench.dropout) against torch's ``bernoulli_`` masks: LoRA steps
-    with T5's dropout of 0.1 (on attention probabilities and hidden states), eager attention as peftbench
-    trains: the tiny T5 cell's step (4 passes of 16 CoLA rows, bytes), and 2 + 2 layers shaped like
-    FLAN-T5-base (d_model 768, 12 heads, random weights) on 8 rows of 256 source and 32 target tokens."""
-    loaded = load_model("t5-tiny-random")
-    data = load_task_data(get_task("cola"), setup.data_dir, "low", 0, 200)
-    rows = sorted(encode(data.train[:100], loaded.tokenizer, "seq2seq", 512, 128), key=lambda e: len(e.input_ids))
-    tiny_batches = [collate(rows[i: i + 16], "seq2seq", loaded.tokenizer.pad_token_id) for i in range(20, 84, 16)]
-    base_config = load_config("flan-t5-base")  # bundled with the package: no download
-    base_config.num_layers = base_config.num_decoder_layers = 2
-    generator = torch.Generator().manual_seed(0)
-    base_batch = {"input_ids": torch.randint(2, 32000, (8, 256), generator=generator),
-                  "attention_mask": torch.ones(8, 256, dtype=torch.long),
-                  "labels": torch.randint(2, 32000, (8, 32), generator=generator)}
-    cases = {}
-    for what, model, batches in (("tiny T5 LoRA step, 4 × 16 CoLA rows", _t5_lora(loaded.model.config), tiny_batches),
-                                 ("FLAN-T5-base-shaped 2+2 layers, LoRA step, 8 × 256", _t5_lora(base_config),
-                                  [base_batch])):
-        def torch_masks(m=model, b=batches):
-            accumulate(m, b, hf_loss)
-
-        def bits_masks(m=model, b=batches):
-            with cpu_dropout(CPU):
-                accumulate(m, b, hf_loss)
-        cases[what] = {"before": torch_masks, "after": bits_masks}
-    return cases
-
-
 CASES = {"frozen_bf16": frozen_bf16, "tied_head_bf16": tied_head_bf16, "target_only_head": target_only_head,
-         "eager_attention": eager_attention, "length_grouping": length_grouping, "sorted_decoding": sorted_decoding,
+         "length_grouping": length_grouping, "sorted_decoding": sorted_decoding,
          "fused_accumulation": fused_accumulation, "shared_prefix": shared_prefix,
          "validation_fusion": validation_fusion, "background_checkpoint": background_checkpoint,
-         "fused_adamw": fused_adamw, "unpadding": unpadding_case,
-         "bits_dropout": bits_dropout_case, "rank_scoring": rank_scoring}
+         "fused_adamw": fused_adamw, "rank_scoring": rank_scoring}
+"""The cases of the other levers; the kernel levers' are in kernel_cases.py."""
 
 
 def _omp_child() -> None:

@@ -21,8 +21,12 @@ import sys
 import time
 from pathlib import Path
 
+import kernel_cases
+import lever_cases
 import torch
-from lever_cases import CASES, Setup
+from lever_cases import Setup
+
+CASES = {**lever_cases.CASES, **kernel_cases.CASES}
 
 HERE = Path(__file__).resolve().parent
 

@@ -9,7 +9,12 @@ import torch
 
 from peftbench.batching import IGNORE, collate, encode
 from peftbench.evaluate import causal_target_loss, validation_batches, validation_loss
-from peftbench.kernels import EAGER_FORWARD_MAX_TOKENS, EAGER_TRAINING_MAX_TOKENS, pass_attention
+from peftbench.kernels import (
+    EAGER_FORWARD_MAX_TOKENS,
+    EAGER_TRAINING_MAX_TOKENS,
+    GROUPED_QUERY_EAGER,
+    pass_attention,
+)
 from peftbench.methods import apply_method
 from peftbench.methods.roles import feed_forward_networks
 from peftbench.models import load_model
@@ -124,7 +129,7 @@ def test_pass_attention_runs_eager_for_short_cpu_passes_only():
     model, _, _ = _setup("lora")
     assert _attention_choices(model) == {"sdpa"}
     with pass_attention(model, EAGER_TRAINING_MAX_TOKENS, CPU, training=True):
-        assert _attention_choices(model) == {"eager"}
+        assert _attention_choices(model) == {GROUPED_QUERY_EAGER}  # Llama: eager, grouped-query form
     assert _attention_choices(model) == {"sdpa"}
     for width, device, training in ((EAGER_TRAINING_MAX_TOKENS + 1, CPU, True),
                                     (EAGER_FORWARD_MAX_TOKENS + 1, CPU, False),
@@ -132,7 +137,7 @@ def test_pass_attention_runs_eager_for_short_cpu_passes_only():
         with pass_attention(model, width, device, training):
             assert _attention_choices(model) == {"sdpa"}, (width, device, training)
     with pass_attention(model, EAGER_FORWARD_MAX_TOKENS, CPU, training=False):
-        assert _attention_choices(model) == {"eager"}
+        assert _attention_choices(model) == {GROUPED_QUERY_EAGER}
 
 
 def test_pass_attention_reaches_the_copied_configs_of_an_encoder_decoder():
@@ -172,6 +177,33 @@ def test_eager_attention_gives_the_same_loss_and_gradients():
         with pass_attention(model, 64, CPU, training=True):
             eager = causal_target_loss(model, batch)
     assert abs(float(default) - float(eager)) < 2e-2  # bf16 matmuls in eager; to bf16 rounding
+
+
+@pytest.mark.parametrize("share_prefix", [False, True])
+def test_grouped_query_eager_is_eager_attention_without_the_key_value_copies(share_prefix):
+    model, items, pad = _setup("lora")
+    assert model.config.num_attention_heads == 2 * model.config.num_key_value_heads  # grouped: 4 on 2
+    batch = collate(items, "causal", pad)
+    prefix = shared_prefix_length(batch) if share_prefix else 0
+    assert prefix > 0 or not share_prefix  # with a prefix, keys outnumber the suffix pass's queries
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    results = {}
+    for name in ("eager", GROUPED_QUERY_EAGER):
+        model.config._attn_implementation_internal = name
+        loss = causal_target_loss(model, batch, prefix=prefix)
+        loss.backward()
+        results[name] = (float(loss.detach()), [p.grad.clone() for p in lora])
+        model.zero_grad(set_to_none=True)
+        weights = model(**{k: v for k, v in batch.items() if k != "labels"}, output_attentions=True).attentions
+        results[name] += (weights[0],)
+    model.config._attn_implementation_internal = "sdpa"
+    (eager_loss, eager_grads, eager_weights), (loss, grads, weights) = results.values()
+    assert loss == pytest.approx(eager_loss, rel=1e-6)
+    assert any(g.abs().sum() > 0 for g in eager_grads)
+    for mine, reference in zip(grads, eager_grads, strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-5, atol=1e-7)
+    assert weights.shape == eager_weights.shape == (len(items), 4, *batch["input_ids"].shape[1:] * 2)
+    torch.testing.assert_close(weights, eager_weights)
 
 
 def _gradients_and_losses(model_name: str, method: str, fuse: bool, monkeypatch):
