@@ -72,3 +72,20 @@ def test_table_of_one_seed_shows_the_score_alone(tmp_path):
     header, _, row = results_table([run], tmp_path).splitlines()
     assert "95% CI" not in header and "±" not in row
     assert row.split()[4:7] == ["1/1", "accuracy", "0.8125"]  # (the ablation column is empty)
+
+
+def test_table_adds_the_mean_rank_accuracy_when_a_run_reports_one(tmp_path):
+    sweep = load_sweep(None, ["models=[t5-tiny-random]", "methods=[lora,bitfit]", "tasks=[cola]",
+                              "scales=[low]", "seeds=[0,1]", f"output_dir={tmp_path}"])
+    for run in sweep.expand():
+        _write(tmp_path, run, 0.5)
+        if run.method == "lora":  # train.rank_classification=true: ranked label words beside exact match
+            payload = results.read_result(results.result_path(tmp_path, run.run_id()))
+            payload["metrics"]["test"] = {"accuracy": 0.5, "rank_accuracy": [0.6, 0.7][run.seed]}
+            results.atomic_write_json(results.result_path(tmp_path, run.run_id()), payload)
+    lines = results_table(sweep.expand(), tmp_path).splitlines()
+    assert lines[0].split()[7:14] == ["score", "(mean", "±", "sd)", "95%", "CI", "rank"]
+    lora = next(line for line in lines if " lora " in line).split()
+    bitfit = next(line for line in lines if " bitfit " in line).split()
+    assert lora[-4:] == ["0.6500", "1,234", "1.5", "15.0"]
+    assert bitfit[-4:] == ["-", "1,234", "1.5", "15.0"]

@@ -29,13 +29,17 @@ def results_table(runs: list[RunConfig], results_dir: Path) -> str:
             result = None
         cells.setdefault(_cell_key(run), []).append(result)
     several = any(len(found) > 1 for found in cells.values())
+    ranked = any(r and "rank_accuracy" in r.get("metrics", {}).get("test", {}) for f in cells.values() for r in f)
     score_columns = ["score (mean ± sd)", "95% CI"] if several else ["score"]
     header = ["model", "task", "scale", "method", "ablation", "seeds", "metric", *score_columns,
-              "trainable", "epochs", "time_s"]
+              *(["rank acc"] if ranked else []), "trainable", "epochs", "time_s"]
     rows = [header]
     for key, found in cells.items():
         ok = [r for r in found if r and r["status"] == "ok"]
-        rows.append([*key, f"{len(ok)}/{len(found)}", *_cell_figures(ok, found, several)])
+        figures = _cell_figures(ok, found, several)
+        if ranked:  # after the score column(s): the mean rank accuracy over ok seeds (train.rank_classification)
+            figures.insert(len(score_columns) + 1, _rank_text(ok))
+        rows.append([*key, f"{len(ok)}/{len(found)}", *figures])
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -60,3 +64,9 @@ def _cell_figures(ok: list[dict], found: list[dict | None], several: bool) -> li
     epochs = statistics.fmean(r["epochs"] for r in ok)
     seconds = statistics.fmean(r["time"]["total_s"] for r in ok)
     return [ok[0]["task"]["metric"], *scores, f"{ok[0]['params']['trainable']:,}", f"{epochs:g}", f"{seconds:.1f}"]
+
+
+def _rank_text(ok: list[dict]) -> str:
+    """The mean ``rank_accuracy`` of the ok seeds that report one, or "-"."""
+    values = [r["metrics"]["test"]["rank_accuracy"] for r in ok if "rank_accuracy" in r["metrics"].get("test", {})]
+    return f"{statistics.fmean(values):.4f}" if values else "-"
