@@ -14,6 +14,7 @@ from rouge_score import rouge_scorer
 
 from peftbench.batching import FUSE_MAX_TOKENS, IGNORE, Encoded, collate, collate_prompts, fuse_batches
 from peftbench.kernels import pass_attention
+from peftbench.peft_compat import cache_visible_to_peft
 from peftbench.prefix import forward_with_shared_prefix, prefix_to_share
 from peftbench.tasks import TaskSpec
 from peftbench.tasks.data import Example
@@ -168,7 +169,7 @@ def generate(model, items: list[Encoded], tokenizer, family: str, max_new_tokens
         indices = order[start: start + batch_size]
         batch = collate_prompts([items[i] for i in indices], pad_id, left=family == "causal")
         batch = {k: v.to(device) for k, v in batch.items()}
-        with autocast:
+        with autocast, cache_visible_to_peft(model):
             generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                        pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
         if family == "causal" and generated.shape[1] > batch["input_ids"].shape[1]:
