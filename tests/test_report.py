@@ -258,3 +258,13 @@ def test_report_command(tmp_path, capsys):
     assert args.func(args) == 0
     assert (tmp_path / "out" / "index.html").is_file()
     assert "index.html" in capsys.readouterr().out
+
+
+def test_a_stale_result_is_shown_as_stale_not_as_its_score(tmp_path):
+    stale = make_result(method="prompt", score=0.23)  # causal prompt tuning decoded before decoding revision 2
+    stale["model"]["family"] = "causal"
+    fresh = make_result(method="lora", score=0.8)
+    coll = c.collect(write_results(tmp_path, [stale, fresh]))
+    assert coll.cell("flan-t5-xl", "ag_news", "low", "prompt").state == "stale"
+    assert coll.cell("flan-t5-xl", "ag_news", "low", "prompt").ok_runs == []
+    assert coll.cell("flan-t5-xl", "ag_news", "low", "lora").state == "ok"

@@ -183,3 +183,23 @@ def test_paper_suite_is_table_1_and_takes_overrides(tmp_path, capsys):
     assert load_sweep(resolve_config_path("paper"), []).models == ["flan-t5-xl"]
     assert main(["list", "suites"]) == 0
     assert {"paper", "paper-ablations", "quickstart"} <= set(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize(("family", "method", "revision", "stale"), [
+    ("causal", "prompt", None, True),  # decoded with the soft prompt re-injected at every step: runs again
+    ("causal", "prefix_tuning", 1, True),
+    ("causal", "prompt", results.DECODING_REVISION, False),
+    ("seq2seq", "prompt", None, False),  # the soft prompt enters the encoder once: never affected
+    ("causal", "lora", None, False),
+])
+def test_ok_results_decoded_before_a_decoding_fix_run_again(tmp_path, family, method, revision, stale):
+    payload = {"run_id": "r", "status": "ok", "config": {"method": method}, "model": {"family": family}}
+    if revision is not None:
+        payload["decoding_revision"] = revision
+    results.atomic_write_json(results.result_path(tmp_path, "r"), payload)
+    if stale:
+        with pytest.warns(UserWarning, match="decoding revision"):
+            status = results.load_status(tmp_path, "r")
+        assert status == "stale" and should_run(status, retry_failed=False)
+    else:
+        assert results.load_status(tmp_path, "r") == "ok"

@@ -26,6 +26,7 @@ Schema (``schema_version`` 1), the fields every consumer may rely on:
     throughput        dict    {"train_tokens_per_s", "train_tokens"}
     memory            dict    {"peak_bytes", "kind": "cuda_max_allocated" | "process_peak_rss"}
     adapter           dict    {"path", "bytes"}
+    decoding_revision int     ``DECODING_REVISION`` of the code that decoded the test (absent before 2)
 """
 
 from __future__ import annotations
@@ -124,12 +125,33 @@ def iter_results(results_dir: Path, *, warn: bool = True) -> Iterator[dict[str, 
 
 
 def load_status(results_dir: Path, run_id: str) -> str | None:
-    """The status of a run's result, ``None`` when absent, ``"corrupt"`` when unreadable."""
+    """The status of a run's result, ``None`` when absent, ``"corrupt"`` when unreadable, ``"stale"`` when
+    an ok result's decoding predates a fix that changes it (``is_stale``)."""
     path = result_path(results_dir, run_id)
     if not path.exists():
         return None
     try:
-        return read_result(path)["status"]
+        result = read_result(path)
     except CorruptResult as exc:
         warnings.warn(f"corrupt result, the run counts as unfinished: {exc}", stacklevel=1)
         return "corrupt"
+    if is_stale(result):
+        warnings.warn(f"{run_id}: its test was decoded before decoding revision {DECODING_REVISION} (prompt "
+                      "learning on a causal model re-injected its soft prompt at every step); it runs again",
+                      stacklevel=1)
+        return "stale"
+    return result["status"]
+
+
+DECODING_REVISION = 2
+"""Raised when a fix changes what decoding produced for runs that were ok; results record theirs as
+``decoding_revision``. 2: PEFT prompt learning on causal models decodes with its cache (peft_compat.py)."""
+PROMPT_LEARNING_METHODS = frozenset({"prompt", "prompt_tuning", "prefix_tuning", "p_tuning"})
+"""peftbench's prompt tuning, and PEFT's prompt-learning methods by their PEFT names."""
+
+
+def is_stale(result: dict[str, Any]) -> bool:
+    """An ok result of causal-model prompt learning decoded before ``DECODING_REVISION`` 2."""
+    return (result.get("status") == "ok" and result.get("decoding_revision", 1) < 2
+            and result.get("model", {}).get("family") == "causal"
+            and result.get("config", {}).get("method") in PROMPT_LEARNING_METHODS)

@@ -26,7 +26,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
-from peftbench import checkpoint, distributed, environment, run_state, steps
+from peftbench import checkpoint, distributed, environment, results, run_state, steps
 from peftbench.ablations import resolve_selection
 from peftbench.batching import Encoded, length_grouped_batches
 from peftbench.config import RunConfig, TrainConfig
@@ -299,7 +299,7 @@ def _result(run: RunConfig, cell: Cell, state: RunState, tested: Tested) -> dict
     if tested.rank_accuracy is not None:
         test_metrics["rank_accuracy"] = tested.rank_accuracy
     return {
-        "status": "ok", "error": None, "seed": run.seed,
+        "status": "ok", "error": None, "seed": run.seed, "decoding_revision": results.DECODING_REVISION,
         "task": {"name": task.name, "type": task.type, "metric": task.metric, "version": task.version},
         "model": {"name": loaded.name, "source": loaded.source, "family": loaded.family,
                   "architecture": loaded.architecture},

@@ -18,7 +18,7 @@ from typing import Any
 
 from peftbench.ablations import ABLATIONS
 from peftbench.errors import UserError
-from peftbench.results import iter_results
+from peftbench.results import is_stale, iter_results
 from peftbench.stats import mean_ci, t_quantile_975  # noqa: F401 - re-exported
 
 # Paper order first (Tables 1-6), anything else afterwards in alphabetical order.
@@ -250,6 +250,9 @@ def collect(results_dir: Path) -> Collection:
         warnings.warn(message, stacklevel=2)
     if not runs:
         raise UserError(f"no result files (*/result.json) under {results_dir}")
+    # A stale result (results.is_stale: decoded before a fix that changes its score) is shown as "stale",
+    # not as a number; `peftbench run` runs it again.
+    runs = [{**run, "status": "stale"} if is_stale(run) else run for run in runs]
     cells: dict[CellKey, Cell] = {}
     for run in runs:
         key = cell_key(run)
