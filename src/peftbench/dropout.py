@@ -10,7 +10,7 @@ to 2**-32, against the 2**-24 of a float32 uniform), the same 1 / (1 - p) scalin
 ``torch.manual_seed``, but another random stream than torch's: a run keeps its distribution, not its
 bit-for-bit masks.
 
-The swap is ``torch.nn.functional.dropout`` itself, for one training forward pass (``cpu_dropout``):
+The swap is ``torch.nn.functional.dropout`` itself (process-wide), for one training forward pass (``cpu_dropout``):
 ``nn.Dropout`` modules and transformers' attention functions look it up there at call time. Autograd
 records the mask multiply, so the backward needs no dropout call. GPUs keep torch's fused kernel.
 """

@@ -7,6 +7,7 @@ taking the best of an example's references.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 
 import torch
@@ -122,11 +123,7 @@ def validation_loss(model, items: list[Encoded], family: str, pad_id: int, batch
     (``fuse``: None fuses on CPU)."""
     model.eval()
     total, count = torch.zeros((), dtype=torch.float64), 0
-    fuse = device.type == "cpu" if fuse is None else fuse
-    for rows in validation_batches(items, family, batch_size, fuse):
-        batch = collate([items[i] for i in rows], family, pad_id)
-        prefix = prefix_to_share(model, batch) if family == "causal" else 0  # on the host copy: no sync
-        batch = {k: v.to(device) for k, v in batch.items()}
+    for _, batch, prefix in evaluation_passes(model, items, family, pad_id, batch_size, device, fuse):
         labels = batch["labels"]
         attention = pass_attention(model, batch["input_ids"].shape[1], device, training=False)
         if family == "causal":
@@ -141,6 +138,17 @@ def validation_loss(model, items: list[Encoded], family: str, pad_id: int, batch
             count += int((labels != IGNORE).sum())
         total += loss.double().cpu()
     return float(total / max(count, 1))
+
+
+def evaluation_passes(model, items: list[Encoded], family: str, pad_id: int, batch_size: int, device: torch.device,
+                      fuse: bool | None = None) -> Iterator[tuple[list[int], dict[str, torch.Tensor], int]]:
+    """The forward-only passes over ``items`` (``validation_batches``; ``fuse``: None fuses on CPU): each
+    pass's item indices, its batch on ``device``, and the prompt prefix its rows share (0: none)."""
+    fuse = device.type == "cpu" if fuse is None else fuse
+    for rows in validation_batches(items, family, batch_size, fuse):
+        batch = collate([items[i] for i in rows], family, pad_id)
+        prefix = prefix_to_share(model, batch) if family == "causal" else 0  # on the host copy: no sync
+        yield rows, {k: v.to(device) for k, v in batch.items()}, prefix
 
 
 def validation_batches(items: list[Encoded], family: str, batch_size: int, fuse: bool) -> list[list[int]]:

@@ -19,10 +19,9 @@ from dataclasses import replace
 
 import torch
 
-from peftbench.batching import Encoded, collate, encode
-from peftbench.evaluate import target_token_losses, validation_batches
+from peftbench.batching import Encoded, encode
+from peftbench.evaluate import evaluation_passes, target_token_losses
 from peftbench.kernels import pass_attention
-from peftbench.prefix import prefix_to_share
 from peftbench.tasks import TaskSpec
 from peftbench.tasks.data import Example
 
@@ -33,10 +32,7 @@ def target_log_likelihoods(model, items: list[Encoded], family: str, pad_id: int
     """Each item's summed log-likelihood of its target tokens (nats, float64), in item order."""
     model.eval()
     totals = torch.zeros(len(items), dtype=torch.float64)
-    for rows in validation_batches(items, family, batch_size, fuse=device.type == "cpu"):
-        batch = collate([items[i] for i in rows], family, pad_id)
-        prefix = prefix_to_share(model, batch) if family == "causal" else 0  # on the host copy: no sync
-        batch = {k: v.to(device) for k, v in batch.items()}
+    for rows, batch, prefix in evaluation_passes(model, items, family, pad_id, batch_size, device):
         with autocast, pass_attention(model, batch["input_ids"].shape[1], device, training=False):
             losses, owners = target_token_losses(model, batch, family, prefix)
         totals.index_add_(0, torch.tensor(rows)[owners.cpu()], -losses.double().cpu())
