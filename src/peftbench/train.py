@@ -41,7 +41,6 @@ from peftbench.steps import Diverged, Interrupted, OutOfMemory  # noqa: F401 - t
 from peftbench.tasks import TaskSpec, get_task
 from peftbench.tasks.data import TaskData, load_task_data, scale_cap_and_epochs
 
-# --- one cell ----------------------------------------------------------------------------------------
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
