@@ -1,9 +1,15 @@
 """Before/after pairs of bench/levers.py for the CPU kernel levers: which attention runs a pass, the
-feed-forward networks on real tokens only, and dropout masks from random bits (same format as lever_cases.py).
+feed-forward networks on real tokens only, and dropout masks from random bits (same format as lever_cases.py);
+and the child process of its keep_freed_memory case (``--allocator-child DATA_DIR STEP``).
 """
 
 from __future__ import annotations
 
+import json
+import resource
+import statistics
+import sys
+import time
 from contextlib import contextmanager, nullcontext
 from unittest import mock
 
@@ -21,7 +27,7 @@ from lever_cases import (
 )
 from transformers import AutoModelForSeq2SeqLM
 
-from peftbench import kernels, unpadding
+from peftbench import allocator, kernels, unpadding
 from peftbench.batching import collate, encode
 from peftbench.dropout import cpu_dropout
 from peftbench.evaluate import causal_target_loss
@@ -85,15 +91,20 @@ def _t5_lora(config) -> torch.nn.Module:
     return apply_method(AutoModelForSeq2SeqLM.from_config(config), "seq2seq", "lora").model
 
 
+def _tiny_t5_batches(data_dir: str | None) -> list[dict]:
+    """The tiny T5 cell's step: 4 passes of 16 length-sorted CoLA training rows (bytes) of middling length."""
+    loaded = load_model("t5-tiny-random")
+    data = load_task_data(get_task("cola"), data_dir, "low", 0, 200)
+    rows = sorted(encode(data.train[:100], loaded.tokenizer, "seq2seq", 512, 128), key=lambda e: len(e.input_ids))
+    return [collate(rows[i: i + 16], "seq2seq", loaded.tokenizer.pad_token_id) for i in range(20, 84, 16)]
+
+
 def bits_dropout_case(setup: Setup) -> dict:
     """Dropout masks from random bits (peftbench.dropout) against torch's ``bernoulli_`` masks: LoRA steps
     with T5's dropout of 0.1 (on attention probabilities and hidden states), eager attention as peftbench
     trains: the tiny T5 cell's step (4 passes of 16 CoLA rows, bytes), and 2 + 2 layers shaped like
     FLAN-T5-base (d_model 768, 12 heads, random weights) on 8 rows of 256 source and 32 target tokens."""
-    loaded = load_model("t5-tiny-random")
-    data = load_task_data(get_task("cola"), setup.data_dir, "low", 0, 200)
-    rows = sorted(encode(data.train[:100], loaded.tokenizer, "seq2seq", 512, 128), key=lambda e: len(e.input_ids))
-    tiny_batches = [collate(rows[i: i + 16], "seq2seq", loaded.tokenizer.pad_token_id) for i in range(20, 84, 16)]
+    tiny_batches = _tiny_t5_batches(setup.data_dir)
     base_config = load_config("flan-t5-base")  # bundled with the package: no download
     base_config.num_layers = base_config.num_decoder_layers = 2
     generator = torch.Generator().manual_seed(0)
@@ -101,7 +112,8 @@ def bits_dropout_case(setup: Setup) -> dict:
                   "attention_mask": torch.ones(8, 256, dtype=torch.long),
                   "labels": torch.randint(2, 32000, (8, 32), generator=generator)}
     cases = {}
-    for what, model, batches in (("tiny T5 LoRA step, 4 × 16 CoLA rows", _t5_lora(loaded.model.config), tiny_batches),
+    for what, model, batches in (("tiny T5 LoRA step, 4 × 16 CoLA rows", _t5_lora(load_config("t5-tiny-random")),
+                                  tiny_batches),
                                  ("FLAN-T5-base-shaped 2+2 layers, LoRA step, 8 × 256", _t5_lora(base_config),
                                   [base_batch])):
         def torch_masks(m=model, b=batches):
@@ -136,3 +148,39 @@ def grouped_query_case(setup: Setup) -> dict:
 
 CASES = {"eager_attention": eager_attention, "grouped_query": grouped_query_case, "unpadding": unpadding_case,
          "bits_dropout": bits_dropout_case}
+
+
+ALLOCATOR_STEPS = ("tiny T5 LoRA step, 4 × 16 CoLA rows", "SmolLM2 LoRA step, 64 CoLA rows")
+
+
+def allocator_child(data_dir: str, what: str) -> None:
+    """One process of ``levers.py``'s keep_freed_memory case (glibc's settings hold for the process's life,
+    and what a process loaded before moves glibc's own thresholds, so each step has a process of its own):
+    glibc's thresholds set as ``run_cell`` sets them unless PEFTBENCH_KEEP_FREED_MEMORY=0, then the median
+    seconds and minor page faults of one of ``ALLOCATOR_STEPS`` as peftbench trains it."""
+    kept = allocator.keep_freed_memory()
+    if what == ALLOCATOR_STEPS[0]:
+        model, batches = _t5_lora(load_config("t5-tiny-random")), _tiny_t5_batches(data_dir)
+        step, repeats = lambda: _dropout_step(model, batches), 15
+    else:
+        setup = Setup(data_dir)
+        model, batch = setup.lora, setup.batch("cola", n=64, skip=18)
+        step, repeats = lambda: training_step(model, batch), 5
+    for _ in range(3):  # warm-up: the heap reaches its size, kernels are chosen
+        step()
+    seconds, faults = [], resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(repeats):
+        started = time.perf_counter()
+        step()
+        seconds.append(time.perf_counter() - started)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / repeats
+    print(json.dumps({"kept": kept, "seconds": statistics.median(seconds), "faults_per_step": faults}))
+
+
+def _dropout_step(model, batches) -> None:
+    with cpu_dropout(CPU):
+        accumulate(model, batches, hf_loss)
+
+
+if __name__ == "__main__":
+    allocator_child(sys.argv[2], sys.argv[3])  # kernel_cases.py --allocator-child DATA_DIR STEP

@@ -6,7 +6,8 @@ Every lever is timed as "before" and "after" on the same inputs, alternating the
 process, so a change in the machine's load hits both; the medians and their ratio are printed and written
 to ``bench/results/levers-<time>.{json,md}``. SmolLM2-135M LoRA (full tuning where it says so) on CoLA
 and SAMSum rows of ``load_task_data``; bf16 autocast as the runs use it. ``omp_spin`` runs child processes
-(libgomp reads its settings when it loads) beside a competing 2-thread process, as a shared machine has.
+(libgomp reads its settings when it loads) beside a competing 2-thread process, as a shared machine has;
+``keep_freed_memory`` runs child processes too (glibc's malloc settings hold for a process's life).
 """
 
 from __future__ import annotations
@@ -72,14 +73,36 @@ def omp_spin(repeats: int) -> dict:
     return results
 
 
+def keep_freed_memory(repeats: int, data_dir: str) -> list[dict]:
+    """Training steps in child processes, glibc's default allocator settings against peftbench's
+    (``peftbench.allocator``; mallopt holds for a process's life), alternating; rows with page faults."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    rows = []
+    for what in kernel_cases.ALLOCATOR_STEPS:
+        runs: dict[str, list[dict]] = {"0": [], "1": []}
+        for _ in range(repeats):
+            for kept in runs:
+                out = subprocess.run(
+                    [sys.executable, str(HERE / "kernel_cases.py"), "--allocator-child", data_dir, what],
+                    env=dict(env, PEFTBENCH_KEEP_FREED_MEMORY=kept), check=True, capture_output=True, text=True)
+                runs[kept].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        before, after = ({key: statistics.median(run[key] for run in runs[kept]) for key in ("seconds", "faults_per_step")}
+                         for kept in ("0", "1"))
+        rows.append({"lever": "keep_freed_memory", "what": f"{what}, child process; page faults a step "
+                     f"{before['faults_per_step']:.0f} → {after['faults_per_step']:.0f}",
+                     "before_s": before["seconds"], "after_s": after["seconds"],
+                     "speedup": before["seconds"] / after["seconds"]})
+    return rows
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="../shared/data")
-    parser.add_argument("--levers", default="all", help=f"comma-separated, or all: {', '.join(CASES)}, omp_spin")
+    parser.add_argument("--levers", default="all", help=f"comma-separated, or all: {', '.join(CASES)}, omp_spin, keep_freed_memory")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out-dir", default=str(HERE / "results"))
     args = parser.parse_args(argv)
-    names = [*CASES, "omp_spin"] if args.levers == "all" else args.levers.split(",")
+    names = [*CASES, "omp_spin", "keep_freed_memory"] if args.levers == "all" else args.levers.split(",")
     setup = Setup(str(Path(args.data_dir).resolve()))
     rows = []
     for name in names:
@@ -89,6 +112,10 @@ def main(argv: list[str]) -> None:
                 before, after = result["libgomp default"], result["GOMP_SPINCOUNT=10000"]
                 rows.append({"lever": f"omp_spin ({company})", "what": "train step + decode 16×8, child process",
                              "before_s": before, "after_s": after, "speedup": before / after, "load": load})
+                print(_row(rows[-1]), flush=True)
+        elif name == "keep_freed_memory":
+            for row in keep_freed_memory(max(1, args.repeats // 2), str(Path(args.data_dir).resolve())):
+                rows.append({**row, "load": load})
                 print(_row(rows[-1]), flush=True)
         else:
             case = CASES[name]

@@ -26,7 +26,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
-from peftbench import checkpoint, distributed, environment, results, run_state, steps
+from peftbench import allocator, checkpoint, distributed, environment, results, run_state, steps
 from peftbench.ablations import resolve_selection
 from peftbench.batching import Encoded, length_grouped_batches
 from peftbench.config import RunConfig, TrainConfig
@@ -158,6 +158,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     cfg = run.train
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    allocator.keep_freed_memory()  # before the model loads: its buffers then stay for the activations
     cell = prepare_cell(run, device_map)
     optimizer, scheduler, schedule = build_optimizer(cfg, run.method, cell.trainable, len(cell.encoded["train"]),
                                                      cell.max_epochs)
