@@ -18,6 +18,7 @@ from lever_cases import (
     CPU,
     Setup,
     accumulate,
+    autocast,
     forward_pass,
     hf_loss,
     math_or_flash,
@@ -27,7 +28,7 @@ from lever_cases import (
 )
 from transformers import AutoModelForSeq2SeqLM
 
-from peftbench import allocator, kernels, unpadding
+from peftbench import allocator, evaluate, kernels, unpadding
 from peftbench.batching import collate, encode
 from peftbench.dropout import cpu_dropout
 from peftbench.evaluate import causal_target_loss
@@ -146,8 +147,36 @@ def grouped_query_case(setup: Setup) -> dict:
     return cases
 
 
+def inference_mode_case(setup: Setup) -> dict:
+    """Forward-only passes as peftbench runs them (evaluate.validation_loss, evaluate.generate) under
+    ``torch.inference_mode`` against ``torch.no_grad``: the tiny T5 cell's 100 validation examples and 100
+    test prompts, SmolLM2 LoRA's 100 CoLA validation examples and 16 test prompts."""
+    t5 = _t5_lora(load_config("t5-tiny-random"))
+    t5_tokenizer = load_model("t5-tiny-random").tokenizer
+    data = load_task_data(get_task("cola"), setup.data_dir, "low", 0, 200)
+    t5_validation, t5_test = (encode(split, t5_tokenizer, "seq2seq", 512, 128) for split in (data.validation, data.test))
+    smollm2, validation, test = setup.lora, setup.encoded("cola", "validation", 100), setup.encoded("cola", "test", 16)
+    pad = setup.tokenizer.pad_token_id
+    runs = {"tiny T5 validation loss, 100 examples": lambda: evaluate.validation_loss.__wrapped__(
+                t5, t5_validation, "seq2seq", 0, 32, CPU, autocast()),
+            "tiny T5 decoding, 100 prompts × ≤ 14 bytes": lambda: evaluate.generate.__wrapped__(
+                t5, t5_test, t5_tokenizer, "seq2seq", 14, 32, CPU, autocast()),
+            "SmolLM2 validation loss, 100 CoLA examples": lambda: evaluate.validation_loss.__wrapped__(
+                smollm2, validation, "causal", pad, 32, CPU, autocast()),
+            "SmolLM2 decoding, 16 CoLA prompts × ≤ 8 tokens": lambda: evaluate.generate.__wrapped__(
+                smollm2, test, setup.tokenizer, "causal", 8, 16, CPU, autocast())}
+
+    def under(mode, run):
+        def timed():
+            with mode():
+                run()
+        return timed
+    return {what: {"before": under(torch.no_grad, run), "after": under(torch.inference_mode, run)}
+            for what, run in runs.items()}
+
+
 CASES = {"eager_attention": eager_attention, "grouped_query": grouped_query_case, "unpadding": unpadding_case,
-         "bits_dropout": bits_dropout_case}
+         "bits_dropout": bits_dropout_case, "inference_mode": inference_mode_case}
 
 
 ALLOCATOR_STEPS = ("tiny T5 LoRA step, 4 × 16 CoLA rows", "SmolLM2 LoRA step, 64 CoLA rows")

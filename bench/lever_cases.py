@@ -139,9 +139,9 @@ def math_or_flash(width: int):
 
 
 def forward_pass(model, batch, attention) -> None:
-    """A validation pass: the summed target loss, no gradients."""
+    """A validation pass: the summed target loss, in inference mode as evaluate.validation_loss runs it."""
     model.eval()
-    with torch.no_grad(), autocast(), attention:
+    with torch.inference_mode(), autocast(), attention:
         causal_target_loss(model, batch, reduction="sum")
 
 

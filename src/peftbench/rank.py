@@ -26,7 +26,7 @@ from peftbench.tasks import TaskSpec
 from peftbench.tasks.data import Example
 
 
-@torch.no_grad()
+@torch.inference_mode()  # as evaluate.validation_loss
 def target_log_likelihoods(model, items: list[Encoded], family: str, pad_id: int, batch_size: int,
                            device: torch.device, autocast: AbstractContextManager) -> torch.Tensor:
     """Each item's summed log-likelihood of its target tokens (nats, float64), in item order."""
