@@ -5,14 +5,14 @@ are freed, to at most 32 MiB) with a fresh ``mmap`` and returns it to the kernel
 gives the top of its heap back once more than twice that threshold is free there. A training step frees
 almost every activation it allocated, so the next step gets fresh pages and touches each one for the first
 time: a minor page fault per 4 KiB, which the kernel serves by zeroing the page. The tiny T5 cell's
-optimiser step took 5,000-35,000 such faults (its attention maps are 16 × 4 × 145 × 145 fp32, 5.4 MB),
-and the faults were a fifth of its time: 0.195-0.262 s against 0.185-0.196 s a step with memory kept
-(four alternating pairs of processes, ~90 faults a step).
+optimiser step (its attention maps are 16 × 4 × 145 × 145 fp32, 5.4 MB) took a median 11,336 such faults
+and 0.208 s; with memory kept, 66 faults and 0.180 s (1.16×). A SmolLM2 LoRA step's faults fell from
+19,002 to 614 without changing its time (0.99×): beside its matrix work they cost little.
 
 ``keep_freed_memory`` fixes both thresholds (``mallopt``): requests up to ``HEAP_MAX_REQUEST_BYTES`` come
 from the heap, and the heap is never trimmed below 2 GiB of free top. The process then keeps its peak
-heap for its lifetime, as jemalloc and tcmalloc configured for PyTorch do; the peak itself is unchanged.
-It is skipped where another allocator is preloaded, where the user tuned glibc's malloc through the
+heap for its lifetime, as jemalloc and tcmalloc configured for PyTorch do; peak RSS was 0-3 % higher
+(fragmentation) on the benchmark's cells. It is skipped where another allocator is preloaded, where the user tuned glibc's malloc through the
 environment, off glibc (macOS, musl), and when ``PEFTBENCH_KEEP_FREED_MEMORY=0``.
 """
 
