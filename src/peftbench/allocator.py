@@ -12,8 +12,9 @@ and 0.208 s; with memory kept, 66 faults and 0.180 s (1.16×). A SmolLM2 LoRA st
 ``keep_freed_memory`` fixes both thresholds (``mallopt``): requests up to ``HEAP_MAX_REQUEST_BYTES`` come
 from the heap, and the heap is never trimmed below 2 GiB of free top. The process then keeps its peak
 heap for its lifetime, as jemalloc and tcmalloc configured for PyTorch do; peak RSS was 0-3 % higher
-(fragmentation) on the benchmark's cells. It is skipped where another allocator is preloaded, where the user tuned glibc's malloc through the
-environment, off glibc (macOS, musl), and when ``PEFTBENCH_KEEP_FREED_MEMORY=0``.
+(fragmentation) on the benchmark's cells. It is skipped where another allocator is preloaded, where the
+user tuned glibc's malloc through the environment, off glibc (macOS, musl), and when
+``PEFTBENCH_KEEP_FREED_MEMORY=0``.
 """
 
 from __future__ import annotations

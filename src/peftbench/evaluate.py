@@ -6,8 +6,8 @@ taking the best of an example's references.
 
 Forward-only passes (validation loss, decoding, rank scoring) run under ``torch.inference_mode``: autograd
 keeps no version counters or view records, a per-operation cost that matters on models of small
-operations (tiny T5: validation and decoding 1.08× against ``no_grad``, SmolLM2 1.00×; bench/RESULTS.md). Nothing
-they create is kept for training.
+operations (tiny T5: validation and decoding 1.08× against ``no_grad``, SmolLM2 1.00×; bench/RESULTS.md).
+Nothing they create is kept for training.
 """
 
 from __future__ import annotations
