@@ -92,12 +92,18 @@ def _t5_lora(config) -> torch.nn.Module:
     return apply_method(AutoModelForSeq2SeqLM.from_config(config), "seq2seq", "lora").model
 
 
-def _tiny_t5_batches(data_dir: str | None) -> list[dict]:
-    """The tiny T5 cell's step: 4 passes of 16 length-sorted CoLA training rows (bytes) of middling length."""
+def tiny_t5_rows(data_dir: str | None) -> tuple[list, int]:
+    """The tiny T5 cell's step: 64 length-sorted CoLA training rows (bytes) of middling length, and the pad id."""
     loaded = load_model("t5-tiny-random")
     data = load_task_data(get_task("cola"), data_dir, "low", 0, 200)
     rows = sorted(encode(data.train[:100], loaded.tokenizer, "seq2seq", 512, 128), key=lambda e: len(e.input_ids))
-    return [collate(rows[i: i + 16], "seq2seq", loaded.tokenizer.pad_token_id) for i in range(20, 84, 16)]
+    return rows[20:84], loaded.tokenizer.pad_token_id
+
+
+def _tiny_t5_batches(data_dir: str | None) -> list[dict]:
+    """``tiny_t5_rows`` as the cell runs them: 4 passes of 16."""
+    rows, pad = tiny_t5_rows(data_dir)
+    return [collate(rows[i: i + 16], "seq2seq", pad) for i in range(0, 64, 16)]
 
 
 def bits_dropout_case(setup: Setup) -> dict:

@@ -19,26 +19,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from common import probe_parser
+from kernel_cases import tiny_t5_rows
 from lever_cases import accumulate, hf_loss
 from levers import interleaved
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import profile
 
-from peftbench.batching import collate, encode
+from peftbench.batching import collate
 from peftbench.dropout import bits_dropout
 from peftbench.methods import apply_method
 from peftbench.models import load_model
-from peftbench.tasks import get_task
-from peftbench.tasks.data import load_task_data
 
 
 def setup(data_dir: str):
-    loaded = load_model("t5-tiny-random")
-    model = apply_method(loaded.model, "seq2seq", "lora").model
-    data = load_task_data(get_task("cola"), data_dir, "low", 0, 200)
-    items = sorted(encode(data.train[:100], loaded.tokenizer, "seq2seq", 512, 128), key=lambda e: len(e.input_ids))
-    rows = items[20:84]  # 64 examples of middling length
-    pad = loaded.tokenizer.pad_token_id
+    model = apply_method(load_model("t5-tiny-random").model, "seq2seq", "lora").model
+    rows, pad = tiny_t5_rows(data_dir)
     return model, [collate(rows[i: i + 16], "seq2seq", pad) for i in range(0, 64, 16)], collate(rows, "seq2seq", pad)
 
 
