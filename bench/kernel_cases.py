@@ -34,6 +34,8 @@ from peftbench.dropout import cpu_dropout
 from peftbench.evaluate import causal_target_loss
 from peftbench.methods import apply_method
 from peftbench.models import load_config, load_model
+from peftbench.packed import pack_frozen_linears
+from peftbench.precision import store_frozen_linears_in
 from peftbench.prefix import shared_prefix_length
 from peftbench.tasks import get_task
 from peftbench.tasks.data import load_task_data
@@ -106,18 +108,25 @@ def _tiny_t5_batches(data_dir: str | None) -> list[dict]:
     return [collate(rows[i: i + 16], "seq2seq", pad) for i in range(0, 64, 16)]
 
 
+def _flan_t5_base_shaped() -> tuple:
+    """2 + 2 layers shaped like FLAN-T5-base (d_model 768, 12 heads) and a batch of 8 rows of 256 source and
+    32 target tokens (random ids)."""
+    config = load_config("flan-t5-base")  # bundled with the package: no download
+    config.num_layers = config.num_decoder_layers = 2
+    generator = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(2, 32000, (8, 256), generator=generator),
+             "attention_mask": torch.ones(8, 256, dtype=torch.long),
+             "labels": torch.randint(2, 32000, (8, 32), generator=generator)}
+    return config, batch
+
+
 def bits_dropout_case(setup: Setup) -> dict:
     """Dropout masks from random bits (peftbench.dropout) against torch's ``bernoulli_`` masks: LoRA steps
     with T5's dropout of 0.1 (on attention probabilities and hidden states), eager attention as peftbench
     trains: the tiny T5 cell's step (4 passes of 16 CoLA rows, bytes), and 2 + 2 layers shaped like
     FLAN-T5-base (d_model 768, 12 heads, random weights) on 8 rows of 256 source and 32 target tokens."""
     tiny_batches = _tiny_t5_batches(setup.data_dir)
-    base_config = load_config("flan-t5-base")  # bundled with the package: no download
-    base_config.num_layers = base_config.num_decoder_layers = 2
-    generator = torch.Generator().manual_seed(0)
-    base_batch = {"input_ids": torch.randint(2, 32000, (8, 256), generator=generator),
-                  "attention_mask": torch.ones(8, 256, dtype=torch.long),
-                  "labels": torch.randint(2, 32000, (8, 32), generator=generator)}
+    base_config, base_batch = _flan_t5_base_shaped()
     cases = {}
     for what, model, batches in (("tiny T5 LoRA step, 4 × 16 CoLA rows", _t5_lora(load_config("t5-tiny-random")),
                                   tiny_batches),
@@ -181,8 +190,35 @@ def inference_mode_case(setup: Setup) -> dict:
             for what, run in runs.items()}
 
 
+def packed_weights_case(setup: Setup) -> dict:
+    """Frozen bf16 linears multiplied through oneDNN's prepacked weights (peftbench.packed) against
+    ``F.linear``: SmolLM2 LoRA's training step on 64 CoLA rows, its validation loss on 100 CoLA examples
+    and decoding of 16 CoLA prompts; a LoRA step of 2 + 2 layers shaped like FLAN-T5-base. (The tiny T5
+    cell's weights are below ``packed.MIN_PACKED_ELEMENTS``: it is left as it was.)"""
+    plain = setup.model(packed=False)
+    batch = setup.batch("cola", n=64, skip=18)
+    validation, test = setup.encoded("cola", "validation", 100), setup.encoded("cola", "test", 16)
+    pad = setup.tokenizer.pad_token_id
+    t5_config, t5_batch = _flan_t5_base_shaped()
+    t5_plain, t5_packed = (_t5_lora(t5_config) for _ in range(2))
+    for t5 in (t5_plain, t5_packed):
+        store_frozen_linears_in(t5, torch.bfloat16)
+    pack_frozen_linears(t5_packed)
+
+    def sides(run):
+        return {"before": lambda: run(plain), "after": lambda: run(setup.lora)}
+    return {"SmolLM2 LoRA step, 64 CoLA rows": sides(lambda m: training_step(m, batch)),
+            "SmolLM2 validation loss, 100 CoLA examples": sides(lambda m: evaluate.validation_loss(
+                m, validation, "causal", pad, 32, CPU, autocast())),
+            "SmolLM2 decoding, 16 CoLA prompts × ≤ 8 tokens": sides(lambda m: evaluate.generate(
+                m, test, setup.tokenizer, "causal", 8, 16, CPU, autocast())),
+            "FLAN-T5-base-shaped 2+2 layers, LoRA step, 8 × 256": {
+                "before": lambda: _dropout_step(t5_plain, [t5_batch]), "after": lambda: _dropout_step(t5_packed, [t5_batch])}}
+
+
 CASES = {"eager_attention": eager_attention, "grouped_query": grouped_query_case, "unpadding": unpadding_case,
-         "bits_dropout": bits_dropout_case, "inference_mode": inference_mode_case}
+         "bits_dropout": bits_dropout_case, "inference_mode": inference_mode_case,
+         "packed_weights": packed_weights_case}
 
 
 ALLOCATOR_STEPS = ("tiny T5 LoRA step, 4 × 16 CoLA rows", "SmolLM2 LoRA step, 64 CoLA rows")

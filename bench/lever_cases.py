@@ -23,6 +23,7 @@ from peftbench.evaluate import causal_target_loss, generate, validation_loss
 from peftbench.kernels import pass_attention
 from peftbench.methods import apply_method
 from peftbench.models import load_model
+from peftbench.packed import pack_frozen_linears
 from peftbench.precision import store_frozen_linears_in
 from peftbench.prefix import shared_prefix_length
 from peftbench.rank import rank_classify
@@ -50,12 +51,15 @@ class Setup:
         data = load_task_data(get_task(task), self.data_dir, "low", 0, 2 * max(n, 32))
         return encode(getattr(data, split)[:n], self.tokenizer, "causal", 512, 128)
 
-    def model(self, method: str = "lora", bf16_storage: bool = True):
+    def model(self, method: str = "lora", bf16_storage: bool = True, packed: bool = True):
+        """SmolLM2 with ``method`` applied, its frozen linears stored as peftbench trains them (bf16, packed)."""
         loaded = load_model("smollm2-135m")
         torch.manual_seed(0)
         model = apply_method(loaded.model, "causal", method).model
         if bf16_storage:
             store_frozen_linears_in(model, torch.bfloat16)
+            if packed:
+                pack_frozen_linears(model)
         return model
 
     @cached_property

@@ -3,9 +3,10 @@
     python bench/profile_step.py [DATA_DIR] [--steps 2]
 
 The step of ``levers.py``'s shared-prefix case as training runs it: 64 CoLA examples in one pass, the
-template prefix shared, bf16 autocast, attention and unpadding as peftbench runs them. torch.profiler over ``--steps`` steps
-after two warm-up steps; per step, it prints the time of each operator, and for every matrix-multiply
-shape its calls, time and achieved GFLOP/s (2·m·k·n per call), against the bf16 GEMM peak measured here.
+template prefix shared, bf16 autocast, attention, unpadding and packed frozen weights as peftbench runs
+them. torch.profiler over ``--steps`` steps after two warm-up steps; per step, it prints the time of each
+operator, and for every matrix-multiply shape (``aten::mm`` and peftbench.packed's prepacked linears) its
+calls, time and achieved GFLOP/s (2·m·k·n per call), against the bf16 GEMM peak measured here.
 Then, without the profiler, the median of ``--timed`` steps and its MFU: the step's model FLOPs
 (``flops.step_flops``: real tokens only, the shared prefix once) per second over that peak.
 """
@@ -26,6 +27,18 @@ from torch.profiler import profile
 from peftbench.prefix import shared_prefix_length
 
 
+def _gemm_shape(operator: str, shapes: list) -> tuple[int, int, int] | None:
+    """(m, k, n) of a matrix multiply: ``aten::mm`` (m × k) · (k × n), or peftbench.packed's prepacked linear
+    (x [..., k] against a blocked [n, k] weight); None for any other operator."""
+    if operator == "aten::mm" and len(shapes) >= 2:
+        (m, k), (_, n) = shapes[:2]
+        return m, k, n
+    if operator == "mkldnn::_linear_pointwise" and len(shapes) >= 2 and shapes[0]:
+        *rows, k = shapes[0]
+        return math.prod(rows), k, shapes[1][0]
+    return None
+
+
 def main(data_dir: str, steps: int, timed: int) -> None:
     setup = Setup(data_dir)
     batch, model = setup.batch("cola", n=64, skip=18), setup.lora
@@ -41,9 +54,10 @@ def main(data_dir: str, steps: int, timed: int) -> None:
     for event in prof.key_averages(group_by_input_shape=True):
         seconds = event.self_cpu_time_total / 1e6 / steps
         by_operator[event.key] += seconds
-        if event.key == "aten::mm" and len(event.input_shapes) >= 2:
-            (m, k), (_, n) = event.input_shapes[:2]
-            entry = gemms[(m, k, n)]
+        shape = _gemm_shape(event.key, event.input_shapes)
+        if shape:
+            m, k, n = shape
+            entry = gemms[shape]
             entry[0] += event.count / steps
             entry[1] += seconds
             entry[2] += 2 * m * k * n * event.count / steps

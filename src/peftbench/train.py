@@ -34,6 +34,7 @@ from peftbench.datacache import encode_cached
 from peftbench.evaluate import score
 from peftbench.methods import LRSchedule, apply_method
 from peftbench.models import LoadedModel, load_model
+from peftbench.packed import pack_frozen_linears
 from peftbench.precision import store_frozen_linears_in
 from peftbench.protocol import EarlyStopping, paper_lr_lambda, resolved_lr
 from peftbench.run_state import RunState
@@ -171,6 +172,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     bf16 = accelerator.mixed_precision == "bf16"
     frozen_bf16 = store_frozen_linears_in(cell.model, torch.bfloat16) if bf16 else 0
     model, optimizer = distributed.prepare(accelerator, cell.model, optimizer)  # no DDP wrapper: distributed.py
+    packed = pack_frozen_linears(model) if bf16 else 0  # CPU: their GEMMs in oneDNN's layout (packed.py)
     environment.reset_peak_memory(accelerator.device)
     loop = Loop(run, Path(run_dir), cell, model, optimizer, scheduler, accelerator, writer)
 
@@ -186,7 +188,8 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     optimizer_info = {"name": "AdamW", "lr_initial": schedule.lr.initial, "lr_peak": schedule.lr.peak,
                       "lr_final": schedule.lr.final, "total_steps": schedule.total_steps,
                       "warmup_steps": schedule.warmup_steps, "steps_done": state.step,
-                      "precision": accelerator.mixed_precision, "frozen_bf16_linears": frozen_bf16}
+                      "precision": accelerator.mixed_precision, "frozen_bf16_linears": frozen_bf16,
+                      "packed_frozen_linears": packed}
     return {**_result(run, cell, state, tested), "optimizer": optimizer_info, "time": times,
             "hardware": {**environment.hardware(accelerator.device), "device_map": device_map},
             "memory": environment.peak_memory(accelerator.device), "adapter": adapter,
