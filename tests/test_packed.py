@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -102,3 +103,11 @@ def test_small_weights_trained_weights_and_the_opt_out_are_left_alone(monkeypatc
     assert pack_frozen_linears(nn.ModuleList([small, trained, fp32])) == 0
     monkeypatch.setenv(packed.OPT_OUT, "0")
     assert pack_frozen_linears(nn.Linear(128, 128).requires_grad_(False).to(torch.bfloat16)) == 0
+
+
+def test_nothing_is_packed_when_the_copies_would_crowd_memory(monkeypatch):
+    layer = nn.Linear(256, 256, bias=False).requires_grad_(False).to(torch.bfloat16)  # copies: 2 × 128 KiB
+    monkeypatch.setattr(packed.psutil, "virtual_memory", lambda: SimpleNamespace(available=4 * 2**18 - 1))
+    assert pack_frozen_linears(layer) == 0 and type(layer) is nn.Linear
+    monkeypatch.setattr(packed.psutil, "virtual_memory", lambda: SimpleNamespace(available=4 * 2**18))
+    assert pack_frozen_linears(layer) == 1
