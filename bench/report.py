@@ -37,9 +37,9 @@ def summarise(records: list[dict], peaks: dict, names: list[str]) -> dict:
     peak = max(peaks["before"]["bf16"]["flops_per_s"], peaks["after"]["bf16"]["flops_per_s"])
     cells = {}
     for name in names:
-        sides = {side: side_summary([r for r in records if r["cell"] == name and r["side"] == side], peak)
-                 for side in ("peftbench", "trainer")}
-        ours, theirs = sides["peftbench"], sides["trainer"]
+        runs = {side: [r for r in records if r["cell"] == name and r["side"] == side] for side in ("peftbench", "trainer")}
+        sides = {side: side_summary(side_runs, peak) for side, side_runs in runs.items() if side_runs}  # None: all failed
+        ours, theirs = sides.get("peftbench"), sides.get("trainer")
         ratios = {}
         if ours and theirs:
             ratios = {"time_to_result": _ratio(theirs["time_to_result_s"], ours["time_to_result_s"]),
@@ -75,8 +75,7 @@ def markdown_table(summary: dict, meta: dict) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |",
     ]
     for name, cell in summary.items():
-        for side in ("peftbench", "trainer"):
-            s = cell["sides"][side]
+        for side, s in cell["sides"].items():  # a side not asked for (--sides) has no row
             if s is None:
                 lines.append(f"| {name} | {side} | failed | | | | | | | | | | |")
                 continue

@@ -9,8 +9,9 @@ uses for frozen CPU graphs. The products are the same, bit for bit, as ``F.linea
 under the profiler, the step 1.03× (median of 20 paired steps, quartiles 0.95-1.11); the validation loss
 pass 1.04-1.22×; decoding 1.01-1.04×.
 
-The cost is memory: two blocked copies per frozen weight (for SmolLM2 LoRA, +0.5 GB beside the 0.27 GB
-of bf16 weights); nothing is packed where they would take more than a quarter of the memory available.
+The costs: making the copies (0.56 s for SmolLM2's 211 frozen linears, once per run), and memory, two
+blocked copies per frozen weight (for SmolLM2 LoRA, +0.5 GB beside the 0.27 GB of bf16 weights); nothing
+is packed where they would take more than a quarter of the memory available.
 The plain weight stays the module's parameter, so state dicts, adapter saving and merging see nothing
 new; the copies are rebuilt when the weight is replaced or changed in place, and a deep copy or pickle
 of the model carries none. ``PEFTBENCH_PACK_FROZEN_WEIGHTS=0`` turns it off.
