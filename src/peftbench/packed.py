@@ -6,8 +6,8 @@ keeps a blocked copy of W [out, in] for the forward (x Wᵀ) and one of Wᵀ for
 (g W), and multiplies through ``torch.ops.mkldnn._linear_pointwise``, the prepacked linear that inductor
 uses for frozen CPU graphs. The products are the same, bit for bit, as ``F.linear`` under bf16 autocast
 (tests/test_packed.py). Measured on the SmolLM2 LoRA step of 64 CoLA rows: its large GEMMs 7-12 % faster
-under the profiler, the step 1.03× (median of 20 paired steps, quartiles 0.95-1.11); the validation loss
-pass 1.04-1.22×; decoding 1.01-1.04×.
+under the profiler, but the step within noise (1.03× over 20 paired steps, quartiles 0.95-1.11; 0.97×
+in separate processes); validation and decoding passes 1.01-1.05×.
 
 The costs: making the copies (0.56 s for SmolLM2's 211 frozen linears, once per run), and memory, two
 blocked copies per frozen weight (for SmolLM2 LoRA, +0.5 GB beside the 0.27 GB of bf16 weights); nothing
