@@ -79,6 +79,9 @@ def test_forward_outside_autocast_and_in_fp32_keeps_nn_linear_behaviour():
     assert torch.equal(layer(x), reference(x))  # bf16 input without autocast: packed, same values
     with pytest.raises(RuntimeError):  # an fp32 input outside autocast fails as nn.Linear does
         layer(torch.randn(5, 128))
+    layer.weight.requires_grad_(True)  # unfrozen after packing: nn.Linear's path, so the weight gets its gradient
+    layer(x).float().sum().backward()
+    assert layer.weight.grad is not None and torch.equal(layer.weight.grad, x.float().sum(0).expand(256, 128).to(torch.bfloat16))
 
 
 def test_blocked_copies_follow_the_weight_and_are_not_state():

@@ -88,13 +88,11 @@ class PackedFrozenLinear(nn.Linear):
         return _FrozenLinear.apply(x, blocked.weight, blocked.weight_t, self.bias)
 
     def _packable(self, x: torch.Tensor) -> bool:
-        weight = self.weight
-        if weight.requires_grad or weight.dtype != torch.bfloat16 or weight.device.type != "cpu":
+        """Still frozen bf16 on CPU (a user may have changed that), and a bf16 input or bf16 autocast."""
+        if not _frozen_bf16_on_cpu(self) or x.device.type != "cpu":
             return False
-        if self.bias is not None and (self.bias.requires_grad or self.bias.dtype != torch.bfloat16):
-            return False
-        autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        return x.device.type == "cpu" and (x.dtype == torch.bfloat16 or autocast_bf16)
+        return x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
+                                             and torch.get_autocast_dtype("cpu") == torch.bfloat16)
 
     def _blocked_weights(self) -> _Blocked:
         blocked, weight = self._blocked, self.weight
@@ -125,11 +123,13 @@ def pack_frozen_linears(model: nn.Module) -> int:
 
 
 def _worth_packing(module: nn.Module) -> bool:
-    if type(module) is not nn.Linear:  # exact type: PEFT wrappers keep their base layer as a child
-        return False
-    weight, bias = module.weight, module.bias
+    # exact type: PEFT wrappers keep their base layer as a child
+    return (type(module) is nn.Linear and _frozen_bf16_on_cpu(module)
+            and module.weight.numel() >= MIN_PACKED_ELEMENTS)
+
+
+def _frozen_bf16_on_cpu(linear: nn.Linear) -> bool:
+    weight, bias = linear.weight, linear.bias
     if weight.requires_grad or weight.dtype != torch.bfloat16 or weight.device.type != "cpu":
         return False
-    if bias is not None and (bias.requires_grad or bias.dtype != torch.bfloat16):
-        return False
-    return weight.numel() >= MIN_PACKED_ELEMENTS
+    return bias is None or (not bias.requires_grad and bias.dtype == torch.bfloat16)
