@@ -1,8 +1,8 @@
 """Where a SmolLM2 LoRA training step's time goes, operator by operator and GEMM shape by shape.
 
-    python bench/profile_step.py [DATA_DIR] [--steps 2]
+    python bench/profile_step.py [DATA_DIR] [--steps 2] [--timed 7] [--task cola --rows 64 --skip 18]
 
-The step of ``levers.py``'s shared-prefix case as training runs it: 64 CoLA examples in one pass, the
+By default the step of ``levers.py``'s shared-prefix case as training runs it: 64 CoLA examples in one pass, the
 template prefix shared, bf16 autocast, attention, unpadding and packed frozen weights as peftbench runs
 them. torch.profiler over ``--steps`` steps after two warm-up steps; per step, it prints the time of each
 operator, and for every matrix-multiply shape (``aten::mm`` and peftbench.packed's prepacked linears) its
@@ -39,9 +39,9 @@ def _gemm_shape(operator: str, shapes: list) -> tuple[int, int, int] | None:
     return None
 
 
-def main(data_dir: str, steps: int, timed: int) -> None:
+def main(data_dir: str, steps: int, timed: int, task: str = "cola", rows: int = 64, skip: int = 18) -> None:
     setup = Setup(data_dir)
-    batch, model = setup.batch("cola", n=64, skip=18), setup.lora
+    batch, model = setup.batch(task, n=rows, skip=skip), setup.lora
 
     for _ in range(2):  # warm-up: kernel choices, page faults
         training_step(model, batch)
@@ -86,5 +86,8 @@ if __name__ == "__main__":
     parser = probe_parser(__doc__)
     parser.add_argument("--steps", type=int, default=2, help="profiled steps")
     parser.add_argument("--timed", type=int, default=7, help="steps timed without the profiler")
+    parser.add_argument("--task", default="cola", help="task whose training rows make the pass")
+    parser.add_argument("--rows", type=int, default=64, help="rows in the pass")
+    parser.add_argument("--skip", type=int, default=18, help="first row, of 100 training rows sorted by length")
     args = parser.parse_args()
-    main(args.data_dir, args.steps, args.timed)
+    main(args.data_dir, args.steps, args.timed, args.task, args.rows, args.skip)
