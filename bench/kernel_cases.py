@@ -1,6 +1,7 @@
-"""Before/after pairs of bench/levers.py for the CPU kernel levers: which attention runs a pass, the
-feed-forward networks on real tokens only, and dropout masks from random bits (same format as lever_cases.py);
-and the child process of its keep_freed_memory case (``--allocator-child DATA_DIR STEP``).
+"""Before/after pairs of bench/levers.py for the CPU kernel levers: which attention runs a pass, passes over
+real tokens only (packed, or the feed-forward networks alone), and dropout masks from random bits (same
+format as lever_cases.py); and the child process of its keep_freed_memory case
+(``--allocator-child DATA_DIR STEP``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from lever_cases import (
 )
 from transformers import AutoModelForSeq2SeqLM
 
-from peftbench import allocator, evaluate, kernels, unpadding
+from peftbench import allocator, evaluate, kernels, unpadding, varlen
 from peftbench.batching import collate, encode
 from peftbench.dropout import cpu_dropout
 from peftbench.evaluate import causal_target_loss
@@ -59,15 +60,33 @@ def eager_attention(setup: Setup) -> dict:
 
 
 @contextmanager
-def padded_feed_forward():
-    """peftbench as it was before unpadding: every pass runs its feed-forward networks on padding too."""
-    with mock.patch.object(unpadding, "MIN_PADDING_SHARE", 2.0):
+def padded_passes():
+    """peftbench as it was before unpadding: every pass runs padded, its feed-forward networks too."""
+    with mock.patch.object(unpadding, "MIN_PADDING_SHARE", 2.0), mock.patch.object(varlen, "MIN_PADDING_SHARE", 2.0):
+        yield
+
+
+@contextmanager
+def feed_forward_unpadded_only():
+    """peftbench as it was before packed passes: only the feed-forward networks skip the padding."""
+    with mock.patch.object(varlen, "MIN_PADDING_SHARE", 2.0):
         yield
 
 
 def unpadding_case(setup: Setup) -> dict:
-    """Feed-forward networks on real tokens only (peftbench.unpadding) against the padded pass: a LoRA step
-    and a validation pass of 64 CoLA examples (20 % of the suffix pass is padding), a SAMSum step."""
+    """Passes over real tokens only (peftbench.varlen, and for other passes peftbench.unpadding) against the
+    padded pass: a LoRA step and a validation pass of 64 CoLA examples (20 % of the suffix pass is
+    padding), a SAMSum step."""
+    return _padding_cases(setup, padded_passes)
+
+
+def packed_tokens_case(setup: Setup) -> dict:
+    """Packed passes (peftbench.varlen) against the feed-forward-only unpadding they replace, on the
+    ``unpadding`` case's passes."""
+    return _padding_cases(setup, feed_forward_unpadded_only)
+
+
+def _padding_cases(setup: Setup, before) -> dict:
     cases, model = {}, setup.lora
     for task, n, skip in (("cola", 64, 18), ("samsum", 16, 20)):
         batch = setup.batch(task, n=n, skip=skip)
@@ -75,17 +94,17 @@ def unpadding_case(setup: Setup) -> dict:
         real = batch["attention_mask"][:, prefix:]
         what = f"{task} {n} ex × {batch['input_ids'].shape[1]} tokens, {1 - real.float().mean():.0%} padding"
 
-        def padded_step(b=batch):
-            with padded_feed_forward():
+        def before_step(b=batch):
+            with before():
                 training_step(model, b)
 
-        def padded_validation(b=batch):
-            with padded_feed_forward():
+        def before_validation(b=batch):
+            with before():
                 validation_pass(model, b)
 
-        cases[f"LoRA step, {what}"] = {"before": padded_step, "after": lambda b=batch: training_step(model, b)}
+        cases[f"LoRA step, {what}"] = {"before": before_step, "after": lambda b=batch: training_step(model, b)}
         cases[f"validation pass, {what}"] = {
-            "before": padded_validation, "after": lambda b=batch: validation_pass(model, b)}
+            "before": before_validation, "after": lambda b=batch: validation_pass(model, b)}
     return cases
 
 
@@ -217,6 +236,7 @@ def packed_weights_case(setup: Setup) -> dict:
 
 
 CASES = {"eager_attention": eager_attention, "grouped_query": grouped_query_case, "unpadding": unpadding_case,
+         "packed_tokens": packed_tokens_case,
          "bits_dropout": bits_dropout_case, "inference_mode": inference_mode_case,
          "packed_weights": packed_weights_case}
 

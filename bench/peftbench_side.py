@@ -6,7 +6,8 @@ Time to result is ``run_cell``'s own clock (data, model copy, method, tokenising
 per-epoch validation, test decoding and scoring, adapter saving). Training seconds are the optimiser
 loop alone: the bench wraps ``steps.train_epoch`` with a timer, which changes nothing it computes.
 Training FLOPs are those done: a prompt prefix shared by a pass's rows (``peftbench.prefix``) is counted
-once per pass, not once per row (the wrapper around ``forward_with_shared_prefix`` counts it).
+once per pass, not once per row (the wrappers around ``forward_with_shared_prefix`` and
+``forward_packed`` count it).
 """
 
 from __future__ import annotations
@@ -47,12 +48,12 @@ def _timed(function):
 def _counted(function):
     """Counts what a shared prefix saves in training (rows - 1 copies of its tokens and causal pairs), so that
     the FLOPs divided by the time are those actually done."""
-    def wrapper(model, inputs, prefix):
+    def wrapper(model, inputs, prefix, *rest):
         if _in_training[0]:
             copies = inputs["input_ids"].shape[0] - 1
             _shared_prefix["tokens"] += copies * prefix
             _shared_prefix["pairs"] += copies * prefix * (prefix + 1) / 2
-        return function(model, inputs, prefix)
+        return function(model, inputs, prefix, *rest)
     return wrapper
 
 
@@ -80,6 +81,7 @@ def main(out: str, overrides: list[str]) -> None:
     run = resolve_cell(overrides)
     steps.train_epoch = _timed(steps.train_epoch)
     evaluate.forward_with_shared_prefix = _counted(evaluate.forward_with_shared_prefix)
+    evaluate.forward_packed = _counted(evaluate.forward_packed)  # its prefix=0 passes count nothing
     load_before = load_average()
     with tempfile.TemporaryDirectory() as run_dir:
         result = train.run_cell(run, run_dir, progress=False)

@@ -3,7 +3,7 @@
     python bench/profile_step.py [DATA_DIR] [--steps 2] [--timed 7] [--task cola --rows 64 --skip 18]
 
 By default the step of ``levers.py``'s shared-prefix case as training runs it: 64 CoLA examples in one pass, the
-template prefix shared, bf16 autocast, attention, unpadding and packed frozen weights as peftbench runs
+template prefix shared, bf16 autocast, attention, packed passes and packed frozen weights as peftbench runs
 them. torch.profiler over ``--steps`` steps after two warm-up steps; per step, it prints the time of each
 operator, and for every matrix-multiply shape (``aten::mm`` and peftbench.packed's prepacked linears) its
 calls, time and achieved GFLOP/s (2·m·k·n per call), against the bf16 GEMM peak measured here.

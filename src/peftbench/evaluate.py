@@ -25,6 +25,7 @@ from peftbench.prefix import forward_with_shared_prefix, prefix_to_share
 from peftbench.tasks import TaskSpec
 from peftbench.tasks.data import Example
 from peftbench.unpadding import feed_forward_on_real_tokens
+from peftbench.varlen import forward_packed, packs_real_tokens
 
 _ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
@@ -92,14 +93,17 @@ def causal_target_loss(model, batch: dict[str, torch.Tensor], reduction: str = "
     keep = targets != IGNORE
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     prefix = prefix_to_share(model, batch) if prefix is None else prefix
+    real = inputs["attention_mask"][:, prefix:].bool()  # the tokens after the prefix (which has no padding)
     if _output_layer(model) is None:  # no output layer to trim: every position's logits, then select
         logits = model(**inputs).logits[:, -labels.shape[1]:][keep]
+    elif packs_real_tokens(model, real):  # the rows' real tokens as one sequence; each target follows a token
+        with logits_only_where(model, keep[:, prefix:][real].unsqueeze(0)):
+            logits = forward_packed(model, inputs, prefix).logits[0]
     elif prefix:
-        real = inputs["attention_mask"][:, prefix:].bool()  # the suffix pass's tokens (the prefix has none padded)
         with logits_only_where(model, keep[:, prefix:]), feed_forward_on_real_tokens(model, real):
             logits = forward_with_shared_prefix(model, inputs, prefix).logits[0]  # the prefix predicts no target
     else:
-        with logits_only_where(model, keep), feed_forward_on_real_tokens(model, inputs["attention_mask"].bool()):
+        with logits_only_where(model, keep), feed_forward_on_real_tokens(model, real):
             logits = model(**inputs).logits[0]
     return torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction=reduction)
 

@@ -27,6 +27,7 @@ same loss (bench/RESULTS.md).
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 
 import torch
@@ -56,7 +57,7 @@ def pass_attention(model: nn.Module, width: int, device: torch.device, training:
     """Around one forward pass of ``model`` (a transformers model, PEFT-wrapped or not): eager attention where
     ``eager_attention_pays``, the model's own choice otherwise. ``width``: the batch's ``input_ids`` width
     (prompt tuning's virtual tokens come on top)."""
-    switched = _sdpa_configs(model) if eager_attention_pays(width, device, training) else []
+    switched = attention_configs(model, "sdpa") if eager_attention_pays(width, device, training) else []
     for config in switched:  # the internal field, as set_attn_implementation does: no recursion into sub-configs
         grouped = config.model_type in GROUPED_QUERY_EAGER_MODEL_TYPES
         config._attn_implementation_internal = GROUPED_QUERY_EAGER if grouped else "eager"
@@ -67,11 +68,23 @@ def pass_attention(model: nn.Module, width: int, device: torch.device, training:
             config._attn_implementation_internal = "sdpa"
 
 
-def _sdpa_configs(model: nn.Module) -> list[PretrainedConfig]:
-    """The distinct configs of ``model``'s modules that select SDPA attention."""
-    configs = {id(c): c for module in model.modules()
-               if isinstance(c := getattr(module, "config", None), PretrainedConfig)}
-    return [c for c in configs.values() if c._attn_implementation == "sdpa"]
+def attention_configs(model: nn.Module, implementation: str) -> list[PretrainedConfig]:
+    """The distinct configs of ``model``'s modules that select attention ``implementation`` now."""
+    return [c for c in _module_configs(model) if c._attn_implementation == implementation]
+
+
+def _module_configs(model: nn.Module) -> list[PretrainedConfig]:
+    """The distinct configs that ``model``'s modules hold, found once per model: a walk over SmolLM2's
+    modules takes about 4 ms, and every training pass asks. Adapters injected later add no config."""
+    configs = _CONFIGS.get(model)
+    if configs is None:
+        found = {id(c): c for module in model.modules()
+                 if isinstance(c := getattr(module, "config", None), PretrainedConfig)}
+        configs = _CONFIGS[model] = list(found.values())
+    return configs
+
+
+_CONFIGS: weakref.WeakKeyDictionary[nn.Module, list[PretrainedConfig]] = weakref.WeakKeyDictionary()
 
 
 def grouped_query_eager(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -83,6 +96,13 @@ def grouped_query_eager(module: nn.Module, query: torch.Tensor, key: torch.Tenso
     [batch, 1 or heads, q, k]. Returns the output [batch, q, heads, dim] and the probabilities
     [batch, heads, q, k], as transformers' eager attention does.
     """
+    output, probabilities = grouped_attention(module, query, key, value, attention_mask, scaling, dropout)
+    return output.transpose(1, 2).contiguous(), probabilities
+
+
+def grouped_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0):
+    """``grouped_query_eager``'s arithmetic; returns the output [batch, heads, q, dim] and the probabilities."""
     batch, heads, q_len, dim = query.shape
     kv_heads, k_len = key.shape[1], key.shape[2]
     groups = heads // kv_heads
@@ -95,7 +115,7 @@ def grouped_query_eager(module: nn.Module, query: torch.Tensor, key: torch.Tenso
     probabilities = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     probabilities = nn.functional.dropout(probabilities, p=dropout, training=module.training)
     output = torch.matmul(probabilities, value).view(batch, heads, q_len, dim)
-    return output.transpose(1, 2).contiguous(), probabilities.view(batch, heads, q_len, k_len)
+    return output, probabilities.view(batch, heads, q_len, k_len)
 
 
 AttentionInterface.register(GROUPED_QUERY_EAGER, grouped_query_eager)

@@ -69,7 +69,7 @@ def shared_prefix_length(batch: dict[str, torch.Tensor]) -> int:
     return length if length >= MIN_SHARED_TOKENS else 0
 
 
-def _body(model: nn.Module) -> nn.Module:
+def body_of(model: nn.Module) -> nn.Module:
     """The transformer stack under the LM head (PEFT's tuner layers live inside it)."""
     inner = getattr(model, "module", model)  # DistributedDataParallel
     inner = getattr(inner, "get_base_model", lambda: inner)()  # PEFT wrapper → the transformers model
@@ -81,7 +81,7 @@ def forward_with_shared_prefix(model: nn.Module, inputs: dict[str, torch.Tensor]
     tokens' keys and values computed once, from row 0, and repeated over the batch. The prefix runs through
     the stack alone (no LM head); the output's logits cover positions ``prefix`` onwards."""
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    body = _body(model)
+    body = body_of(model)
     cache = DynamicCache(config=body.config)
     body(input_ids=ids[:1, :prefix], attention_mask=mask[:1, :prefix], cache=cache, use_cache=True)
     cache.batch_repeat_interleave(ids.shape[0])  # a differentiable copy: its backward sums the rows' gradients

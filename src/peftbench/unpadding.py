@@ -11,7 +11,9 @@ floating-point reordering. On that step: 1.15× (bench/RESULTS.md). The attentio
 padded: their gathers cost about what they save (in a probe, 1.09× with them against 1.12× without).
 
 Applied to CPU passes with at least ``MIN_PADDING_SHARE`` padding, for architectures whose role map names
-the feed-forward module (methods/roles.py). GPUs keep the padded pass (not measured there).
+the feed-forward module (methods/roles.py), where ``varlen`` does not pack the whole pass (it does for the
+Llama family's eager passes; the feed-forward networks then see no padded hidden states and this does
+nothing). GPUs keep the padded pass (not measured there).
 """
 
 from __future__ import annotations

@@ -1,0 +1,110 @@
+"""Packed passes (peftbench.varlen): the real tokens as one sequence give the padded pass's loss and gradients."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import pytest
+import torch
+
+import peftbench.varlen as varlen
+from peftbench.batching import collate, encode
+from peftbench.evaluate import causal_target_loss, validation_loss
+from peftbench.kernels import GROUPED_QUERY_EAGER, pass_attention
+from peftbench.methods import apply_method
+from peftbench.models import load_model
+from peftbench.prefix import shared_prefix_length
+from peftbench.tasks import get_task
+from peftbench.tasks.data import load_task_data
+
+CPU = torch.device("cpu")
+
+
+def _setup(method: str = "lora", lora_dropout: float = 0.0):
+    loaded = load_model("llama-tiny-random")
+    torch.manual_seed(0)
+    options = {"lora_dropout": lora_dropout} if method == "lora" else None
+    model = apply_method(loaded.model, "causal", method, options).model
+    data = load_task_data(get_task("synthetic_classification"), None, 32, 0, 32)
+    items = encode(data.train[:8], loaded.tokenizer, "causal", 512, 128)
+    return model, items, loaded.tokenizer.pad_token_id
+
+
+def _run(model, batch, prefix: int, packed: bool, monkeypatch) -> tuple[float, list[torch.Tensor], list[tuple]]:
+    """The loss, the trainable parameters' gradients and the hidden-state shapes the first q projection saw."""
+    monkeypatch.setattr(varlen, "MIN_PADDING_SHARE", 0.0 if packed else 2.0)  # 2.0: never packs
+    q_proj = model.get_base_model().model.layers[0].self_attn.q_proj
+    seen = []
+    probe = q_proj.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    with pass_attention(model, batch["input_ids"].shape[1], CPU, training=True):
+        loss = causal_target_loss(model, batch, prefix=prefix)
+    probe.remove()
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    model.zero_grad(set_to_none=True)
+    return float(loss.detach()), grads, seen
+
+
+@pytest.mark.parametrize("share_prefix", [False, True])
+def test_packed_pass_gives_the_padded_loss_and_gradients(share_prefix, monkeypatch):
+    model, items, pad = _setup()
+    batch = collate(items, "causal", pad)
+    prefix = shared_prefix_length(batch) if share_prefix else 0
+    assert (prefix > 0) == share_prefix
+    real = batch["attention_mask"][:, prefix:].bool()
+    assert not real.all()
+    loss, grads, seen = _run(model, batch, prefix, True, monkeypatch)
+    padded_loss, padded_grads, padded_seen = _run(model, batch, prefix, False, monkeypatch)
+    prefix_pass = [(1, prefix, 32)] if prefix else []  # the prefix's own pass: row 0 alone
+    assert seen == [*prefix_pass, (1, int(real.sum()), 32)]  # one row of the real tokens
+    assert padded_seen == [*prefix_pass, (*batch["input_ids"][:, prefix:].shape, 32)]
+    assert loss == pytest.approx(padded_loss, abs=1e-5)
+    assert any(g.abs().sum() > 0 for g in padded_grads)
+    for got, expected in zip(grads, padded_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+    assert model.config._attn_implementation == "sdpa"  # pass_attention's switch, and the packed one, undone
+    with pytest.raises(LookupError):
+        varlen._LAYOUT.get()
+
+
+def test_packed_pass_under_bf16_autocast_stays_within_rounding(monkeypatch):
+    model, items, pad = _setup()
+    batch = collate(items, "causal", pad)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, grads, _ = _run(model, batch, 0, True, monkeypatch)
+        padded_loss, padded_grads, _ = _run(model, batch, 0, False, monkeypatch)
+    assert loss == pytest.approx(padded_loss, abs=2e-2)
+    for got, expected in zip(grads, padded_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=5e-2, atol=5e-3 * float(expected.abs().max()))
+
+
+def test_validation_loss_is_the_same_packed(monkeypatch):
+    model, items, pad = _setup()
+    q_proj = model.get_base_model().model.layers[0].self_attn.q_proj
+    losses, rows_seen = {}, {}
+    for share in (0.0, 2.0):
+        monkeypatch.setattr(varlen, "MIN_PADDING_SHARE", share)
+        rows_seen[share] = seen = set()
+        probe = q_proj.register_forward_hook(lambda module, args, out, seen=seen: seen.add(args[0].shape[0]))
+        losses[share] = validation_loss(model, items, "causal", pad, 4, CPU, nullcontext())
+        probe.remove()
+    assert losses[0.0] == pytest.approx(losses[2.0], abs=1e-5)
+    assert rows_seen == {0.0: {1}, 2.0: {1, 8}}  # packed: one row (the prefix's pass is one row either way)
+
+
+def test_packs_only_grouped_query_eager_passes_without_dropout_or_virtual_tokens(monkeypatch):
+    monkeypatch.setattr(varlen, "MIN_PADDING_SHARE", 0.0)
+    model, items, pad = _setup()
+    real = collate(items, "causal", pad)["attention_mask"].bool()
+    assert not varlen.packs_real_tokens(model, real)  # SDPA: pass_attention chose no eager kernel
+    with pass_attention(model, real.shape[1], CPU, training=True):
+        assert varlen.packs_real_tokens(model, real)
+        assert not varlen.packs_real_tokens(model, torch.ones(3, 0, dtype=torch.bool))
+        monkeypatch.setattr(varlen, "MIN_PADDING_SHARE", 0.05)
+        assert not varlen.packs_real_tokens(model, torch.ones(4, 8, dtype=torch.bool))  # no padding to skip
+    for method, dropout in (("prompt", 0.0), ("lora", 0.1)):
+        other, _, _ = _setup(method, dropout)
+        other.train()
+        with pass_attention(other, real.shape[1], CPU, training=True):
+            assert {c._attn_implementation for c in [other.config]} == {GROUPED_QUERY_EAGER}
+            assert not varlen.packs_real_tokens(other, torch.tensor([[True, False]] * 4)), method
