@@ -1,6 +1,6 @@
 """Where a SmolLM2 LoRA training step's time goes, operator by operator and GEMM shape by shape.
 
-    python bench/profile_step.py [DATA_DIR] [--steps 2] [--timed 7] [--task cola --rows 64 --skip 18]
+    python bench/profile_step.py [DATA_DIR] [--steps 2] [--timed 7] [--task cola --rows 64 --skip 18] [--unpacked]
 
 By default the step of ``levers.py``'s shared-prefix case as training runs it: 64 CoLA examples in one pass, the
 template prefix shared, bf16 autocast, attention, packed passes and packed frozen weights as peftbench runs
@@ -9,6 +9,8 @@ operator, and for every matrix-multiply shape (``aten::mm`` and peftbench.packed
 calls, time and achieved GFLOP/s (2·m·k·n per call), against the bf16 GEMM peak measured here.
 Then, without the profiler, the median of ``--timed`` steps and its MFU: the step's model FLOPs
 (``flops.step_flops``: real tokens only, the shared prefix once) per second over that peak.
+``--unpacked`` runs the step as peftbench did before packed passes (peftbench.varlen): padded, with only
+the feed-forward networks on the real tokens.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from flops import gemm_peak, gemm_sizes, linear_costs, step_flops
 from lever_cases import Setup, training_step
 from torch.profiler import profile
 
+from peftbench import varlen
 from peftbench.prefix import shared_prefix_length
 
 
@@ -89,5 +92,8 @@ if __name__ == "__main__":
     parser.add_argument("--task", default="cola", help="task whose training rows make the pass")
     parser.add_argument("--rows", type=int, default=64, help="rows in the pass")
     parser.add_argument("--skip", type=int, default=18, help="first row, of 100 training rows sorted by length")
+    parser.add_argument("--unpacked", action="store_true", help="no packed passes (peftbench.varlen)")
     args = parser.parse_args()
+    if args.unpacked:
+        varlen.MIN_PADDING_SHARE = 2.0  # a share no pass reaches
     main(args.data_dir, args.steps, args.timed, args.task, args.rows, args.skip)
