@@ -9,8 +9,9 @@ needs the rows: in each layer, ``packed_attention`` scatters the queries, keys a
 ``[rows, heads, width, dim]`` layout, computes ``kernels.grouped_attention`` there with the pass's causal
 and padding mask (and a shared prefix's keys and values, computed once for all rows), and gathers the
 real tokens' outputs back. Every real token gets the value it had in the padded pass, so the loss and
-the gradients are the same up to floating-point reordering (tests/test_varlen.py). On the 64-row
-CoLA step: 1.03-1.05× over the feed-forward-only unpadding (unpadding.py) it replaces (bench/RESULTS.md).
+the gradients are the same up to floating-point reordering (tests/test_varlen.py). On SmolLM2's 64-row
+CoLA LoRA step: 1.10× over the feed-forward-only unpadding (unpadding.py) it replaces, 1.04× on a 16-row
+SAMSum step, 1.02× on validation passes (bench/RESULTS.md).
 
 Applied where the pass would run ``kernels.GROUPED_QUERY_EAGER`` (CPU, a width where eager attention pays,
 the Llama family's attention), with at least ``MIN_PADDING_SHARE`` padding, to models that
