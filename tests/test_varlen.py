@@ -108,3 +108,14 @@ def test_packs_only_grouped_query_eager_passes_without_dropout_or_virtual_tokens
         with pass_attention(other, real.shape[1], CPU, training=True):
             assert {c._attn_implementation for c in [other.config]} == {GROUPED_QUERY_EAGER}
             assert not varlen.packs_real_tokens(other, torch.tensor([[True, False]] * 4)), method
+
+
+def test_activation_checkpointing_keeps_the_padded_pass(monkeypatch):
+    monkeypatch.setattr(varlen, "MIN_PADDING_SHARE", 0.0)
+    model, items, pad = _setup()
+    model.train()
+    real = collate(items, "causal", pad)["attention_mask"].bool()
+    with pass_attention(model, real.shape[1], CPU, training=True):
+        assert varlen.packs_real_tokens(model, real)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        assert not varlen.packs_real_tokens(model, real)

@@ -16,7 +16,8 @@ SAMSum step, 1.02× on validation passes (bench/RESULTS.md).
 Applied where the pass would run ``kernels.GROUPED_QUERY_EAGER`` (CPU, a width where eager attention pays,
 the Llama family's attention), with at least ``MIN_PADDING_SHARE`` padding, to models that
 ``prefix.supports_prefix_sharing`` admits (causal, no prompt learning, no dropout in training: a dropout
-mask drawn over another layout would give other draws). Other passes run padded.
+mask drawn over another layout would give other draws), without activation checkpointing (whose
+recomputation would run attention after the pass). Other passes run padded.
 """
 
 from __future__ import annotations
@@ -114,7 +115,16 @@ def packs_real_tokens(model: nn.Module, real: torch.Tensor) -> bool:
         return False
     if not attention_configs(model, GROUPED_QUERY_EAGER):  # kernels.pass_attention chose another kernel
         return False
+    if _recomputes_activations(body_of(model)):  # the backward would rerun attention after the pass's layout
+        return False
     return 1 - real.float().mean().item() >= MIN_PADDING_SHARE
+
+
+def _recomputes_activations(body: nn.Module) -> bool:
+    """Whether a training pass of the decoder stack ``body`` recomputes its layers in the backward
+    (transformers' activation checkpointing sets each layer's flag)."""
+    return body.training and any(getattr(layer, "gradient_checkpointing", False)
+                                 for layer in getattr(body, "layers", ()))
 
 
 def forward_packed(model: nn.Module, inputs: dict[str, torch.Tensor], prefix: int):
