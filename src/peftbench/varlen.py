@@ -87,11 +87,13 @@ class _ToPacked(torch.autograd.Function):
 
 
 def packed_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                     attention_mask: None, scaling: float, dropout: float = 0.0, **kwargs):
+                     attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0, **kwargs):
     """transformers' attention signature for a packed pass: query [1, heads, tokens, dim]; key and value
-    [1, kv_heads, prefix + tokens, dim] (a shared prefix's cached keys first). Returns the output
-    [1, tokens, heads, dim] and no probabilities."""
-    layout = _LAYOUT.get()
+    [1, kv_heads, prefix + tokens, dim] (a shared prefix's cached keys first); ``attention_mask`` is None
+    (the pass's layout carries the mask). Returns the output [1, tokens, heads, dim] and no probabilities."""
+    layout = _LAYOUT.get(None)
+    if layout is None:
+        raise RuntimeError(f"{PACKED_ATTENTION} runs only inside varlen.forward_packed, which sets its layout")
     n_rows, width = layout.mask.shape[0], layout.mask.shape[2]
     prefix = key.shape[2] - query.shape[2]
 
