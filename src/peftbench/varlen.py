@@ -136,12 +136,11 @@ def forward_packed(model: nn.Module, inputs: dict[str, torch.Tensor], prefix: in
     ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
     real = attention_mask[:, prefix:].bool()
     rows, columns = real.nonzero(as_tuple=True)
-    cache = None
+    body, cache = body_of(model), None
     if prefix:  # the prefix's keys and values, from row 0 once: the packed pass has one row
-        cache = DynamicCache(config=body_of(model).config)
-        body_of(model)(input_ids=ids[:1, :prefix], attention_mask=attention_mask[:1, :prefix], cache=cache,
-                       use_cache=True)
-    layout = _Layout(rows, columns, _additive_mask(real, prefix, body_of(model).get_input_embeddings().weight.dtype))
+        cache = DynamicCache(config=body.config)
+        body(input_ids=ids[:1, :prefix], attention_mask=attention_mask[:1, :prefix], cache=cache, use_cache=True)
+    layout = _Layout(rows, columns, _additive_mask(real, prefix, body.get_input_embeddings().weight.dtype))
     with _packed_attention(model, layout):
         return model(input_ids=ids[:, prefix:][real].unsqueeze(0), position_ids=(prefix + columns).unsqueeze(0),
                      cache=cache, use_cache=cache is not None)
