@@ -77,10 +77,10 @@ def unshared_loss(model, batch):
     return causal_target_loss(model, batch, prefix=0)
 
 
-def train_step(model, batch, loss=unshared_loss, attention=None, zero=True):
+def train_step(model, batch, loss=unshared_loss, attention=None, zero=True, precision=autocast):
     if not model.training:  # peftbench sets the mode once per epoch; a walk over SmolLM2's modules is ~11 ms
         model.train()
-    with autocast(), attention or nullcontext():
+    with precision(), attention or nullcontext():
         value = loss(model, batch)
     value.backward()
     if zero:
@@ -121,6 +121,20 @@ def frozen_bf16(setup: Setup) -> dict:
             "decode 16 CoLA prompts × 8 tokens": {"before": decode(fp32, setup), "after": decode(setup.lora, setup)}}
 
 
+def bf16_autocast(setup: Setup) -> dict:
+    """peftbench's CPU precision (bf16 autocast, frozen linears stored in bf16 and prepacked) against fp32
+    (``train.precision=fp32``), on the 64-row CoLA LoRA step and a validation pass of the same rows."""
+    fp32, batch = setup.model(bf16_storage=False), setup.batch("cola", n=64, skip=18)
+    return {"LoRA step, CoLA 64 ex × 31 tokens": {
+                "before": lambda: train_step(fp32, batch, causal_target_loss, attention=peftbench_attention(fp32, batch),
+                                             precision=nullcontext),
+                "after": lambda: training_step(setup.lora, batch)},
+            "validation pass, CoLA 64 ex × 31 tokens": {
+                "before": lambda: forward_pass(fp32, batch, peftbench_attention(fp32, batch, training=False),
+                                               precision=nullcontext),
+                "after": lambda: validation_pass(setup.lora, batch)}}
+
+
 def tied_head_bf16(setup: Setup) -> dict:
     retied = setup.model()
     retied.get_output_embeddings().weight = retied.get_input_embeddings().weight  # the fp32 original, shared
@@ -143,10 +157,10 @@ def math_or_flash(width: int):
     return sdpa_kernel([SDPBackend.MATH]) if width <= 200 else nullcontext()
 
 
-def forward_pass(model, batch, attention) -> None:
+def forward_pass(model, batch, attention, precision=autocast) -> None:
     """A validation pass: the summed target loss, in inference mode as evaluate.validation_loss runs it."""
     model.eval()
-    with torch.inference_mode(), autocast(), attention:
+    with torch.inference_mode(), precision(), attention:
         causal_target_loss(model, batch, reduction="sum")
 
 
@@ -292,7 +306,7 @@ def fused_adamw(setup: Setup) -> dict:
         "before": optimizers["foreach"].step, "after": optimizers["fused"].step}}
 
 
-CASES = {"frozen_bf16": frozen_bf16, "tied_head_bf16": tied_head_bf16, "target_only_head": target_only_head,
+CASES = {"bf16_autocast": bf16_autocast, "frozen_bf16": frozen_bf16, "tied_head_bf16": tied_head_bf16, "target_only_head": target_only_head,
          "length_grouping": length_grouping, "sorted_decoding": sorted_decoding,
          "fused_accumulation": fused_accumulation, "shared_prefix": shared_prefix,
          "validation_fusion": validation_fusion, "background_checkpoint": background_checkpoint,
