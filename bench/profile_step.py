@@ -19,14 +19,15 @@ import math
 import statistics
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 
 import torch
 from common import probe_parser
 from flops import gemm_peak, gemm_sizes, linear_costs, step_flops
+from kernel_cases import feed_forward_unpadded_only
 from lever_cases import Setup, training_step
 from torch.profiler import profile
 
-from peftbench import varlen
 from peftbench.prefix import shared_prefix_length
 
 
@@ -94,6 +95,5 @@ if __name__ == "__main__":
     parser.add_argument("--skip", type=int, default=18, help="first row, of 100 training rows sorted by length")
     parser.add_argument("--unpacked", action="store_true", help="no packed passes (peftbench.varlen)")
     args = parser.parse_args()
-    if args.unpacked:
-        varlen.MIN_PADDING_SHARE = 2.0  # a share no pass reaches
-    main(args.data_dir, args.steps, args.timed, args.task, args.rows, args.skip)
+    with feed_forward_unpadded_only() if args.unpacked else nullcontext():
+        main(args.data_dir, args.steps, args.timed, args.task, args.rows, args.skip)
