@@ -52,7 +52,9 @@ COLA = {
 
 
 def test_a_cell_below_majority_or_not_above_zero_shot_is_flagged_in_tables_csv_and_html(tmp_path):
-    results = write_results(tmp_path / "results", _results(COLA))
+    e2e = {("zero_shot", "e2e_nlg", "low", None): {"score": [0.1, 0.1, 0.1]},
+           ("lora", "e2e_nlg", "low", None): {"score": [0.3, 0.3, 0.3]}}
+    results = write_results(tmp_path / "results", _results({**COLA, **e2e}))
     coll = c.collect(results)
     key = lambda method: c.CellKey(MODEL, "cola", "low", method, None)  # noqa: E731
     assert flags(coll, key("full")) == [] and flags(coll, key("majority")) == []
@@ -63,6 +65,9 @@ def test_a_cell_below_majority_or_not_above_zero_shot_is_flagged_in_tables_csv_a
     rows = {row.method: row.cells[0] for row in table1.rows()}
     assert rows["lora"].text == "0.6200 ± 0.0497 †" and rows["prompt"].text.endswith(" †‡")
     assert rows["full"].text == "0.8100 ± 0.0248" and rows["majority"].text == "0.7200 ± 0.0497"
+    e2e_cells = {row.method: row.cells[1].text for row in table1.rows()}
+    assert e2e_cells["majority"] == "n/a" and e2e_cells["lora"] == "0.3000 ± 0.0000"  # no label set; above 0-shot
+    assert e2e_cells["full"] == "missing"
     csv_rows = {row["method"]: row for row in csv.DictReader(io.StringIO(render.to_csv(table1)))}
     assert csv_rows["prompt"]["cola flags"] == "below majority;not above zero-shot"
     assert csv_rows["full"]["cola flags"] == ""

@@ -76,19 +76,28 @@ def flagged_cells(coll: Collection) -> list[tuple[CellKey, list[str]]]:
 
 def mark_tables(tables: list, coll: Collection) -> None:
     """Append each fine-tuned cell's marks to its text in Tables 1 and 2 (and a ``flags`` CSV column)."""
-    if not reference_methods(coll):
+    references = reference_methods(coll)
+    if not references:
         return
     scales = {str(scale): scale for model in coll.models() for scale in coll.scales(model)}
     for table in (t for t in tables if t.number in (1, 2)):
         for block in table.blocks:
             for row in (row for group in block.groups for row in group):
                 for (task, _), cell in zip(table.columns, row.cells, strict=True):
+                    if row.method in references and cell.state == "missing" and not _runs_on_type(coll, row.method, task):
+                        cell.text, cell.state = "n/a", "n/a"  # e.g. majority on a generation task: no label set
                     key = CellKey(block.model, task, scales.get(row.scale, row.scale), row.method,
                                   row.ablation or None)
                     marks = flags(coll, key)
                     cell.text += f" {''.join(marks)}" if marks else ""
                     cell.csv["flags"] = ";".join(FLAG_NAMES[m] for m in marks)
         table.notes.insert(0, FLAG_NOTE)
+
+
+def _runs_on_type(coll: Collection, method: str, task: str) -> bool:
+    """Whether ``method`` has a run on any task of ``task``'s type."""
+    task_type = coll.task_info(task).get("type")
+    return any(k.method == method and coll.task_info(k.task).get("type") == task_type for k in coll.cells)
 
 
 def rank_accuracy_table(coll: Collection):
