@@ -52,14 +52,17 @@ class Answers:
 
 def check_applies(method: str, task: TaskSpec) -> None:
     """UserError (one line) when the reference row ``method`` has no meaning for ``task``."""
-    if task.type not in get_method(method).task_types:
-        raise UserError(f"{method} does not apply to {task.type} task {task.name}: it has no label set "
-                        f"to take the most frequent label of")
+    task_types = get_method(method).task_types
+    if task.type not in task_types:
+        raise UserError(f"{method} does not apply to {task.type} task {task.name}: it applies to "
+                        f"{', '.join(task_types)} tasks only")
 
 
 def run_reference_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_requested=lambda: False,
                        device_map: str | None = None) -> dict:
-    """Answer the test split of ``run``'s cell without training; returns the result dict (status ok)."""
+    """Answer the test split of ``run``'s cell without training; returns the result dict (status ok).
+    ``progress`` and ``stop_requested`` are ``train.run_cell``'s: a reference row has no steps to show or stop
+    between."""
     started = time.perf_counter()
     cfg = run.train
     task = get_task(run.task)
@@ -70,7 +73,7 @@ def run_reference_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, 
     seed_everything(run.seed)
     data = load_task_data(task, run.data_dir, run.scale, run.seed, cfg.eval_examples)
     if run.method == "majority":
-        answers = majority_answers(task, data)
+        answers = majority_answers(task, data, cfg.rank_classification)
     else:
         answers = model_answers(run, task, data, options, device_map)
     tested = {task.metric: score(task, answers.predictions, data.test)}
@@ -97,14 +100,15 @@ def run_reference_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, 
     }
 
 
-def majority_answers(task: TaskSpec, data: TaskData) -> Answers:
+def majority_answers(task: TaskSpec, data: TaskData, ranked: bool) -> Answers:
     """The training sample's most frequent label word for every test example; a tie goes to the word the
-    task's YAML lists first. Both scorings agree: the answer is always a label word."""
+    task's YAML lists first. With ``ranked``, the label ranking is the same answer (always a label word)."""
     counts = Counter(example.target for example in data.train)
     words = list(dict.fromkeys(task.label_words.values()))
     answer = max(words, key=lambda word: (counts[word], -words.index(word)))
     predictions = [answer] * len(data.test)
-    return Answers(predictions, ranked=predictions, details={"answer": answer, "train_counts": dict(counts)})
+    return Answers(predictions, ranked=predictions if ranked else None,
+                   details={"answer": answer, "train_counts": dict(counts)})
 
 
 def model_answers(run: RunConfig, task: TaskSpec, data: TaskData, options: Any, device_map: str | None) -> Answers:
