@@ -21,12 +21,12 @@ from peftbench.batching import collate, encode, length_grouped_batches
 from peftbench.checkpoint import BackgroundWriter, save_checkpoint
 from peftbench.evaluate import causal_target_loss, generate, validation_loss
 from peftbench.kernels import pass_attention
+from peftbench.label_ranking import rank_classify
 from peftbench.methods import apply_method
 from peftbench.models import load_model
 from peftbench.packed import pack_frozen_linears
 from peftbench.precision import store_frozen_linears_in
 from peftbench.prefix import shared_prefix_length
-from peftbench.rank import rank_classify
 from peftbench.tasks import get_task
 from peftbench.tasks.data import load_task_data
 
@@ -200,7 +200,7 @@ def sorted_decoding(setup: Setup) -> dict:
 
 
 def rank_scoring(setup: Setup) -> dict:
-    """Scoring CoLA's two label words (peftbench.rank) against decoding the answer, on 64 test prompts in
+    """Scoring CoLA's two label words (peftbench.label_ranking) against decoding the answer, on 64 test prompts in
     batches of 32: the two ways a classification test can be scored (exact match needs the decoding)."""
     task = get_task("cola")
     examples = load_task_data(task, setup.data_dir, "low", 0, 200).test[:64]

@@ -90,7 +90,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "methods":
         for name in METHODS:
             spec = METHODS.get(name)
-            print(f"{name:10} {spec.description} (lr {spec.lr.initial:g} → {spec.lr.peak:g} → {spec.lr.final:g})")
+            lr = f" (lr {spec.lr.initial:g} → {spec.lr.peak:g} → {spec.lr.final:g})" if spec.lr else ""
+            print(f"{name:10} {spec.description}{lr}")
         print("any other PEFT method by its PEFT name, e.g. method=loha method_options=...")
     elif args.what == "tasks":
         for name in TASKS:

@@ -58,10 +58,11 @@ class TrainConfig:
     """Examples per batch when computing validation loss and decoding."""
     val_metric_examples: int = 200
     """Validation examples decoded each epoch for the per-epoch metric (0: loss only; loss uses them all)."""
-    rank_classification: bool = False
+    rank_classification: bool = True
     """Classification tasks: also score every label word as the answer to each test prompt and report the
-    most likely one's accuracy as ``rank_accuracy`` (``rank.py``), beside exact match on generated text.
-    One forward pass per label word over the test set; generation tasks ignore it."""
+    most likely one's accuracy as ``metrics.test.rank_accuracy`` (``label_ranking.py``), beside exact match
+    of the generated text (``accuracy``, the headline score). One forward pass per label word over the test
+    set; generation tasks ignore it."""
     eval_examples: int = 2500
     """Cap on validation + test examples together (the paper's 2,500), split evenly."""
     group_by_length: bool = True
@@ -228,16 +229,36 @@ class SweepConfig:
         return Path(self.output_dir) if self.output_dir else Path("results") / _slug(self.name)
 
     def expand(self) -> list[RunConfig]:
-        """Every cell of the grid, in a stable order (seed outermost so partial sweeps cover all cells)."""
+        """Every cell of the grid, in a stable order (seed outermost so partial sweeps cover all cells); a
+        method that does not apply to a task's type (``not_applicable``) is left out."""
+        skipped = {pair for pair, _ in self.not_applicable()}
         runs = []
         for seed in self.seeds:
             for model in self.models:
                 for task in self.tasks:
                     for scale in self.scales:
-                        for method in self.methods:
+                        for method in (m for m in self.methods if (m, task) not in skipped):
                             for ablation in self.ablations_for(method):
                                 runs.append(self._run(model, method, task, scale, seed, ablation))
         return runs
+
+    def not_applicable(self) -> list[tuple[tuple[str, str], str]]:
+        """((method, task), one-line reason) for each pair of the grid that does not run: a method limited to
+        some task types (majority: classification) and a task of another type."""
+        from peftbench.methods import METHODS, TASK_TYPES
+        from peftbench.tasks import get_task
+
+        pairs = []
+        for method in (m for m in self.methods if m in METHODS and set(METHODS.get(m).task_types) != set(TASK_TYPES)):
+            for task in self.tasks:
+                try:
+                    task_type = get_task(task).type
+                except UserError:
+                    continue  # a bad task name fails in preflight, with its own message
+                if task_type not in METHODS.get(method).task_types:
+                    pairs.append(((method, task), f"{method} skipped for {task_type} task {task}: it applies to "
+                                                  f"{', '.join(METHODS.get(method).task_types)} tasks only"))
+        return pairs
 
     def _run(self, model: str, method: str, task: str, scale: Scale, seed: int, ablation: str | None) -> RunConfig:
         return RunConfig(

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from peftbench import evaluate, rank
+from peftbench import evaluate, label_ranking
 from peftbench.batching import IGNORE
 from peftbench.errors import UserError
 
@@ -278,15 +278,15 @@ def generate(*args, **kwargs) -> list[str]:
 
 
 def rank_classify(*args, **kwargs) -> list[str]:
-    """``rank.rank_classify`` over a share of whole batches of the examples per process; every process gets
+    """``label_ranking.rank_classify`` over a share of whole batches of the examples per process; every process gets
     all predictions."""
     if _GROUP is None:
-        return rank.rank_classify(*args, **kwargs)
-    bound = inspect.signature(rank.rank_classify).bind(*args, **kwargs)
+        return label_ranking.rank_classify(*args, **kwargs)
+    bound = inspect.signature(label_ranking.rank_classify).bind(*args, **kwargs)
     examples = bound.arguments["examples"]
     mine = _my_batches(list(range(len(examples))), bound.arguments["batch_size"])
     bound.arguments["examples"] = [examples[i] for i in mine]
-    return _gathered(mine, rank.rank_classify(*bound.args, **bound.kwargs), len(examples))
+    return _gathered(mine, label_ranking.rank_classify(*bound.args, **bound.kwargs), len(examples))
 
 
 def _gathered(mine: list[int], predictions: list[str], total: int) -> list[str]:

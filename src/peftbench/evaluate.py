@@ -1,8 +1,6 @@
-"""Evaluation: validation loss, batched greedy decoding, and the paper's metrics.
+"""Evaluation: validation loss, batched greedy decoding, and scoring with the task's metric.
 
-Classification is scored by exact match of the generated answer with the label word (after trimming
-whitespace and a trailing period); generation by ROUGE-L F-measure (``rouge-score``, stemming on),
-taking the best of an example's references.
+Predictions are scored with the task's metric from ``metrics.py``'s registry.
 
 Forward-only passes (validation loss, decoding, rank scoring) run under ``torch.inference_mode``: autograd
 keeps no version counters or view records, a per-operation cost that matters on models of small
@@ -16,10 +14,11 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 
 import torch
-from rouge_score import rouge_scorer
 
 from peftbench.batching import FUSE_MAX_TOKENS, IGNORE, Encoded, collate, collate_prompts, fuse_batches
 from peftbench.kernels import pass_attention
+from peftbench.metrics import exact_match, normalize_answer, rouge_l  # noqa: F401 - re-exported
+from peftbench.metrics import score as score_metric
 from peftbench.peft_compat import cache_visible_to_peft
 from peftbench.prefix import forward_with_shared_prefix, prefix_to_share
 from peftbench.tasks import TaskSpec
@@ -27,31 +26,10 @@ from peftbench.tasks.data import Example
 from peftbench.unpadding import feed_forward_on_real_tokens
 from peftbench.varlen import forward_packed, packs_real_tokens
 
-_ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-
-
-def normalize_answer(text: str) -> str:
-    return text.strip().rstrip(".").strip()
-
-
-def exact_match(prediction: str, reference: str) -> float:
-    return float(normalize_answer(prediction) == normalize_answer(reference))
-
-
-def rouge_l(prediction: str, references: tuple[str, ...] | list[str]) -> float:
-    """ROUGE-L F-measure against the best-matching reference."""
-    return max(_ROUGE.score(ref, prediction)["rougeL"].fmeasure for ref in references)
-
 
 def score(task: TaskSpec, predictions: list[str], examples: list[Example]) -> float:
     """The task's metric averaged over examples (one example per distinct input)."""
-    if not examples:
-        return float("nan")
-    if task.metric == "accuracy":
-        values = [exact_match(p, e.references[0]) for p, e in zip(predictions, examples, strict=True)]
-    else:
-        values = [rouge_l(p, e.references) for p, e in zip(predictions, examples, strict=True)]
-    return sum(values) / len(values)
+    return score_metric(task.metric, predictions, [e.references for e in examples])
 
 
 def _output_layer(model) -> torch.nn.Module | None:

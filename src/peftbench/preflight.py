@@ -27,7 +27,7 @@ def check_sweep(sweep: SweepConfig) -> list[str]:
     check_methods(sweep)
     notes += check_data(sweep)
     check_results_dir(sweep.results_dir)
-    return notes
+    return notes + [reason for _, reason in sweep.not_applicable()]
 
 
 def check_names(sweep: SweepConfig) -> None:
@@ -100,10 +100,15 @@ def check_models(sweep: SweepConfig) -> list[str]:
 def check_methods(sweep: SweepConfig) -> None:
     """Apply every (model, method, ablation) of the grid to the model built on the meta device (no weights,
     well under a second each): method options, layer indices and module selections fail here, not mid-sweep."""
+    from peftbench.methods import get_method
+    from peftbench.methods.reference import reference_options
     from peftbench.params import count_params
 
     for model in sweep.models:
         for method in sweep.methods:
+            if get_method(method).is_reference:  # nothing to apply; its options are checked here
+                reference_options(method, sweep.method_options.get(method, {}))
+                continue
             for ablation in sweep.ablations_for(method):
                 cell = f"model {model}, method {method}" + (f", ablation {ablation}" if ablation else "")
                 try:

@@ -240,9 +240,14 @@ def closest_scale(examples: int, scales) -> str | int:
 
 
 def _measured_units(coll: c.Collection, task_type: str) -> dict[str | int, dict[str, list[c.Cell]]]:
-    """scale -> method -> cells with ok runs (baseline variant, every model and task of the task type)."""
+    """scale -> method -> cells with ok runs (baseline variant, every model and task of the task type; reference
+    rows, which train nothing, are not ranked)."""
+    from peftbench.report.references import is_reference
+
     units: dict[str | int, dict[str, list[c.Cell]]] = {}
     for key, cell in coll.cells.items():
+        if is_reference(cell.runs[0]):
+            continue
         if key.ablation is None and cell.ok_runs and coll.task_info(key.task).get("type") == task_type:
             units.setdefault(key.scale, {}).setdefault(key.method, []).append(cell)
     return units

@@ -21,7 +21,12 @@ Schema (``schema_version`` 1), the fields every consumer may rely on:
     epochs            int     epochs actually run (early stopping may end before the maximum)
     best_epoch        int     1-based epoch whose checkpoint was tested
     history           list    per epoch {"epoch", "train_loss", "val_loss", "val_metric", "seconds", "steps"}
-    metrics           dict    {"test": {<metric>: float, ["rank_accuracy": float]}, "score": float (the task's metric)}
+    method            dict    {"name", "kind": "fine_tuning" | "reference"} (reference rows: majority, zero_shot,
+                              in_context; they train nothing: params.trainable 0, epochs 0, optimizer None)
+    reference         dict    reference rows only: {"answer", "train_counts"} (majority), {"k", "shown_mean"}
+                              (in_context), {} (zero_shot)
+    metrics           dict    {"test": {<metric>: float, "rank_accuracy": float (classification, by default)},
+                               "score": float (the task's metric, from ``metrics.METRICS``)}
     time              dict    {"train_s", "eval_s", "rank_eval_s" (None unless ranked), "total_s", "to_best_s"}
     throughput        dict    {"train_tokens_per_s", "train_tokens"}
     memory            dict    {"peak_bytes", "kind": "cuda_max_allocated" | "process_peak_rss"}

@@ -32,7 +32,7 @@ from peftbench.batching import Encoded, length_grouped_batches
 from peftbench.config import RunConfig, TrainConfig
 from peftbench.datacache import encode_cached
 from peftbench.evaluate import score
-from peftbench.methods import LRSchedule, apply_method
+from peftbench.methods import LRSchedule, apply_method, get_method
 from peftbench.models import LoadedModel, load_model
 from peftbench.packed import pack_frozen_linears
 from peftbench.precision import store_frozen_linears_in
@@ -155,6 +155,11 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     ``device_map`` splits the model over the visible GPUs (``models.place_on_gpus``): where the run
     executes, not what it computes, so it is not part of the run's config or id.
     """
+    if get_method(run.method).is_reference:  # majority, zero_shot, in_context: nothing trains
+        from peftbench.reference_rows import run_reference_cell
+
+        return run_reference_cell(run, run_dir, progress=progress, stop_requested=stop_requested,
+                                  device_map=device_map)
     started = time.perf_counter()
     cfg = run.train
     if cfg.num_threads:
@@ -222,7 +227,7 @@ class Tested:
 
 def score_test_split(loop: Loop) -> Tested:
     """Decode the test prompts and score them with the task's metric; with ``train.rank_classification``, a
-    classification task's label words are also ranked (``rank.py``)."""
+    classification task's label words are also ranked (``label_ranking.py``)."""
     cell, cfg, device = loop.cell, loop.run.train, loop.accelerator.device
     started = time.perf_counter()
     predictions = distributed.generate(loop.model, cell.encoded["test"], cell.loaded.tokenizer, cell.loaded.family,
@@ -303,6 +308,7 @@ def _result(run: RunConfig, cell: Cell, state: RunState, tested: Tested) -> dict
         test_metrics["rank_accuracy"] = tested.rank_accuracy
     return {
         "status": "ok", "error": None, "seed": run.seed, "decoding_revision": results.DECODING_REVISION,
+        "method": {"name": run.method, "kind": get_method(run.method).kind},
         "task": {"name": task.name, "type": task.type, "metric": task.metric, "version": task.version},
         "model": {"name": loaded.name, "source": loaded.source, "family": loaded.family,
                   "architecture": loaded.architecture},

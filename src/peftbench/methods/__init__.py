@@ -34,16 +34,29 @@ ADAPTER_LR = LRSchedule(3e-4, 3e-3, 3e-4)
 PROMPT_LR = LRSchedule(3e-3, 3e-1, 3e-2)
 
 
+TASK_TYPES = ("classification", "generation")
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """``peft_config(ctx)`` returns a PEFT config, or None for full fine-tuning."""
 
     name: str
     description: str
-    lr: LRSchedule
+    lr: LRSchedule | None
+    """None for a reference row (nothing trains)."""
     peft_config: Callable[[MethodContext], peft.PeftConfig | None]
     selectable: bool = True
     """Whether layer/module selection (ablations) applies."""
+    kind: str = "fine_tuning"
+    """"fine_tuning", or "reference": a row that trains nothing (majority, zero_shot, in_context; run by
+    ``reference_rows.py``), shown beside the methods so that their scores can be read."""
+    task_types: tuple[str, ...] = TASK_TYPES
+    """The task types it applies to (majority: classification only); the grid skips the others."""
+
+    @property
+    def is_reference(self) -> bool:
+        return self.kind == "reference"
 
 
 @dataclass
@@ -119,10 +132,17 @@ def _generic_peft(name: str, peft_type: peft.PeftType) -> MethodSpec:
                       selectable=not prompt_like)
 
 
+def applies_to(method: str, task_type: str) -> bool:
+    """Whether ``method`` (registered or any PEFT method) can run on a task of ``task_type``."""
+    return method not in METHODS or task_type in METHODS.get(method).task_types
+
+
 def apply_method(model: nn.Module, family: str, method: str, options: dict[str, Any] | None = None, *,
                  layers=None, modules: list[str] | None = None, seed: int = 0) -> AppliedMethod:
     """Apply ``method`` to ``model`` and mark exactly its declared parameters trainable."""
     spec = get_method(method)
+    if spec.is_reference:
+        raise UserError(f"method {method} is a reference row: it trains nothing, so there is nothing to apply")
     if not spec.selectable and (layers is not None or modules):
         raise UserError(f"method {method} adapts no per-layer modules: layer/module selection does not apply")
     ctx = MethodContext(model, family, dict(options or {}), layers, modules, seed)
@@ -160,4 +180,4 @@ def declared_adapter_params(peft_model: peft.PeftModel) -> dict[str, nn.Paramete
 
 
 # Import the method modules so they register themselves (one line each).
-from peftbench.methods import bitfit, full, ia3, lora, prompt  # noqa: E402,F401
+from peftbench.methods import bitfit, full, ia3, lora, prompt, reference  # noqa: E402,F401

@@ -21,7 +21,7 @@ def build_report(results_dir: Path, out_dir: Path | None = None) -> dict[str, li
     Returns the files written, by kind. Raises UserError when ``results_dir`` is absent or holds no result.
     """
     # Imported here so that importing the package (e.g. for the CLI's --help) does not load matplotlib.
-    from peftbench.report import figures, html, render, tables
+    from peftbench.report import claims, figures, html, render, tables
     from peftbench.report.collect import collect
 
     results_dir = Path(results_dir)
@@ -36,4 +36,5 @@ def build_report(results_dir: Path, out_dir: Path | None = None) -> dict[str, li
         + figures.tradeoff_figures(coll, figure_dir)
     )
     written["html"] = [html.write_html(coll, table_list, written["figures"], out_dir)]
+    written["claims"] = [claims.write_markdown(coll, out_dir / "claims.md")]
     return written

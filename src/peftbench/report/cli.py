@@ -1,4 +1,4 @@
-"""The ``report`` and ``recommend`` sub-commands, for ``peftbench.cli`` to mount.
+"""The ``report``, ``claims`` and ``recommend`` sub-commands, for ``peftbench.cli`` to mount.
 
 Bad input raises ``peftbench.errors.UserError``; the main CLI prints it as one line and exits with status 2.
 """
@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``report`` and ``recommend``; each sets ``func(args) -> exit code``."""
+    """Add ``report``, ``claims`` and ``recommend``; each sets ``func(args) -> exit code``."""
     report = subparsers.add_parser(
         "report",
         help="tables, figures and an HTML page from a results directory",
@@ -22,6 +22,15 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--out", type=Path, default=None, metavar="DIR", help="output directory (default: RESULTS_DIR/report)"
     )
     report.set_defaults(func=run_report)
+
+    claims = subparsers.add_parser(
+        "claims",
+        help="check the paper's findings on results: holds, does not hold or inconclusive",
+        description="Each of Pu et al. (2023)'s findings as a check on the result files in RESULTS_DIR (several "
+        "directories are read as one set), with the numbers on both sides of every comparison.",
+    )
+    claims.add_argument("results_dirs", type=Path, nargs="+", metavar="RESULTS_DIR")
+    claims.set_defaults(func=run_claims)
 
     recommend = subparsers.add_parser(
         "recommend",
@@ -58,6 +67,13 @@ def run_report(args: argparse.Namespace) -> int:
             f"{kind}: {len(paths)} file(s) in {sorted({str(p.parent) for p in paths})[0] if paths else '-'}"
         )
     print(f"open {written['html'][0]}")
+    return 0
+
+
+def run_claims(args: argparse.Namespace) -> int:
+    from peftbench.report.claims import check_claims, collect_many, format_text
+
+    print(format_text(check_claims(collect_many(args.results_dirs))))
     return 0
 
 

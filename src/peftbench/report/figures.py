@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from peftbench.report import collect as c
+from peftbench.report import references
 from peftbench.report.collect import Collection, Stat
 from peftbench.report.tables import ablation_label, method_label, scale_label, task_label
 
@@ -139,7 +140,8 @@ def figure1(coll: Collection, out_dir: Path) -> list[Path]:
 
 def _ratio_panel(ax, coll: Collection, model: str, scale: str) -> list[str]:
     tasks = coll.tasks(model)
-    methods = [m for m in coll.methods(model, baseline_only=True) if m != "full"]
+    skip = {"full", *references.reference_methods(coll)}
+    methods = [m for m in coll.methods(model, baseline_only=True) if m not in skip]
     ax.set_title(f"{model}: {scale}-resource")
     ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="full tuning = 1")
     notes, width = [], 0.8 / max(1, len(methods))
@@ -272,7 +274,8 @@ def tradeoff_figures(coll: Collection, out_dir: Path) -> list[Path]:
         footer = [
             c.provenance(_runs_of(coll, lambda k: True)),
             "Ringed points joined by the black step line: Pareto front (no other run has a higher score "
-            "at a lower cost). Error bars: 95% CI over seeds. " + " ".join(notes),
+            "at a lower cost). Error bars: 95% CI over seeds. Grey lines: majority (dotted) and zero-shot "
+            "(dashed) scores; red crosses: cells below majority or not above zero-shot. " + " ".join(notes),
         ]
         paths += _save(fig, footer, out_dir / f"tradeoff_{kind}")
     return paths
@@ -306,6 +309,7 @@ def _tradeoff_panel(ax, coll: Collection, panel: tuple, quantity, factor: float,
             linestyle="none",
             label=variant_label(key.method, key.ablation),
         )
+        references.cross_if_flagged(ax, coll, key, x, score.mean)
         points.append((x, score.mean))
         labels.append(variant_label(key.method, key.ablation))
     front = pareto_front(points)
@@ -315,6 +319,7 @@ def _tradeoff_panel(ax, coll: Collection, panel: tuple, quantity, factor: float,
         ax.scatter(xs, ys, s=140, facecolors="none", edgecolors="black", linewidths=1.0, zorder=3)
         for i in front:
             ax.annotate(labels[i], points[i], fontsize=6, xytext=(4, 4), textcoords="offset points")
+    references.draw_reference_lines(ax, coll, panel)
     ax.set_xscale("log")
     ax.set_title(f"{task_label(task)} ({scale_label(scale)}), {model}", fontsize=9)
     ax.set_xlabel(xlabel, fontsize=8)

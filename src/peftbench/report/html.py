@@ -14,6 +14,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from peftbench.report import claims, references
 from peftbench.report import collect as c
 from peftbench.report.collect import Collection
 from peftbench.report.tables import Table
@@ -184,6 +185,7 @@ def write_html(coll: Collection, tables: list[Table], figures: list[Path], out_d
     """Write ``out_dir/index.html`` with the tables, the PNG figures embedded, and the runs."""
     ok = sum(1 for run in coll.runs if run.get("status") == "ok")
     nav = " ".join(f'<a href="#{t.name}">Table {t.number}</a>' for t in tables)
+    nav += ' <a href="#flags">Reference rows</a> <a href="#claims">Claims</a>'
     body = [
         "<h1>peftbench report</h1>",
         f'<p class="meta">{len(coll.runs)} result files in {escape(str(coll.results_dir))} ({ok} ok); '
@@ -191,6 +193,8 @@ def write_html(coll: Collection, tables: list[Table], figures: list[Path], out_d
         *(f'<p class="note">Skipped: {escape(message)}</p>' for message in coll.skipped),
         f'<nav>{nav} <a href="#figures">Figures</a> <a href="#runs">Runs</a></nav>',
         *(table_html(table) for table in tables),
+        references.flags_html(coll),
+        claims.claims_html(coll),
         '<h2 id="figures">Figures</h2>',
         *(figure_html(path) for path in figures if path.suffix == ".png"),
         runs_html(coll),

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from peftbench.report import collect as c
+from peftbench.report import references
 from peftbench.report.collect import Cell, Collection, Quantity, Stat
 
 # fmt: off
@@ -316,4 +317,5 @@ def build_tables(coll: Collection) -> list[Table]:
         if not table.rows():
             table.notes.insert(0, "No runs of this kind in the results.")
         tables.append(table)
-    return tables
+    references.mark_tables(tables, coll)  # † below majority, ‡ not above zero-shot
+    return tables + [references.rank_accuracy_table(coll)]

@@ -13,11 +13,11 @@ from typing import Any
 import yaml
 
 from peftbench.config import from_dict
-from peftbench.errors import UserError
+from peftbench.errors import UserError, unknown
+from peftbench.metrics import METRICS, TASK_TYPES
 from peftbench.registry import Registry
 
 SPLITS = ("train", "validation", "test")
-TASK_TYPES = {"classification": "accuracy", "generation": "rouge_l"}
 
 
 @dataclass
@@ -40,6 +40,7 @@ class TaskSpec:
     type: str
     """classification (exact match of the label word) or generation (ROUGE-L F)."""
     metric: str
+    """A metric registered in ``peftbench.metrics`` that scores this task type (accuracy, rouge_l)."""
     fields: list[str]
     """Fields every row must have."""
     template: str
@@ -67,8 +68,11 @@ class TaskSpec:
     def validate(self, where: str) -> None:
         if self.type not in TASK_TYPES:
             raise UserError(f"{where}: type must be one of {', '.join(TASK_TYPES)}, got {self.type!r}")
-        if self.metric != TASK_TYPES[self.type]:
-            raise UserError(f"{where}: a {self.type} task is scored with {TASK_TYPES[self.type]}, not {self.metric!r}")
+        if self.metric not in METRICS:
+            raise UserError(f"{where}: {unknown('metric', self.metric, METRICS.names())}")
+        if self.type not in METRICS.get(self.metric).task_types:
+            valid = [name for name in METRICS if self.type in METRICS.get(name).task_types]
+            raise UserError(f"{where}: a {self.type} task is scored with {', '.join(valid)}, not {self.metric!r}")
         if self.type == "classification" and (not self.label_field or not self.label_words):
             raise UserError(f"{where}: a classification task needs label_field and label_words")
         if self.type == "generation" and not self.target_field:

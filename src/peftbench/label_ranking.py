@@ -1,4 +1,4 @@
-"""Rank classification: score every label word as the answer and predict the most likely one.
+"""Label ranking (rank classification): score every label word as the answer and predict the most likely one.
 
 The paper scores classification by exact match of generated text. Scoring the label words instead (the
 multiple-choice scoring of lm-evaluation-harness) asks which of the task's answers the model finds most

@@ -1,4 +1,4 @@
-"""Rank classification: each label word scored as the target, the most likely one predicted."""
+"""Label ranking (rank classification): each label word scored as the target, the most likely one predicted."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from sweep_helpers import tiny_overrides
 
 from peftbench.batching import collate, encode
 from peftbench.config import load_sweep
+from peftbench.label_ranking import label_words, rank_classify, target_log_likelihoods
 from peftbench.methods import apply_method
 from peftbench.models import load_model
-from peftbench.rank import label_words, rank_classify, target_log_likelihoods
 from peftbench.tasks import get_task
 from peftbench.tasks.data import load_task_data
 from peftbench.train import run_cell
@@ -62,9 +62,9 @@ def test_rank_classify_predicts_the_label_word_of_highest_likelihood(family):
     assert rank_classify(model, task, [], tokenizer, family, 512, 128, 4, CPU, nullcontext()) == []
 
 
-def test_a_run_reports_rank_accuracy_as_its_own_metric_for_classification_only(tmp_path):
+def test_a_run_reports_rank_accuracy_by_default_as_its_own_metric_for_classification_only(tmp_path):
     overrides = [*tiny_overrides(tmp_path), "models=[llama-tiny-random]", "methods=[lora]",
-                 "tasks=[synthetic_classification,synthetic_data_to_text]", "train.rank_classification=true"]
+                 "tasks=[synthetic_classification,synthetic_data_to_text]"]
     runs = load_sweep(None, overrides).expand()
     by_task = {run.task: run_cell(run, tmp_path / run.run_id(), progress=False) for run in runs}
     classification = by_task["synthetic_classification"]
