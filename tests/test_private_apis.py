@@ -159,3 +159,31 @@ def test_peft_prompt_learning_generation_internals():
     assert model.active_peft_config.is_prompt_learning, moved("PeftConfig.is_prompt_learning", user)
     assert callable(getattr(model, "base_model_prepare_inputs_for_generation", None)), \
         moved("PeftModelForCausalLM.base_model_prepare_inputs_for_generation", user)
+
+
+def test_peft_tuner_layers_declare_their_trainable_parameters():
+    from peft import LoraConfig, PromptTuningConfig, get_peft_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    user = "the declared trainable parameters of a PEFT method (methods/__init__.py)"
+    config = LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1)
+    lora = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=2, target_modules=["q_proj"]))
+    layers = [m for m in lora.modules() if isinstance(m, BaseTunerLayer)]
+    assert layers, moved("peft.tuners.tuners_utils.BaseTunerLayer", user, "LoRA layers are not instances")
+    assert {"lora_A", "lora_B"} <= set(layers[0].adapter_layer_names), moved("BaseTunerLayer.adapter_layer_names", user)
+    prompt = get_peft_model(LlamaForCausalLM(config), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2))
+    encoders = getattr(prompt, "prompt_encoder", None)
+    assert isinstance(encoders, nn.ModuleDict) and "default" in encoders, moved("PeftModel.prompt_encoder", user)
+
+
+def test_models_name_the_blocks_a_device_map_must_not_split():
+    from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+
+    user = "device_map=auto placement (models.py)"
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=32, d_model=8, d_ff=16, d_kv=4, num_heads=2, num_layers=1))
+    assert "LlamaDecoderLayer" in llama._no_split_modules, moved("PreTrainedModel._no_split_modules", user)
+    assert "T5Block" in t5._no_split_modules, moved("PreTrainedModel._no_split_modules", user)
