@@ -20,6 +20,16 @@ from typing import Any
 KillPoint = tuple[str, str, int]
 
 
+def lock_holder(run_dir: Path) -> str | None:
+    """``pid@host`` of the last process that took the run's lock (it may have finished since)."""
+    from peftbench.sweep import LOCK_FILE
+
+    try:
+        return (Path(run_dir) / LOCK_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
 def tiny_overrides(results_dir: Path, *, models=("t5-tiny-random",), methods=("lora", "bitfit"), seeds=(0,),
                    epochs: int = 3, extra: tuple[str, ...] = ()) -> list[str]:
     """A sweep of tiny-model runs: 8 training examples in batches of 4, a few seconds per run on a CPU."""

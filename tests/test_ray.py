@@ -11,11 +11,11 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'peftbench[ray]'")
 
-from sweep_helpers import comparable, read_results, tiny_overrides  # noqa: E402
+from sweep_helpers import comparable, lock_holder, read_results, tiny_overrides  # noqa: E402
 
 from peftbench.config import load_sweep  # noqa: E402
 from peftbench.executors import run_sweep_ray  # noqa: E402
-from peftbench.sweep import lock_holder, run_sweep  # noqa: E402
+from peftbench.sweep import run_sweep  # noqa: E402
 
 
 @pytest.fixture(scope="module")

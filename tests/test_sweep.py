@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 import sweep_helpers
+from sweep_helpers import lock_holder
 
 import peftbench.train
 from peftbench import results
 from peftbench.cli import main, resolve_config_path
 from peftbench.config import load_sweep
-from peftbench.sweep import lock_holder, run_lock, run_sweep, should_run
+from peftbench.sweep import run_lock, run_sweep, should_run
 
 HELPERS = Path(sweep_helpers.__file__)
 

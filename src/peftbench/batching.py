@@ -57,13 +57,6 @@ def encode(examples: list[Example], tokenizer, family: str, max_source: int, max
     return encoded
 
 
-def count_tokens(items: list[Encoded], family: str) -> int:
-    """Tokens the model processes for these examples (encoder + decoder for seq2seq)."""
-    if family == "seq2seq":
-        return sum(len(e.input_ids) + len(e.labels) for e in items)
-    return sum(len(e.input_ids) for e in items)
-
-
 def padded_size(items: list[Encoded], batches: list[list[int]], family: str) -> int:
     """Tokens of ``batches`` collated as one padded batch (encoder + decoder widths for seq2seq)."""
     rows = [items[i] for batch in batches for i in batch]

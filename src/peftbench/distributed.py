@@ -5,8 +5,26 @@ step's group of ``grad_accum`` batches (the single-process order) is dealt round
 each backpropagates its batches, then one all-reduce sums the trainable parameters' gradients (and the
 step's losses and token counts), so every process takes the identical step: the result is a
 single-process run's up to floating-point summation order (except for dropout's masks, see
-``accumulate_step``). No DistributedDataParallel: it needs equal backward counts per process, which a
-step of 4 batches over 3 processes does not have. Validation and decoding deal whole batches likewise.
+``accumulate_step``). Validation and decoding deal whole batches likewise.
+
+Why not accelerate's own gradient synchronisation. Measured with ``bench/ddp_probe.py`` (two gloo
+processes, a tiny Llama LoRA step through peftbench's loss, ``accelerator.prepare`` = DDP, ``no_sync`` on
+every backward but a process's last): whenever each process has at least one batch of the step, even
+unevenly (2 + 1), DDP's gradient times the process count equals the single-process gradient to the bit.
+It fails on two things this recipe does:
+- A step with fewer batches than processes (an epoch's short last group; more processes than
+  ``grad_accum``): the process with a batch waits in DDP's backward all-reduce until the collective
+  timeout (``empty_share``: RuntimeError after the probe's 20 s). torch's ``Join``, which
+  ``accelerator.join_uneven_inputs`` enters on GPUs (on CPUs it does nothing), completes that step, but
+  the joined process gets no gradient (0 of 16 tensors; ``join``), so its optimiser step would leave its
+  weights behind the others'.
+- A backward that fails half-way and is retried (``steps.optimizer_step`` halves the micro-batch on a
+  CUDA out-of-memory error): both processes then wait in DDP's all-reduce until the timeout
+  (``retry_in_backward``). Here the all-reduce comes after the whole local backward, so a retry, and a
+  failure announced by ``_check_peers``, stay local to the process.
+``accelerator.accumulate`` is no way round either: it synchronises every ``gradient_accumulation_steps``
+batches of each process, so each process would run a whole step's batches, multiplying the effective
+batch (the paper's 16 × 4) by the number of processes.
 
 The main process (rank 0) alone decides whether a run is due (the lock, the skip rules) and writes files;
 it broadcasts the decision. Failures cannot strand the others in a collective: before each collective
@@ -21,11 +39,11 @@ With one process (no launcher, or ``WORLD_SIZE=1``) every function here is a pla
 from __future__ import annotations
 
 import atexit
-import inspect
 import math
 import os
 import zlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +51,10 @@ import torch
 import torch.distributed as dist
 
 from peftbench import evaluate, label_ranking
-from peftbench.batching import IGNORE
+from peftbench.batching import IGNORE, Encoded
 from peftbench.errors import UserError
+from peftbench.tasks import TaskSpec
+from peftbench.tasks.data import Example
 
 RUN = "run"  # the main process's decision that a run is due (besides sweep.SKIPPED / sweep.LOCKED)
 
@@ -243,15 +263,13 @@ def _unflatten(flat: torch.Tensor, params: list[torch.Tensor]) -> tuple[list[flo
     return tail[:-1].tolist(), int(tail[-1])
 
 
-def validation_loss(*args, **kwargs) -> float:
+def validation_loss(model, items: list[Encoded], family: str, pad_id: int, batch_size: int, device: torch.device,
+                    autocast: AbstractContextManager, fuse: bool | None = None) -> float:
     """``evaluate.validation_loss`` over a share of whole batches per process, summed over processes."""
     if _GROUP is None:
-        return evaluate.validation_loss(*args, **kwargs)
-    bound = inspect.signature(evaluate.validation_loss).bind(*args, **kwargs)
-    items, family = bound.arguments["items"], bound.arguments["family"]
-    shard = [items[i] for i in _my_batches(list(range(len(items))), bound.arguments["batch_size"])]
-    bound.arguments["items"] = shard
-    mean = evaluate.validation_loss(*bound.args, **bound.kwargs)
+        return evaluate.validation_loss(model, items, family, pad_id, batch_size, device, autocast, fuse)
+    shard = [items[i] for i in _my_batches(list(range(len(items))), batch_size)]
+    mean = evaluate.validation_loss(model, shard, family, pad_id, batch_size, device, autocast, fuse)
     # The tokens evaluate.validation_loss scores: a causal model's position t predicts token t + 1.
     count = sum(sum(label != IGNORE for label in (e.labels[1:] if family == "causal" else e.labels))
                 for e in shard)
@@ -261,32 +279,33 @@ def validation_loss(*args, **kwargs) -> float:
     return float(totals[0] / max(float(totals[1]), 1.0))
 
 
-def generate(*args, **kwargs) -> list[str]:
+def generate(model, items: list[Encoded], tokenizer, family: str, max_new_tokens: int, batch_size: int,
+             device: torch.device, autocast: AbstractContextManager) -> list[str]:
     """``evaluate.generate`` over a share of whole batches per process; every process gets all predictions.
 
     The batches are ``evaluate.generate``'s own (longest prompts first), so each prompt is decoded in the
     same company of padding as in one process.
     """
     if _GROUP is None:
-        return evaluate.generate(*args, **kwargs)
-    bound = inspect.signature(evaluate.generate).bind(*args, **kwargs)
-    items = bound.arguments["items"]
+        return evaluate.generate(model, items, tokenizer, family, max_new_tokens, batch_size, device, autocast)
     longest_first = sorted(range(len(items)), key=lambda i: -len(items[i].prompt_ids))
-    mine = _my_batches(longest_first, bound.arguments["batch_size"])
-    bound.arguments["items"] = [items[i] for i in mine]
-    return _gathered(mine, evaluate.generate(*bound.args, **bound.kwargs), len(items))
+    mine = _my_batches(longest_first, batch_size)
+    predictions = evaluate.generate(model, [items[i] for i in mine], tokenizer, family, max_new_tokens, batch_size,
+                                    device, autocast)
+    return _gathered(mine, predictions, len(items))
 
 
-def rank_classify(*args, **kwargs) -> list[str]:
+def rank_classify(model, task: TaskSpec, examples: list[Example], tokenizer, family: str, max_source: int,
+                  max_target: int, batch_size: int, device: torch.device, autocast: AbstractContextManager) -> list[str]:
     """``label_ranking.rank_classify`` over a share of whole batches of the examples per process; every process gets
     all predictions."""
     if _GROUP is None:
-        return label_ranking.rank_classify(*args, **kwargs)
-    bound = inspect.signature(label_ranking.rank_classify).bind(*args, **kwargs)
-    examples = bound.arguments["examples"]
-    mine = _my_batches(list(range(len(examples))), bound.arguments["batch_size"])
-    bound.arguments["examples"] = [examples[i] for i in mine]
-    return _gathered(mine, label_ranking.rank_classify(*bound.args, **bound.kwargs), len(examples))
+        return label_ranking.rank_classify(model, task, examples, tokenizer, family, max_source, max_target, batch_size,
+                                  device, autocast)
+    mine = _my_batches(list(range(len(examples))), batch_size)
+    predictions = label_ranking.rank_classify(model, task, [examples[i] for i in mine], tokenizer, family, max_source,
+                                     max_target, batch_size, device, autocast)
+    return _gathered(mine, predictions, len(examples))
 
 
 def _gathered(mine: list[int], predictions: list[str], total: int) -> list[str]:

@@ -107,14 +107,6 @@ def run_lock(run_dir: Path) -> Iterator[bool]:
         os.close(fd)
 
 
-def lock_holder(run_dir: Path) -> str | None:
-    """``pid@host`` of the last process that took the run's lock (it may have finished since)."""
-    try:
-        return (Path(run_dir) / LOCK_FILE).read_text().strip() or None
-    except OSError:
-        return None
-
-
 def execute_run(run: RunConfig, results_dir: Path, *, progress: bool = True,
                 stop_requested: Callable[[], bool] = lambda: False, device_map: str | None = None) -> dict:
     """Run one cell and write its result file (whatever happens); returns the result. Hold the run's lock."""

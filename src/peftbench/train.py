@@ -61,7 +61,7 @@ def make_accelerator(precision: str, model_type: str) -> Accelerator:
 
 
 @dataclass
-class Cell:
+class PreparedCell:
     """One cell before training: the task and its data at the run's scale, the model with the method
     applied (``trainable``: its declared trainable parameters), and the tokenised splits."""
 
@@ -75,7 +75,7 @@ class Cell:
     max_epochs: int
 
 
-def prepare_cell(run: RunConfig, device_map: str | None = None) -> Cell:
+def prepare_cell(run: RunConfig, device_map: str | None = None) -> PreparedCell:
     """Load the data and the model, apply the method (+ layer/module selection), tokenise the splits."""
     cfg = run.train
     seed_everything(run.seed)
@@ -97,7 +97,7 @@ def prepare_cell(run: RunConfig, device_map: str | None = None) -> Cell:
                                     cfg.max_source_tokens, cfg.max_target_tokens)
                for split in ("train", "validation", "test")}
     max_epochs = cfg.max_epochs or scale_cap_and_epochs(run.scale)[1]
-    return Cell(task, data, loaded, applied.model, applied.trainable, params, encoded, max_epochs)
+    return PreparedCell(task, data, loaded, applied.model, applied.trainable, params, encoded, max_epochs)
 
 
 @dataclass
@@ -131,7 +131,7 @@ class Loop:
 
     run: RunConfig
     run_dir: Path
-    cell: Cell
+    cell: PreparedCell
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: LambdaLR
@@ -299,7 +299,7 @@ def _end_epoch(loop: Loop, state: RunState, best_weights: dict[str, torch.Tensor
     return best_weights
 
 
-def _result(run: RunConfig, cell: Cell, state: RunState, tested: Tested) -> dict:
+def _result(run: RunConfig, cell: PreparedCell, state: RunState, tested: Tested) -> dict:
     """The result fields that describe the cell, its training and its test (``results.py``)."""
     task, loaded = cell.task, cell.loaded
     best_val_metric = state.history[state.stopper.best_epoch - 1]["val_metric"]

@@ -1,1 +1,0 @@
-HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 .venv/bin/peftbench run model=smollm2-135m methods=[lora,full] tasks=[cola] scales=[low] data_dir=../shared/data seeds=[0,1,2] train.eval_examples=200 train.val_metric_examples=0 train.rank_classification=true output_dir=/tmp/rankrun -q
