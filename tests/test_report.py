@@ -175,13 +175,17 @@ def test_table3_counts_parameters_per_variant(tmp_path):
     runs = [
         make_result(method="ia3"),
         make_result(method="ia3", ablation="later_layers", trainable=466944),
+        make_result(method="lora"),
         make_result(method="lora", method_options={"r": 2}, trainable=884736),
     ]
     table3 = _tables(write_results(tmp_path, runs))[3]
+    # The base model's count, although each run's params.total also holds what its method added.
     assert _md_cells(table3, "Total Parameters (no PEFT)") == ["2,849,757,184"]
     assert _md_cells(table3, "(IA)3 (full layers/modules)") == ["933,888"]
     assert _md_cells(table3, "(IA)3 (select later layers)") == ["466,944"]
-    assert _md_cells(table3, "LoRA (r=2)") == ["884,736"]  # explicit options are a variant, not a seed
+    # Options that differ from the method's default runs are a variant, not more seeds of it.
+    assert _md_cells(table3, "LoRA (full layers/modules)") == ["3,538,944"]
+    assert _md_cells(table3, "LoRA (r=2)") == ["884,736"]
     assert _csv_rows(table3)["(IA)3 (select later layers)"]["trainable_params"] == "466944"
 
 
@@ -218,7 +222,7 @@ def test_build_report_writes_the_documented_layout(tmp_path):
     assert all(p.stat().st_size > 0 for paths in written.values() for p in paths)
     svg = (out / "figures" / "figure1.svg").read_text()
     assert (
-        "Model: flan-t5-xl" in svg and "Hardware: Test CPU (2 CPUs, Linux-test)" in svg and "from hub" in svg
+        "Model: flan-t5-xl" in svg and "Hardware: Test CPU (2 CPUs, Linux-test)" in svg and "ag_news (hub)" in svg
     )
     assert "no full-tuning run" in svg  # samsum/medium has LoRA but no full tuning: bars omitted, said so
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,8 @@ class Cell:
     params: dict[str, Any]
     encoded: dict[str, list[Encoded]]
     max_epochs: int
+    after_optimizer_step: Callable[[int], None] | None = None
+    """The method's per-step hook (``MethodSpec.after_optimizer_step``), bound to the model."""
 
 
 def prepare_cell(run: RunConfig, device_map: str | None = None) -> Cell:
@@ -87,17 +90,20 @@ def prepare_cell(run: RunConfig, device_map: str | None = None) -> Cell:
     # and a run must not depend on whether an earlier run in the same process loaded the model already.
     seed_everything(run.seed)
     layers, modules = resolve_selection(run.ablation, run.layers, run.modules)
+    max_epochs = cfg.max_epochs or scale_cap_and_epochs(run.scale)[1]
+    base_total = sum(p.numel() for p in {id(p): p for p in loaded.model.parameters()}.values())
     applied = apply_method(loaded.model, loaded.family, run.method, run.method_options,
-                           layers=layers, modules=modules, seed=run.seed)
-    params = {"trainable": sum(p.numel() for p in applied.trainable.values()),
+                           layers=layers, modules=modules, seed=run.seed,
+                           total_steps=schedule_steps(cfg, len(data.train), max_epochs))
+    params = {"trainable": sum(p.numel() for p in applied.trainable.values()), "base": base_total,
               "total": sum(p.numel() for p in {id(p): p for p in applied.model.parameters()}.values()),
               "selected_layers": applied.selected_layers or None}
     # Tokenise once per split (cached on disk across runs and processes).
     encoded = {split: encode_cached(task, getattr(data, split), loaded.tokenizer, loaded.family,
                                     cfg.max_source_tokens, cfg.max_target_tokens)
                for split in ("train", "validation", "test")}
-    max_epochs = cfg.max_epochs or scale_cap_and_epochs(run.scale)[1]
-    return Cell(task, data, loaded, applied.model, applied.trainable, params, encoded, max_epochs)
+    return Cell(task, data, loaded, applied.model, applied.trainable, params, encoded, max_epochs,
+                applied.after_optimizer_step)
 
 
 @dataclass
@@ -109,13 +115,17 @@ class Schedule:
     warmup_steps: int
 
 
+def schedule_steps(cfg: TrainConfig, train_examples: int, max_epochs: int) -> int:
+    """Optimiser steps the schedule spans: batches per epoch / accumulation, times the epochs."""
+    return math.ceil(math.ceil(train_examples / cfg.batch_size) / cfg.grad_accum) * max_epochs
+
+
 def build_optimizer(cfg: TrainConfig, method: str, trainable: dict[str, nn.Parameter], train_examples: int,
                     max_epochs: int) -> tuple[torch.optim.Optimizer, LambdaLR, Schedule]:
     """AdamW over the trainable parameters and the paper's schedule: linear warm-up, then linear anneal.
     The optimiser's lr is the peak; LambdaLR scales it."""
     lr = resolved_lr(cfg, method)
-    steps_per_epoch = math.ceil(math.ceil(train_examples / cfg.batch_size) / cfg.grad_accum)
-    total_steps = steps_per_epoch * max_epochs
+    total_steps = schedule_steps(cfg, train_examples, max_epochs)
     warmup_steps = max(1, round(cfg.warmup_fraction * total_steps)) if cfg.warmup_fraction > 0 else 0
     # fused: one kernel per step over all tensors (CPU: 0.07 s against foreach's 0.25-0.30 s for 135M
     # weights), the transformers Trainer's default optimiser since torch 2.8.
@@ -177,6 +187,8 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     loop = Loop(run, Path(run_dir), cell, model, optimizer, scheduler, accelerator, writer)
 
     state, best_weights, resumed_from = _resume_or_start(loop)
+    if cell.after_optimizer_step is not None:  # after optimizer.step(), before the gradients are cleared
+        optimizer.optimizer.register_step_post_hook(lambda *_: cell.after_optimizer_step(state.step))
     with writer:  # leaving it waits for the last write: the best weights are restored below
         best_weights = train_until_stopped(loop, state, best_weights, progress, stop_requested)
     checkpoint.restore(cell.trainable, best_weights)  # the best epoch's weights are tested (the paper's protocol)

@@ -34,9 +34,19 @@ ADAPTER_LR = LRSchedule(3e-4, 3e-3, 3e-4)
 PROMPT_LR = LRSchedule(3e-3, 3e-1, 3e-2)
 
 
+FAMILIES = ("full", "adapter", "prompt")
+"""What a method trains: every weight, modules added to the layers, or virtual tokens before the input."""
+UNREGISTERED_ORDER = 1000
+"""Where methods without a registered spec sort: after the paper's, alphabetically among themselves."""
+
+
 @dataclass(frozen=True)
 class MethodSpec:
-    """``peft_config(ctx)`` returns a PEFT config, or None for full fine-tuning."""
+    """``peft_config(ctx)`` returns a PEFT config, or None for full fine-tuning.
+
+    ``label``, ``order`` and ``family`` are the one place the report, ``peftbench params`` and
+    ``peftbench recommend`` read a method's name in tables, its row order and its kind from.
+    """
 
     name: str
     description: str
@@ -44,6 +54,19 @@ class MethodSpec:
     peft_config: Callable[[MethodContext], peft.PeftConfig | None]
     selectable: bool = True
     """Whether layer/module selection (ablations) applies."""
+    label: str = ""
+    """The name tables print (the paper's: "Full Tuning", "LoRA", ...); empty means ``name``."""
+    order: int = UNREGISTERED_ORDER
+    """Row order in the tables (the paper's Table 1 order for its five methods)."""
+    family: str = "adapter"
+    """One of FAMILIES; Figure 1 draws a bar for every method that is not "full"."""
+    after_optimizer_step: Callable[[nn.Module, int], None] | None = None
+    """Called with the model and the 0-based step index after every ``optimizer.step()``, before the
+    gradients are cleared (AdaLoRA reallocates its rank budget from them there)."""
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
 
 
 @dataclass
@@ -56,6 +79,8 @@ class MethodContext:
     layers: Any = None
     modules: list[str] | None = None
     seed: int = 0
+    total_steps: int | None = None
+    """Optimiser steps the run's schedule spans (None when only counting parameters)."""
     selected_layers: dict[str, list[int]] = field(default_factory=dict)
 
     @property
@@ -91,12 +116,16 @@ class AppliedMethod:
     """Declared trainable parameters by name: exactly what the optimiser updates."""
     selected_layers: dict[str, list[int]]
     target_modules: list[str]
+    after_optimizer_step: Callable[[int], None] | None = None
+    """The spec's hook bound to this model: call it with the step index after each ``optimizer.step()``."""
 
 
 def get_method(name: str) -> MethodSpec:
     """A registered method, or any other PEFT method by its PEFT name (lora, loha, vera, ...)."""
     if name in METHODS:
         return METHODS.get(name)
+    if name in REFUSED:
+        raise UserError(f"method {name}: {REFUSED[name]}")
     peft_names = {t.value.lower(): t for t in peft.PeftType}
     if name in peft_names:
         return _generic_peft(name, peft_names[name])
@@ -105,27 +134,35 @@ def get_method(name: str) -> MethodSpec:
                     f"{', '.join(METHODS.names())}; any PEFT method by name: {', '.join(sorted(peft_names))}")
 
 
+PAPER_VIRTUAL_TOKENS = 100
+"""Prompt-learning methods prepend this many virtual tokens unless told otherwise (paper §A.3)."""
+
+
 def _generic_peft(name: str, peft_type: peft.PeftType) -> MethodSpec:
     config_cls = peft.PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]
+    fields = config_cls.__dataclass_fields__
+    prompt_like = issubclass(config_cls, peft.PromptLearningConfig)
 
     def build(ctx: MethodContext) -> peft.PeftConfig:
         defaults: dict[str, Any] = {"task_type": ctx.task_type}
-        if "target_modules" in config_cls.__dataclass_fields__ and "target_modules" not in ctx.options:
+        if "target_modules" in fields and "target_modules" not in ctx.options:
             defaults["target_modules"] = ctx.targets({"attention"})
+        if prompt_like and "num_virtual_tokens" in fields:
+            defaults["num_virtual_tokens"] = PAPER_VIRTUAL_TOKENS
         return ctx.build(config_cls, defaults)
 
-    prompt_like = issubclass(config_cls, peft.PromptLearningConfig)
     return MethodSpec(name, f"PEFT {config_cls.__name__}", PROMPT_LR if prompt_like else ADAPTER_LR, build,
-                      selectable=not prompt_like)
+                      selectable=not prompt_like, family="prompt" if prompt_like else "adapter")
 
 
 def apply_method(model: nn.Module, family: str, method: str, options: dict[str, Any] | None = None, *,
-                 layers=None, modules: list[str] | None = None, seed: int = 0) -> AppliedMethod:
+                 layers=None, modules: list[str] | None = None, seed: int = 0,
+                 total_steps: int | None = None) -> AppliedMethod:
     """Apply ``method`` to ``model`` and mark exactly its declared parameters trainable."""
     spec = get_method(method)
     if not spec.selectable and (layers is not None or modules):
         raise UserError(f"method {method} adapts no per-layer modules: layer/module selection does not apply")
-    ctx = MethodContext(model, family, dict(options or {}), layers, modules, seed)
+    ctx = MethodContext(model, family, dict(options or {}), layers, modules, seed, total_steps)
     config = spec.peft_config(ctx)
     if config is None:  # full fine-tuning: every weight is declared trainable
         trainable = dict(model.named_parameters())  # tied weights appear once
@@ -137,7 +174,9 @@ def apply_method(model: nn.Module, family: str, method: str, options: dict[str, 
     for name, param in peft_model.named_parameters():
         param.requires_grad_(name in trainable)
     targets = sorted(getattr(config, "target_modules", None) or [])
-    return AppliedMethod(peft_model, trainable, ctx.selected_layers, targets)
+    hook = spec.after_optimizer_step
+    bound = None if hook is None else (lambda step: hook(peft_model, step))
+    return AppliedMethod(peft_model, trainable, ctx.selected_layers, targets, bound)
 
 
 def declared_adapter_params(peft_model: peft.PeftModel) -> dict[str, nn.Parameter]:
@@ -159,5 +198,26 @@ def declared_adapter_params(peft_model: peft.PeftModel) -> dict[str, nn.Paramete
     return declared
 
 
+def method_label(name: str) -> str:
+    """The name a table prints for ``name``: its spec's label, else the name itself."""
+    return METHODS.get(name).display if name in METHODS else name
+
+
+def method_order(name: str) -> tuple[int, str]:
+    """Sort key of ``name`` in tables: its spec's order, then the name."""
+    return (METHODS.get(name).order if name in METHODS else UNREGISTERED_ORDER, name)
+
+
+def method_family(name: str) -> str:
+    """The family (FAMILIES) of ``name``, or "adapter" for a name no longer resolvable."""
+    try:
+        return get_method(name).family
+    except UserError:
+        return "adapter"
+
+
+# PEFT methods this recipe cannot train, each with why (checked before any run starts).
+REFUSED: dict[str, str] = {}
+
 # Import the method modules so they register themselves (one line each).
-from peftbench.methods import bitfit, full, ia3, lora, prompt  # noqa: E402,F401
+from peftbench.methods import adalora, bitfit, full, ia3, lora, prompt  # noqa: E402,F401
