@@ -24,6 +24,7 @@ def check_sweep(sweep: SweepConfig) -> list[str]:
     check_names(sweep)
     check_selection(sweep)
     notes = check_models(sweep)
+    check_architectures(sweep)
     check_methods(sweep)
     notes += check_data(sweep)
     check_results_dir(sweep.results_dir)
@@ -95,6 +96,24 @@ def check_models(sweep: SweepConfig) -> list[str]:
         notes.append(f"model {model}: the code named by auto_map in {config_file} is not run "
                      f"(trust_remote_code is off); the built-in {model_type} class is used")
     return notes
+
+
+def check_architectures(sweep: SweepConfig) -> None:
+    """Every model generates text (encoder-decoder or decoder-only): the recipe trains a model to write its
+    answer and scores what it writes, which an encoder-only model (BERT, RoBERTa, ...) cannot do."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    from peftbench.models import load_config
+
+    for model in sweep.models:
+        try:
+            config = load_config(model, sweep.trust_remote_code)
+        except (OSError, ValueError):
+            continue  # check_methods names the problem
+        if not config.is_encoder_decoder and config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+            raise UserError(f"model {model}: {config.model_type} is an encoder-only model; peftbench fine-tunes "
+                            f"models that generate text (encoder-decoder such as T5, or decoder-only such as "
+                            f"Llama)")
 
 
 def check_methods(sweep: SweepConfig) -> None:

@@ -25,7 +25,6 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import get_mixed_precision_context_manager
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
-from tqdm.auto import tqdm
 
 from peftbench import allocator, checkpoint, distributed, environment, results, run_state, steps
 from peftbench.ablations import resolve_selection
@@ -37,6 +36,7 @@ from peftbench.methods import LRSchedule, apply_method
 from peftbench.models import LoadedModel, load_model
 from peftbench.packed import pack_frozen_linears
 from peftbench.precision import store_frozen_linears_in
+from peftbench.progress import progress_bar
 from peftbench.protocol import EarlyStopping, paper_lr_lambda, resolved_lr
 from peftbench.run_state import RunState
 from peftbench.steps import Diverged, Interrupted, OutOfMemory  # noqa: F401 - the recipe's errors, raised in steps.py
@@ -255,8 +255,8 @@ def train_until_stopped(loop: Loop, state: RunState, best_weights: dict[str, tor
     """Train epoch after epoch, from ``state`` on, until ``max_epochs`` or early stopping; returns the best
     epoch's weights. A stop request checkpoints the last optimiser step and raises ``Interrupted``."""
     cfg, cell = loop.run.train, loop.cell
-    bar = tqdm(total=cell.max_epochs, initial=state.epoch, desc=f"{loop.run.method}/{loop.run.task}",
-               unit="epoch", disable=not progress, leave=False)
+    bar = progress_bar(cell.max_epochs, f"{loop.run.method}/{loop.run.task}", "epoch", enabled=progress,
+                       initial=state.epoch, leave=False)
     while state.epoch < cell.max_epochs and not state.stopper.should_stop:
         epoch_started = time.perf_counter()
         order = length_grouped_batches(cell.encoded["train"], cfg.batch_size,
@@ -271,8 +271,8 @@ def train_until_stopped(loop: Loop, state: RunState, best_weights: dict[str, tor
             loop.save(state, best_weights)
             raise
         best_weights = _end_epoch(loop, state, best_weights, train_loss, epoch_started)
-        bar.update(1)
         bar.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{state.history[-1]['val_loss']:.3f}")
+        bar.update(1)
     bar.close()
     return best_weights
 
