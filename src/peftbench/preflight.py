@@ -132,7 +132,14 @@ def check_methods(sweep: SweepConfig) -> None:
                     raise UserError(f"{cell}: {exc}") from None
                 except (OSError, ValueError) as exc:  # a hub id offline or unknown, a config it cannot read
                     raise UserError(f"{cell}: cannot build the model from its config "
-                                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+                                    f"({type(exc).__name__}: {_first_line(exc)})") from None
+                except Exception as exc:  # noqa: BLE001 - the method cannot be applied: refuse before training
+                    raise UserError(f"{cell}: cannot apply the method to the model "
+                                    f"({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else ""
 
 
 def check_data(sweep: SweepConfig) -> list[str]:

@@ -149,6 +149,9 @@ def _generic_peft(name: str, peft_type: peft.PeftType) -> MethodSpec:
             defaults["target_modules"] = ctx.targets({"attention"})
         if prompt_like and "num_virtual_tokens" in fields:
             defaults["num_virtual_tokens"] = PAPER_VIRTUAL_TOKENS
+        for option, why in REQUIRED_OPTIONS.get(name, {}).items():
+            if option not in ctx.options:
+                raise UserError(f"method {name} needs method_options.{option}: {why}")
         return ctx.build(config_cls, defaults)
 
     return MethodSpec(name, f"PEFT {config_cls.__name__}", PROMPT_LR if prompt_like else ADAPTER_LR, build,
@@ -217,7 +220,14 @@ def method_family(name: str) -> str:
 
 
 # PEFT methods this recipe cannot train, each with why (checked before any run starts).
-REFUSED: dict[str, str] = {}
+REFUSED: dict[str, str] = {
+    "multitask_prompt_tuning": "it needs a task id per example (task_ids), which single-task runs do not have",
+    "poly": "it needs a task id per example (task_ids), which single-task runs do not have",
+}
+# PEFT methods that train only with an option PEFT leaves empty by default.
+REQUIRED_OPTIONS: dict[str, dict[str, str]] = {
+    "trainable_tokens": {"token_indices": "the ids of the tokens whose embeddings train (a list)"},
+}
 
 # Import the method modules so they register themselves (one line each).
 from peftbench.methods import adalora, bitfit, full, ia3, lora, prompt  # noqa: E402,F401

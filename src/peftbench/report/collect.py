@@ -371,8 +371,9 @@ def provenance(runs: Iterable[dict[str, Any]]) -> str:
     runs = list(runs)
     models = sorted({cell_key(r).model for r in runs})
     sources: dict[str, set[str]] = {}
-    for run in runs:
-        sources.setdefault(cell_key(run).task, set()).add(data_source(run))
+    for run in runs:  # a user task given by its YAML path is named by the name inside it
+        name = _dig(run, "task", "name") or cell_key(run).task
+        sources.setdefault(str(name), set()).add(data_source(run))
     data = [f"{task} ({', '.join(sorted(sources[task]))})" for task in _order(sources, TASK_ORDER)]
     hardware = sorted({describe_hardware(r.get("hardware")) for r in runs})
     return (

@@ -136,6 +136,12 @@ def peft_methods(coll: Collection, model: str) -> list[str]:
 
 def figure1(coll: Collection, out_dir: Path) -> list[Path]:
     """Run time of each PEFT method / full tuning's, per task and scale (one row of panels per model)."""
+    fig, footer = figure1_figure(coll)
+    return _save(fig, footer, out_dir / "figure1", ("png", "svg"))
+
+
+def figure1_figure(coll: Collection) -> tuple[Figure, list[str]]:
+    """Figure 1 and its footer lines, not yet saved."""
     models = coll.models()
     panels = {model: figure1_scales(coll, model) for model in models}
     ncols = max(len(scales) for scales in panels.values())
@@ -157,7 +163,7 @@ def figure1(coll: Collection, out_dir: Path) -> list[Path]:
     footer += [note for note in [c.speedups_note(runs)] if note]
     if omitted:
         footer.append("Bars omitted, no ok full-tuning run: " + "; ".join(omitted) + ".")
-    return _save(fig, footer, out_dir / "figure1", ("png", "svg"))
+    return fig, footer
 
 
 def _ratio_panel(ax, coll: Collection, model: str, scale: str | int) -> list[str]:
@@ -208,7 +214,7 @@ def _ratio_panel(ax, coll: Collection, model: str, scale: str | int) -> list[str
                 capsize=2,
                 label=method_label(method),
             )
-    ax.set_xticks(range(len(tasks)), [task_label(t) for t in tasks])
+    ax.set_xticks(range(len(tasks)), [task_label(t, coll) for t in tasks])
     ax.set_xlim(-0.6, max(len(tasks), 1) - 0.4)
     ax.set_ylabel("run time / full tuning's")
     handles, labels = ax.get_legend_handles_labels()
@@ -230,7 +236,7 @@ def val_loss_figures(coll: Collection, out_dir: Path) -> list[Path]:
         ax = fig.add_subplot()
         for key in keys:
             _plot_curve(ax, coll.cells[key].ok_runs, key.method, key.ablation)
-        ax.set_title(f"Validation loss per epoch: {model}, {task_label(task)}, {scale_label(scale)}")
+        ax.set_title(f"Validation loss per epoch: {model}, {task_label(task, coll)}, {scale_label(scale)}")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("validation loss")
@@ -351,7 +357,7 @@ def _tradeoff_panel(ax, coll: Collection, panel: tuple, quantity, factor: float,
         for i in front:
             ax.annotate(labels[i], points[i], fontsize=6, xytext=(4, 4), textcoords="offset points")
     _cost_axis(ax, [x for x, _ in points])
-    ax.set_title(f"{task_label(task)} ({scale_label(scale)}), {model}", fontsize=9)
+    ax.set_title(f"{task_label(task, coll)} ({scale_label(scale)}), {model}", fontsize=9)
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel(str(coll.task_info(task).get("metric", "score")), fontsize=8)
     if points:

@@ -26,8 +26,11 @@ def scale_label(scale: str | int) -> str:
     return SCALE_LABELS.get(scale, f"{scale} ex." if isinstance(scale, int) else str(scale))
 
 
-def task_label(task: str) -> str:
-    return TASK_LABELS.get(task, task)
+def task_label(task: str, coll: Collection | None = None) -> str:
+    """The paper's name of a task, else the name its runs recorded (a user task given by its YAML path
+    is shown by the ``name`` inside it), else ``task``."""
+    name = str(coll.task_info(task).get("name", task)) if coll is not None else task
+    return TASK_LABELS.get(name, name)
 
 
 @dataclass
@@ -275,7 +278,7 @@ PROMPT_NOTE = "The paper leaves prompt tuning out of Tables 5-6; it is kept here
 
 def build_tables(coll: Collection) -> list[Table]:
     """Tables 1-6 in the paper's layout."""
-    columns = [(task, task_label(task)) for task in coll.tasks()]
+    columns = [(task, task_label(task, coll)) for task in coll.tasks()]
     score = _single(c.score, fmt_fixed)
     blocks = {
         1: _method_scale_blocks(coll, *score),
