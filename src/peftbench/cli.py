@@ -37,6 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from peftbench.config import load_sweep
     from peftbench.distributed import check_launch, is_main_process
     from peftbench.preflight import check_sweep
+    from peftbench.progress import sweep_title
     from peftbench.summary import results_table
     from peftbench.sweep import run_sweep
 
@@ -59,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         say(redact(dry_run_report(sweep)))
         return 0
     runs = sweep.expand()
-    say(redact(f"sweep {sweep.name}: {len(runs)} run(s) → {sweep.results_dir}"), file=sys.stderr)
+    say(redact(f"{sweep_title(sweep.name)}: {len(runs)} run(s) → {sweep.results_dir}"), file=sys.stderr)
     if sweep.executor == "ray":
         from peftbench.executors import run_sweep_ray
 
