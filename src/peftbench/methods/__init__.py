@@ -223,6 +223,7 @@ def method_family(name: str) -> str:
 REFUSED: dict[str, str] = {
     "multitask_prompt_tuning": "it needs a task id per example (task_ids), which single-task runs do not have",
     "poly": "it needs a task id per example (task_ids), which single-task runs do not have",
+    "shadow": "it wraps whole decoder blocks, which the role maps (methods/roles.py) do not name as targets",
 }
 # PEFT methods that train only with an option PEFT leaves empty by default.
 REQUIRED_OPTIONS: dict[str, dict[str, str]] = {
