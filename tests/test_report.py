@@ -272,3 +272,15 @@ def test_a_stale_result_is_shown_as_stale_not_as_its_score(tmp_path):
     assert coll.cell("flan-t5-xl", "ag_news", "low", "prompt").state == "stale"
     assert coll.cell("flan-t5-xl", "ag_news", "low", "prompt").ok_runs == []
     assert coll.cell("flan-t5-xl", "ag_news", "low", "lora").state == "ok"
+
+
+def test_runs_with_different_speedup_settings_are_flagged(tmp_path):
+    runs = [make_result(method=m) for m in ("full", "lora", "ia3")]
+    runs[0]["config"]["speedups"] = {"packed": True, "varlen": True}
+    runs[1]["config"]["speedups"] = {"packed": False, "varlen": False}  # runs[2]: none recorded (unknown)
+    built = _tables(write_results(tmp_path, runs))
+    expected = "Speed-up settings differ between these runs (all off (1 runs); all on (1 runs); unknown (1 runs))"
+    for number in (4, 6):
+        assert built[number].notes[0].startswith(expected)
+        assert "time.total_s" in built[number].caption and "time.load_s" in built[number].caption
+    assert c.speedups_note([make_result(method=m) for m in ("full", "lora")]) is None  # alike: no note
