@@ -51,7 +51,7 @@ def make_result(
         "data": {"train_examples": 100, "validation_examples": 50, "test_examples": 50},
         "versions": {"peftbench": "0.1.0", "python": "3.11", "torch": "test"},
         "hardware": dict(HARDWARE),
-        "params": {"trainable": PARAMS.get(method, 1000) if trainable is None else trainable, "total": PARAMS["full"]},
+        "params": _params(method, trainable),
         "epochs": epochs, "best_epoch": best_epoch,
         "history": [{"epoch": i + 1, "train_loss": loss + 0.1, "val_loss": loss, "val_metric": 0.5, "seconds": 10.0}
                     for i, loss in enumerate(val_losses)],
@@ -66,6 +66,13 @@ def make_result(
         result["metrics"] = {}
     # fmt: on
     return result
+
+
+def _params(method: str, trainable: int | None) -> dict[str, int]:
+    """As a run records them: ``total`` includes what the method adds to the ``base`` model."""
+    trainable = PARAMS.get(method, 1000) if trainable is None else trainable
+    base = PARAMS["full"]
+    return {"trainable": trainable, "total": base if method == "full" else base + trainable, "base": base}
 
 
 def write_results(results_dir: Path, results: list[dict[str, Any]]) -> Path:

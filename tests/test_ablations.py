@@ -135,7 +135,7 @@ def test_unknown_module_role_lists_the_roles():
 
 @pytest.mark.parametrize("method", ["prompt", "full"])
 def test_ablation_with_a_method_without_layers(method):
-    with pytest.raises(UserError, match=rf"method {method} .*ablations apply to: bitfit, ia3, lora"):
+    with pytest.raises(UserError, match=rf"method {method} .*ablations apply to: adalora, bitfit, ia3, lora"):
         count_params("t5-tiny-random", method, "early_layers")
     with pytest.raises(UserError, match="ablations apply to"):
         count_params("t5-tiny-random", method, layers="early")

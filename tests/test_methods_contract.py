@@ -34,6 +34,8 @@ EXPECTED_TRAINABLE = {
         "ia3": T5_ATTENTION_BLOCKS * 4 * 32 + T5_FF * (64 + 32),  # outputs of q,k,v,o and wi_1, wo
         "prompt": 100 * 32,  # 100 virtual tokens × d_model, encoder side only
         "bitfit": T5_ATTENTION_BLOCKS * 4 * 32 + T5_FF * (64 + 64 + 32),  # a bias per attention/FF linear
+        # AdaLoRA, init_r 12 on q, k, v, o: P (r × in), Q (out × r) and the r singular values each.
+        "adalora": T5_ATTENTION_BLOCKS * 4 * (12 * 32 + 32 * 12 + 12),
     },
     "llama-tiny-random": {
         "full": LLAMA_TOTAL,
@@ -41,6 +43,7 @@ EXPECTED_TRAINABLE = {
         "ia3": 2 * ((32 + 16 + 16 + 32) + (64 + 32)),  # q,k,v,o outputs + up_proj, down_proj outputs
         "prompt": 100 * 32,
         "bitfit": 2 * ((32 + 16 + 16 + 32) + (64 + 64 + 32)),
+        "adalora": 2 * (2 * (12 * 32 + 32 * 12 + 12) + 2 * (12 * 32 + 16 * 12 + 12)),
     },
 }
 

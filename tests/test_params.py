@@ -276,7 +276,7 @@ def test_cli_table_has_every_table3_row(capsys):
     assert "2,849,757,184" in row("Total Parameters (no PEFT)")
     for method, ablation, paper, _ in TABLE3:
         assert f" {paper:,} " in row(TABLE3_LABELS[(method, ablation)])
-    assert " 204,800 " in row("Prompt tuning") and " 1,179,648 " in row("BitFit")
+    assert " 204,800 " in row("Prompt Tune") and " 1,179,648 " in row("BitFit")
     assert "0.1242%" in row("LoRA (full layers/modules)")  # 3,538,944 / 2,849,757,184
     assert "Note:" in out and "2,783,959,040" in out
     labels = [TABLE3_LABELS[(m, a)] for m, a, _, _ in TABLE3]
@@ -337,7 +337,7 @@ def test_cli_custom_selection_and_options(capsys):
 
 def test_cli_ablation_with_prompt_or_full_is_an_error(capsys):
     for method in ("prompt", "full"):
-        with pytest.raises(UserError, match="ablations apply to: bitfit, ia3, lora"):
+        with pytest.raises(UserError, match="ablations apply to: adalora, bitfit, ia3, lora"):
             run_cli(["t5-tiny-random", "--method", method, "--ablation", "early_layers"], capsys)
 
 

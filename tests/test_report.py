@@ -175,13 +175,17 @@ def test_table3_counts_parameters_per_variant(tmp_path):
     runs = [
         make_result(method="ia3"),
         make_result(method="ia3", ablation="later_layers", trainable=466944),
+        make_result(method="lora"),
         make_result(method="lora", method_options={"r": 2}, trainable=884736),
     ]
     table3 = _tables(write_results(tmp_path, runs))[3]
+    # The base model's count, although each run's params.total also holds what its method added.
     assert _md_cells(table3, "Total Parameters (no PEFT)") == ["2,849,757,184"]
     assert _md_cells(table3, "(IA)3 (full layers/modules)") == ["933,888"]
     assert _md_cells(table3, "(IA)3 (select later layers)") == ["466,944"]
-    assert _md_cells(table3, "LoRA (r=2)") == ["884,736"]  # explicit options are a variant, not a seed
+    # Options that differ from the method's default runs are a variant, not more seeds of it.
+    assert _md_cells(table3, "LoRA (full layers/modules)") == ["3,538,944"]
+    assert _md_cells(table3, "LoRA (r=2)") == ["884,736"]
     assert _csv_rows(table3)["(IA)3 (select later layers)"]["trainable_params"] == "466944"
 
 
@@ -218,7 +222,7 @@ def test_build_report_writes_the_documented_layout(tmp_path):
     assert all(p.stat().st_size > 0 for paths in written.values() for p in paths)
     svg = (out / "figures" / "figure1.svg").read_text()
     assert (
-        "Model: flan-t5-xl" in svg and "Hardware: Test CPU (2 CPUs, Linux-test)" in svg and "from hub" in svg
+        "Model: flan-t5-xl" in svg and "Hardware: Test CPU (2 CPUs, Linux-test)" in svg and "ag_news (hub)" in svg
     )
     assert "no full-tuning run" in svg  # samsum/medium has LoRA but no full tuning: bars omitted, said so
 
@@ -268,3 +272,15 @@ def test_a_stale_result_is_shown_as_stale_not_as_its_score(tmp_path):
     assert coll.cell("flan-t5-xl", "ag_news", "low", "prompt").state == "stale"
     assert coll.cell("flan-t5-xl", "ag_news", "low", "prompt").ok_runs == []
     assert coll.cell("flan-t5-xl", "ag_news", "low", "lora").state == "ok"
+
+
+def test_runs_with_different_speedup_settings_are_flagged(tmp_path):
+    runs = [make_result(method=m) for m in ("full", "lora", "ia3")]
+    runs[0]["config"]["speedups"] = {"packed": True, "varlen": True}
+    runs[1]["config"]["speedups"] = {"packed": False, "varlen": False}  # runs[2]: none recorded (unknown)
+    built = _tables(write_results(tmp_path, runs))
+    expected = "Speed-up settings differ between these runs (all off (1 runs); all on (1 runs); unknown (1 runs))"
+    for number in (4, 6):
+        assert built[number].notes[0].startswith(expected)
+        assert "time.total_s" in built[number].caption and "time.load_s" in built[number].caption
+    assert c.speedups_note([make_result(method=m) for m in ("full", "lora")]) is None  # alike: no note

@@ -16,6 +16,8 @@ from peftbench.registry import Registry
 class Ablation:
     name: str
     description: str
+    label: str
+    """The paper's row wording (Tables 2 and 3)."""
     layers: str | None = None
     """None (every block), early, later or random: half of each stack."""
     modules: tuple[str, ...] = ()
@@ -24,19 +26,34 @@ class Ablation:
 
 ABLATIONS: Registry[Ablation] = Registry("ablation")
 for _ablation in (
-    Ablation("early_layers", "the first half of the blocks of each stack", layers="early"),
-    Ablation("later_layers", "the last half of the blocks of each stack", layers="later"),
-    Ablation("random_layers", "a seeded random half of the blocks of each stack", layers="random"),
-    Ablation("drop_self_attention", "no self-attention modules", modules=("-self_attention",)),
-    Ablation("drop_cross_attention", "no encoder-decoder (cross) attention modules",
+    Ablation("early_layers", "the first half of the blocks of each stack", "select early layers", layers="early"),
+    Ablation("later_layers", "the last half of the blocks of each stack", "select later layers", layers="later"),
+    Ablation("random_layers", "a seeded random half of the blocks of each stack", "select random layers",
+             layers="random"),
+    Ablation("drop_self_attention", "no self-attention modules", "drop self-attention",
+             modules=("-self_attention",)),
+    Ablation("drop_cross_attention", "no encoder-decoder (cross) attention modules", "drop enc/dec-attention",
              modules=("-cross_attention",)),
     Ablation("drop_query_output", "attention keys and values only: no query or output projections",
-             modules=("-query", "-output")),
-    Ablation("drop_attention", "no attention modules: feed-forward only", modules=("-attention",)),
+             "drop query/output attention", modules=("-query", "-output")),
+    Ablation("drop_attention", "no attention modules: feed-forward only", "drop attention",
+             modules=("-attention",)),
     Ablation("drop_feed_forward", "no feed-forward (dense activation) modules: attention only",
-             modules=("-feed_forward",)),
+             "drop dense activation", modules=("-feed_forward",)),
 ):
     ABLATIONS.register(_ablation.name, _ablation)
+
+ALL_LAYERS_LABEL = "all layers"
+"""Table 2's name for a method on every layer and module (no ablation)."""
+FULL_LAYERS_LABEL = "full layers/modules"
+"""Table 3's name for the same."""
+
+
+def ablation_label(ablation: str | None, baseline: str = ALL_LAYERS_LABEL) -> str:
+    """The paper's wording for a named ablation; ``baseline`` for None; any other variant as it is."""
+    if ablation is None:
+        return baseline
+    return ABLATIONS.get(ablation).label if ablation in ABLATIONS else str(ablation)
 
 
 def resolve_selection(ablation: str | None, layers, modules) -> tuple[object, list[str] | None]:

@@ -37,6 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from peftbench.config import load_sweep
     from peftbench.distributed import check_launch, is_main_process
     from peftbench.preflight import check_sweep
+    from peftbench.progress import sweep_title
     from peftbench.summary import results_table
     from peftbench.sweep import run_sweep
 
@@ -53,12 +54,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     say = print if is_main_process() else (lambda *_args, **_kwargs: None)
     for note in check_sweep(sweep):
         say(redact(f"peftbench: note: {note}"), file=sys.stderr)
+    if args.dry_run:
+        from peftbench.dryrun import dry_run_report
+
+        say(redact(dry_run_report(sweep)))
+        return 0
     runs = sweep.expand()
-    say(redact(f"sweep {sweep.name}: {len(runs)} run(s) → {sweep.results_dir}"), file=sys.stderr)
+    say(redact(f"{sweep_title(sweep.name)}: {len(runs)} run(s) → {sweep.results_dir}"), file=sys.stderr)
     if sweep.executor == "ray":
         from peftbench.executors import run_sweep_ray
 
-        outcome = run_sweep_ray(sweep)
+        outcome = run_sweep_ray(sweep, progress=not args.quiet)
     else:
         outcome = run_sweep(sweep, progress=not args.quiet)
     say(redact(results_table(runs, sweep.results_dir)))
@@ -132,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", help="a suite name (see `list suites`) or a YAML file")
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. methods=[lora] train.max_epochs=2")
     run.add_argument("--retry-failed", action="store_true", help="re-run failed and diverged runs too")
-    run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the grid, which runs are done and a time estimate from earlier results; run nothing")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress output (bars or per-epoch lines)")
     run.set_defaults(func=cmd_run)
 
     lst = sub.add_parser("list", help="list registered methods, tasks, models, ablations or suites")

@@ -16,11 +16,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from peftbench import results
 from peftbench.config import RunConfig, SweepConfig
 from peftbench.errors import UserError
+from peftbench.progress import progress_bar, sweep_title
 from peftbench.sweep import SKIPPED, SweepOutcome, check_results_dir, run_if_pending, run_lock, should_run
 
 # Environment variables a worker needs as the driver has them (offline mode, caches, tokens stay unset).
@@ -87,7 +86,7 @@ def _run_tasks(ray, sweep: SweepConfig, pending: list[RunConfig], results_dir: P
         num_cpus=cpus, num_gpus=gpus_per_run(ray, sweep), max_retries=sweep.max_retries, retry_exceptions=False)
     env = {name: os.environ[name] for name in _FORWARDED_ENV if name in os.environ}
     refs = {task.remote(run, str(results_dir), sweep.retry_failed, sweep.device_map, env): run for run in pending}
-    bar = tqdm(total=len(refs), desc=f"sweep {sweep.name} (ray)", unit="run", disable=not progress)
+    bar = progress_bar(len(refs), f"{sweep_title(sweep.name)} (ray)", "run", enabled=progress)
     try:
         while refs:
             done, _ = ray.wait(list(refs), num_returns=1)

@@ -18,9 +18,9 @@ import yaml
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PretrainedConfig
 
-from peftbench.ablations import ABLATIONS, resolve_selection
+from peftbench.ablations import ABLATIONS, FULL_LAYERS_LABEL, ablation_label, resolve_selection
 from peftbench.errors import UserError
-from peftbench.methods import METHODS, apply_method, get_method
+from peftbench.methods import METHODS, apply_method, get_method, method_label
 from peftbench.methods.roles import ROLE_MAPS
 from peftbench.models import family_of, load_config, resolve_source
 
@@ -40,24 +40,6 @@ PAPER_ABLATIONS: dict[str, tuple[str, ...]] = {
 }
 PAPER_FLAN_T5_XL_TOTAL = 2_849_757_184  # Table 3, "Total Parameters (no PEFT)"
 
-METHOD_LABELS = {
-    "ia3": "(IA)3",
-    "lora": "LoRA",
-    "prompt": "Prompt tuning",
-    "bitfit": "BitFit",
-    "full": "Full fine-tuning",
-}
-ABLATION_LABELS = {
-    None: "full layers/modules",
-    "early_layers": "select early layers",
-    "later_layers": "select later layers",
-    "random_layers": "select random layers",
-    "drop_self_attention": "drop self-attention",
-    "drop_cross_attention": "drop enc/dec-attention",
-    "drop_query_output": "drop query/output attention",
-    "drop_attention": "drop attention",
-    "drop_feed_forward": "drop dense activation",
-}
 TOTAL_LABEL = "Total Parameters (no PEFT)"
 
 
@@ -97,7 +79,7 @@ class ParamCount:
 
 def row_label(method: str, ablation: str | None, layers=None, modules=None) -> str:
     """The paper's row name: ``(IA)3 (select early layers)``, ``LoRA (drop self-attention)``, ``BitFit``."""
-    name = METHOD_LABELS.get(method, method)
+    name = method_label(method)
     if layers is not None or modules:
         custom = ", ".join(
             f"{key}={_compact(value)}"
@@ -107,7 +89,7 @@ def row_label(method: str, ablation: str | None, layers=None, modules=None) -> s
         return f"{name} ({custom})"
     if ablation is None and method not in PAPER_ABLATIONS:
         return name  # "BitFit", "Prompt tuning": the paper ablates only LoRA and (IA)3
-    return f"{name} ({ABLATION_LABELS.get(ablation, ablation)})"
+    return f"{name} ({ablation_label(ablation, FULL_LAYERS_LABEL)})"
 
 
 def _compact(value) -> str:
@@ -284,9 +266,12 @@ def plan_rows(
 ) -> tuple[list[tuple[str, str | None]], list[tuple[str, str]]]:
     """(method, ablation) rows in Table 3's order (ablation-major), and default rows skipped with why.
 
-    Rows the user named are all kept (a bad pairing is then a UserError); rows the defaults add are
-    skipped when the model has no module the ablation drops (no cross-attention in a decoder-only model).
+    Rows the user named are all kept (a bad pairing is then a UserError); rows the default ablations add
+    are skipped when they do not apply: the method takes no selection, the paper pairs the ablation with
+    another method (LoRA is not ablated by drop_attention), or the model has no module the ablation drops
+    (no cross-attention in a decoder-only model).
     """
+    default_ablations = ablations is None
     if ablations is None:  # registry order, which is Table 3's
         paper = {a for rows in PAPER_ABLATIONS.values() for a in rows}
         ablations = [None, *(a for a in ABLATIONS.names() if a in paper)]
@@ -302,7 +287,9 @@ def plan_rows(
                 m for m in PAPER_METHODS if get_method(m).selectable
             ]
         for method in candidates:
-            reason = None if explicit_methods else _inapplicable_reason(model_type, ablation)
+            if default_ablations and ablation is not None and not get_method(method).selectable:
+                continue  # prompt tuning, full tuning: no ablation rows at all
+            reason = _inapplicable_reason(model_type, method, ablation) if default_ablations else None
             if reason:
                 skipped.append((row_label(method, ablation), reason))
             else:
@@ -310,13 +297,20 @@ def plan_rows(
     return rows, skipped
 
 
-def _inapplicable_reason(model_type: str, ablation: str | None) -> str | None:
-    if ablation is None or model_type not in ROLE_MAPS:
+def _inapplicable_reason(model_type: str, method: str, ablation: str | None) -> str | None:
+    """Why a default ablation row cannot be formed for ``method`` on this architecture: the method takes
+    no selection, or the model lacks the modules the ablation drops; None when it may."""
+    if ablation is None:
+        return None
+    if method in PAPER_ABLATIONS and ablation not in PAPER_ABLATIONS[method]:
+        return f"not among the paper's {method} ablations (pass --ablation {ablation} to count it)"
+    if model_type not in ROLE_MAPS:
         return None
     present = {
         role for block in ROLE_MAPS[model_type].blocks.values() for roles in block.values() for role in roles
     }
-    missing = [m[1:] for m in ABLATIONS.get(ablation).modules if m.startswith("-") and m[1:] not in present]
+    dropped = {m[1:] for m in ABLATIONS.get(ablation).modules if m.startswith("-")}
+    missing = sorted(dropped - present)
     return f"{model_type} has no {', '.join(missing)} modules" if missing else None
 
 
@@ -331,7 +325,7 @@ def run_params_command(args: argparse.Namespace) -> int:
     if custom and args.methods is None:  # a custom selection counts the defaults that select layers
         rows = [(m, a) for m, a in rows if get_method(m).selectable]
     options = _method_options(args.option)
-    all_defaults = args.methods is None and args.ablations is None and not custom
+    default_ablations = args.ablations is None and not custom
     counts = []
     for method, ablation in rows:
         try:
@@ -339,10 +333,10 @@ def run_params_command(args: argparse.Namespace) -> int:
                 count_params(args.model, method, ablation, args.layers, args.modules, options, args.seed)
             )
         except UserError as exc:
-            if not all_defaults:
+            if not default_ablations or ablation is None:
                 raise
-            # A default row this architecture cannot form (LoRA without self-attention on a decoder-only
-            # model adapts nothing): reported under the table, not fatal.
+            # A default ablation row the method cannot form (LoRA without attention adapts nothing, LoRA
+            # without self-attention on a decoder-only model neither): reported under the table, not fatal.
             skipped.append((row_label(method, ablation), str(exc)))
     model, _family, _config, untied = build_meta_model(args.model)
     total = unique_param_count(model)

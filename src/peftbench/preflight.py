@@ -24,6 +24,7 @@ def check_sweep(sweep: SweepConfig) -> list[str]:
     check_names(sweep)
     check_selection(sweep)
     notes = check_models(sweep)
+    check_architectures(sweep)
     check_methods(sweep)
     notes += check_data(sweep)
     check_results_dir(sweep.results_dir)
@@ -97,6 +98,24 @@ def check_models(sweep: SweepConfig) -> list[str]:
     return notes
 
 
+def check_architectures(sweep: SweepConfig) -> None:
+    """Every model generates text (encoder-decoder or decoder-only): the recipe trains a model to write its
+    answer and scores what it writes, which an encoder-only model (BERT, RoBERTa, ...) cannot do."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    from peftbench.models import load_config
+
+    for model in sweep.models:
+        try:
+            config = load_config(model, sweep.trust_remote_code)
+        except (OSError, ValueError):
+            continue  # check_methods names the problem
+        if not config.is_encoder_decoder and config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+            raise UserError(f"model {model}: {config.model_type} is an encoder-only model; peftbench fine-tunes "
+                            f"models that generate text (encoder-decoder such as T5, or decoder-only such as "
+                            f"Llama)")
+
+
 def check_methods(sweep: SweepConfig) -> None:
     """Apply every (model, method, ablation) of the grid to the model built on the meta device (no weights,
     well under a second each): method options, layer indices and module selections fail here, not mid-sweep."""
@@ -118,7 +137,14 @@ def check_methods(sweep: SweepConfig) -> None:
                     raise UserError(f"{cell}: {exc}") from None
                 except (OSError, ValueError) as exc:  # a hub id offline or unknown, a config it cannot read
                     raise UserError(f"{cell}: cannot build the model from its config "
-                                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+                                    f"({type(exc).__name__}: {_first_line(exc)})") from None
+                except Exception as exc:  # noqa: BLE001 - the method cannot be applied: refuse before training
+                    raise UserError(f"{cell}: cannot apply the method to the model "
+                                    f"({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else ""
 
 
 def check_data(sweep: SweepConfig) -> list[str]:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from peftbench.errors import UserError, unknown
+from peftbench.methods import method_label
 from peftbench.report import collect as c
-from peftbench.report.tables import method_label
 
 CONSTRAINTS = ("time", "memory", "performance")
 TASK_TYPES = ("classification", "generation")

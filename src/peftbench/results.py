@@ -14,10 +14,12 @@ Schema (``schema_version`` 1), the fields every consumer may rely on:
     task              dict    {"name", "type": "classification"|"generation", "metric", "version"}
     model             dict    {"name", "source", "family": "seq2seq"|"causal", "architecture"}
     data              dict    {"train_examples", "validation_examples", "test_examples",
-                               "requested_train_examples", "sample_hash", "splits": {...}}
+                               "requested_train_examples", "sample_hash", "splits": {...},
+                               "source": "synthetic" | "huggingface-hub" | a local data folder}
     versions          dict    {"peftbench", "git_sha", "git_dirty", "python", "torch", "transformers", ...}
     hardware          dict    {"device", "accelerator", "cpu_count", "platform", ...}
-    params            dict    {"trainable", "total", "selected_layers"?}
+    params            dict    {"trainable", "total" (with what the method adds), "base" (the base model's,
+                               before the method), "selected_layers"?}
     epochs            int     epochs actually run (early stopping may end before the maximum)
     best_epoch        int     1-based epoch whose checkpoint was tested
     history           list    per epoch {"epoch", "train_loss", "val_loss", "val_metric", "seconds", "steps"}

@@ -21,11 +21,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from peftbench import checkpoint, distributed, results
 from peftbench.config import RunConfig, SweepConfig
 from peftbench.errors import UserError
+from peftbench.progress import progress_bar, sweep_title
 
 LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"
@@ -205,14 +204,18 @@ def run_sweep(sweep: SweepConfig, *, progress: bool = True) -> SweepOutcome:
     flag = StopFlag()
     stop = distributed.agreed_stop(flag)  # several processes stop after the same step, or none does
     with stop_on_signals(flag):
-        for run in tqdm(runs, desc=f"sweep {sweep.name}", unit="run", disable=not progress):
+        bar = progress_bar(len(runs), sweep_title(sweep.name), "run", enabled=progress)
+        for run in runs:
             if stop():  # a stop that came after the last run's final step: start nothing new
                 break
             what = run_if_pending(run, results_dir, sweep.retry_failed, progress=progress, stop_requested=stop,
                                   device_map=sweep.device_map)
             outcome.record(run.run_id(), what)
+            bar.set_postfix(last=f"{run.method}/{run.task} {what}")
+            bar.update(1)
             if what == "interrupted":
                 break
+        bar.close()
     return outcome
 
 

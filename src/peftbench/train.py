@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,6 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import get_mixed_precision_context_manager
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
-from tqdm.auto import tqdm
 
 from peftbench import allocator, checkpoint, distributed, environment, results, run_state, steps
 from peftbench.ablations import resolve_selection
@@ -36,6 +36,7 @@ from peftbench.methods import LRSchedule, apply_method, get_method
 from peftbench.models import LoadedModel, load_model
 from peftbench.packed import pack_frozen_linears
 from peftbench.precision import store_frozen_linears_in
+from peftbench.progress import progress_bar
 from peftbench.protocol import EarlyStopping, paper_lr_lambda, resolved_lr
 from peftbench.run_state import RunState
 from peftbench.steps import Diverged, Interrupted, OutOfMemory  # noqa: F401 - the recipe's errors, raised in steps.py
@@ -73,6 +74,8 @@ class PreparedCell:
     params: dict[str, Any]
     encoded: dict[str, list[Encoded]]
     max_epochs: int
+    after_optimizer_step: Callable[[int], None] | None = None
+    """The method's per-step hook (``MethodSpec.after_optimizer_step``), bound to the model."""
 
 
 def prepare_cell(run: RunConfig, device_map: str | None = None) -> PreparedCell:
@@ -87,17 +90,20 @@ def prepare_cell(run: RunConfig, device_map: str | None = None) -> PreparedCell:
     # and a run must not depend on whether an earlier run in the same process loaded the model already.
     seed_everything(run.seed)
     layers, modules = resolve_selection(run.ablation, run.layers, run.modules)
+    max_epochs = cfg.max_epochs or scale_cap_and_epochs(run.scale)[1]
+    base_total = sum(p.numel() for p in {id(p): p for p in loaded.model.parameters()}.values())
     applied = apply_method(loaded.model, loaded.family, run.method, run.method_options,
-                           layers=layers, modules=modules, seed=run.seed)
-    params = {"trainable": sum(p.numel() for p in applied.trainable.values()),
+                           layers=layers, modules=modules, seed=run.seed,
+                           total_steps=schedule_steps(cfg, len(data.train), max_epochs))
+    params = {"trainable": sum(p.numel() for p in applied.trainable.values()), "base": base_total,
               "total": sum(p.numel() for p in {id(p): p for p in applied.model.parameters()}.values()),
               "selected_layers": applied.selected_layers or None}
     # Tokenise once per split (cached on disk across runs and processes).
     encoded = {split: encode_cached(task, getattr(data, split), loaded.tokenizer, loaded.family,
                                     cfg.max_source_tokens, cfg.max_target_tokens)
                for split in ("train", "validation", "test")}
-    max_epochs = cfg.max_epochs or scale_cap_and_epochs(run.scale)[1]
-    return PreparedCell(task, data, loaded, applied.model, applied.trainable, params, encoded, max_epochs)
+    return PreparedCell(task, data, loaded, applied.model, applied.trainable, params, encoded, max_epochs,
+                        applied.after_optimizer_step)
 
 
 @dataclass
@@ -109,13 +115,17 @@ class Schedule:
     warmup_steps: int
 
 
+def schedule_steps(cfg: TrainConfig, train_examples: int, max_epochs: int) -> int:
+    """Optimiser steps the schedule spans: batches per epoch / accumulation, times the epochs."""
+    return math.ceil(math.ceil(train_examples / cfg.batch_size) / cfg.grad_accum) * max_epochs
+
+
 def build_optimizer(cfg: TrainConfig, method: str, trainable: dict[str, nn.Parameter], train_examples: int,
                     max_epochs: int) -> tuple[torch.optim.Optimizer, LambdaLR, Schedule]:
     """AdamW over the trainable parameters and the paper's schedule: linear warm-up, then linear anneal.
     The optimiser's lr is the peak; LambdaLR scales it."""
     lr = resolved_lr(cfg, method)
-    steps_per_epoch = math.ceil(math.ceil(train_examples / cfg.batch_size) / cfg.grad_accum)
-    total_steps = steps_per_epoch * max_epochs
+    total_steps = schedule_steps(cfg, train_examples, max_epochs)
     warmup_steps = max(1, round(cfg.warmup_fraction * total_steps)) if cfg.warmup_fraction > 0 else 0
     # fused: one kernel per step over all tensors (CPU: 0.07 s against foreach's 0.25-0.30 s for 135M
     # weights), the transformers Trainer's default optimiser since torch 2.8.
@@ -182,6 +192,8 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     loop = Loop(run, Path(run_dir), cell, model, optimizer, scheduler, accelerator, writer)
 
     state, best_weights, resumed_from = _resume_or_start(loop)
+    if cell.after_optimizer_step is not None:  # after optimizer.step(), before the gradients are cleared
+        optimizer.optimizer.register_step_post_hook(lambda *_: cell.after_optimizer_step(state.step))
     with writer:  # leaving it waits for the last write: the best weights are restored below
         best_weights = train_until_stopped(loop, state, best_weights, progress, stop_requested)
     checkpoint.restore(cell.trainable, best_weights)  # the best epoch's weights are tested (the paper's protocol)
@@ -248,8 +260,8 @@ def train_until_stopped(loop: Loop, state: RunState, best_weights: dict[str, tor
     """Train epoch after epoch, from ``state`` on, until ``max_epochs`` or early stopping; returns the best
     epoch's weights. A stop request checkpoints the last optimiser step and raises ``Interrupted``."""
     cfg, cell = loop.run.train, loop.cell
-    bar = tqdm(total=cell.max_epochs, initial=state.epoch, desc=f"{loop.run.method}/{loop.run.task}",
-               unit="epoch", disable=not progress, leave=False)
+    bar = progress_bar(cell.max_epochs, f"{loop.run.method}/{loop.run.task}", "epoch", enabled=progress,
+                       initial=state.epoch, leave=False)
     while state.epoch < cell.max_epochs and not state.stopper.should_stop:
         epoch_started = time.perf_counter()
         order = length_grouped_batches(cell.encoded["train"], cfg.batch_size,
@@ -264,8 +276,8 @@ def train_until_stopped(loop: Loop, state: RunState, best_weights: dict[str, tor
             loop.save(state, best_weights)
             raise
         best_weights = _end_epoch(loop, state, best_weights, train_loss, epoch_started)
-        bar.update(1)
         bar.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{state.history[-1]['val_loss']:.3f}")
+        bar.update(1)
     bar.close()
     return best_weights
 

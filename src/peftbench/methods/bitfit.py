@@ -17,4 +17,4 @@ def bitfit_config(ctx: MethodContext) -> peft.BeftConfig:
 
 
 METHODS.register("bitfit", MethodSpec("bitfit", "a bias on every attention and feed-forward linear",
-                                      ADAPTER_LR, bitfit_config))
+                                      ADAPTER_LR, bitfit_config, label="BitFit", order=3))

@@ -18,4 +18,4 @@ def ia3_config(ctx: MethodContext) -> peft.IA3Config:
 
 
 METHODS.register("ia3", MethodSpec("ia3", "(IA)3 output scaling of attention and feed-forward", ADAPTER_LR,
-                                   ia3_config))
+                                   ia3_config, label="(IA)3", order=1))

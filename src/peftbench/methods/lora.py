@@ -18,4 +18,5 @@ def lora_config(ctx: MethodContext) -> peft.LoraConfig:
     return ctx.build(peft.LoraConfig, defaults)
 
 
-METHODS.register("lora", MethodSpec("lora", "rank-3 LoRA on attention q, k, v, o", ADAPTER_LR, lora_config))
+METHODS.register("lora", MethodSpec("lora", "rank-3 LoRA on attention q, k, v, o", ADAPTER_LR, lora_config,
+                                    label="LoRA", order=2))

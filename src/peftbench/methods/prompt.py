@@ -15,4 +15,5 @@ def prompt_config(ctx: MethodContext) -> peft.PromptTuningConfig:
 
 
 METHODS.register("prompt", MethodSpec("prompt", "100 soft-prompt tokens on the encoder input", PROMPT_LR,
-                                      prompt_config, selectable=False))
+                                      prompt_config, selectable=False, label="Prompt Tune", order=4,
+                                      family="prompt"))

@@ -53,11 +53,14 @@ def _nothing_to_apply(ctx: MethodContext) -> None:
     raise UserError("a reference row trains nothing: there is no PEFT config to build")
 
 
-def _register(name: str, description: str, task_types: tuple[str, ...] = ("classification", "generation")) -> None:
-    METHODS.register(name, MethodSpec(name, description, None, _nothing_to_apply, selectable=False,
-                                      kind="reference", task_types=task_types))
+def _register(name: str, label: str, order: int, description: str,
+              task_types: tuple[str, ...] = ("classification", "generation")) -> None:
+    METHODS.register(name, MethodSpec(name, description, None, _nothing_to_apply, selectable=False, label=label,
+                                      order=order, family="reference", task_types=task_types))
 
 
-_register("majority", "reference: the most frequent training label, no model", ("classification",))
-_register("zero_shot", "reference: the untuned model, the task's prompt")
-_register("in_context", "reference: the untuned model, k training examples in the prompt")
+# After the paper's five methods (orders 0-4) in every table.
+_register("majority", "Majority class", 10, "reference: the most frequent training label, no model",
+          ("classification",))
+_register("zero_shot", "Zero-shot", 11, "reference: the untuned model, the task's prompt")
+_register("in_context", "In-context (k shots)", 12, "reference: the untuned model, k training examples in the prompt")

@@ -8,6 +8,7 @@ Everything is computed from the result files alone (``peftbench.results``)::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from peftbench.report.collect import mean_ci
@@ -15,18 +16,18 @@ from peftbench.report.collect import mean_ci
 __all__ = ["build_report", "mean_ci"]
 
 
-def build_report(results_dir: Path, out_dir: Path | None = None) -> dict[str, list[Path]]:
-    """Write tables, figures and ``index.html`` for ``results_dir`` under ``out_dir`` (default: its ``report/``).
+def build_report(results_dir: Path | Sequence[Path], out_dir: Path | None = None) -> dict[str, list[Path]]:
+    """Write tables, figures and ``index.html`` for ``results_dir`` (one directory, or several read as one
+    set of results) under ``out_dir`` (default: the first directory's ``report/``).
 
-    Returns the files written, by kind. Raises UserError when ``results_dir`` is absent or holds no result.
+    Returns the files written, by kind. Raises UserError when a directory is absent or none holds a result.
     """
     # Imported here so that importing the package (e.g. for the CLI's --help) does not load matplotlib.
     from peftbench.report import claims, figures, html, render, tables
     from peftbench.report.collect import collect
 
-    results_dir = Path(results_dir)
-    out_dir = Path(out_dir) if out_dir is not None else results_dir / "report"
     coll = collect(results_dir)
+    out_dir = Path(out_dir) if out_dir is not None else coll.directories[0] / "report"
     table_list = tables.build_tables(coll)
     written = {"tables": render.write_tables(table_list, out_dir / "tables")}
     figure_dir = out_dir / "figures"

@@ -13,13 +13,15 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add ``report``, ``claims`` and ``recommend``; each sets ``func(args) -> exit code``."""
     report = subparsers.add_parser(
         "report",
-        help="tables, figures and an HTML page from a results directory",
+        help="tables, figures and an HTML page from one or more results directories",
         description="Write Tables 1-6 (Markdown, CSV, LaTeX), Figure 1, validation-loss curves, trade-off plots "
-        "and a self-contained index.html from the result files in RESULTS_DIR.",
+        "and a self-contained index.html from the result files in RESULTS_DIR (several directories are read "
+        "as one set: a sweep continued elsewhere, or run on two machines).",
     )
-    report.add_argument("results_dir", type=Path, metavar="RESULTS_DIR")
+    report.add_argument("results_dirs", type=Path, nargs="+", metavar="RESULTS_DIR")
     report.add_argument(
-        "--out", type=Path, default=None, metavar="DIR", help="output directory (default: RESULTS_DIR/report)"
+        "--out", type=Path, default=None, metavar="DIR",
+        help="output directory (default: the first RESULTS_DIR/report)",
     )
     report.set_defaults(func=run_report)
 
@@ -61,7 +63,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 def run_report(args: argparse.Namespace) -> int:
     from peftbench.report import build_report
 
-    written = build_report(args.results_dir, args.out)
+    dirs = args.results_dirs
+    written = build_report(dirs[0] if len(dirs) == 1 else dirs, args.out)
     for kind, paths in written.items():
         print(
             f"{kind}: {len(paths)} file(s) in {sorted({str(p.parent) for p in paths})[0] if paths else '-'}"

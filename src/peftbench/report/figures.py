@@ -17,12 +17,14 @@ from typing import Any
 import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
+from peftbench.ablations import ablation_label
+from peftbench.methods import method_family, method_label
 from peftbench.report import collect as c
 from peftbench.report import references
 from peftbench.report.collect import Collection, Stat
-from peftbench.report.tables import ablation_label, method_label, scale_label, task_label
+from peftbench.report.tables import TIME_WORDING, scale_label, task_label
 
 _METHOD_COLORS = {
     "full": "#1f77b4",
@@ -33,7 +35,8 @@ _METHOD_COLORS = {
 }
 _EXTRA_COLORS = ("#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939")
 _MARKERS = ("s", "^", "v", "D", "P", "X", "<", ">", "*", "h")
-FIGURE1_SCALES = ("low", "medium")
+FIGURE1_OMITS = ("high",)
+"""The paper's Figure 1 shows low and medium resource: high-resource runs train one epoch only."""
 
 
 def method_color(method: str) -> str:
@@ -119,30 +122,55 @@ def _runs_of(coll: Collection, keep) -> list[dict[str, Any]]:
 # ---- Figure 1 ------------------------------------------------------------------------------------------
 
 
+def figure1_scales(coll: Collection, model: str) -> list[str | int]:
+    """The scales Figure 1 shows for ``model``: every scale run except high resource (the paper's low and
+    medium; numeric scales too), or high alone when nothing else was run."""
+    scales = coll.scales(model)
+    return [s for s in scales if s not in FIGURE1_OMITS] or scales
+
+
+def peft_methods(coll: Collection, model: str) -> list[str]:
+    """The methods Figure 1 draws a bar for: every main-row method that is neither full tuning nor a
+    reference row."""
+    return [m for m in coll.methods(model, baseline_only=True) if method_family(m) not in ("full", "reference")]
+
+
 def figure1(coll: Collection, out_dir: Path) -> list[Path]:
-    """Run time of each PEFT method / full tuning's, per task, low and medium scale (one row per model)."""
-    models = coll.models()
-    fig = _new_figure(13, 3.6 * len(models) + 1.2)
-    axes = fig.subplots(len(models), len(FIGURE1_SCALES), squeeze=False)
-    omitted: list[str] = []
-    for row, model in enumerate(models):
-        for col, scale in enumerate(FIGURE1_SCALES):
-            omitted += _ratio_panel(axes[row][col], coll, model, scale)
-    footer = [c.provenance(_runs_of(coll, lambda k: k.scale in FIGURE1_SCALES))]
-    footer.append(
-        "Bars: PEFT time.total_s / full tuning's (same model, task, scale); error bars: 95% CI "
-        "propagated from both means."
-    )
-    if omitted:
-        footer.append("Bars omitted, no ok full-tuning run: " + "; ".join(omitted) + ".")
+    """Run time of each PEFT method / full tuning's, per task and scale (one row of panels per model)."""
+    fig, footer = figure1_figure(coll)
     return _save(fig, footer, out_dir / "figure1", ("png", "svg"))
 
 
-def _ratio_panel(ax, coll: Collection, model: str, scale: str) -> list[str]:
+def figure1_figure(coll: Collection) -> tuple[Figure, list[str]]:
+    """Figure 1 and its footer lines, not yet saved."""
+    models = coll.models()
+    panels = {model: figure1_scales(coll, model) for model in models}
+    ncols = max(len(scales) for scales in panels.values())
+    fig = _new_figure(max(6.5, 6.5 * ncols), 3.6 * len(models) + 1.2)
+    axes = fig.subplots(len(models), ncols, squeeze=False)
+    omitted: list[str] = []
+    for row, model in enumerate(models):
+        for col in range(ncols):
+            if col < len(panels[model]):
+                omitted += _ratio_panel(axes[row][col], coll, model, panels[model][col])
+            else:
+                axes[row][col].set_visible(False)
+    runs = _runs_of(coll, lambda k: k.scale in panels[k.model])
+    footer = [c.provenance(runs)]
+    footer.append(
+        f"Bars: PEFT run time / full tuning's (same model, task, scale), {TIME_WORDING}; error bars: 95% CI "
+        "propagated from both means."
+    )
+    footer += [note for note in [c.speedups_note(runs)] if note]
+    if omitted:
+        footer.append("Bars omitted, no ok full-tuning run: " + "; ".join(omitted) + ".")
+    return fig, footer
+
+
+def _ratio_panel(ax, coll: Collection, model: str, scale: str | int) -> list[str]:
     tasks = coll.tasks(model)
-    skip = {"full", *references.reference_methods(coll)}
-    methods = [m for m in coll.methods(model, baseline_only=True) if m not in skip]
-    ax.set_title(f"{model}: {scale}-resource")
+    methods = peft_methods(coll, model)
+    ax.set_title(f"{model}: {scale}-resource" if scale in c.SCALE_ORDER else f"{model}: {scale_label(scale)}")
     ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="full tuning = 1")
     notes, width = [], 0.8 / max(1, len(methods))
     for t, task in enumerate(tasks):
@@ -187,7 +215,7 @@ def _ratio_panel(ax, coll: Collection, model: str, scale: str) -> list[str]:
                 capsize=2,
                 label=method_label(method),
             )
-    ax.set_xticks(range(len(tasks)), [task_label(t) for t in tasks])
+    ax.set_xticks(range(len(tasks)), [task_label(t, coll) for t in tasks])
     ax.set_xlim(-0.6, max(len(tasks), 1) - 0.4)
     ax.set_ylabel("run time / full tuning's")
     handles, labels = ax.get_legend_handles_labels()
@@ -209,7 +237,7 @@ def val_loss_figures(coll: Collection, out_dir: Path) -> list[Path]:
         ax = fig.add_subplot()
         for key in keys:
             _plot_curve(ax, coll.cells[key].ok_runs, key.method, key.ablation)
-        ax.set_title(f"Validation loss per epoch: {model}, {task_label(task)}, {scale_label(scale)}")
+        ax.set_title(f"Validation loss per epoch: {model}, {task_label(task, coll)}, {scale_label(scale)}")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("validation loss")
@@ -277,6 +305,7 @@ def tradeoff_figures(coll: Collection, out_dir: Path) -> list[Path]:
             "at a lower cost). Error bars: 95% CI over seeds. Grey lines: majority (dotted) and zero-shot "
             "(dashed) scores; red crosses: cells below majority or not above zero-shot. " + " ".join(notes),
         ]
+        footer += [note for note in [c.speedups_note(coll.runs)] if note and kind != "params"]
         paths += _save(fig, footer, out_dir / f"tradeoff_{kind}")
     return paths
 
@@ -286,6 +315,17 @@ def _axis_label(coll: Collection, kind: str, label: str) -> str:
         return label
     kinds = sorted({str((r.get("memory") or {}).get("kind")) for r in coll.runs if r.get("status") == "ok"})
     return f"{label}, {', '.join(kinds)}"
+
+
+def _cost_axis(ax, xs: list[float]) -> None:
+    """A log axis with labels on its decades only when the costs span at least one; otherwise a linear
+    axis with a few round ticks (a log axis inside one decade labels every minor tick, and they overlap)."""
+    if xs and max(xs) >= 10 * min(xs):
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+    ax.tick_params(axis="x", labelsize=7)
 
 
 def _tradeoff_panel(ax, coll: Collection, panel: tuple, quantity, factor: float, xlabel: str) -> list[str]:
@@ -320,8 +360,8 @@ def _tradeoff_panel(ax, coll: Collection, panel: tuple, quantity, factor: float,
         for i in front:
             ax.annotate(labels[i], points[i], fontsize=6, xytext=(4, 4), textcoords="offset points")
     references.draw_reference_lines(ax, coll, panel)
-    ax.set_xscale("log")
-    ax.set_title(f"{task_label(task)} ({scale_label(scale)}), {model}", fontsize=9)
+    _cost_axis(ax, [x for x, _ in points])
+    ax.set_title(f"{task_label(task, coll)} ({scale_label(scale)}), {model}", fontsize=9)
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel(str(coll.task_info(task).get("metric", "score")), fontsize=8)
     if points:

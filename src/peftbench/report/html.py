@@ -25,6 +25,7 @@ _STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1300px; padding: 0 1em; color: #222; }
 h1 { margin-bottom: .2em; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
 .meta, .note, figcaption { color: #555; font-size: 12px; }
+.warning { background: #fff3cd; border: 1px solid #e0c060; padding: .4em .7em; }
 table { border-collapse: collapse; margin: .6em 0 1em; font-variant-numeric: tabular-nums; }
 caption { text-align: left; font-weight: 600; padding: .2em 0; }
 th, td { border-bottom: 1px solid #e2e2e2; padding: .25em .7em; text-align: right; vertical-align: top; }
@@ -77,8 +78,10 @@ _SCRIPT = """
 
 
 def _attrs(**attributes: Any) -> str:
+    """HTML attributes from keywords: ``class_`` is ``class`` (a Python keyword), ``data_sort`` is
+    ``data-sort``; None leaves the attribute out."""
     return "".join(
-        f' {name.replace("_", "-")}="{escape(str(value))}"'
+        f' {name.rstrip("_").replace("_", "-")}="{escape(str(value))}"'
         for name, value in attributes.items()
         if value is not None
     )
@@ -141,8 +144,8 @@ _RUN_COLUMNS = (
 )
 
 
-def _run_row(run: dict[str, Any]) -> str:
-    key = c.cell_key(run)
+def _run_row(coll: Collection, run: dict[str, Any]) -> str:
+    key = coll.key(run)
     numbers = [c.score(run), c.total_seconds(run), c.trainable_params(run), c.peak_bytes(run)]
     shown = [
         f"{numbers[0]:.4f}" if numbers[0] is not None else "",
@@ -172,7 +175,7 @@ def _run_row(run: dict[str, Any]) -> str:
 
 def runs_html(coll: Collection) -> str:
     header = "".join(f"<th>{escape(name)}</th>" for name in _RUN_COLUMNS)
-    rows = "\n".join(_run_row(run) for run in coll.runs)
+    rows = "\n".join(_run_row(coll, run) for run in coll.runs)
     return (
         f'<h2 id="runs">Runs</h2><p class="note">Every result file read; only status "ok" feeds the tables.'
         f' Click "show" for a run\'s config, versions and hardware.</p>'
@@ -186,10 +189,13 @@ def write_html(coll: Collection, tables: list[Table], figures: list[Path], out_d
     ok = sum(1 for run in coll.runs if run.get("status") == "ok")
     nav = " ".join(f'<a href="#{t.name}">Table {t.number}</a>' for t in tables)
     nav += ' <a href="#flags">Reference rows</a> <a href="#claims">Claims</a>'
+    directories = ", ".join(str(d) for d in coll.directories)
+    warnings = [note for note in [c.speedups_note(coll.runs)] if note]
     body = [
         "<h1>peftbench report</h1>",
-        f'<p class="meta">{len(coll.runs)} result files in {escape(str(coll.results_dir))} ({ok} ok); '
+        f'<p class="meta">{len(coll.runs)} result files in {escape(directories)} ({ok} ok); '
         f"generated {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}.<br>{escape(c.provenance(coll.runs))}</p>",
+        *(f'<p class="warning">{escape(note)}</p>' for note in warnings),
         *(f'<p class="note">Skipped: {escape(message)}</p>' for message in coll.skipped),
         f'<nav>{nav} <a href="#figures">Figures</a> <a href="#runs">Runs</a></nav>',
         *(table_html(table) for table in tables),

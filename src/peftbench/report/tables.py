@@ -11,37 +11,27 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from peftbench.ablations import FULL_LAYERS_LABEL, ablation_label
+from peftbench.methods import method_label
 from peftbench.report import collect as c
 from peftbench.report import references
 from peftbench.report.collect import Cell, Collection, Quantity, Stat
 
-# fmt: off
-METHOD_LABELS = {"full": "Full Tuning", "ia3": "(IA)3", "lora": "LoRA", "bitfit": "BitFit", "prompt": "Prompt Tune"}
+__all__ = ["ablation_label", "method_label", "scale_label", "task_label", "build_tables"]
+
 SCALE_LABELS = {"low": "low", "medium": "med.", "high": "high"}
 TASK_LABELS = {"ag_news": "AG News", "cola": "CoLA", "e2e_nlg": "E2E NLG", "samsum": "SAMSum"}
-ABLATION_LABELS = {  # the paper's Table 2 wording
-    None: "all layers", "early_layers": "select early layers", "later_layers": "select later layers",
-    "random_layers": "select random layers", "drop_self_attention": "drop self-attention",
-    "drop_cross_attention": "drop enc/dec-attention", "drop_query_output": "drop query/output attention",
-    "drop_attention": "drop attention", "drop_feed_forward": "drop feed-forward",
-}
-# fmt: on
-
-
-def method_label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
 
 
 def scale_label(scale: str | int) -> str:
     return SCALE_LABELS.get(scale, f"{scale} ex." if isinstance(scale, int) else str(scale))
 
 
-def ablation_label(ablation: str | None) -> str:
-    return ABLATION_LABELS.get(ablation, str(ablation))
-
-
-def task_label(task: str) -> str:
-    return TASK_LABELS.get(task, task)
+def task_label(task: str, coll: Collection | None = None) -> str:
+    """The paper's name of a task, else the name its runs recorded (a user task given by its YAML path
+    is shown by the ``name`` inside it), else ``task``."""
+    name = str(coll.task_info(task).get("name", task)) if coll is not None else task
+    return TASK_LABELS.get(name, name)
 
 
 @dataclass
@@ -230,7 +220,7 @@ def _parameter_blocks(coll: Collection) -> list[TableBlock]:
     for model in coll.models():
         model_cells = [cell for key, cell in coll.cells.items() if key.model == model]
         rows = [
-            TableRow("Total Parameters (no PEFT)", "", "", "", [_count_cell(model_cells, c.total_params)])
+            TableRow("Total Parameters (no PEFT)", "", "", "", [_count_cell(model_cells, c.base_params)])
         ]
         pairs = [(m, None) for m in coll.methods(model, baseline_only=True)]
         pairs += [pair for pair in _ablation_pairs(coll, model) if pair[1] is not None]
@@ -240,7 +230,7 @@ def _parameter_blocks(coll: Collection) -> list[TableBlock]:
                 for key, cell in coll.cells.items()
                 if key.model == model and key.method == method and key.ablation == ablation
             ]
-            suffix = "full layers/modules" if ablation is None else ablation_label(ablation)
+            suffix = ablation_label(ablation, FULL_LAYERS_LABEL)
             count = _count_cell(cells, c.trainable_params)
             rows.append(TableRow(f"{method_label(method)} ({suffix})", method, "", ablation or "", [count]))
         blocks.append(TableBlock(model, [rows]))
@@ -252,6 +242,7 @@ def _metric_note(coll: Collection) -> str:
     return "Metric per task: " + ", ".join(metrics) + "."
 
 
+TIME_WORDING = "time.total_s: the run's wall time excluding the one-time model load, time.load_s"
 TABLE_TEXTS = {
     1: (
         "Test score per method, task and data scale",
@@ -268,13 +259,16 @@ TABLE_TEXTS = {
     4: (
         "Convergence: epochs and total run time (seconds)",
         "Epochs to convergence (best epoch by validation loss, with early stopping) and total run time in "
-        "seconds; lower is better.",
+        f"seconds ({TIME_WORDING}); lower is better.",
     ),
     5: (
         "Score per hundred thousand trainable parameters",
         "Score / trainable parameters × 100,000; higher is better.",
     ),
-    6: ("Score per minute of run time", "Score / (total run time in minutes); higher is better."),
+    6: (
+        "Score per minute of run time",
+        f"Score / (total run time in minutes, {TIME_WORDING}); higher is better.",
+    ),
 }
 SEEDS_NOTE = (
     "Several seeds: mean ± 95% CI (t-distribution); one seed: the value alone; '(k/n ok)': k of n seeds ok."
@@ -285,7 +279,7 @@ PROMPT_NOTE = "The paper leaves prompt tuning out of Tables 5-6; it is kept here
 
 def build_tables(coll: Collection) -> list[Table]:
     """Tables 1-6 in the paper's layout."""
-    columns = [(task, task_label(task)) for task in coll.tasks()]
+    columns = [(task, task_label(task, coll)) for task in coll.tasks()]
     score = _single(c.score, fmt_fixed)
     blocks = {
         1: _method_scale_blocks(coll, *score),
@@ -297,18 +291,22 @@ def build_tables(coll: Collection) -> list[Table]:
         5: _method_scale_blocks(coll, *_single(c.score_per_100k_params, fmt_sig)),
         6: _method_scale_blocks(coll, *_single(c.score_per_minute, fmt_sig)),
     }
+    options = [note for note in [c.method_options_note(coll)] if note]
+    speedups = [note for note in [c.speedups_note(coll.runs)] if note]
     notes = {
-        1: [_metric_note(coll)],
+        1: [_metric_note(coll), *options],
         2: [_metric_note(coll)],
-        4: [HIGH_NOTE],
-        5: [PROMPT_NOTE],
-        6: [PROMPT_NOTE],
+        3: options,
+        4: [*speedups, HIGH_NOTE, *options],
+        5: [PROMPT_NOTE, *options],
+        6: [*speedups, PROMPT_NOTE, *options],
     }
     tables = []
     for number, (title, caption) in TABLE_TEXTS.items():
         if number == 3:  # one count per variant, not per task; and counts do not vary with the seed
             table = Table(
-                3, title, caption, "Ablation Technique", [("trainable_params", "Parameter Count")], blocks[3]
+                3, title, caption, "Ablation Technique", [("trainable_params", "Parameter Count")], blocks[3],
+                notes[3],
             )
         else:
             table = Table(

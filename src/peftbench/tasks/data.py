@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,13 +77,23 @@ def load_task_data(task: TaskSpec, data_dir: str | None, scale: str | int, seed:
         "train_examples": len(data.train), "validation_examples": len(data.validation),
         "test_examples": len(data.test), "requested_train_examples": cap,
         "available_train_examples": len(rows["train"]),
-        "source": "synthetic" if task.synthetic else (data_dir or "huggingface-hub"),
+        "source": data_source(task, data_dir),
         "carved": carved, "sample_hash": _sample_hash(data),
     }
     if len(data.train) < cap:  # the scale is an upper bound (paper §3.1): say so, and use what there is
         data.info["note"] = (f"scale {scale} asks for {cap} training examples; the data has {len(data.train)}, "
                              f"all used")
     return data
+
+
+def data_source(task: TaskSpec, data_dir: str | None) -> str:
+    """Where the rows come from, as ``_read_split`` reads them: "synthetic", the folder of a user task's
+    ``data_files``, the ``data_dir``, or "huggingface-hub"."""
+    if task.synthetic:
+        return "synthetic"
+    if task.data_files:
+        return os.path.commonpath([str(Path(path).parent) for path in task.data_files.values()])
+    return data_dir or "huggingface-hub"
 
 
 # --- reading ------------------------------------------------------------------------------------------
