@@ -26,7 +26,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
-from peftbench import allocator, checkpoint, distributed, environment, results, run_state, steps
+from peftbench import allocator, checkpoint, distributed, environment, results, run_state, steps, tracking
 from peftbench.ablations import resolve_selection
 from peftbench.batching import Encoded, length_grouped_batches
 from peftbench.config import RunConfig, TrainConfig
@@ -82,7 +82,7 @@ def prepare_cell(run: RunConfig, device_map: str | None = None) -> Cell:
     # Identical splits for every method of a cell: they depend on task, scale and seed only.
     task = get_task(run.task)
     data = load_task_data(task, run.data_dir, run.scale, run.seed, cfg.eval_examples)
-    loaded = load_model(run.model, run.trust_remote_code, device_map)
+    loaded = load_model(run.model, run.trust_remote_code, device_map, revision=run.model_revision)
     # Seed again: the first load in a process may draw random numbers (tiny models are built from seed 0),
     # and a run must not depend on whether an earlier run in the same process loaded the model already.
     seed_everything(run.seed)
@@ -177,10 +177,13 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     loop = Loop(run, Path(run_dir), cell, model, optimizer, scheduler, accelerator, writer)
 
     state, best_weights, resumed_from = _resume_or_start(loop)
-    with writer:  # leaving it waits for the last write: the best weights are restored below
-        best_weights = train_until_stopped(loop, state, best_weights, progress, stop_requested)
-    checkpoint.restore(cell.trainable, best_weights)  # the best epoch's weights are tested (the paper's protocol)
-    tested = score_test_split(loop)
+    tracker = tracking.RunTracker(run, loop.run_dir, scheduler, cell.task.metric, state.train_tokens)
+    with tracker:  # the trackers' runs end however this one does
+        with writer:  # leaving it waits for the last write: the best weights are restored below
+            best_weights = train_until_stopped(loop, state, best_weights, progress, stop_requested, tracker)
+        checkpoint.restore(cell.trainable, best_weights)  # the best epoch's weights are tested (the paper's protocol)
+        tested = score_test_split(loop)
+        tracker.log_test(_test_metrics(cell.task, tested), state.step)
     adapter = _save_adapter(accelerator.unwrap_model(model), cell.loaded.tokenizer, loop.run_dir, cfg.save_adapter)
     # The last checkpoint stays until the caller has written the result (sweep.execute_run removes it).
     times = {"train_s": state.train_seconds, "eval_s": tested.eval_s, "rank_eval_s": tested.rank_eval_s,
@@ -239,9 +242,10 @@ def score_test_split(loop: Loop) -> Tested:
 
 
 def train_until_stopped(loop: Loop, state: RunState, best_weights: dict[str, torch.Tensor], progress: bool,
-                        stop_requested) -> dict[str, torch.Tensor]:
+                        stop_requested, tracker: tracking.RunTracker) -> dict[str, torch.Tensor]:
     """Train epoch after epoch, from ``state`` on, until ``max_epochs`` or early stopping; returns the best
-    epoch's weights. A stop request checkpoints the last optimiser step and raises ``Interrupted``."""
+    epoch's weights. A stop request checkpoints the last optimiser step and raises ``Interrupted``. Steps and
+    epochs are logged to ``tracker``."""
     cfg, cell = loop.run.train, loop.cell
     bar = tqdm(total=cell.max_epochs, initial=state.epoch, desc=f"{loop.run.method}/{loop.run.task}",
                unit="epoch", disable=not progress, leave=False)
@@ -253,12 +257,14 @@ def train_until_stopped(loop: Loop, state: RunState, best_weights: dict[str, tor
         try:
             train_loss = steps.train_epoch(loop.model, loop.optimizer, loop.scheduler, loop.accelerator,
                                       cell.encoded["train"], order, cfg, cell.loaded.family,
-                                      cell.loaded.tokenizer.pad_token_id, state, stop_requested)
+                                      cell.loaded.tokenizer.pad_token_id, state, stop_requested,
+                                      on_step=tracker.log_step)
         except Interrupted:  # keep the steps done so far: the re-run continues from this very step
             state.train_seconds += time.perf_counter() - epoch_started
             loop.save(state, best_weights)
             raise
         best_weights = _end_epoch(loop, state, best_weights, train_loss, epoch_started)
+        tracker.log_epoch(state.history[-1])
         bar.update(1)
         bar.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{state.history[-1]['val_loss']:.3f}")
     bar.close()
@@ -298,14 +304,13 @@ def _result(run: RunConfig, cell: Cell, state: RunState, tested: Tested) -> dict
     """The result fields that describe the cell, its training and its test (``results.py``)."""
     task, loaded = cell.task, cell.loaded
     best_val_metric = state.history[state.stopper.best_epoch - 1]["val_metric"]
-    test_metrics = {task.metric: tested.score}
-    if tested.rank_accuracy is not None:
-        test_metrics["rank_accuracy"] = tested.rank_accuracy
+    test_metrics = _test_metrics(task, tested)
     return {
         "status": "ok", "error": None, "seed": run.seed, "decoding_revision": results.DECODING_REVISION,
         "task": {"name": task.name, "type": task.type, "metric": task.metric, "version": task.version},
         "model": {"name": loaded.name, "source": loaded.source, "family": loaded.family,
-                  "architecture": loaded.architecture},
+                  "architecture": loaded.architecture, "revision": run.model_revision,
+                  "provenance": loaded.provenance},
         "data": {**cell.data.info, "scale": run.scale},
         "batch": state.batch_plan(run.train),
         "versions": environment.versions(),
@@ -320,6 +325,13 @@ def _result(run: RunConfig, cell: Cell, state: RunState, tested: Tested) -> dict
     }
 
 
+def _test_metrics(task: TaskSpec, tested: Tested) -> dict[str, float]:
+    metrics = {task.metric: tested.score}
+    if tested.rank_accuracy is not None:
+        metrics["rank_accuracy"] = tested.rank_accuracy
+    return metrics
+
+
 def _validation_metric(loop: Loop, n: int) -> float:
     """The task's metric on the first ``n`` validation examples (decoding is costly)."""
     cell, cfg = loop.cell, loop.run.train
@@ -330,11 +342,13 @@ def _validation_metric(loop: Loop, n: int) -> float:
 
 
 def _save_adapter(model, tokenizer, run_dir: Path, enabled: bool) -> dict[str, Any]:
-    """The tested weights, with save_pretrained: the adapter for PEFT methods, the model for full tuning."""
+    """The tested weights, with save_pretrained: the adapter for PEFT methods, the model for full tuning; the
+    tokenizer beside them, so the directory loads on its own (README: "Loading a run's weights")."""
     if not enabled or not distributed.is_main_process():  # one writer
         return {"path": None, "bytes": None}
     target = run_dir / "adapter"
     model.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
     return {"path": str(target), "bytes": size}
 
