@@ -179,7 +179,7 @@ def family_of(config: PretrainedConfig) -> str:
 
 def load_config(name: str, trust_remote_code: bool = False, revision: str | None = None) -> PretrainedConfig:
     """The model's config without its weights (used for parameter accounting on the meta device)."""
-    spec = resolve_source(name)
+    spec = _check_revision(resolve_source(name), revision)
     if spec.config_factory is not None:
         return spec.config_factory()
     if spec.name == EMBEDDED_MODEL:
@@ -194,11 +194,15 @@ def load_config(name: str, trust_remote_code: bool = False, revision: str | None
         raise _load_error(spec, revision, exc) from None
 
 
+def _check_revision(spec: ModelSpec, revision: str | None) -> ModelSpec:
+    if revision is not None and (spec.build is not None or spec.name == EMBEDDED_MODEL or Path(spec.source).is_dir()):
+        raise UserError(f"model_revision={revision} applies to Hugging Face Hub models only, not to {spec.name}")
+    return spec
+
+
 @lru_cache(maxsize=2)
 def _load_pristine(name: str, trust_remote_code: bool, revision: str | None) -> LoadedModel:
-    spec = resolve_source(name)
-    if revision is not None and (spec.build is not None or spec.name == EMBEDDED_MODEL or Path(spec.source).is_dir()):
-        raise UserError(f"model_revision={revision} applies to Hugging Face Hub models only, not to {name}")
+    spec = _check_revision(resolve_source(name), revision)
     if spec.build is not None:
         model, tokenizer = spec.build()
         provenance = {"kind": "built", "description": spec.description}
@@ -212,7 +216,7 @@ def _load_pristine(name: str, trust_remote_code: bool, revision: str | None) -> 
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
         except (OSError, ValueError) as exc:
             raise _load_error(spec, revision, exc) from None
-        provenance = _provenance(spec, source, revision, getattr(config, "_commit_hash", None))
+        provenance = _provenance(spec, source, revision)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
@@ -235,11 +239,17 @@ def load_model(name: str, trust_remote_code: bool = False, device_map: str | Non
                        pristine.provenance)
 
 
-def _provenance(spec: ModelSpec, source: Path | str, revision: str | None, commit: str | None) -> dict[str, object]:
+def _provenance(spec: ModelSpec, source: Path | str, revision: str | None) -> dict[str, object]:
+    """The embedded model's provenance.json; a directory's path; a hub model's repository, the revision asked
+    for and the commit it resolved to (the snapshot its config.json was read from)."""
+    from huggingface_hub import try_to_load_from_cache
+
     if spec.name == EMBEDDED_MODEL:
         return json.loads((Path(source) / PROVENANCE_FILE).read_text())
     if Path(spec.source).is_dir():
         return {"kind": "directory", "path": spec.source}
+    cached = try_to_load_from_cache(spec.source, "config.json", revision=revision)
+    commit = Path(cached).parent.name if isinstance(cached, str) else None
     return {"kind": "hub", "repo_id": spec.source, "revision": revision, "commit": commit}
 
 

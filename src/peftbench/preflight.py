@@ -110,7 +110,8 @@ def check_methods(sweep: SweepConfig) -> None:
                 cell = f"model {model}, method {method}" + (f", ablation {ablation}" if ablation else "")
                 try:
                     count_params(model, method, ablation, sweep.layers, sweep.modules,
-                                 sweep.method_options.get(method, {}), seed=sweep.seeds[0])
+                                 sweep.method_options.get(method, {}), seed=sweep.seeds[0],
+                                 revision=sweep.model_revision)
                 except UserError as exc:
                     raise UserError(f"{cell}: {exc}") from None
                 except (OSError, ValueError) as exc:  # a hub id offline or unknown, a config it cannot read
