@@ -133,5 +133,6 @@ class RunTracker:
         self.log(values, record["steps"])
         self._since = time.perf_counter()  # validation time is no step's
 
-    def log_test(self, metrics: dict[str, float], step: int) -> None:
-        self.log({f"test/{name}": value for name, value in metrics.items()}, step)
+    def log_test(self, metrics: dict[str, float | None], step: int) -> None:
+        """The test split's metrics (those measured: None is not)."""
+        self.log({f"test/{name}": value for name, value in metrics.items() if value is not None}, step)

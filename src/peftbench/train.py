@@ -183,7 +183,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
             best_weights = train_until_stopped(loop, state, best_weights, progress, stop_requested, tracker)
         checkpoint.restore(cell.trainable, best_weights)  # the best epoch's weights are tested (the paper's protocol)
         tested = score_test_split(loop)
-        tracker.log_test(_test_metrics(cell.task, tested), state.step)
+        tracker.log_test({cell.task.metric: tested.score, "rank_accuracy": tested.rank_accuracy}, state.step)
     adapter = _save_adapter(accelerator.unwrap_model(model), cell.loaded.tokenizer, loop.run_dir, cfg.save_adapter)
     # The last checkpoint stays until the caller has written the result (sweep.execute_run removes it).
     times = {"train_s": state.train_seconds, "eval_s": tested.eval_s, "rank_eval_s": tested.rank_eval_s,
@@ -304,7 +304,9 @@ def _result(run: RunConfig, cell: Cell, state: RunState, tested: Tested) -> dict
     """The result fields that describe the cell, its training and its test (``results.py``)."""
     task, loaded = cell.task, cell.loaded
     best_val_metric = state.history[state.stopper.best_epoch - 1]["val_metric"]
-    test_metrics = _test_metrics(task, tested)
+    test_metrics = {task.metric: tested.score}
+    if tested.rank_accuracy is not None:
+        test_metrics["rank_accuracy"] = tested.rank_accuracy
     return {
         "status": "ok", "error": None, "seed": run.seed, "decoding_revision": results.DECODING_REVISION,
         "task": {"name": task.name, "type": task.type, "metric": task.metric, "version": task.version},
@@ -323,13 +325,6 @@ def _result(run: RunConfig, cell: Cell, state: RunState, tested: Tested) -> dict
                        "train_tokens_per_s": state.train_tokens / state.train_seconds if state.train_seconds
                        else None},
     }
-
-
-def _test_metrics(task: TaskSpec, tested: Tested) -> dict[str, float]:
-    metrics = {task.metric: tested.score}
-    if tested.rank_accuracy is not None:
-        metrics["rank_accuracy"] = tested.rank_accuracy
-    return metrics
 
 
 def _validation_metric(loop: Loop, n: int) -> float:
