@@ -1,6 +1,6 @@
 """What both sides of the comparison share: the cell's resolved config, its FLOPs, and the result record.
 
-A cell is given as peftbench ``key=value`` overrides (``model=smollm2-135m methods=[lora] tasks=[cola]
+A cell is given as peftbench ``key=value`` overrides (``model=smollm2-135m-q4 methods=[lora] tasks=[cola]
 scales=[low] data_dir=...``); both sides resolve them with ``peftbench.config.load_sweep``, so they train
 with the same hyperparameters, on the same rows, by construction.
 """

@@ -33,10 +33,10 @@ import peftbench  # noqa: F401  (sets the OpenMP spin limit in os.environ; the c
 
 HERE = Path(__file__).resolve().parent
 CELLS = {
-    "smollm2-lora-cola": ["model=smollm2-135m", "methods=[lora]", "tasks=[cola]", "scales=[low]"],
-    "smollm2-full-cola": ["model=smollm2-135m", "methods=[full]", "tasks=[cola]", "scales=[low]"],
-    "smollm2-lora-samsum": ["model=smollm2-135m", "methods=[lora]", "tasks=[samsum]", "scales=[low]"],
-    "smollm2-full-samsum": ["model=smollm2-135m", "methods=[full]", "tasks=[samsum]", "scales=[low]"],
+    "smollm2-lora-cola": ["model=smollm2-135m-q4", "methods=[lora]", "tasks=[cola]", "scales=[low]"],
+    "smollm2-full-cola": ["model=smollm2-135m-q4", "methods=[full]", "tasks=[cola]", "scales=[low]"],
+    "smollm2-lora-samsum": ["model=smollm2-135m-q4", "methods=[lora]", "tasks=[samsum]", "scales=[low]"],
+    "smollm2-full-samsum": ["model=smollm2-135m-q4", "methods=[full]", "tasks=[samsum]", "scales=[low]"],
     "t5tiny-lora-cola": ["model=t5-tiny-random", "methods=[lora]", "tasks=[cola]", "scales=[low]"],
 }
 # GPU only: FLAN-T5-base's architecture with random weights and a byte tokenizer (the Hub is unreachable

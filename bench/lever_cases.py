@@ -45,7 +45,7 @@ class Setup:
 
     @cached_property
     def tokenizer(self):
-        return load_model("smollm2-135m").tokenizer
+        return load_model("smollm2-135m-q4").tokenizer
 
     def encoded(self, task: str, split: str, n: int):
         data = load_task_data(get_task(task), self.data_dir, "low", 0, 2 * max(n, 32))
@@ -53,7 +53,7 @@ class Setup:
 
     def model(self, method: str = "lora", bf16_storage: bool = True, packed: bool = True):
         """SmolLM2 with ``method`` applied, its frozen linears stored as peftbench trains them (bf16, packed)."""
-        loaded = load_model("smollm2-135m")
+        loaded = load_model("smollm2-135m-q4")
         torch.manual_seed(0)
         model = apply_method(loaded.model, "causal", method).model
         if bf16_storage:

@@ -17,7 +17,7 @@ from peftbench.report.cli import add_commands
 from peftbench.report.collect import Stat
 from peftbench.report.references import FLAG_NOTE, flags
 
-MODEL = "smollm2-135m"
+MODEL = "smollm2-135m-q4"
 Cells = dict[tuple, dict[str, list]]
 
 
@@ -75,7 +75,7 @@ def test_a_cell_below_majority_or_not_above_zero_shot_is_flagged_in_tables_csv_a
 
     written = build_report(results)
     page = (results / "report" / "index.html").read_text(encoding="utf-8")
-    assert "smollm2-135m, cola, low: lora 0.6200 †" in page and "prompt 0.5200 †‡" in page
+    assert "smollm2-135m-q4, cola, low: lora 0.6200 †" in page and "prompt 0.5200 †‡" in page
     assert (results / "report" / "claims.md") in written["claims"]
 
 

@@ -45,7 +45,7 @@ def test_one_cell_writes_a_complete_result(tmp_path, capsys, model):
 
 def test_the_console_script_lists_registries():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    for what, expected in [("methods", "bitfit"), ("tasks", "e2e_nlg"), ("models", "smollm2-135m")]:
+    for what, expected in [("methods", "bitfit"), ("tasks", "e2e_nlg"), ("models", "smollm2-135m-q4")]:
         done = subprocess.run([sys.executable, "-m", "peftbench.cli", "list", what], capture_output=True,
                               text=True, env=env, timeout=120)
         assert done.returncode == 0, done.stderr
@@ -55,7 +55,7 @@ def test_the_console_script_lists_registries():
 @pytest.mark.slow
 def test_smollm2_cola_cell(tmp_path, shared_data):
     """The issue's real-data cell (minutes on two cores): run with `pytest -m slow`."""
-    code = main(["run", "model=smollm2-135m", "methods=[lora]", "tasks=[cola]", "scales=[low]",
+    code = main(["run", "model=smollm2-135m-q4", "methods=[lora]", "tasks=[cola]", "scales=[low]",
                  f"data_dir={shared_data}", f"output_dir={tmp_path}", "-q"])
     assert code == 0
     [result_file] = list(tmp_path.glob("*/result.json"))

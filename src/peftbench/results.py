@@ -12,7 +12,8 @@ Schema (``schema_version`` 1), the fields every consumer may rely on:
     config            dict    the resolved RunConfig (model, method, task, scale, seed, layers, modules, ...)
     seed              int
     task              dict    {"name", "type": "classification"|"generation", "metric", "version"}
-    model             dict    {"name", "source", "family": "seq2seq"|"causal", "architecture"}
+    model             dict    {"name", "source", "family": "seq2seq"|"causal", "architecture", "revision",
+                               "provenance": {"kind": "hub"|"gguf"|"directory"|"built", ...}} (models.py)
     data              dict    {"train_examples", "validation_examples", "test_examples",
                                "requested_train_examples", "sample_hash", "splits": {...},
                                "source": "synthetic" | "huggingface-hub" | a local data folder}

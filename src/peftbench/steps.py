@@ -38,9 +38,9 @@ class OutOfMemory(RuntimeError):
 
 
 def train_epoch(model, optimizer, scheduler, accelerator, items, order, cfg: TrainConfig, family: str,
-                 pad_id: int, state: RunState, stop_requested) -> float:
+                 pad_id: int, state: RunState, stop_requested, on_step=None) -> float:
     """One pass over the training batches (from ``state.batches_done`` when a stopped epoch resumes);
-    returns the mean training loss per batch."""
+    returns the mean training loss per batch. ``on_step(state, losses)`` follows each optimiser step."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
     for start in range(state.batches_done, len(order), cfg.grad_accum):
@@ -50,6 +50,8 @@ def train_epoch(model, optimizer, scheduler, accelerator, items, order, cfg: Tra
         state.step += 1
         state.batches_done = start + len(group)
         state.epoch_losses.extend(losses)
+        if on_step is not None:
+            on_step(state, losses)
         if stop_requested():
             raise Interrupted(f"stop requested during epoch {state.epoch + 1}, after optimiser step {state.step}")
     mean = float(torch.tensor(state.epoch_losses, dtype=torch.float32).mean())

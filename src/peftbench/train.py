@@ -26,7 +26,7 @@ from accelerate.utils import get_mixed_precision_context_manager
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from peftbench import allocator, checkpoint, distributed, environment, results, run_state, steps
+from peftbench import allocator, checkpoint, distributed, environment, results, run_state, steps, tracking
 from peftbench.ablations import resolve_selection
 from peftbench.batching import Encoded, length_grouped_batches
 from peftbench.config import RunConfig, TrainConfig
@@ -85,7 +85,7 @@ def prepare_cell(run: RunConfig, device_map: str | None = None) -> PreparedCell:
     # Identical splits for every method of a cell: they depend on task, scale and seed only.
     task = get_task(run.task)
     data = load_task_data(task, run.data_dir, run.scale, run.seed, cfg.eval_examples)
-    loaded = load_model(run.model, run.trust_remote_code, device_map)
+    loaded = load_model(run.model, run.trust_remote_code, device_map, revision=run.model_revision)
     # Seed again: the first load in a process may draw random numbers (tiny models are built from seed 0),
     # and a run must not depend on whether an earlier run in the same process loaded the model already.
     seed_everything(run.seed)
@@ -194,10 +194,13 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     state, best_weights, resumed_from = _resume_or_start(loop)
     if cell.after_optimizer_step is not None:  # after optimizer.step(), before the gradients are cleared
         optimizer.optimizer.register_step_post_hook(lambda *_: cell.after_optimizer_step(state.step))
-    with writer:  # leaving it waits for the last write: the best weights are restored below
-        best_weights = train_until_stopped(loop, state, best_weights, progress, stop_requested)
-    checkpoint.restore(cell.trainable, best_weights)  # the best epoch's weights are tested (the paper's protocol)
-    tested = score_test_split(loop)
+    tracker = tracking.RunTracker(run, loop.run_dir, scheduler, cell.task.metric, state.train_tokens)
+    with tracker:  # the trackers' runs end however this one does
+        with writer:  # leaving it waits for the last write: the best weights are restored below
+            best_weights = train_until_stopped(loop, state, best_weights, progress, stop_requested, tracker)
+        checkpoint.restore(cell.trainable, best_weights)  # the best epoch's weights are tested (the paper's protocol)
+        tested = score_test_split(loop)
+        tracker.log_test({cell.task.metric: tested.score, "rank_accuracy": tested.rank_accuracy}, state.step)
     adapter = _save_adapter(accelerator.unwrap_model(model), cell.loaded.tokenizer, loop.run_dir, cfg.save_adapter)
     # The last checkpoint stays until the caller has written the result (sweep.execute_run removes it).
     times = {"train_s": state.train_seconds, "eval_s": tested.eval_s, "rank_eval_s": tested.rank_eval_s,
@@ -256,9 +259,10 @@ def score_test_split(loop: Loop) -> Tested:
 
 
 def train_until_stopped(loop: Loop, state: RunState, best_weights: dict[str, torch.Tensor], progress: bool,
-                        stop_requested) -> dict[str, torch.Tensor]:
+                        stop_requested, tracker: tracking.RunTracker) -> dict[str, torch.Tensor]:
     """Train epoch after epoch, from ``state`` on, until ``max_epochs`` or early stopping; returns the best
-    epoch's weights. A stop request checkpoints the last optimiser step and raises ``Interrupted``."""
+    epoch's weights. A stop request checkpoints the last optimiser step and raises ``Interrupted``. Steps and
+    epochs are logged to ``tracker``."""
     cfg, cell = loop.run.train, loop.cell
     bar = progress_bar(cell.max_epochs, f"{loop.run.method}/{loop.run.task}", "epoch", enabled=progress,
                        initial=state.epoch, leave=False)
@@ -270,12 +274,14 @@ def train_until_stopped(loop: Loop, state: RunState, best_weights: dict[str, tor
         try:
             train_loss = steps.train_epoch(loop.model, loop.optimizer, loop.scheduler, loop.accelerator,
                                       cell.encoded["train"], order, cfg, cell.loaded.family,
-                                      cell.loaded.tokenizer.pad_token_id, state, stop_requested)
+                                      cell.loaded.tokenizer.pad_token_id, state, stop_requested,
+                                      on_step=tracker.log_step)
         except Interrupted:  # keep the steps done so far: the re-run continues from this very step
             state.train_seconds += time.perf_counter() - epoch_started
             loop.save(state, best_weights)
             raise
         best_weights = _end_epoch(loop, state, best_weights, train_loss, epoch_started)
+        tracker.log_epoch(state.history[-1])
         bar.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{state.history[-1]['val_loss']:.3f}")
         bar.update(1)
     bar.close()
@@ -323,7 +329,8 @@ def _result(run: RunConfig, cell: PreparedCell, state: RunState, tested: Tested)
         "method": {"name": run.method, "kind": get_method(run.method).kind},
         "task": {"name": task.name, "type": task.type, "metric": task.metric, "version": task.version},
         "model": {"name": loaded.name, "source": loaded.source, "family": loaded.family,
-                  "architecture": loaded.architecture},
+                  "architecture": loaded.architecture, "revision": run.model_revision,
+                  "provenance": loaded.provenance},
         "data": {**cell.data.info, "scale": run.scale},
         "batch": state.batch_plan(run.train),
         "versions": environment.versions(),
@@ -348,11 +355,13 @@ def _validation_metric(loop: Loop, n: int) -> float:
 
 
 def _save_adapter(model, tokenizer, run_dir: Path, enabled: bool) -> dict[str, Any]:
-    """The tested weights, with save_pretrained: the adapter for PEFT methods, the model for full tuning."""
+    """The tested weights, with save_pretrained: the adapter for PEFT methods, the model for full tuning; the
+    tokenizer beside them, so the directory loads on its own (README: "Loading a run's weights")."""
     if not enabled or not distributed.is_main_process():  # one writer
         return {"path": None, "bytes": None}
     target = run_dir / "adapter"
     model.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
     return {"path": str(target), "bytes": size}
 

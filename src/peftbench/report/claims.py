@@ -30,7 +30,7 @@ PEFT_METHODS_ORDER = ("ia3", "lora", "bitfit", "prompt")
 @dataclass
 class Comparison:
     where: str
-    """The cell coordinates both sides share, e.g. "smollm2-135m, cola, low"."""
+    """The cell coordinates both sides share, e.g. "smollm2-135m-q4, cola, low"."""
     text: str
     """Both sides' numbers, e.g. "full 2.0 ± 0.0 < lora 5.0 ± 1.2"."""
     verdict: str
