@@ -116,7 +116,7 @@ CASES: dict[str, Case] = {
     "layer index out of range": lambda t: (run_args(t, "layers=[0, 5]"),
                                            ["model t5-tiny-random, method lora", "layers: [5] out of range"]),
     "hub model not available": lambda t: (run_args(t, "models=[peftbench-test/no-such-model]"),
-                                          ["model peftbench-test/no-such-model", "the Hugging Face Hub is unreachable"]),
+                                          ["model 'peftbench-test/no-such-model'", "the Hugging Face Hub is unreachable"]),
     "model dir without config": lambda t: (run_args(t, f"models=[{(t / 'm').mkdir() or t / 'm'}]"),
                                            ["model directory", "has no config.json"]),
     # --- empty sweeps -----------------------------------------------------------------------------------

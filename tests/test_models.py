@@ -40,7 +40,7 @@ def test_offline_a_hub_id_fails_saying_the_hub_is_unreachable(tmp_path, capsys):
     code = main(["run", "model=gpt2", f"output_dir={tmp_path}", *TINY_RUN])
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "peftbench: error: model gpt2, method lora: model 'gpt2': the Hugging Face Hub is unreachable "
+        "peftbench: error: model 'gpt2': the Hugging Face Hub is unreachable "
         "(HF_HUB_OFFLINE is set) and the model is not in the local cache; download it once online, or pass "
         "a local directory")
 
