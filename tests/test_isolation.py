@@ -25,7 +25,7 @@ from peftbench.models import tiny_llama_config
 WIDE_PARAMS = 13_046_272  # tied 384 × 512 embedding, 4 × (4 × 512² attention + 3 × 512 × 1408 MLP), norms
 RUN = ["run", "methods=[full,lora,ia3]", "tasks=[synthetic_classification]", "scales=[16]", "train.max_epochs=1",
        "train.batch_size=4", "train.grad_accum=1", "train.eval_examples=8", "train.eval_batch_size=4",
-       "train.val_metric_examples=0", "train.precision=fp32", "train.num_threads=1", "-q"]
+       "train.val_metric_examples=0", "train.precision=fp32", "train.num_threads=1"]
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +53,12 @@ def _by_method(results_dir: Path) -> dict[str, dict]:
 
 
 def test_each_run_of_a_sweep_records_its_own_peak(wide_llama, tmp_path, capsys):
-    assert main([*RUN, f"models=[{wide_llama}]", f"output_dir={tmp_path / 'sweep'}"]) == 0
+    assert main([*RUN, f"models=[{wide_llama}]", f"output_dir={tmp_path / 'sweep'}", "-q"]) == 0
     table = capsys.readouterr().out
     swept = _by_method(tmp_path / "sweep")
     alone = {}
     for method in ("full", "lora", "ia3"):
-        argv = [*RUN, f"models=[{wide_llama}]", f"methods=[{method}]", f"output_dir={tmp_path / method}"]
+        argv = [*RUN, f"models=[{wide_llama}]", f"methods=[{method}]", f"output_dir={tmp_path / method}", "-q"]
         assert main(argv) == 0
         alone[method] = _by_method(tmp_path / method)[method]
 
@@ -84,7 +84,7 @@ def test_each_run_of_a_sweep_records_its_own_peak(wide_llama, tmp_path, capsys):
 def test_in_process_runs_report_the_process_peak(wide_llama, tmp_path):
     """isolate_runs=false: the process's peak never falls, so every run after full tuning reports at least its
     peak; the results say so (scope shared_process)."""
-    assert main([*RUN, f"models=[{wide_llama}]", f"output_dir={tmp_path}", "isolate_runs=false"]) == 0
+    assert main([*RUN, f"models=[{wide_llama}]", f"output_dir={tmp_path}", "isolate_runs=false", "-q"]) == 0
     swept = _by_method(tmp_path)
     assert {r["memory"]["scope"] for r in swept.values()} == {"shared_process"}
     assert swept["lora"]["memory"]["peak_bytes"] >= swept["full"]["memory"]["peak_bytes"]
@@ -97,8 +97,9 @@ def test_a_killed_worker_is_a_failed_run_that_retry_resumes(tmp_path, monkeypatc
             "train.eval_examples=8", "train.eval_batch_size=4", "train.val_metric_examples=0",
             "train.precision=fp32", "train.num_threads=1", "train.checkpoint_interval_s=0",
             f"output_dir={tmp_path}", "-q"]
-    # The worker SIGKILLs itself before epoch 3's first micro-batch (2 per epoch), as the OOM killer would.
-    kill = functools.partial(sweep_helpers.install_kill, ("peftbench.steps:collate", "before", 5))
+    # The worker SIGKILLs itself, as the out-of-memory killer would, before epoch 3's second micro-batch (2 per
+    # epoch): after the first optimiser step of epoch 3, which waited for the epoch 2 checkpoint's write.
+    kill = functools.partial(sweep_helpers.install_kill, ("peftbench.steps:collate", "before", 6))
     monkeypatch.setattr(isolation, "WORKER_SETUP", [kill])
     assert main(argv) == 1
     (result_file,) = tmp_path.glob("*/result.json")
