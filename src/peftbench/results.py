@@ -22,9 +22,13 @@ Schema (``schema_version`` 1), the fields every consumer may rely on:
     best_epoch        int     1-based epoch whose checkpoint was tested
     history           list    per epoch {"epoch", "train_loss", "val_loss", "val_metric", "seconds", "steps"}
     metrics           dict    {"test": {<metric>: float, ["rank_accuracy": float]}, "score": float (the task's metric)}
-    time              dict    {"train_s", "eval_s", "rank_eval_s" (None unless ranked), "total_s", "to_best_s"}
+    time              dict    {"train_s", "eval_s", "rank_eval_s" (None unless ranked), "load_s" (the model's
+                               read or copy), "total_s" (the run's wall time without load_s), "to_best_s"}
     throughput        dict    {"train_tokens_per_s", "train_tokens"}
-    memory            dict    {"peak_bytes", "kind": "cuda_max_allocated" | "process_peak_rss"}
+    memory            dict    {"peak_bytes", "kind": "cuda_max_allocated" | "process_peak_rss",
+                               "scope": "run" | "run_process" | "shared_process", "after_load_bytes",
+                               "increment_bytes", "trainable_param_bytes", "optimizer_state_bytes",
+                               "adapter_bytes"} (memory.py)
     adapter           dict    {"path", "bytes"}
     decoding_revision int     ``DECODING_REVISION`` of the code that decoded the test (absent before 2)
 """
