@@ -35,6 +35,8 @@ quiets library chatter). Each must pickle by reference: a module-level function 
 
 POLL_S = 0.2
 """How often the sweep process checks for a stop request while a worker runs."""
+STOP_GRACE_S = 120.0
+"""How long a worker may take to checkpoint and stop when the sweep process leaves on an exception."""
 _FINAL = ("ok", "failed", "diverged", "interrupted")
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -47,11 +49,18 @@ def execute_in_worker(run: RunConfig, results_dir: Path, *, progress: bool, stop
                              args=(run, str(results_dir), progress, device_map, os.getpid(), list(WORKER_SETUP)))
     worker.start()
     stop_sent = False
-    while worker.exitcode is None:
-        worker.join(POLL_S)
-        if not stop_sent and worker.exitcode is None and stop_requested():
-            os.kill(worker.pid, signal.SIGTERM)
-            stop_sent = True
+    try:
+        while worker.exitcode is None:
+            worker.join(POLL_S)
+            if not stop_sent and worker.exitcode is None and stop_requested():
+                os.kill(worker.pid, signal.SIGTERM)
+                stop_sent = True
+    finally:
+        if worker.exitcode is None:  # this process is leaving on an exception: the run must not outlive its lock
+            worker.terminate()  # SIGTERM: it checkpoints its current step and writes interrupted
+            worker.join(STOP_GRACE_S)
+            worker.kill()
+            worker.join()
     return _final_status(run, Path(results_dir), worker.exitcode, stop_sent or stop_requested())
 
 
