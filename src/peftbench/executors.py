@@ -91,9 +91,8 @@ def _run_tasks(ray, sweep: SweepConfig, pending: list[RunConfig], results_dir: P
                         f"{ray.cluster_resources().get('CPU', 0):g} CPUs")
     # max_calls=1: each run gets a fresh worker process, so its peak memory is its own (memory.py), as in
     # the local executor; on GPUs also its own GPU memory and CUDA device.
-    task = ray.remote(execute_in_worker).options(
-        num_cpus=cpus, num_gpus=gpus_per_run(ray, sweep), max_retries=sweep.max_retries, retry_exceptions=False,
-        max_calls=1)
+    task = ray.remote(max_calls=1)(execute_in_worker).options(
+        num_cpus=cpus, num_gpus=gpus_per_run(ray, sweep), max_retries=sweep.max_retries, retry_exceptions=False)
     env = {name: os.environ[name] for name in _FORWARDED_ENV if name in os.environ}
     refs = {task.remote(run, str(results_dir), sweep.retry_failed, sweep.device_map, env): run for run in pending}
     bar = tqdm(total=len(refs), desc=f"sweep {sweep.name} (ray)", unit="run", disable=not progress)
