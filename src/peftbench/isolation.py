@@ -67,6 +67,9 @@ def execute_in_worker(run: RunConfig, results_dir: Path, *, progress: bool, stop
 def worker_main(run: RunConfig, results_dir: str, progress: bool, device_map: str | None, parent_pid: int,
                 setup: list[Callable[[], object]]) -> None:
     """A worker's whole life: tie it to the sweep process, set up, run the cell and write its result."""
+    # Until the run's own handlers are in place, a terminal's Ctrl-C is left to the sweep process, which
+    # passes the stop on as SIGTERM (no traceback from a half-started worker).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent_pid)
     for step in setup:
         step()
