@@ -1,13 +1,16 @@
 """Helpers for the sweep tests: tiny sweeps, child processes that die at a chosen point, comparable results.
 
 A kill point is ``(target, when, nth)``: the child process SIGKILLs itself ``when`` ("before" or "after")
-the ``nth`` call of ``target`` ("module:attribute.path"), counted from the child's start. Deterministic,
+the ``nth`` call of ``target`` ("module:attribute.path"), counted from the child's start. The sweep's
+worker processes (isolation.py) carry the same kill point, counted from each worker's start, and a worker
+that reaches it SIGKILLs the sweep process with itself: the whole sweep dies at that moment. Deterministic,
 so a failure always reproduces.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import json
 import os
@@ -40,8 +43,9 @@ def tiny_overrides(results_dir: Path, *, models=("t5-tiny-random",), methods=("l
             "train.precision=fp32", "train.num_threads=1", "train.checkpoint_interval_s=0", *extra]
 
 
-def install_kill(point: KillPoint) -> None:
-    """Wrap ``point``'s target so that this process SIGKILLs itself at that call."""
+def install_kill(point: KillPoint, with_parent: bool = False) -> None:
+    """Wrap ``point``'s target so that this process (first its parent, ``with_parent``) is SIGKILLed at that
+    call."""
     target, when, nth = point
     module_name, _, attr_path = target.partition(":")
     owner: Any = importlib.import_module(module_name)
@@ -51,14 +55,19 @@ def install_kill(point: KillPoint) -> None:
     original = getattr(owner, name)
     calls = 0
 
+    def kill() -> None:
+        if with_parent:
+            os.kill(os.getppid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
     def wrapper(*args, **kwargs):
         nonlocal calls
         calls += 1
         if calls == nth and when == "before":
-            os.kill(os.getpid(), signal.SIGKILL)
+            kill()
         value = original(*args, **kwargs)
         if calls == nth and when == "after":
-            os.kill(os.getpid(), signal.SIGKILL)
+            kill()
         return value
 
     setattr(owner, name, wrapper)
@@ -67,10 +76,12 @@ def install_kill(point: KillPoint) -> None:
 def run_child(overrides: list[str], point: KillPoint | None = None) -> None:
     """A child process's whole life: maybe arm a kill point, then run the sweep as `peftbench run` would."""
     from peftbench.config import load_sweep
+    from peftbench.isolation import WORKER_SETUP
     from peftbench.sweep import run_sweep
 
     if point is not None:
         install_kill(point)
+        WORKER_SETUP.append(functools.partial(install_kill, point, True))
     run_sweep(load_sweep(None, overrides), progress=False)
 
 
@@ -112,7 +123,8 @@ def fake_run_cell(run, run_dir, **_options) -> dict:
 
 
 def main() -> None:
-    """``python sweep_helpers.py fake OVERRIDES...``: a sweep with fake training (for concurrent sweeps)."""
+    """``python sweep_helpers.py fake OVERRIDES...``: a sweep with fake training in this process (for
+    concurrent sweeps; give ``isolate_runs=false``)."""
     import peftbench.train
 
     peftbench.train.run_cell = fake_run_cell

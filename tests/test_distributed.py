@@ -95,12 +95,12 @@ def cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, cache) -> dict[str, dict]:
-    """The reference: every run in this one process, without dropout."""
+    """The reference: every run in this one process (where dropout is removed), without dropout."""
     out = tmp_path_factory.mktemp("single")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PEFTBENCH_CACHE", str(cache))
         patch.setattr(peftbench.train, "load_model", without_dropout(peftbench.train.load_model))
-        run_sweep(load_sweep(None, overrides(out, ALL_MODELS, ALL_METHODS)), progress=False)
+        run_sweep(load_sweep(None, [*overrides(out, ALL_MODELS, ALL_METHODS), "isolate_runs=false"]), progress=False)
     return read_results(out)
 
 

@@ -17,6 +17,9 @@ REQUIRED = {
 }
 
 
+LORA_TENSORS = {"t5-tiny-random": 48, "llama-tiny-random": 16}
+
+
 @pytest.mark.parametrize("model", ["t5-tiny-random", "llama-tiny-random"])
 def test_one_cell_writes_a_complete_result(tmp_path, capsys, model):
     code = main(["run", f"model={model}", "methods=[lora]", "tasks=[synthetic_classification]", "scales=[32]",
@@ -35,9 +38,17 @@ def test_one_cell_writes_a_complete_result(tmp_path, capsys, model):
     assert [h["epoch"] for h in result["history"]] == list(range(1, result["epochs"] + 1))
     assert set(result["history"][0]) >= {"train_loss", "val_loss", "val_metric", "seconds"}
     assert 0.0 <= result["metrics"]["test"]["accuracy"] <= 1.0
-    assert set(result["time"]) == {"train_s", "eval_s", "rank_eval_s", "total_s", "to_best_s"}
+    assert set(result["time"]) == {"train_s", "eval_s", "rank_eval_s", "load_s", "total_s", "to_best_s"}
     assert result["throughput"]["train_tokens_per_s"] > 0
-    assert result["memory"]["peak_bytes"] > 0
+    memory = result["memory"]
+    assert memory["kind"] == "process_peak_rss" and memory["scope"] == "run_process"  # a worker of its own
+    assert memory["peak_bytes"] >= memory["after_load_bytes"] > 0
+    assert memory["increment_bytes"] == memory["peak_bytes"] - memory["after_load_bytes"]
+    trainable = result["params"]["trainable"]
+    assert memory["trainable_param_bytes"] == 4 * trainable  # fp32
+    # AdamW: two fp32 moments per trainable value and a one-value step count per tensor (LoRA's A and B)
+    assert memory["optimizer_state_bytes"] == 8 * trainable + 4 * LORA_TENSORS[model]
+    assert memory["adapter_bytes"] == result["adapter"]["bytes"]
     assert result["adapter"]["bytes"] > 0 and (tmp_path / result["run_id"] / "adapter").is_dir()
     assert result["data"]["train_examples"] == 32 and result["data"]["sample_hash"]
     assert (tmp_path / result["run_id"] / "config.json").is_file()

@@ -36,7 +36,8 @@ def tiny_sweep(tmp_path: Path, seeds=(0,), **train_options) -> SweepConfig:
     options.update(train_options)
     return SweepConfig(name="faults", models=["t5-tiny-random"], methods=["lora"],
                        tasks=["synthetic_classification"], scales=[16], seeds=list(seeds),
-                       output_dir=str(tmp_path / "results"), train=TrainConfig(**options))
+                       output_dir=str(tmp_path / "results"), train=TrainConfig(**options),
+                       isolate_runs=False)  # the faults are injected into this process
 
 
 def wrap_training_forward(monkeypatch, fault, runs: int = 1) -> list[int]:

@@ -29,7 +29,7 @@ def local_ray(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The same tiny sweep run by the local executor, in this process."""
+    """The same tiny sweep run by the local executor."""
     results_dir = tmp_path_factory.mktemp("local")
     run_sweep(load_sweep(None, tiny_overrides(results_dir)), progress=False)
     return read_results(results_dir)

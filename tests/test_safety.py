@@ -36,6 +36,9 @@ class TouchOnLoad:
         return (Path.touch, (self.marker,))
 
 
+IN_PROCESS = "isolate_runs=false"  # the runs stay in this process, where training is replaced
+
+
 def fake_run_cell(run, run_dir, **_options) -> dict:
     """Training replaced by a constant result (these tests are about what is written, not learned)."""
     fake_run_cell.calls += 1
@@ -175,7 +178,7 @@ def test_a_path_traversal_run_name_stays_in_the_results_directory(tmp_path, monk
     work.mkdir()
     monkeypatch.chdir(work)
     sweep = SweepConfig(name="../../../escaped", models=["../../m"], methods=["../x"], tasks=["/etc/passwd"],
-                        scales=["../../s"], ablations=[None], train=TrainConfig())
+                        scales=["../../s"], ablations=[None], isolate_runs=False, train=TrainConfig())
     assert sweep.results_dir == Path("results") / "escaped"
     outcome = run_sweep(sweep, progress=False)
     assert len(outcome.ran) == 1 and fake_training.calls == 1
@@ -209,7 +212,8 @@ def test_secrets_never_reach_result_files_or_messages(tmp_path, monkeypatch, cap
     monkeypatch.setattr(train, "run_cell", leaky_run_cell)
     data_dir = tmp_path / SECRETS["MY_SERVICE_SECRET"]
     out = tmp_path / "out"
-    assert main([*TINY_RUN, "models=[t5-tiny-random]", f"data_dir={data_dir}", f"output_dir={out}", "-q"]) == 1
+    assert main([*TINY_RUN, "models=[t5-tiny-random]", f"data_dir={data_dir}", f"output_dir={out}", IN_PROCESS,
+                 "-q"]) == 1
     assert main([*TINY_RUN[:1], "models=[t5-tiny-random]", "tasks=[cola]", f"data_dir={data_dir}",
                  f"output_dir={out}"]) == 2  # an error message naming the secret path
     captured = capsys.readouterr()
@@ -240,7 +244,7 @@ def test_report_reports_and_skips_a_truncated_result(tmp_path, capsys):
 
 
 def test_run_reports_and_reruns_a_truncated_result(tmp_path, fake_training, capsys):
-    argv = [*TINY_RUN, "models=[t5-tiny-random]", f"output_dir={tmp_path / 'out'}", "-q"]
+    argv = [*TINY_RUN, "models=[t5-tiny-random]", f"output_dir={tmp_path / 'out'}", IN_PROCESS, "-q"]
     assert main(argv) == 0
     (result_file,) = (tmp_path / "out").glob("*/result.json")
     result_file.write_text(result_file.read_text()[:40])

@@ -55,10 +55,12 @@ def test_table_shows_mean_sd_and_ci_per_cell(tmp_path):
         _write(tmp_path, run, score, "ok" if score is not None else "failed")
     lines = results_table(runs, tmp_path).splitlines()
     assert lines[0].split() == ["model", "task", "scale", "method", "ablation", "seeds", "metric", "score",
-                                "(mean", "±", "sd)", "95%", "CI", "trainable", "epochs", "time_s"]
+                                "(mean", "±", "sd)", "95%", "CI", "trainable", "epochs", "time_s", "load_s",
+                                "peak_MiB"]
     lora = next(line for line in lines if " lora " in line)
     assert "3/3" in lora and "0.7200 ± 0.0200" in lora and "[0.6703, 0.7697]" in lora
-    assert lora.split()[-3:] == ["1,234", "2", "20.0"]  # mean epochs (1, 2, 3) and mean seconds
+    # mean epochs (1, 2, 3) and mean seconds; no load time or peak memory in these results
+    assert lora.split()[-5:] == ["1,234", "2", "20.0", "-", "-"]
     bitfit = next(line for line in lines if " bitfit " in line)
     # two ok seeds of three: 0.7 ± 0.1414214, half-width 12.706 × 0.1414214 / √2 = 1.2706
     assert "2/3" in bitfit and "0.7000 ± 0.1414" in bitfit and "[-0.5706, 1.9706]" in bitfit
@@ -87,5 +89,5 @@ def test_table_adds_the_mean_rank_accuracy_when_a_run_reports_one(tmp_path):
     assert lines[0].split()[7:14] == ["score", "(mean", "±", "sd)", "95%", "CI", "rank"]
     lora = next(line for line in lines if " lora " in line).split()
     bitfit = next(line for line in lines if " bitfit " in line).split()
-    assert lora[-4:] == ["0.6500", "1,234", "1.5", "15.0"]
-    assert bitfit[-4:] == ["-", "1,234", "1.5", "15.0"]
+    assert lora[-6:-2] == ["0.6500", "1,234", "1.5", "15.0"]  # (then load_s and peak_MiB: none recorded)
+    assert bitfit[-6:-2] == ["-", "1,234", "1.5", "15.0"]

@@ -1,7 +1,8 @@
 """Sweep bookkeeping: skip, re-run and retry rules, the per-run lock, atomic writes, concurrent sweeps.
 
-Training is replaced by ``sweep_helpers.fake_run_cell`` here (the real recipe is exercised by
-test_kill_resume.py and test_resume.py), so these tests check the bookkeeping alone, in seconds.
+Training is replaced by ``sweep_helpers.fake_run_cell`` here, in this process (``isolate_runs=false``; the real
+recipe and its worker processes are exercised by test_kill_resume.py, test_resume.py and test_isolation.py),
+so these tests check the bookkeeping alone, in seconds.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ HELPERS = Path(sweep_helpers.__file__)
 
 def _sweep(results_dir: Path, *extra: str):
     return load_sweep(None, ["models=[t5-tiny-random]", "methods=[lora,bitfit,ia3]", "tasks=[cola]",
-                             "scales=[low]", f"output_dir={results_dir}", *extra])
+                             "scales=[low]", f"output_dir={results_dir}", "isolate_runs=false", *extra])
 
 
 class FakeTraining(list):
@@ -153,7 +154,7 @@ def test_atomic_write_leaves_the_old_file_whole_when_the_rename_fails(tmp_path, 
 
 def test_two_sweeps_on_one_directory_run_each_run_exactly_once(tmp_path):
     overrides = ["models=[t5-tiny-random]", "methods=[lora,bitfit,ia3,prompt]", "tasks=[cola]", "scales=[low]",
-                 "seeds=[0,1]", f"output_dir={tmp_path / 'results'}"]
+                 "seeds=[0,1]", f"output_dir={tmp_path / 'results'}", "isolate_runs=false"]
     log = tmp_path / "calls.log"
     env = {**os.environ, "FAKE_LOG": str(log), "FAKE_SECONDS": "0.3"}
     sweeps = [subprocess.Popen([sys.executable, str(HELPERS), "fake", *overrides], env=env,

@@ -182,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if not args.verbose:
             _quiet_libraries()
+            from peftbench.isolation import WORKER_SETUP
+
+            if _quiet_libraries not in WORKER_SETUP:  # each run's worker process quiets them too
+                WORKER_SETUP.append(_quiet_libraries)
         return args.func(args)
     except UserError as exc:
         print(f"peftbench: error: {redact(str(exc))}", file=sys.stderr)

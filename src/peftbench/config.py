@@ -180,7 +180,13 @@ class SweepConfig:
     output_dir: str | None = None
     """Where result directories go; None means results/<name>."""
     executor: str = "local"
-    """local (runs one after another in this process) or ray (each run a Ray task; pip install peftbench[ray])."""
+    """local (runs one after another, started from this process) or ray (each run a Ray task; pip install
+    peftbench[ray])."""
+    isolate_runs: bool = True
+    """Local executor: each run in a worker process of its own (isolation.py), so that its peak memory and a
+    crash (out of memory, a signal) are its own. false runs them in this process, one after another (a
+    debugger; models, tasks or methods registered at run time, which a new process would not know); every
+    run's peak memory is then the process's highest so far. A multi-process launch always runs in-process."""
     retry_failed: bool = False
     device_map: str | None = None
     """Model parallelism for models too big for one GPU: "auto" splits each run's model over all visible GPUs

@@ -1,12 +1,10 @@
-"""What a result records about where it ran: versions, git state, hardware, peak memory."""
+"""What a result records about where it ran: versions, git state, hardware (memory: ``memory.py``)."""
 
 from __future__ import annotations
 
 import os
 import platform
-import resource
 import subprocess
-import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -64,17 +62,3 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory(device: torch.device) -> dict[str, object]:
-    """Accelerator max allocated bytes, else this process's peak resident set (a process-wide maximum)."""
-    if device.type == "cuda":
-        return {"peak_bytes": int(torch.cuda.max_memory_allocated(device)), "kind": "cuda_max_allocated"}
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    scale = 1 if sys.platform == "darwin" else 1024  # Linux reports KiB, macOS bytes
-    return {"peak_bytes": int(rss * scale), "kind": "process_peak_rss"}

@@ -16,11 +16,19 @@ import os
 from pathlib import Path
 from typing import Any
 
-from peftbench import results
+from peftbench import memory, results
 from peftbench.config import RunConfig, SweepConfig
 from peftbench.errors import UserError
 from peftbench.progress import progress_bar, sweep_title
-from peftbench.sweep import SKIPPED, SweepOutcome, check_results_dir, run_if_pending, run_lock, should_run
+from peftbench.sweep import (
+    SKIPPED,
+    SweepOutcome,
+    check_results_dir,
+    result_base,
+    run_if_pending,
+    run_lock,
+    should_run,
+)
 
 # Environment variables a worker needs as the driver has them (offline mode, caches, tokens stay unset).
 _FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_CACHE",
@@ -80,9 +88,9 @@ def _run_tasks(ray, sweep: SweepConfig, pending: list[RunConfig], results_dir: P
     if cpus > ray.cluster_resources().get("CPU", 0):
         raise UserError(f"ray_num_cpus_per_run={cpus:g} is more than the Ray cluster's "
                         f"{ray.cluster_resources().get('CPU', 0):g} CPUs")
-    # max_calls is left at Ray's default: unlimited for CPU tasks (a worker keeps its base model loaded
-    # between runs), 1 for GPU tasks (each run gets a fresh process, its GPU memory and CUDA device).
-    task = ray.remote(execute_in_worker).options(
+    # max_calls=1: each run gets a fresh worker process, so its peak memory is its own (memory.py), as in
+    # the local executor; on GPUs also its own GPU memory and CUDA device.
+    task = ray.remote(max_calls=1)(execute_in_worker).options(
         num_cpus=cpus, num_gpus=gpus_per_run(ray, sweep), max_retries=sweep.max_retries, retry_exceptions=False)
     env = {name: os.environ[name] for name in _FORWARDED_ENV if name in os.environ}
     refs = {task.remote(run, str(results_dir), sweep.retry_failed, sweep.device_map, env): run for run in pending}
@@ -106,6 +114,7 @@ def execute_in_worker(run: RunConfig, results_dir: str, retry_failed: bool, devi
                       env: dict[str, str]) -> str:
     """The Ray task: run ``run`` under its lock, exactly as the local executor does; returns what happened."""
     os.environ.update(env)
+    memory.dedicate_process_to_run()  # max_calls=1: this worker runs this task alone
     status = run_if_pending(run, Path(results_dir), retry_failed, progress=False, device_map=device_map)
     try:
         import torch
@@ -141,6 +150,5 @@ def _write_failure(run: RunConfig, results_dir: Path, error: dict[str, Any]) -> 
     with run_lock(results_dir / run_id) as acquired:
         if not acquired or results.load_status(results_dir, run_id) in ("ok", "failed", "diverged"):
             return
-        results.atomic_write_json(results.result_path(results_dir, run_id), {
-            "schema_version": results.SCHEMA_VERSION, "run_id": run_id, "config": run.to_dict(),
-            "seed": run.seed, "status": "failed", "error": error})
+        results.atomic_write_json(results.result_path(results_dir, run_id),
+                                  {**result_base(run), "status": "failed", "error": error})

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from accelerate.utils import get_mixed_precision_context_manager
 
-from peftbench import distributed, environment, results
+from peftbench import distributed, environment, memory, results
 from peftbench.batching import encode
 from peftbench.config import RunConfig
 from peftbench.errors import UserError
@@ -47,6 +47,7 @@ class Answers:
     eval_s: float = 0.0
     rank_eval_s: float | None = None
     device: torch.device = torch.device("cpu")
+    after_load_bytes: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -95,7 +96,7 @@ def run_reference_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, 
         "time": {"load_s": answers.load_s, "train_s": 0.0, "eval_s": answers.eval_s,
                  "rank_eval_s": answers.rank_eval_s, "total_s": elapsed - answers.load_s, "to_best_s": 0.0},
         "hardware": {**environment.hardware(answers.device), "device_map": device_map},
-        "memory": environment.peak_memory(answers.device), "adapter": {"path": None, "bytes": None},
+        "memory": memory.run_memory(answers.device, answers.after_load_bytes, {}, None, None), "adapter": {"path": None, "bytes": None},
         "resumed_from_epoch": None,
     }
 
@@ -115,13 +116,13 @@ def model_answers(run: RunConfig, task: TaskSpec, data: TaskData, options: Any, 
     """Decode (and rank, for classification) the test prompts with the untuned model."""
     cfg = run.train
     load_started = time.perf_counter()
-    loaded = load_model(run.model, run.trust_remote_code, device_map)
+    loaded = load_model(run.model, run.trust_remote_code, device_map, revision=run.model_revision)
     load_s = time.perf_counter() - load_started
     seed_everything(run.seed)
     accelerator = make_accelerator(cfg.precision, loaded.architecture)
     model = accelerator.prepare_model(loaded.model, evaluation_mode=True)
     device, tokenizer, family = accelerator.device, loaded.tokenizer, loaded.family
-    environment.reset_peak_memory(device)
+    after_load_bytes = memory.start_of_training(device)
     autocast = get_mixed_precision_context_manager(accelerator.native_amp, accelerator.autocast_handler)
     test, details = data.test, {}
     if isinstance(options, InContextOptions):
@@ -134,8 +135,10 @@ def model_answers(run: RunConfig, task: TaskSpec, data: TaskData, options: Any, 
                                        cfg.eval_batch_size, device, autocast)
     total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     answers = Answers(predictions, load_s=load_s, eval_s=time.perf_counter() - started, device=device,
+                      after_load_bytes=after_load_bytes,
                       details=details, total_params=total,
-                      model={"source": loaded.source, "family": family, "architecture": loaded.architecture})
+                      model={"source": loaded.source, "family": family, "architecture": loaded.architecture,
+                             "revision": run.model_revision, "provenance": loaded.provenance})
     if cfg.rank_classification and task.type == "classification":
         started = time.perf_counter()
         answers.ranked = distributed.rank_classify(model, task, test, tokenizer, family, cfg.max_source_tokens,

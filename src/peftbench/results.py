@@ -30,9 +30,13 @@ Schema (``schema_version`` 1), the fields every consumer may rely on:
                               (in_context), {} (zero_shot)
     metrics           dict    {"test": {<metric>: float, "rank_accuracy": float (classification, by default)},
                                "score": float (the task's metric, from ``metrics.METRICS``)}
-    time              dict    {"train_s", "eval_s", "rank_eval_s" (None unless ranked), "total_s", "to_best_s"}
+    time              dict    {"train_s", "eval_s", "rank_eval_s" (None unless ranked), "load_s" (the model's
+                               read or copy), "total_s" (the run's wall time without load_s), "to_best_s"}
     throughput        dict    {"train_tokens_per_s", "train_tokens"}
-    memory            dict    {"peak_bytes", "kind": "cuda_max_allocated" | "process_peak_rss"}
+    memory            dict    {"peak_bytes", "kind": "cuda_max_allocated" | "process_peak_rss",
+                               "scope": "run" | "run_process" | "shared_process", "after_load_bytes",
+                               "increment_bytes", "trainable_param_bytes", "optimizer_state_bytes",
+                               "adapter_bytes"} (memory.py)
     adapter           dict    {"path", "bytes"}
     decoding_revision int     ``DECODING_REVISION`` of the code that decoded the test (absent before 2)
 """

@@ -18,7 +18,8 @@ def results_table(runs: list[RunConfig], results_dir: Path) -> str:
     """A plain-text table of the sweep's cells, seeds aggregated.
 
     One seed per cell: the score. Several: the mean ± sample standard deviation over the cell's ok seeds
-    and the 95% Student t confidence interval of the mean, [mean - t·sd/√n, mean + t·sd/√n].
+    and the 95% Student t confidence interval of the mean, [mean - t·sd/√n, mean + t·sd/√n]. ``time_s`` is
+    the run's time without the model's load (``load_s``); ``peak_MiB`` its peak memory (``memory.py``).
     """
     cells: dict[tuple, list[dict | None]] = {}
     for run in runs:
@@ -32,7 +33,7 @@ def results_table(runs: list[RunConfig], results_dir: Path) -> str:
     ranked = any(r and "rank_accuracy" in r.get("metrics", {}).get("test", {}) for f in cells.values() for r in f)
     score_columns = ["score (mean ± sd)", "95% CI"] if several else ["score"]
     header = ["model", "task", "scale", "method", "ablation", "seeds", "metric", *score_columns,
-              *(["rank acc"] if ranked else []), "trainable", "epochs", "time_s"]
+              *(["rank acc"] if ranked else []), "trainable", "epochs", "time_s", "load_s", "peak_MiB"]
     rows = [header]
     for key, found in cells.items():
         ok = [r for r in found if r and r["status"] == "ok"]
@@ -59,11 +60,20 @@ def score_text(scores: list[float], several: bool) -> list[str]:
 def _cell_figures(ok: list[dict], found: list[dict | None], several: bool) -> list[str]:
     if not ok:
         statuses = sorted({r["status"] for r in found if r} or {"missing"})
-        return ["-", "/".join(statuses), *(["-"] if several else []), "-", "-", "-"]
+        return ["-", "/".join(statuses), *(["-"] if several else []), "-", "-", "-", "-", "-"]
     scores = score_text([r["metrics"]["score"] for r in ok], several)
     epochs = statistics.fmean(r["epochs"] for r in ok)
     seconds = statistics.fmean(r["time"]["total_s"] for r in ok)
-    return [ok[0]["task"]["metric"], *scores, f"{ok[0]['params']['trainable']:,}", f"{epochs:g}", f"{seconds:.1f}"]
+    return [ok[0]["task"]["metric"], *scores, f"{ok[0]['params']['trainable']:,}", f"{epochs:g}", f"{seconds:.1f}",
+            _mean_text([r["time"].get("load_s") for r in ok], "{:.1f}"),
+            _mean_text([(r.get("memory") or {}).get("peak_bytes") for r in ok], "{:,.0f}", 1 / 2**20)]
+
+
+def _mean_text(values: list, form: str, scale: float = 1.0) -> str:
+    """The mean of the values every ok seed reports, formatted; "-" when any lacks one (older results)."""
+    if not values or any(v is None for v in values):
+        return "-"
+    return form.format(statistics.fmean(values) * scale)
 
 
 def _rank_text(ok: list[dict]) -> str:

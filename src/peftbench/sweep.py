@@ -106,6 +106,12 @@ def run_lock(run_dir: Path) -> Iterator[bool]:
         os.close(fd)
 
 
+def result_base(run: RunConfig) -> dict:
+    """The fields every result of ``run`` starts with, whatever its status."""
+    return {"schema_version": results.SCHEMA_VERSION, "run_id": run.run_id(), "config": run.to_dict(),
+            "seed": run.seed}
+
+
 def execute_run(run: RunConfig, results_dir: Path, *, progress: bool = True,
                 stop_requested: Callable[[], bool] = lambda: False, device_map: str | None = None) -> dict:
     """Run one cell and write its result file (whatever happens); returns the result. Hold the run's lock."""
@@ -113,8 +119,7 @@ def execute_run(run: RunConfig, results_dir: Path, *, progress: bool = True,
 
     run_id = run.run_id()
     run_dir = Path(results_dir) / run_id
-    base = {"schema_version": results.SCHEMA_VERSION, "run_id": run_id, "config": run.to_dict(),
-            "seed": run.seed}
+    base = result_base(run)
     writer = distributed.is_main_process()  # in a multi-process launch the other processes only train
     if writer:
         _remove_partial_writes(run_dir)
@@ -153,13 +158,20 @@ def _remove_partial_writes(run_dir: Path) -> None:
 
 
 def run_if_pending(run: RunConfig, results_dir: Path, retry_failed: bool, *, progress: bool = True,
-                   stop_requested: Callable[[], bool] = lambda: False, device_map: str | None = None) -> str:
+                   stop_requested: Callable[[], bool] = lambda: False, device_map: str | None = None,
+                   isolate: bool = False) -> str:
     """Run ``run`` unless it is done or another process holds it: its result status, SKIPPED or LOCKED.
 
     Every executor goes through here, so the skip rules and the lock are the same for all of them. In a
-    multi-process launch the main process decides (and holds the lock) and tells the others.
+    multi-process launch the main process decides (and holds the lock) and tells the others. ``isolate``
+    runs it in a worker process of its own (isolation.py) while this process holds the lock.
     """
     def execute() -> str:
+        if isolate:
+            from peftbench.isolation import execute_in_worker
+
+            return execute_in_worker(run, results_dir, progress=progress, stop_requested=stop_requested,
+                                     device_map=device_map)
         return execute_run(run, results_dir, progress=progress, stop_requested=stop_requested,
                            device_map=device_map)["status"]
 
@@ -192,8 +204,9 @@ def _tidy_finished(run_dir: Path) -> None:
 
 
 def run_sweep(sweep: SweepConfig, *, progress: bool = True) -> SweepOutcome:
-    """Run every pending cell of the grid in this process (the local executor), or, launched as several
-    processes (``accelerate launch``, ``torchrun``), each run data parallel across them (distributed.py)."""
+    """Run every pending cell of the grid one after another (the local executor): each in a worker process
+    of its own (``isolate_runs``), or in this one; launched as several processes (``accelerate launch``,
+    ``torchrun``), each run in-process and data parallel across them (distributed.py)."""
     distributed.check_launch(sweep)
     distributed.init()
     progress = progress and distributed.is_main_process()
@@ -203,13 +216,14 @@ def run_sweep(sweep: SweepConfig, *, progress: bool = True) -> SweepOutcome:
     outcome = SweepOutcome()
     flag = StopFlag()
     stop = distributed.agreed_stop(flag)  # several processes stop after the same step, or none does
+    isolate = sweep.isolate_runs and distributed.launched_world_size() == 1
     with stop_on_signals(flag):
         bar = progress_bar(len(runs), sweep_title(sweep.name), "run", enabled=progress)
         for run in runs:
             if stop():  # a stop that came after the last run's final step: start nothing new
                 break
             what = run_if_pending(run, results_dir, sweep.retry_failed, progress=progress, stop_requested=stop,
-                                  device_map=sweep.device_map)
+                                  device_map=sweep.device_map, isolate=isolate)
             outcome.record(run.run_id(), what)
             bar.set_postfix(last=f"{run.method}/{run.task} {what}")
             bar.update(1)

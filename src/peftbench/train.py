@@ -26,7 +26,17 @@ from accelerate.utils import get_mixed_precision_context_manager
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from peftbench import allocator, checkpoint, distributed, environment, results, run_state, steps, tracking
+from peftbench import (
+    allocator,
+    checkpoint,
+    distributed,
+    environment,
+    memory,
+    results,
+    run_state,
+    steps,
+    tracking,
+)
 from peftbench.ablations import resolve_selection
 from peftbench.batching import Encoded, length_grouped_batches
 from peftbench.config import RunConfig, TrainConfig
@@ -64,7 +74,8 @@ def make_accelerator(precision: str, model_type: str) -> Accelerator:
 @dataclass
 class PreparedCell:
     """One cell before training: the task and its data at the run's scale, the model with the method
-    applied (``trainable``: its declared trainable parameters), and the tokenised splits."""
+    applied (``trainable``: its declared trainable parameters), the tokenised splits, and the seconds the
+    model's read (or copy) took (``load_s``)."""
 
     task: TaskSpec
     data: TaskData
@@ -74,6 +85,7 @@ class PreparedCell:
     params: dict[str, Any]
     encoded: dict[str, list[Encoded]]
     max_epochs: int
+    load_s: float
     after_optimizer_step: Callable[[int], None] | None = None
     """The method's per-step hook (``MethodSpec.after_optimizer_step``), bound to the model."""
 
@@ -85,7 +97,9 @@ def prepare_cell(run: RunConfig, device_map: str | None = None) -> PreparedCell:
     # Identical splits for every method of a cell: they depend on task, scale and seed only.
     task = get_task(run.task)
     data = load_task_data(task, run.data_dir, run.scale, run.seed, cfg.eval_examples)
+    load_started = time.perf_counter()
     loaded = load_model(run.model, run.trust_remote_code, device_map, revision=run.model_revision)
+    load_s = time.perf_counter() - load_started
     # Seed again: the first load in a process may draw random numbers (tiny models are built from seed 0),
     # and a run must not depend on whether an earlier run in the same process loaded the model already.
     seed_everything(run.seed)
@@ -102,7 +116,7 @@ def prepare_cell(run: RunConfig, device_map: str | None = None) -> PreparedCell:
     encoded = {split: encode_cached(task, getattr(data, split), loaded.tokenizer, loaded.family,
                                     cfg.max_source_tokens, cfg.max_target_tokens)
                for split in ("train", "validation", "test")}
-    return PreparedCell(task, data, loaded, applied.model, applied.trainable, params, encoded, max_epochs,
+    return PreparedCell(task, data, loaded, applied.model, applied.trainable, params, encoded, max_epochs, load_s,
                         applied.after_optimizer_step)
 
 
@@ -188,7 +202,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     frozen_bf16 = store_frozen_linears_in(cell.model, torch.bfloat16) if bf16 else 0
     model, optimizer = distributed.prepare(accelerator, cell.model, optimizer)  # no DDP wrapper: distributed.py
     packed = pack_frozen_linears(model) if bf16 else 0  # CPU: their GEMMs in oneDNN's layout (packed.py)
-    environment.reset_peak_memory(accelerator.device)
+    after_load_bytes = memory.start_of_training(accelerator.device)
     loop = Loop(run, Path(run_dir), cell, model, optimizer, scheduler, accelerator, writer)
 
     state, best_weights, resumed_from = _resume_or_start(loop)
@@ -203,8 +217,11 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
         tracker.log_test({cell.task.metric: tested.score, "rank_accuracy": tested.rank_accuracy}, state.step)
     adapter = _save_adapter(accelerator.unwrap_model(model), cell.loaded.tokenizer, loop.run_dir, cfg.save_adapter)
     # The last checkpoint stays until the caller has written the result (sweep.execute_run removes it).
+    # The model's read from disk (the first load in a process) or copy (later ones) is kept out of total_s,
+    # so every run's compared time is measured alike whatever ran before it in the process.
     times = {"train_s": state.train_seconds, "eval_s": tested.eval_s, "rank_eval_s": tested.rank_eval_s,
-             "total_s": time.perf_counter() - started, "to_best_s": state.to_best_s}
+             "load_s": cell.load_s, "total_s": time.perf_counter() - started - cell.load_s,
+             "to_best_s": state.to_best_s}
     optimizer_info = {"name": "AdamW", "lr_initial": schedule.lr.initial, "lr_peak": schedule.lr.peak,
                       "lr_final": schedule.lr.final, "total_steps": schedule.total_steps,
                       "warmup_steps": schedule.warmup_steps, "steps_done": state.step,
@@ -212,7 +229,9 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
                       "packed_frozen_linears": packed}
     return {**_result(run, cell, state, tested), "optimizer": optimizer_info, "time": times,
             "hardware": {**environment.hardware(accelerator.device), "device_map": device_map},
-            "memory": environment.peak_memory(accelerator.device), "adapter": adapter,
+            "memory": memory.run_memory(accelerator.device, after_load_bytes, cell.trainable, optimizer,
+                                        adapter["bytes"]),
+            "adapter": adapter,
             "resumed_from_epoch": resumed_from}
 
 
