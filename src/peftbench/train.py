@@ -26,7 +26,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
-from peftbench import allocator, checkpoint, distributed, environment, results, run_state, steps
+from peftbench import allocator, checkpoint, distributed, environment, results, run_state, serving, steps
 from peftbench.ablations import resolve_selection
 from peftbench.batching import Encoded, length_grouped_batches
 from peftbench.config import RunConfig, TrainConfig
@@ -193,7 +193,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     return {**_result(run, cell, state, tested), "optimizer": optimizer_info, "time": times,
             "hardware": {**environment.hardware(accelerator.device), "device_map": device_map},
             "memory": environment.peak_memory(accelerator.device), "adapter": adapter,
-            "resumed_from_epoch": resumed_from}
+            "resumed_from_epoch": resumed_from, "serving": serving.serve_stage(run, adapter)}
 
 
 def _resume_or_start(loop: Loop) -> tuple[RunState, dict[str, torch.Tensor], int | None]:
