@@ -26,6 +26,7 @@ Schema (``schema_version`` 1), the fields every consumer may rely on:
     throughput        dict    {"train_tokens_per_s", "train_tokens"}
     memory            dict    {"peak_bytes", "kind": "cuda_max_allocated" | "process_peak_rss"}
     adapter           dict    {"path", "bytes"}
+    serving           dict?   the serve stage's figures with ``serve.enabled`` (``serving.py``), else null
     decoding_revision int     ``DECODING_REVISION`` of the code that decoded the test (absent before 2)
 """
 
