@@ -78,21 +78,16 @@ def measure(run: RunConfig, adapter_dir: Path, settings: ServeConfig) -> dict[st
         return {size: decode_requests(model, requests, loaded.tokenizer, loaded.family, size, new_tokens, device)
                 for size in settings.batch_sizes}
 
+    def logits_of(model: nn.Module) -> torch.Tensor:
+        return next_token_logits(model, requests, loaded.tokenizer, loaded.family, device)
+
     base = loaded.model.to(device, dtype)
     decoded = {"base": decode_all(base)}
     model, load_s = load_tuned(base, loaded.family, adapter_dir, device, dtype)
     swap_s, swap_by = swap_seconds(model, adapter_dir, settings.swaps)
-    decoded["unmerged"] = decode_all(model)
     peft_config = model.active_peft_config if isinstance(model, peft.PeftModel) else None
-    if peft_config is not None and not peft_config.is_prompt_learning:  # a method that may merge
-        reference = next_token_logits(model, requests, loaded.tokenizer, loaded.family, device)
-    merged, merge = merge_weights(model)
-    check = None
-    if merged is not None:
-        decoded["merged"] = decode_all(merged)
-        logits = next_token_logits(merged, requests, loaded.tokenizer, loaded.family, device)
-        check = merge_check(decoded["unmerged"], decoded["merged"], float((logits - reference).abs().max()),
-                            settings)
+    decoded["unmerged"] = decode_all(model)
+    merge, check = merge_and_check(model, decoded, decode_all, logits_of, settings)
     return {
         "precision": settings.precision, "device": device.type, "threads": torch.get_num_threads(),
         "requests": len(requests), "new_tokens": new_tokens,
@@ -162,6 +157,20 @@ def swap_seconds(model: nn.Module, adapter_dir: Path, swaps: int) -> tuple[float
         model.load_state_dict(state, strict=False)  # tied output weights are saved once
     _sync(device)
     return (time.perf_counter() - started) / swaps, "load_state_dict"
+
+
+def merge_and_check(model: nn.Module, decoded: dict[str, dict[int, Decoded]], decode_all, logits_of,
+                    settings: ServeConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Merge where the method allows (``merge_weights``), decode with the merged model into
+    ``decoded["merged"]`` and check it against ``decoded["unmerged"]``; returns the merge and the check."""
+    mergeable = isinstance(model, peft.PeftModel) and not model.active_peft_config.is_prompt_learning
+    reference = logits_of(model) if mergeable else None  # before merging changes the model
+    merged, merge = merge_weights(model)
+    if merged is None:
+        return merge, None
+    decoded["merged"] = decode_all(merged)
+    difference = float((logits_of(merged) - reference).abs().max())
+    return merge, merge_check(decoded["unmerged"], decoded["merged"], difference, settings)
 
 
 def merge_weights(model: nn.Module) -> tuple[nn.Module | None, dict[str, Any]]:
