@@ -10,9 +10,10 @@ whole model for full tuning), after the test (``serve.enabled``) or later (``pef
   model alone, the tuned model as trained ("unmerged") and merged into the base weights where the method
   merges ("merged": LoRA and (IA)3 by PEFT's ``merge_and_unload``; BitFit's biases folded into the linears,
   which get a zero bias first where they have none; prompt tuning cannot merge and pays its virtual tokens
-  at every request; full tuning is the model itself). Every request decodes exactly ``new_tokens`` tokens,
-  end of sequence ignored, so latencies compare the models' compute and not their answers' lengths; a
-  prediction is the text before the first end of sequence, as the test decoded it;
+  at every request; full tuning is the model itself). The base model takes each batch in turn with the
+  variant it is compared with, so that both meet the same load on the machine. Every request decodes
+  exactly ``new_tokens`` tokens, end of sequence ignored, so latencies compare the models' compute and not
+  their answers' lengths; a prediction is the text before the first end of sequence, as the test decoded it;
 - the merge check, never assumed: the merged model's predictions against the unmerged one's, request by
   request (exact in fp32; in bf16 at most ``serve.bf16_tolerance`` of them may differ), and the largest
   difference of their next-token logits over the requests.
@@ -20,6 +21,7 @@ whole model for full tuning), after the test (``serve.enabled``) or later (``pef
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from dataclasses import dataclass
@@ -60,6 +62,11 @@ class Decoded:
     tokens: int
     predictions: list[str]
 
+    def pooled(self, other: Decoded) -> Decoded:
+        """Both measurements of one variant together (the predictions are this one's)."""
+        return Decoded(self.batch_size, self.seconds + other.seconds, self.batches + other.batches,
+                       self.tokens + other.tokens, self.predictions)
+
     def record(self, variant: str) -> dict[str, Any]:
         return {"variant": variant, "batch_size": self.batch_size, "latency_s": self.seconds / self.batches,
                 "tokens_per_s": self.tokens / self.seconds, "batches": self.batches, "tokens": self.tokens}
@@ -74,20 +81,29 @@ def measure(run: RunConfig, adapter_dir: Path, settings: ServeConfig) -> dict[st
     requests = serving_requests(run, loaded.tokenizer, loaded.family, settings.requests)
     new_tokens = settings.new_tokens or task.generation_budget
 
-    def decode_all(model: nn.Module) -> dict[int, Decoded]:
-        return {size: decode_requests(model, requests, loaded.tokenizer, loaded.family, size, new_tokens, device)
-                for size in settings.batch_sizes}
-
     def logits_of(model: nn.Module) -> torch.Tensor:
         return next_token_logits(model, requests, loaded.tokenizer, loaded.family, device)
 
-    base = loaded.model.to(device, dtype)
-    decoded = {"base": decode_all(base)}
-    model, load_s = load_tuned(base, loaded.family, adapter_dir, device, dtype)
+    base = load_model(run.model, run.trust_remote_code).model.to(device, dtype)  # a copy of its own
+    decoded: dict[str, dict[int, Decoded]] = {"base": {}}
+
+    def decode_beside_base(variant: str, model: nn.Module) -> dict[int, Decoded]:
+        """``model``'s decoding, batch by batch in turn with the base model's (pooled into ``decoded``), so
+        that both meet the same load on the machine."""
+        sides = {size: decode_side_by_side({"base": base, variant: model}, requests, loaded.tokenizer,
+                                           loaded.family, size, new_tokens, device)
+                 for size in settings.batch_sizes}
+        for size, side in sides.items():
+            earlier = decoded["base"].get(size)
+            decoded["base"][size] = side["base"] if earlier is None else earlier.pooled(side["base"])
+        return {size: side[variant] for size, side in sides.items()}
+
+    model, load_s = load_tuned(loaded.model.to(device, dtype), loaded.family, adapter_dir, device, dtype)
     swap_s, swap_by = swap_seconds(model, adapter_dir, settings.swaps)
     peft_config = model.active_peft_config if isinstance(model, peft.PeftModel) else None
-    decoded["unmerged"] = decode_all(model)
-    merge, check = merge_and_check(model, decoded, decode_all, logits_of, settings)
+    decoded["unmerged"] = decode_beside_base("unmerged", model)
+    merge, check = merge_and_check(model, decoded, functools.partial(decode_beside_base, "merged"), logits_of,
+                                   settings)
     return {
         "precision": settings.precision, "device": device.type, "threads": torch.get_num_threads(),
         "requests": len(requests), "new_tokens": new_tokens,
@@ -159,7 +175,7 @@ def swap_seconds(model: nn.Module, adapter_dir: Path, swaps: int) -> tuple[float
     return (time.perf_counter() - started) / swaps, "load_state_dict"
 
 
-def merge_and_check(model: nn.Module, decoded: dict[str, dict[int, Decoded]], decode_all, logits_of,
+def merge_and_check(model: nn.Module, decoded: dict[str, dict[int, Decoded]], decode_beside_base, logits_of,
                     settings: ServeConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Merge where the method allows (``merge_weights``), decode with the merged model into
     ``decoded["merged"]`` and check it against ``decoded["unmerged"]``; returns the merge and the check."""
@@ -168,7 +184,7 @@ def merge_and_check(model: nn.Module, decoded: dict[str, dict[int, Decoded]], de
     merged, merge = merge_weights(model)
     if merged is None:
         return merge, None
-    decoded["merged"] = decode_all(merged)
+    decoded["merged"] = decode_beside_base(merged)
     difference = float((logits_of(merged) - reference).abs().max())
     return merge, merge_check(decoded["unmerged"], decoded["merged"], difference, settings)
 
@@ -226,23 +242,26 @@ def merge_check(unmerged: dict[int, Decoded], merged: dict[int, Decoded], max_lo
 
 
 @torch.inference_mode()
-def decode_requests(model: nn.Module, items: list[Encoded], tokenizer, family: str, batch_size: int,
-                    new_tokens: int, device: torch.device) -> Decoded:
-    """Greedy decoding of ``items`` in batches of ``batch_size``, timed; the first batch runs once untimed
-    before (one-time costs are no request's)."""
-    model.eval()
+def decode_side_by_side(models: dict[str, nn.Module], items: list[Encoded], tokenizer, family: str,
+                        batch_size: int, new_tokens: int, device: torch.device) -> dict[str, Decoded]:
+    """Greedy decoding of ``items`` in batches of ``batch_size`` by each of ``models``, timed, the models taking
+    each batch in turn; each decodes the first batch once untimed before (one-time costs are no request's)."""
     batches = [items[start: start + batch_size] for start in range(0, len(items), batch_size)]
-    generate_new_tokens(model, batches[0], tokenizer, family, new_tokens, device)
-    seconds, tokens, predictions = 0.0, 0, []
+    for model in models.values():
+        model.eval()
+        generate_new_tokens(model, batches[0], tokenizer, family, new_tokens, device)
+    decoded = {name: Decoded(batch_size, 0.0, 0, 0, []) for name in models}
     for batch in batches:
-        _sync(device)
-        started = time.perf_counter()
-        new = generate_new_tokens(model, batch, tokenizer, family, new_tokens, device)
-        _sync(device)
-        seconds += time.perf_counter() - started
-        tokens += new.numel()
-        predictions += answers(new, tokenizer, family)
-    return Decoded(batch_size, seconds, len(batches), tokens, predictions)
+        for name, model in models.items():
+            _sync(device)
+            started = time.perf_counter()
+            new = generate_new_tokens(model, batch, tokenizer, family, new_tokens, device)
+            _sync(device)
+            decoded[name].seconds += time.perf_counter() - started
+            decoded[name].batches += 1
+            decoded[name].tokens += new.numel()
+            decoded[name].predictions += answers(new, tokenizer, family)
+    return decoded
 
 
 def generate_new_tokens(model: nn.Module, items: list[Encoded], tokenizer, family: str, new_tokens: int,
