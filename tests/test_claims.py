@@ -79,14 +79,14 @@ def test_a_cell_below_majority_or_not_above_zero_shot_is_flagged_in_tables_csv_a
     assert (results / "report" / "claims.md") in written["claims"]
 
 
-def test_table7_reports_rank_accuracy_of_classification_tasks_only(tmp_path):
+def test_table8_reports_rank_accuracy_of_classification_tasks_only(tmp_path):
     runs = _results({("lora", "cola", "low", None): {"score": [0.6, 0.6, 0.6]},
                      ("lora", "e2e_nlg", "low", None): {"score": [0.4, 0.4, 0.4]}})
     for run, rank in zip(runs, (0.7, 0.8, 0.9), strict=False):
         run["metrics"]["test"]["rank_accuracy"] = rank
-    table7 = tables.build_tables(c.collect(write_results(tmp_path / "r", runs)))[-1]
-    assert table7.number == 7 and table7.columns == [("cola", "CoLA")]
-    assert [cell.text for cell in table7.rows()[0].cells] == ["0.8000 ± 0.2484"]
+    table8 = tables.build_tables(c.collect(write_results(tmp_path / "r", runs)))[-1]
+    assert table8.number == 8 and table8.columns == [("cola", "CoLA")]
+    assert [cell.text for cell in table8.rows()[0].cells] == ["0.8000 ± 0.2484"]
 
 
 # ---- claims --------------------------------------------------------------------------------------------

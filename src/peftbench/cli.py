@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("what", choices=["methods", "tasks", "models", "ablations", "suites"])
     lst.set_defaults(func=cmd_list)
 
-    for module in ("peftbench.params", "peftbench.report.cli", "peftbench.export"):
+    for module in ("peftbench.params", "peftbench.report.cli", "peftbench.export", "peftbench.serve_bench"):
         try:
             __import__(module, fromlist=["add_commands"]).add_commands(sub)
         except ImportError:

@@ -105,6 +105,42 @@ class TrainConfig:
                             f"{did_you_mean(self.precision, ['auto', 'bf16', 'fp32'])}")
 
 
+@dataclass
+class ServeConfig:
+    """The serve stage (``serving.py``): what a run's tested weights cost to store, load and answer requests
+    with. Measured after the test when ``enabled``, or later by ``peftbench serve-bench RESULTS_DIR``."""
+
+    enabled: bool = False
+    """Measure serving after the test and record it as the result's ``serving`` (needs train.save_adapter)."""
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
+    """Decoding batch sizes measured: batch 1 is one request's latency, a larger batch the throughput."""
+    requests: int = 16
+    """Test prompts decoded per model variant and batch size (the first ones of the test split)."""
+    new_tokens: int | None = None
+    """Tokens decoded per request, end of sequence ignored so every variant decodes as many; None takes the
+    task's generation budget."""
+    swaps: int = 20
+    """Switches between two adapters of one base, timed together; the mean is recorded."""
+    precision: str = "fp32"
+    """Weights' dtype while serving: "fp32" (merged predictions must equal unmerged ones exactly) or "bf16"."""
+    bf16_tolerance: float = 0.05
+    """In bf16, the share of requests whose merged prediction may differ from the unmerged one (fp32: none)."""
+
+    def validate(self) -> None:
+        if not self.batch_sizes or any(size < 1 for size in self.batch_sizes):
+            raise UserError(f"serve.batch_sizes must be one or more sizes of at least 1, got {self.batch_sizes}")
+        for name in ("requests", "swaps"):
+            if getattr(self, name) < 1:
+                raise UserError(f"serve.{name} must be at least 1, got {getattr(self, name)}")
+        if self.new_tokens is not None and self.new_tokens < 1:
+            raise UserError(f"serve.new_tokens must be at least 1 or null, got {self.new_tokens}")
+        if self.precision not in ("fp32", "bf16"):
+            raise UserError(f"serve.precision must be fp32 or bf16, got {self.precision!r}"
+                            f"{did_you_mean(self.precision, ['fp32', 'bf16'])}")
+        if not 0.0 <= self.bf16_tolerance < 1.0:
+            raise UserError(f"serve.bf16_tolerance must be in [0, 1), got {self.bf16_tolerance}")
+
+
 Scale = str | int
 
 
@@ -134,15 +170,18 @@ class RunConfig:
     """Experiment trackers the run logs to (``tracking.py``); where a run is watched, not what it computes,
     so not part of the run id."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    """Serving measurements after the test; they do not change what the run computes, nor its id."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def run_id(self) -> str:
         """A readable, stable id: the cell's coordinates plus a hash of the whole resolved config (less
-        ``trackers``, and ``model_revision`` while unset, so adding these settings kept every id)."""
+        ``trackers`` and ``serve``, which change what is recorded, not what is computed, and ``model_revision``
+        while unset, so adding these settings kept every id)."""
         identity = {k: v for k, v in self.to_dict().items()
-                    if k != "trackers" and not (k == "model_revision" and v is None)}
+                    if k not in ("trackers", "serve") and not (k == "model_revision" and v is None)}
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
         parts = [self.model, self.method, self.task, str(self.scale), f"s{self.seed}"]
         if self.ablation:
@@ -209,6 +248,7 @@ class SweepConfig:
     ``<output_dir>/tensorboard``), mlflow (MLFLOW_TRACKING_URI), wandb, or any other accelerate tracker.
     Each needs its package (pip install 'peftbench[tensorboard]'); empty: none. Not part of run ids."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def validate(self) -> None:
         for name in ("models", "methods", "tasks", "scales", "seeds", "ablations"):
@@ -229,6 +269,9 @@ class SweepConfig:
                             "max_retries at least -1")
         self._validate_method_ablations()
         self.train.validate()
+        self.serve.validate()
+        if self.serve.enabled and not self.train.save_adapter:
+            raise UserError("serve.enabled measures the saved weights: it needs train.save_adapter=true")
 
     def _validate_method_ablations(self) -> None:
         for method, ablations in self.method_ablations.items():
@@ -288,7 +331,7 @@ class SweepConfig:
             method_options=dict(self.method_options.get(method, {})),
             data_dir=self.data_dir, trust_remote_code=self.trust_remote_code,
             model_revision=self.model_revision, trackers=list(self.trackers),
-            train=dataclasses.replace(self.train),
+            train=dataclasses.replace(self.train), serve=dataclasses.replace(self.serve),
         )
 
 

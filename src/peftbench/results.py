@@ -38,6 +38,7 @@ Schema (``schema_version`` 1), the fields every consumer may rely on:
                                "increment_bytes", "trainable_param_bytes", "optimizer_state_bytes",
                                "adapter_bytes"} (memory.py)
     adapter           dict    {"path", "bytes"}
+    serving           dict?   the serve stage's figures with ``serve.enabled`` (``serving.py``), else null
     decoding_revision int     ``DECODING_REVISION`` of the code that decoded the test (absent before 2)
 """
 

@@ -34,6 +34,7 @@ from peftbench import (
     memory,
     results,
     run_state,
+    serving,
     steps,
     tracking,
 )
@@ -232,7 +233,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
             "memory": memory.run_memory(accelerator.device, after_load_bytes, cell.trainable, optimizer,
                                         adapter["bytes"]),
             "adapter": adapter,
-            "resumed_from_epoch": resumed_from}
+            "resumed_from_epoch": resumed_from, "serving": serving.serve_stage(run, adapter)}
 
 
 def _resume_or_start(loop: Loop) -> tuple[RunState, dict[str, torch.Tensor], int | None]:

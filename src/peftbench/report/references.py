@@ -9,7 +9,7 @@ A fine-tuned cell (any method that is not a reference row, each ablation a cell 
 
 Reference rows are the runs whose result says ``method.kind == "reference"`` (``reference_rows.py``).
 Tables 1 and 2 carry the marks (and a ``flags`` CSV column), the trade-off plots draw the reference scores
-as lines and cross the flagged points, and the HTML page lists the flagged cells. Also Table 7: the
+as lines and cross the flagged points, and the HTML page lists the flagged cells. Also Table 8: the
 classification tasks' label-ranking accuracy (``metrics.test.rank_accuracy``) beside the table of scores.
 """
 
@@ -101,7 +101,7 @@ def _runs_on_type(coll: Collection, method: str, task: str) -> bool:
 
 
 def rank_accuracy_table(coll: Collection):
-    """Table 7: label-ranking accuracy of the classification tasks, rows as Table 1's."""
+    """Table 8: label-ranking accuracy of the classification tasks, rows as Table 1's."""
     from peftbench.report import tables as t
 
     tasks = [task for task in coll.tasks() if coll.task_info(task).get("type") == "classification"]
@@ -116,7 +116,7 @@ def rank_accuracy_table(coll: Collection):
         blocks.append(t.TableBlock(model, groups))
     caption = ("Accuracy when the most likely label word is the answer (each label word scored as the target; "
                "label_ranking.py), beside Table 1's exact match of the generated text; higher is better.")
-    table = t.Table(7, "Classification by label ranking", caption, "PEFT/Dataset",
+    table = t.Table(8, "Classification by label ranking", caption, "PEFT/Dataset",
                     [(task, t.task_label(task)) for task in tasks], blocks if tasks else [], [t.SEEDS_NOTE])
     if not table.rows():
         table.notes.insert(0, "No classification runs in the results.")
