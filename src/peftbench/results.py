@@ -26,6 +26,8 @@ Schema (``schema_version`` 1), the fields every consumer may rely on:
     throughput        dict    {"train_tokens_per_s", "train_tokens"}
     memory            dict    {"peak_bytes", "kind": "cuda_max_allocated" | "process_peak_rss"}
     adapter           dict    {"path", "bytes"}
+    speedups          dict    {"setting": "all"|"none"|"custom", "levers": {<lever>: {"status": "applied" |
+                              "not_applicable" | "off", "reason": str?}}} (``speedups/plan.py``)
     decoding_revision int     ``DECODING_REVISION`` of the code that decoded the test (absent before 2)
 """
 
