@@ -5,7 +5,7 @@ weight the layout never changes, so ``pack_frozen_linears`` makes it once: each 
 keeps a blocked copy of W [out, in] for the forward (x Wᵀ) and one of Wᵀ for the gradient of its input
 (g W), and multiplies through ``torch.ops.mkldnn._linear_pointwise``, the prepacked linear that inductor
 uses for frozen CPU graphs. The products are the same, bit for bit, as ``F.linear`` under bf16 autocast
-(tests/test_packed.py). Measured on the SmolLM2 LoRA step of 64 CoLA rows: its large GEMMs 7-12 % faster
+(tests/test_onednn_weights.py). Measured on the SmolLM2 LoRA step of 64 CoLA rows: its large GEMMs 7-12 % faster
 under the profiler, but the step within noise (1.03× over 20 paired steps, quartiles 0.95-1.11; 0.97×
 in separate processes); validation and decoding passes 1.01-1.05×.
 
