@@ -15,7 +15,7 @@ SAMSum step, 1.02× on validation passes (bench/RESULTS.md).
 
 Applied where the pass would run ``eager_attention.GROUPED_QUERY_EAGER`` (CPU, a width where eager attention pays,
 the Llama family's attention), with at least ``MIN_PADDING_SHARE`` padding, to models that
-``prefix.supports_prefix_sharing`` admits (causal, no prompt learning, no dropout in training: a dropout
+``shared_prompt_prefix.supports_prefix_sharing`` admits (causal, no prompt learning, no dropout in training: a dropout
 mask drawn over another layout would give other draws), without activation checkpointing (whose
 recomputation would run attention after the pass). Other passes run padded.
 """

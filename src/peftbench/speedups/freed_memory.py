@@ -48,7 +48,7 @@ def why_not_kept() -> str | None:
 
 
 def freed_memory_kept() -> bool:
-    """Whether ``keep_freed_memory`` ran in this process and took effect (what a result records)."""
+    """Whether ``keep_freed_memory`` ran in this process and took effect."""
     return bool(_outcome) and _outcome[0] is None
 
 

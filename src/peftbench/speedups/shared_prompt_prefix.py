@@ -51,11 +51,6 @@ def has_dropout(model: nn.Module) -> bool:
     return any(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in rates.values())
 
 
-def prefix_to_share(model: nn.Module, batch: dict[str, torch.Tensor]) -> int:
-    """How many leading tokens of ``batch`` run once for all rows in ``model`` (0: none)."""
-    return shared_prefix_length(batch) if supports_prefix_sharing(model) else 0
-
-
 def shared_prefix_length(batch: dict[str, torch.Tensor]) -> int:
     """Tokens at the start of ``batch`` (right-padded) that every row has in common, or 0 when sharing them
     would not pay or would change the result.
