@@ -9,6 +9,9 @@ the settings method by method, and prints one Markdown table.
 
     .venv/bin/python bench/speedup_tilt.py --data-dir ../shared/data
 
+Evaluation as ``compare_trainer.py`` sizes it (``PROTOCOL``: 100 validation and 100 test examples, no
+per-epoch decoding); the training protocol is the paper's. Extra ``key=value`` arguments go to every run.
+
 Time is ``time.train_s + eval_s (+ rank_eval_s)`` of each result: training with its validation, and the
 test; not the model's one-time read (each run reads it once, in its own process).
 """
@@ -24,6 +27,7 @@ import time
 from pathlib import Path
 
 METHODS = ("full", "lora", "ia3", "bitfit", "prompt")
+PROTOCOL = ("train.eval_examples=200", "train.val_metric_examples=0")
 SETTINGS = ("all", "none")
 
 
@@ -32,7 +36,7 @@ def run_one(args, method: str, setting: str) -> dict:
     output = Path(args.output_dir) / setting
     command = [sys.executable, "-m", "peftbench.cli", "run", f"model={args.model}", f"method={method}",
                f"task={args.task}", f"scale={args.scale}", f"seed={args.seed}", f"speedups={setting}",
-               f"data_dir={args.data_dir}", f"output_dir={output}", "-q", *args.overrides]
+               f"data_dir={args.data_dir}", f"output_dir={output}", "-q", *PROTOCOL, *args.overrides]
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     print(f"{method:>7} speedups={setting:<4} {time.perf_counter() - started:6.1f} s", file=sys.stderr, flush=True)
