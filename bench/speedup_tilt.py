@@ -34,9 +34,9 @@ SETTINGS = ("all", "none")
 def run_one(args, method: str, setting: str) -> dict:
     """One ``peftbench run`` in a fresh process; its result."""
     output = Path(args.output_dir) / setting
-    command = [sys.executable, "-m", "peftbench.cli", "run", f"model={args.model}", f"method={method}",
+    command = [sys.executable, "-m", "peftbench.cli", "run", "-q", f"model={args.model}", f"method={method}",
                f"task={args.task}", f"scale={args.scale}", f"seed={args.seed}", f"speedups={setting}",
-               f"data_dir={args.data_dir}", f"output_dir={output}", "-q", *PROTOCOL, *args.overrides]
+               f"data_dir={args.data_dir}", f"output_dir={output}", *PROTOCOL, *args.overrides]
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     print(f"{method:>7} speedups={setting:<4} {time.perf_counter() - started:6.1f} s", file=sys.stderr, flush=True)
