@@ -41,6 +41,13 @@ def test_speedups_setting_shorthands_and_single_levers(tmp_path):
         load_sweep(None, ["speedups.eager=false"])
 
 
+def test_the_paper_suite_compares_times_without_speedups():
+    from peftbench.cli import resolve_config_path
+
+    assert load_sweep(resolve_config_path("paper")).speedups.setting == "none"
+    assert load_sweep(resolve_config_path("quickstart")).speedups.setting == "all"
+
+
 def test_the_setting_is_part_of_the_run_id_and_the_config():
     [fast] = load_sweep(None, ["model=llama-tiny-random", "method=lora", "task=synthetic_classification"]).expand()
     [plain] = load_sweep(None, ["model=llama-tiny-random", "method=lora", "task=synthetic_classification",
