@@ -1,7 +1,7 @@
 """Before/after pairs of bench/levers.py for the CPU kernel levers: which attention runs a pass, passes over
-real tokens only (packed, or the feed-forward networks alone), and dropout masks from random bits (same
-format as lever_cases.py); and the child process of its keep_freed_memory case
-(``--allocator-child DATA_DIR STEP``).
+real tokens only (concatenated rows, or the feed-forward networks alone), and dropout masks from random
+bits (same format as lever_cases.py); and the child process of its keep_freed_memory case
+(``--allocator-child DATA_DIR STEP keep|default``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from lever_cases import (
     Setup,
     accumulate,
     autocast,
+    causal_target_loss,
+    eval_plan,
     forward_pass,
     hf_loss,
     math_or_flash,
@@ -29,15 +31,16 @@ from lever_cases import (
 )
 from transformers import AutoModelForSeq2SeqLM
 
-from peftbench import allocator, evaluate, kernels, unpadding, varlen
+from peftbench import evaluate
 from peftbench.batching import collate, encode
-from peftbench.dropout import cpu_dropout
-from peftbench.evaluate import causal_target_loss
 from peftbench.methods import apply_method
 from peftbench.models import load_config, load_model
-from peftbench.packed import pack_frozen_linears
-from peftbench.precision import store_frozen_linears_in
-from peftbench.prefix import shared_prefix_length
+from peftbench.speedups import concatenated_rows, freed_memory, unpadded_feed_forward
+from peftbench.speedups import eager_attention as attention_kernels
+from peftbench.speedups.bf16_frozen_weights import store_frozen_linears_in
+from peftbench.speedups.bits_dropout import cpu_dropout
+from peftbench.speedups.onednn_weights import pack_frozen_linears
+from peftbench.speedups.shared_prompt_prefix import shared_prefix_length
 from peftbench.tasks import get_task
 from peftbench.tasks.data import load_task_data
 
@@ -62,26 +65,27 @@ def eager_attention(setup: Setup) -> dict:
 @contextmanager
 def padded_passes():
     """peftbench as it was before unpadding: every pass runs padded, its feed-forward networks too."""
-    with mock.patch.object(unpadding, "MIN_PADDING_SHARE", 2.0), mock.patch.object(varlen, "MIN_PADDING_SHARE", 2.0):
+    with (mock.patch.object(unpadded_feed_forward, "MIN_PADDING_SHARE", 2.0),
+          mock.patch.object(concatenated_rows, "MIN_PADDING_SHARE", 2.0)):
         yield
 
 
 @contextmanager
 def feed_forward_unpadded_only():
-    """peftbench as it was before packed passes: only the feed-forward networks skip the padding."""
-    with mock.patch.object(varlen, "MIN_PADDING_SHARE", 2.0):
+    """peftbench as it was before concatenated rows: only the feed-forward networks skip the padding."""
+    with mock.patch.object(concatenated_rows, "MIN_PADDING_SHARE", 2.0):
         yield
 
 
 def unpadding_case(setup: Setup) -> dict:
-    """Passes over real tokens only (peftbench.varlen, and for other passes peftbench.unpadding) against the
+    """Passes over real tokens only (concatenated rows, and for other passes unpadded feed-forward networks) against the
     padded pass: a LoRA step and a validation pass of 64 CoLA examples (20 % of the suffix pass is
     padding), a SAMSum step."""
     return _padding_cases(setup, padded_passes)
 
 
 def packed_tokens_case(setup: Setup) -> dict:
-    """Packed passes (peftbench.varlen) against the feed-forward-only unpadding they replace, on the
+    """Concatenated rows (speedups/concatenated_rows.py) against the feed-forward-only unpadding they replace, on the
     ``unpadding`` case's passes."""
     return _padding_cases(setup, feed_forward_unpadded_only)
 
@@ -140,7 +144,7 @@ def _flan_t5_base_shaped() -> tuple:
 
 
 def bits_dropout_case(setup: Setup) -> dict:
-    """Dropout masks from random bits (peftbench.dropout) against torch's ``bernoulli_`` masks: LoRA steps
+    """Dropout masks from random bits (speedups/bits_dropout.py) against torch's ``bernoulli_`` masks: LoRA steps
     with T5's dropout of 0.1 (on attention probabilities and hidden states), eager attention as peftbench
     trains: the tiny T5 cell's step (4 passes of 16 CoLA rows, bytes), and 2 + 2 layers shaped like
     FLAN-T5-base (d_model 768, 12 heads, random weights) on 8 rows of 256 source and 32 target tokens."""
@@ -155,14 +159,14 @@ def bits_dropout_case(setup: Setup) -> dict:
             accumulate(m, b, hf_loss)
 
         def bits_masks(m=model, b=batches):
-            with cpu_dropout(CPU):
+            with cpu_dropout():
                 accumulate(m, b, hf_loss)
         cases[what] = {"before": torch_masks, "after": bits_masks}
     return cases
 
 
 def grouped_query_case(setup: Setup) -> dict:
-    """Eager attention in grouped-query form (kernels.grouped_query_eager: each key/value head meets its group
+    """Eager attention in grouped-query form (eager_attention.grouped_query_eager: each key/value head meets its group
     of query heads in one matmul) against transformers' eager attention (repeat_kv copies), as peftbench
     runs each pass otherwise."""
     cases, model = {}, setup.lora
@@ -171,7 +175,7 @@ def grouped_query_case(setup: Setup) -> dict:
         what = f"{task} {n} ex × {batch['input_ids'].shape[1]} tokens"
 
         def repeated_kv(run, b=batch):
-            with mock.patch.object(kernels, "GROUPED_QUERY_EAGER_MODEL_TYPES", frozenset()):
+            with mock.patch.object(attention_kernels, "GROUPED_QUERY_EAGER_MODEL_TYPES", frozenset()):
                 run(model, b)
 
         cases[f"LoRA step, {what}"] = {"before": lambda r=repeated_kv: r(training_step),
@@ -192,11 +196,11 @@ def inference_mode_case(setup: Setup) -> dict:
     smollm2, validation, test = setup.lora, setup.encoded("cola", "validation", 100), setup.encoded("cola", "test", 16)
     pad = setup.tokenizer.pad_token_id
     runs = {"tiny T5 validation loss, 100 examples": lambda: evaluate.validation_loss.__wrapped__(
-                t5, t5_validation, "seq2seq", 0, 32, CPU, autocast()),
+                t5, t5_validation, "seq2seq", 0, 32, eval_plan(t5), autocast()),
             "tiny T5 decoding, 100 prompts × ≤ 14 bytes": lambda: evaluate.generate.__wrapped__(
                 t5, t5_test, t5_tokenizer, "seq2seq", 14, 32, CPU, autocast()),
             "SmolLM2 validation loss, 100 CoLA examples": lambda: evaluate.validation_loss.__wrapped__(
-                smollm2, validation, "causal", pad, 32, CPU, autocast()),
+                smollm2, validation, "causal", pad, 32, eval_plan(smollm2), autocast()),
             "SmolLM2 decoding, 16 CoLA prompts × ≤ 8 tokens": lambda: evaluate.generate.__wrapped__(
                 smollm2, test, setup.tokenizer, "causal", 8, 16, CPU, autocast())}
 
@@ -210,10 +214,10 @@ def inference_mode_case(setup: Setup) -> dict:
 
 
 def packed_weights_case(setup: Setup) -> dict:
-    """Frozen bf16 linears multiplied through oneDNN's prepacked weights (peftbench.packed) against
+    """Frozen bf16 linears multiplied through oneDNN's prepacked weights (speedups/onednn_weights.py) against
     ``F.linear``: SmolLM2 LoRA's training step on 64 CoLA rows, its validation loss on 100 CoLA examples
     and decoding of 16 CoLA prompts; a LoRA step of 2 + 2 layers shaped like FLAN-T5-base. (The tiny T5
-    cell's weights are below ``packed.MIN_PACKED_ELEMENTS``: it is left as it was.)"""
+    cell's weights are below ``onednn_weights.MIN_PACKED_ELEMENTS``: it is left as it was.)"""
     plain = setup.model(packed=False)
     batch = setup.batch("cola", n=64, skip=18)
     validation, test = setup.encoded("cola", "validation", 100), setup.encoded("cola", "test", 16)
@@ -228,7 +232,7 @@ def packed_weights_case(setup: Setup) -> dict:
         return {"before": lambda: run(plain), "after": lambda: run(setup.lora)}
     return {"SmolLM2 LoRA step, 64 CoLA rows": sides(lambda m: training_step(m, batch)),
             "SmolLM2 validation loss, 100 CoLA examples": sides(lambda m: evaluate.validation_loss(
-                m, validation, "causal", pad, 32, CPU, autocast())),
+                m, validation, "causal", pad, 32, eval_plan(m), autocast())),
             "SmolLM2 decoding, 16 CoLA prompts × ≤ 8 tokens": sides(lambda m: evaluate.generate(
                 m, test, setup.tokenizer, "causal", 8, 16, CPU, autocast())),
             "FLAN-T5-base-shaped 2+2 layers, LoRA step, 8 × 256": {
@@ -244,12 +248,12 @@ CASES = {"eager_attention": eager_attention, "grouped_query": grouped_query_case
 ALLOCATOR_STEPS = ("tiny T5 LoRA step, 4 × 16 CoLA rows", "SmolLM2 LoRA step, 64 CoLA rows")
 
 
-def allocator_child(data_dir: str, what: str) -> None:
+def allocator_child(data_dir: str, what: str, mode: str) -> None:
     """One process of ``levers.py``'s keep_freed_memory case (glibc's settings hold for the process's life,
     and what a process loaded before moves glibc's own thresholds, so each step has a process of its own):
-    glibc's thresholds set as ``run_cell`` sets them unless PEFTBENCH_KEEP_FREED_MEMORY=0, then the median
+    glibc's thresholds set as a run sets them (``mode`` keep) or left alone (default), then the median
     seconds and minor page faults of one of ``ALLOCATOR_STEPS`` as peftbench trains it."""
-    kept = allocator.keep_freed_memory()
+    kept = freed_memory.keep_freed_memory() if mode == "keep" else False
     if what == ALLOCATOR_STEPS[0]:
         model, batches = _t5_lora(load_config("t5-tiny-random")), _tiny_t5_batches(data_dir)
         step, repeats = lambda: _dropout_step(model, batches), 15
@@ -269,9 +273,9 @@ def allocator_child(data_dir: str, what: str) -> None:
 
 
 def _dropout_step(model, batches) -> None:
-    with cpu_dropout(CPU):
+    with cpu_dropout():
         accumulate(model, batches, hf_loss)
 
 
 if __name__ == "__main__":
-    allocator_child(sys.argv[2], sys.argv[3])  # kernel_cases.py --allocator-child DATA_DIR STEP
+    allocator_child(sys.argv[2], sys.argv[3], sys.argv[4])  # kernel_cases.py --allocator-child DATA_DIR STEP MODE

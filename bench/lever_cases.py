@@ -19,18 +19,45 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from peftbench.batching import collate, encode, length_grouped_batches
 from peftbench.checkpoint import BackgroundWriter, save_checkpoint
-from peftbench.evaluate import causal_target_loss, generate, validation_loss
-from peftbench.kernels import pass_attention
+from peftbench.config import SpeedupsConfig
+from peftbench.evaluate import generate, validation_loss
 from peftbench.label_ranking import rank_classify
+from peftbench.loss import target_loss
 from peftbench.methods import apply_method
 from peftbench.models import load_model
-from peftbench.packed import pack_frozen_linears
-from peftbench.precision import store_frozen_linears_in
-from peftbench.prefix import shared_prefix_length
+from peftbench.speedups import OFF, LeverStatus, SpeedupPlan, for_model
+from peftbench.speedups.bf16_frozen_weights import store_frozen_linears_in
+from peftbench.speedups.eager_attention import pass_attention
+from peftbench.speedups.onednn_weights import pack_frozen_linears
+from peftbench.speedups.shared_prompt_prefix import shared_prefix_length
 from peftbench.tasks import get_task
 from peftbench.tasks.data import load_task_data
 
 CPU = torch.device("cpu")
+_PLANS: dict[tuple, SpeedupPlan] = {}
+
+
+def eval_plan(model, fused_passes: bool = True) -> SpeedupPlan:
+    """The CPU speed-up plan of forward-only passes as a run has it (the model is prepared by the case: its
+    frozen linears stored and packed; the process's allocator left as the case finds it)."""
+    key = (id(model), "eval", fused_passes)
+    if key not in _PLANS:
+        _PLANS[key] = for_model(model, CPU, SpeedupsConfig(keep_freed_memory=False, frozen_weights_bf16=False,
+                                                           onednn_blocked_weights=False, fused_passes=fused_passes))
+    return _PLANS[key]
+
+
+def causal_target_loss(model, batch, reduction: str = "mean", prefix: int | None = None):
+    """The target-only loss with the levers that act inside a pass (LM head at targets, shared prefix,
+    concatenated rows where the attention is grouped-query eager, unpadded feed-forward networks); the
+    attention around it is each case's own choice. ``prefix=0``: no prefix shared."""
+    key = (id(model), "loss", prefix == 0)
+    if key not in _PLANS:
+        plan = for_model(model, CPU, SpeedupsConfig(keep_freed_memory=False, frozen_weights_bf16=False,
+                                                    onednn_blocked_weights=False, shared_prompt_prefix=prefix != 0))
+        plan.statuses["eager_attention"] = LeverStatus(OFF)  # the case chooses the attention around the pass
+        _PLANS[key] = plan
+    return target_loss(model, batch, _PLANS[key], reduction)
 
 
 def autocast():
@@ -95,8 +122,8 @@ def accumulate(model, batches, loss=unshared_loss):
 
 
 def peftbench_attention(model, batch, training: bool = True):
-    """The attention peftbench runs a CPU pass of ``batch`` with (kernels.pass_attention)."""
-    return pass_attention(model, batch["input_ids"].shape[1], CPU, training)
+    """The attention peftbench runs a CPU pass of ``batch`` with (speedups/eager_attention.py)."""
+    return pass_attention(model, batch["input_ids"].shape[1], training)
 
 
 def training_step(model, batch):
@@ -208,8 +235,8 @@ def rank_scoring(setup: Setup) -> dict:
     return {"64 CoLA test prompts: decode the answer / rank 2 label words": {
         "before": lambda: generate(setup.lora, items, setup.tokenizer, "causal", task.generation_budget, 32, CPU,
                                    autocast()),
-        "after": lambda: rank_classify(setup.lora, task, examples, setup.tokenizer, "causal", 512, 128, 32, CPU,
-                                       autocast())}}
+        "after": lambda: rank_classify(setup.lora, task, examples, setup.tokenizer, "causal", 512, 128, 32,
+                                       eval_plan(setup.lora), autocast())}}
 
 
 def fused_accumulation(setup: Setup) -> dict:
@@ -227,7 +254,7 @@ def fused_accumulation(setup: Setup) -> dict:
 
 
 def shared_prefix(setup: Setup) -> dict:
-    """A template prefix common to a pass's rows run once (peftbench.prefix), in a fused step of 64 CoLA
+    """A template prefix common to a pass's rows run once (speedups/shared_prompt_prefix.py), in a fused step of 64 CoLA
     examples (LoRA and full tuning) and in a validation pass over 100 CoLA examples."""
     cases = {}
     batch = setup.batch("cola", n=64, skip=18)
@@ -249,7 +276,8 @@ def shared_prefix(setup: Setup) -> dict:
 
     cases["validation loss, 100 CoLA ex (length-ordered batches + shared prefix)"] = {
         "before": unshared_in_dataset_order,
-        "after": lambda: validation_loss(setup.lora, validation, "causal", pad, 32, CPU, autocast(), fuse=False)}
+        "after": lambda: validation_loss(setup.lora, validation, "causal", pad, 32, eval_plan(setup.lora, False),
+                                         autocast())}
     return cases
 
 
@@ -260,7 +288,8 @@ def validation_fusion(setup: Setup) -> dict:
     pad = setup.tokenizer.pad_token_id
 
     def loss(fuse: bool):
-        return lambda: validation_loss(setup.lora, validation, "causal", pad, 32, CPU, autocast(), fuse=fuse)
+        return lambda: validation_loss(setup.lora, validation, "causal", pad, 32, eval_plan(setup.lora, fuse),
+                                       autocast())
     return {"validation loss, 100 CoLA ex, LoRA": {"before": loss(False), "after": loss(True)}}
 
 

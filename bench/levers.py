@@ -75,19 +75,19 @@ def omp_spin(repeats: int) -> dict:
 
 def keep_freed_memory(repeats: int, data_dir: str) -> list[dict]:
     """Training steps in child processes, glibc's default allocator settings against peftbench's
-    (``peftbench.allocator``; mallopt holds for a process's life), alternating; rows with page faults."""
+    (``speedups/freed_memory.py``; mallopt holds for a process's life), alternating; rows with page faults."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     rows = []
     for what in kernel_cases.ALLOCATOR_STEPS:
-        runs: dict[str, list[dict]] = {"0": [], "1": []}
+        runs: dict[str, list[dict]] = {"default": [], "keep": []}
         for _ in range(repeats):
-            for kept in runs:
+            for mode in runs:
                 out = subprocess.run(
-                    [sys.executable, str(HERE / "kernel_cases.py"), "--allocator-child", data_dir, what],
-                    env=dict(env, PEFTBENCH_KEEP_FREED_MEMORY=kept), check=True, capture_output=True, text=True)
-                runs[kept].append(json.loads(out.stdout.strip().splitlines()[-1]))
-        before, after = ({key: statistics.median(run[key] for run in runs[kept]) for key in ("seconds", "faults_per_step")}
-                         for kept in ("0", "1"))
+                    [sys.executable, str(HERE / "kernel_cases.py"), "--allocator-child", data_dir, what, mode],
+                    env=env, check=True, capture_output=True, text=True)
+                runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        before, after = ({key: statistics.median(run[key] for run in runs[mode]) for key in ("seconds", "faults_per_step")}
+                         for mode in ("default", "keep"))
         rows.append({"lever": "keep_freed_memory", "what": f"{what}, child process; page faults a step "
                      f"{before['faults_per_step']:.0f} → {after['faults_per_step']:.0f}",
                      "before_s": before["seconds"], "after_s": after["seconds"],

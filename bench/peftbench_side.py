@@ -5,9 +5,9 @@
 Time to result is ``run_cell``'s own clock (data, model copy, method, tokenising, training with its
 per-epoch validation, test decoding and scoring, adapter saving). Training seconds are the optimiser
 loop alone: the bench wraps ``steps.train_epoch`` with a timer, which changes nothing it computes.
-Training FLOPs are those done: a prompt prefix shared by a pass's rows (``peftbench.prefix``) is counted
+Training FLOPs are those done: a prompt prefix shared by a pass's rows (``speedups/shared_prompt_prefix.py``) is counted
 once per pass, not once per row (the wrappers around ``forward_with_shared_prefix`` and
-``forward_packed`` count it).
+``forward_concatenated`` count it).
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ import time
 from common import epoch_flops, load_average, resolve_cell, write_record
 from flops import attention_pair_flops, linear_costs
 
-from peftbench import evaluate, steps, train
+from peftbench import steps, train
 from peftbench.batching import IGNORE
 from peftbench.datacache import encode_cached
 from peftbench.methods import apply_method
 from peftbench.models import load_model
+from peftbench.speedups import forward
 from peftbench.tasks import get_task
 from peftbench.tasks.data import load_task_data
 
@@ -80,8 +81,8 @@ def flops_per_epoch(run) -> tuple[float, float]:
 def main(out: str, overrides: list[str]) -> None:
     run = resolve_cell(overrides)
     steps.train_epoch = _timed(steps.train_epoch)
-    evaluate.forward_with_shared_prefix = _counted(evaluate.forward_with_shared_prefix)
-    evaluate.forward_packed = _counted(evaluate.forward_packed)  # its prefix=0 passes count nothing
+    forward.forward_with_shared_prefix = _counted(forward.forward_with_shared_prefix)
+    forward.forward_concatenated = _counted(forward.forward_concatenated)  # its prefix=0 passes count nothing
     load_before = load_average()
     with tempfile.TemporaryDirectory() as run_dir:
         result = train.run_cell(run, run_dir, progress=False)

@@ -3,13 +3,13 @@
     python bench/profile_step.py [DATA_DIR] [--steps 2] [--timed 7] [--task cola --rows 64 --skip 18] [--unpacked]
 
 By default the step of ``levers.py``'s shared-prefix case as training runs it: 64 CoLA examples in one pass, the
-template prefix shared, bf16 autocast, attention, packed passes and packed frozen weights as peftbench runs
+template prefix shared, bf16 autocast, attention, concatenated rows and prepacked frozen weights as peftbench runs
 them. torch.profiler over ``--steps`` steps after two warm-up steps; per step, it prints the time of each
-operator, and for every matrix-multiply shape (``aten::mm`` and peftbench.packed's prepacked linears) its
+operator, and for every matrix-multiply shape (``aten::mm`` and speedups/onednn_weights.py's prepacked linears) its
 calls, time and achieved GFLOP/s (2·m·k·n per call), against the bf16 GEMM peak measured here.
 Then, without the profiler, the median of ``--timed`` steps and its MFU: the step's model FLOPs
 (``flops.step_flops``: real tokens only, the shared prefix once) per second over that peak.
-``--unpacked`` runs the step as peftbench did before packed passes (peftbench.varlen): padded, with only
+``--unpacked`` runs the step as peftbench did before concatenated rows (speedups/concatenated_rows.py): padded, with only
 the feed-forward networks on the real tokens.
 """
 
@@ -28,11 +28,11 @@ from kernel_cases import feed_forward_unpadded_only
 from lever_cases import Setup, training_step
 from torch.profiler import profile
 
-from peftbench.prefix import shared_prefix_length
+from peftbench.speedups.shared_prompt_prefix import shared_prefix_length
 
 
 def _gemm_shape(operator: str, shapes: list) -> tuple[int, int, int] | None:
-    """(m, k, n) of a matrix multiply: ``aten::mm`` (m × k) · (k × n), or peftbench.packed's prepacked linear
+    """(m, k, n) of a matrix multiply: ``aten::mm`` (m × k) · (k × n), or speedups/onednn_weights.py's prepacked linear
     (x [..., k] against a blocked [n, k] weight); None for any other operator."""
     if operator == "aten::mm" and len(shapes) >= 2:
         (m, k), (_, n) = shapes[:2]
@@ -93,7 +93,7 @@ if __name__ == "__main__":
     parser.add_argument("--task", default="cola", help="task whose training rows make the pass")
     parser.add_argument("--rows", type=int, default=64, help="rows in the pass")
     parser.add_argument("--skip", type=int, default=18, help="first row, of 100 training rows sorted by length")
-    parser.add_argument("--unpacked", action="store_true", help="no packed passes (peftbench.varlen)")
+    parser.add_argument("--unpacked", action="store_true", help="no concatenated rows (speedups/concatenated_rows.py)")
     args = parser.parse_args()
     with feed_forward_unpadded_only() if args.unpacked else nullcontext():
         main(args.data_dir, args.steps, args.timed, args.task, args.rows, args.skip)

@@ -8,7 +8,7 @@ Medians of interleaved repeats (``levers.interleaved``). It prints:
 - the step as four passes of 16 rows or one of 64 (the fusion peftbench applies to SmolLM2);
 - the step on one or two torch threads;
 - one attention-probability dropout mask (64 × 4 × L × L) drawn with ``bernoulli_`` (what
-  ``F.dropout`` does on CPU), with ``rand_like``, or applied by ``peftbench.dropout.bits_dropout``;
+  ``F.dropout`` does on CPU), with ``rand_like``, or applied by ``speedups.bits_dropout.bits_dropout``;
 - scaled-dot-product attention forward + backward on those shapes, with T5's dropout of 0.1 and without;
 - the share of the step's CPU time in each of its five most expensive operators (torch.profiler), with
   torch's dropout (the step measures the model's own code, as the Trainer side runs it).
@@ -26,9 +26,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import profile
 
 from peftbench.batching import collate
-from peftbench.dropout import bits_dropout
 from peftbench.methods import apply_method
 from peftbench.models import load_model
+from peftbench.speedups.bits_dropout import bits_dropout
 
 
 def setup(data_dir: str):
@@ -75,7 +75,7 @@ def main(data_dir: str, repeats: int) -> None:
     probabilities = torch.empty(64, heads, width, width)
     report(f"dropout mask of {probabilities.numel():,} elements", interleaved(
         {"bernoulli_": lambda: probabilities.bernoulli_(0.9), "rand_like": lambda: torch.rand_like(probabilities),
-         "peftbench.dropout": lambda: bits_dropout(probabilities, 0.1)},
+         "speedups.bits_dropout": lambda: bits_dropout(probabilities, 0.1)},
         repeats))
     q = torch.randn(64, heads, width, model.config.d_kv, requires_grad=True)
     bias = torch.randn(64, heads, width, width)

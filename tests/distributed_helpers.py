@@ -41,13 +41,14 @@ def install_faults(rank: int) -> None:
     stop_seen = [False]
     original = peftbench.steps.optimizer_step
 
-    def optimizer_step(model, optimizer, scheduler, accelerator, items, group, cfg, family, pad_id, state):
+    def optimizer_step(model, optimizer, scheduler, accelerator, items, group, cfg, family, pad_id, state, speedups):
         unwrapped = accelerator.unwrap_model(model)
         kind = "peft" if hasattr(unwrapped, "peft_config") else "full"
         fail = failures.get((kind, rank)) if unwrapped.config.model_type == "llama" and state.step == 1 else None
         if fail == "before":
             raise RuntimeError(f"injected failure in process {rank} before the step")
-        losses = original(model, optimizer, scheduler, accelerator, items, group, cfg, family, pad_id, state)
+        losses = original(model, optimizer, scheduler, accelerator, items, group, cfg, family, pad_id, state,
+                          speedups)
         if fail == "after":
             raise RuntimeError(f"injected failure in process {rank} after the step")
         if stop_rank == str(rank) and unwrapped.config.model_type == "t5" and state.step == 2:

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from speedup_helpers import plan_for
 from sweep_helpers import tiny_overrides
 
 from peftbench.batching import collate, encode
@@ -18,7 +19,6 @@ from peftbench.tasks import get_task
 from peftbench.tasks.data import load_task_data
 from peftbench.train import run_cell
 
-CPU = torch.device("cpu")
 MODELS = {"causal": "llama-tiny-random", "seq2seq": "t5-tiny-random"}
 
 
@@ -43,7 +43,7 @@ def _one_at_a_time(model, item, family: str, pad_id: int) -> float:
 def test_target_log_likelihoods_are_the_models_summed_loss_per_example(family):
     model, tokenizer, _, examples = _model_and_examples(family)
     items = encode(examples, tokenizer, family, 512, 128)
-    got = target_log_likelihoods(model, items, family, tokenizer.pad_token_id, 4, CPU, nullcontext())
+    got = target_log_likelihoods(model, items, family, tokenizer.pad_token_id, 4, plan_for(model), nullcontext())
     want = [_one_at_a_time(model, item, family, tokenizer.pad_token_id) for item in items]
     assert got.dtype == torch.float64 and got.shape == (len(items),)
     assert got.tolist() == pytest.approx(want, rel=1e-5)
@@ -54,12 +54,12 @@ def test_rank_classify_predicts_the_label_word_of_highest_likelihood(family):
     model, tokenizer, task, examples = _model_and_examples(family)
     words = label_words(task)
     assert words == ["sports", "food", "tech"]
-    predictions = rank_classify(model, task, examples, tokenizer, family, 512, 128, 4, CPU, nullcontext())
+    predictions = rank_classify(model, task, examples, tokenizer, family, 512, 128, 4, plan_for(model), nullcontext())
     for example, prediction in zip(examples, predictions, strict=True):
         candidates = encode([replace(example, target=word) for word in words], tokenizer, family, 512, 128)
         scores = [_one_at_a_time(model, item, family, tokenizer.pad_token_id) for item in candidates]
         assert prediction == words[max(range(len(words)), key=scores.__getitem__)]
-    assert rank_classify(model, task, [], tokenizer, family, 512, 128, 4, CPU, nullcontext()) == []
+    assert rank_classify(model, task, [], tokenizer, family, 512, 128, 4, plan_for(model), nullcontext()) == []
 
 
 def test_a_run_reports_rank_accuracy_by_default_as_its_own_metric_for_classification_only(tmp_path):

@@ -6,24 +6,31 @@ from contextlib import nullcontext
 
 import pytest
 import torch
+from speedup_helpers import plan_for
 
 from peftbench.batching import IGNORE, collate, encode
-from peftbench.evaluate import causal_target_loss, validation_batches, validation_loss
-from peftbench.kernels import (
+from peftbench.evaluate import validation_batches, validation_loss
+from peftbench.loss import target_loss
+from peftbench.methods import apply_method
+from peftbench.methods.roles import feed_forward_networks
+from peftbench.models import load_model
+from peftbench.speedups.bf16_frozen_weights import store_frozen_linears_in
+from peftbench.speedups.eager_attention import (
     EAGER_FORWARD_MAX_TOKENS,
     EAGER_TRAINING_MAX_TOKENS,
     GROUPED_QUERY_EAGER,
     pass_attention,
 )
-from peftbench.methods import apply_method
-from peftbench.methods.roles import feed_forward_networks
-from peftbench.models import load_model
-from peftbench.precision import store_frozen_linears_in
-from peftbench.prefix import shared_prefix_length
+from peftbench.speedups.shared_prompt_prefix import shared_prefix_length
 from peftbench.tasks import get_task
 from peftbench.tasks.data import load_task_data
 
-CPU = torch.device("cpu")
+
+def causal_target_loss(model, batch, reduction="mean", prefix=None):
+    """The loss with the levers that act inside one pass (the LM head at targets, the shared prefix, unpadded
+    feed-forward networks), under the attention the test chooses; ``prefix=0``: no prefix shared."""
+    off = ("eager_attention", *(("shared_prompt_prefix",) if prefix == 0 else ()))
+    return target_loss(model, batch, plan_for(model, *off), reduction)
 
 
 def _setup(method: str, n: int = 8):
@@ -78,7 +85,7 @@ def test_validation_loss_matches_every_position_logits():
         for start in range(0, len(items), 5):
             part_total, part_count = _reference_sum(model, collate(items[start: start + 5], "causal", pad))
             total, count = total + part_total, count + part_count
-    measured = validation_loss(model, items, "causal", pad, 5, CPU, torch.autocast("cpu", enabled=False))
+    measured = validation_loss(model, items, "causal", pad, 5, plan_for(model), torch.autocast("cpu", enabled=False))
     assert abs(measured - total / count) < 1e-5
 
 
@@ -92,8 +99,8 @@ def test_fused_validation_batches_cover_each_example_once_and_keep_the_loss(monk
     fused = validation_batches(items, "causal", 5, fuse=True)
     assert [i for b in fused for i in b] == [i for b in plain for i in b] and len(fused) < len(plain)
     off = torch.autocast("cpu", enabled=False)
-    apart = validation_loss(model, items, "causal", pad, 5, CPU, off, fuse=False)
-    together = validation_loss(model, items, "causal", pad, 5, CPU, off, fuse=True)
+    apart = validation_loss(model, items, "causal", pad, 5, plan_for(model, "fused_passes"), off)
+    together = validation_loss(model, items, "causal", pad, 5, plan_for(model), off)
     assert together == pytest.approx(apart, rel=1e-6)
 
 
@@ -125,18 +132,16 @@ def _attention_choices(model) -> set[str]:
     return {m.config._attn_implementation for m in model.modules() if hasattr(m, "config")}
 
 
-def test_pass_attention_runs_eager_for_short_cpu_passes_only():
+def test_pass_attention_runs_eager_for_short_passes_only():  # CPU only: tests/test_speedups.py
     model, _, _ = _setup("lora")
     assert _attention_choices(model) == {"sdpa"}
-    with pass_attention(model, EAGER_TRAINING_MAX_TOKENS, CPU, training=True):
+    with pass_attention(model, EAGER_TRAINING_MAX_TOKENS, training=True):
         assert _attention_choices(model) == {GROUPED_QUERY_EAGER}  # Llama: eager, grouped-query form
     assert _attention_choices(model) == {"sdpa"}
-    for width, device, training in ((EAGER_TRAINING_MAX_TOKENS + 1, CPU, True),
-                                    (EAGER_FORWARD_MAX_TOKENS + 1, CPU, False),
-                                    (8, torch.device("cuda"), True)):
-        with pass_attention(model, width, device, training):
-            assert _attention_choices(model) == {"sdpa"}, (width, device, training)
-    with pass_attention(model, EAGER_FORWARD_MAX_TOKENS, CPU, training=False):
+    for width, training in ((EAGER_TRAINING_MAX_TOKENS + 1, True), (EAGER_FORWARD_MAX_TOKENS + 1, False)):
+        with pass_attention(model, width, training):
+            assert _attention_choices(model) == {"sdpa"}, (width, training)
+    with pass_attention(model, EAGER_FORWARD_MAX_TOKENS, training=False):
         assert _attention_choices(model) == {GROUPED_QUERY_EAGER}
 
 
@@ -144,7 +149,7 @@ def test_pass_attention_reaches_the_copied_configs_of_an_encoder_decoder():
     model = load_model("t5-tiny-random").model
     stacks = (model.encoder.config, model.decoder.config)
     assert all(c is not model.config and c._attn_implementation == "sdpa" for c in stacks)
-    with pass_attention(model, 8, CPU, training=True):
+    with pass_attention(model, 8, training=True):
         assert _attention_choices(model) == {"eager"}
     assert _attention_choices(model) == {"sdpa"}
 
@@ -152,7 +157,7 @@ def test_pass_attention_reaches_the_copied_configs_of_an_encoder_decoder():
 def test_pass_attention_leaves_a_chosen_implementation_alone():
     model, _, _ = _setup("lora")
     model.config._attn_implementation = "eager"
-    with pass_attention(model, 8, CPU, training=True):
+    with pass_attention(model, 8, training=True):
         pass
     assert _attention_choices(model) == {"eager"}
 
@@ -162,7 +167,7 @@ def test_eager_attention_gives_the_same_loss_and_gradients():
     batch = collate(items, "causal", pad)
     lora = [p for n, p in model.named_parameters() if "lora_" in n]
     results = {}
-    for name, attention in (("sdpa", nullcontext()), ("eager", pass_attention(model, 64, CPU, training=True))):
+    for name, attention in (("sdpa", nullcontext()), ("eager", pass_attention(model, 64, training=True))):
         with attention:
             loss = causal_target_loss(model, batch)
         loss.backward()
@@ -174,7 +179,7 @@ def test_eager_attention_gives_the_same_loss_and_gradients():
         torch.testing.assert_close(eager, sdpa, rtol=1e-4, atol=1e-6)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         default = causal_target_loss(model, batch)
-        with pass_attention(model, 64, CPU, training=True):
+        with pass_attention(model, 64, training=True):
             eager = causal_target_loss(model, batch)
     assert abs(float(default) - float(eager)) < 2e-2  # bf16 matmuls in eager; to bf16 rounding
 
@@ -206,10 +211,9 @@ def test_grouped_query_eager_is_eager_attention_without_the_key_value_copies(sha
     torch.testing.assert_close(weights, eager_weights)
 
 
-def _gradients_and_losses(model_name: str, method: str, fuse: bool, monkeypatch):
+def _gradients_and_losses(model_name: str, method: str, fuse: bool):
     from accelerate import Accelerator
 
-    import peftbench.batching
     import peftbench.steps
     from peftbench.config import TrainConfig
 
@@ -220,16 +224,15 @@ def _gradients_and_losses(model_name: str, method: str, fuse: bool, monkeypatch)
     data = load_task_data(get_task("synthetic_classification"), None, 32, 0, 32)
     items = encode(data.train[:14], loaded.tokenizer, loaded.family, 512, 128)
     group = [list(range(0, 4)), list(range(4, 8)), list(range(8, 12)), list(range(12, 14))]
-    if not fuse:
-        monkeypatch.setattr(peftbench.batching, "FUSE_MAX_TOKENS", 0)
     cfg = TrainConfig(batch_size=4, grad_accum=4, precision="fp32")
+    speedups = plan_for(model, *(() if fuse else ("fused_passes",)))
     losses, tokens = peftbench.steps.accumulate(model, Accelerator(cpu=True), items, group, cfg, loaded.family,
-                                                 loaded.tokenizer.pad_token_id, 1)
+                                                 loaded.tokenizer.pad_token_id, 1, speedups)
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return losses, tokens, grads
 
 
-def test_fused_passes_give_the_same_step_as_one_batch_at_a_time(monkeypatch):
+def test_fused_passes_give_the_same_step_as_one_batch_at_a_time():
     from peftbench.batching import plan_passes
 
     items = encode(load_task_data(get_task("synthetic_classification"), None, 32, 0, 32).train[:14],
@@ -241,9 +244,8 @@ def test_fused_passes_give_the_same_step_as_one_batch_at_a_time(monkeypatch):
         [(0, [0, 1], 2)], [(0, [2, 3], 2)], [(1, [4, 5], 2)], [(1, [6, 7], 2)], [(2, [8, 9], 2)], [(2, [10, 11], 2)],
         [(3, [12, 13], 1)]]
     for model_name, method in (("llama-tiny-random", "lora"), ("t5-tiny-random", "full")):
-        one_losses, one_tokens, one_grads = _gradients_and_losses(model_name, method, False, monkeypatch)
-        monkeypatch.undo()
-        fused_losses, fused_tokens, fused_grads = _gradients_and_losses(model_name, method, True, monkeypatch)
+        one_losses, one_tokens, one_grads = _gradients_and_losses(model_name, method, False)
+        fused_losses, fused_tokens, fused_grads = _gradients_and_losses(model_name, method, True)
         assert fused_tokens == one_tokens
         assert fused_losses == pytest.approx(one_losses, rel=1e-5)
         assert fused_grads.keys() == one_grads.keys()
@@ -261,7 +263,7 @@ def _loss_and_lora_grads(model, batch, prefix):
 
 @pytest.mark.parametrize("share_prefix", [False, True])
 def test_feed_forward_on_real_tokens_keeps_the_loss_and_gradients(share_prefix, monkeypatch):
-    import peftbench.unpadding
+    import peftbench.speedups.unpadded_feed_forward as unpadded_feed_forward
 
     model, items, pad = _setup("lora", n=8)
     batch = collate(items, "causal", pad)
@@ -273,10 +275,10 @@ def test_feed_forward_on_real_tokens_keeps_the_loss_and_gradients(share_prefix, 
     assert [type(n).__name__ for n in networks] == ["LlamaMLP", "LlamaMLP"]
     seen = []  # the input shape of the first block's down projection, per pass (a shared prefix's pass first)
     probe = networks[0].down_proj.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
-    monkeypatch.setattr(peftbench.unpadding, "MIN_PADDING_SHARE", 0.0)
+    monkeypatch.setattr(unpadded_feed_forward, "MIN_PADDING_SHARE", 0.0)
     unpadded = _loss_and_lora_grads(model, batch, prefix)
     unpadded_shape = seen[-1]
-    monkeypatch.setattr(peftbench.unpadding, "MIN_PADDING_SHARE", 2.0)  # never applies: the padded pass
+    monkeypatch.setattr(unpadded_feed_forward, "MIN_PADDING_SHARE", 2.0)  # never applies: the padded pass
     padded = _loss_and_lora_grads(model, batch, prefix)
     probe.remove()
     assert unpadded_shape[:-1] == (int(real.sum()),)  # (real tokens, features)

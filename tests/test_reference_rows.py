@@ -18,6 +18,7 @@ from peftbench.methods.reference import InContextOptions, reference_options
 from peftbench.models import load_model
 from peftbench.preflight import check_sweep
 from peftbench.reference_rows import with_demonstrations
+from peftbench.speedups import for_model
 from peftbench.tasks import get_task
 from peftbench.tasks.data import load_task_data
 from peftbench.train import run_cell
@@ -97,8 +98,8 @@ def test_zero_shot_decodes_the_untuned_model_and_builds_no_optimiser(tmp_path, m
     predictions = generate(loaded.model, items, loaded.tokenizer, "causal", task.generation_budget, 4, CPU,
                            nullcontext())
     assert [s["prediction"] for s in result["predictions_sample"]] == predictions[:5]
-    ranked = rank_classify(loaded.model, task, data.test, loaded.tokenizer, "causal", 512, 128, 4, CPU,
-                           nullcontext())
+    ranked = rank_classify(loaded.model, task, data.test, loaded.tokenizer, "causal", 512, 128, 4,
+                           for_model(loaded.model, CPU), nullcontext())
     right = sum(word == e.references[0] for word, e in zip(ranked, data.test, strict=True))
     assert result["metrics"]["test"]["rank_accuracy"] == right / len(data.test)
 

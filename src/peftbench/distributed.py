@@ -53,6 +53,7 @@ import torch.distributed as dist
 from peftbench import evaluate, label_ranking
 from peftbench.batching import IGNORE, Encoded
 from peftbench.errors import UserError
+from peftbench.speedups import SpeedupPlan
 from peftbench.tasks import TaskSpec
 from peftbench.tasks.data import Example
 
@@ -263,13 +264,13 @@ def _unflatten(flat: torch.Tensor, params: list[torch.Tensor]) -> tuple[list[flo
     return tail[:-1].tolist(), int(tail[-1])
 
 
-def validation_loss(model, items: list[Encoded], family: str, pad_id: int, batch_size: int, device: torch.device,
-                    autocast: AbstractContextManager, fuse: bool | None = None) -> float:
+def validation_loss(model, items: list[Encoded], family: str, pad_id: int, batch_size: int,
+                    speedups: SpeedupPlan, autocast: AbstractContextManager) -> float:
     """``evaluate.validation_loss`` over a share of whole batches per process, summed over processes."""
     if _GROUP is None:
-        return evaluate.validation_loss(model, items, family, pad_id, batch_size, device, autocast, fuse)
+        return evaluate.validation_loss(model, items, family, pad_id, batch_size, speedups, autocast)
     shard = [items[i] for i in _my_batches(list(range(len(items))), batch_size)]
-    mean = evaluate.validation_loss(model, shard, family, pad_id, batch_size, device, autocast, fuse)
+    mean = evaluate.validation_loss(model, shard, family, pad_id, batch_size, speedups, autocast)
     # The tokens evaluate.validation_loss scores: a causal model's position t predicts token t + 1.
     count = sum(sum(label != IGNORE for label in (e.labels[1:] if family == "causal" else e.labels))
                 for e in shard)
@@ -296,15 +297,16 @@ def generate(model, items: list[Encoded], tokenizer, family: str, max_new_tokens
 
 
 def rank_classify(model, task: TaskSpec, examples: list[Example], tokenizer, family: str, max_source: int,
-                  max_target: int, batch_size: int, device: torch.device, autocast: AbstractContextManager) -> list[str]:
-    """``label_ranking.rank_classify`` over a share of whole batches of the examples per process; every process gets
-    all predictions."""
+                  max_target: int, batch_size: int, speedups: SpeedupPlan,
+                  autocast: AbstractContextManager) -> list[str]:
+    """``label_ranking.rank_classify`` over a share of whole batches of the examples per process; every process
+    gets all predictions."""
     if _GROUP is None:
-        return label_ranking.rank_classify(model, task, examples, tokenizer, family, max_source, max_target, batch_size,
-                                  device, autocast)
+        return label_ranking.rank_classify(model, task, examples, tokenizer, family, max_source, max_target,
+                                           batch_size, speedups, autocast)
     mine = _my_batches(list(range(len(examples))), batch_size)
-    predictions = label_ranking.rank_classify(model, task, [examples[i] for i in mine], tokenizer, family, max_source,
-                                     max_target, batch_size, device, autocast)
+    predictions = label_ranking.rank_classify(model, task, [examples[i] for i in mine], tokenizer, family,
+                                              max_source, max_target, batch_size, speedups, autocast)
     return _gathered(mine, predictions, len(examples))
 
 

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import torch
 
-from peftbench import allocator
-
 _PACKAGES = ("peftbench", "torch", "transformers", "peft", "accelerate", "datasets", "rouge-score", "numpy")
 
 
@@ -43,7 +41,6 @@ def hardware(device: torch.device) -> dict[str, object]:
     info: dict[str, object] = {
         "device": device.type, "platform": platform.platform(), "machine": platform.machine(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "processor": _cpu_model(),
-        "malloc_keeps_freed_memory": allocator.freed_memory_kept(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

@@ -8,8 +8,8 @@ model's EOS), summed over those tokens. The prediction is the label word with th
 answers outside the label set, so beside exact match it separates "knows the answer" from "learned the
 answer's format"; it is reported as its own metric, ``rank_accuracy`` (``train.rank_classification``).
 
-Cost: one forward pass per label word over the test prompts, in the batches validation uses (length order,
-fused on CPU, a shared prompt prefix run once), and no decoding.
+Cost: one forward pass per label word over the test prompts, in the batches and through the loss validation
+uses (length order, and the run's speed-ups: fused passes, a shared prompt prefix run once), and no decoding.
 """
 
 from __future__ import annotations
@@ -19,22 +19,23 @@ from dataclasses import replace
 
 import torch
 
-from peftbench.batching import Encoded, encode
-from peftbench.evaluate import evaluation_passes, target_token_losses
-from peftbench.kernels import pass_attention
+from peftbench.batching import Encoded, collate, encode
+from peftbench.evaluate import validation_batches
+from peftbench.loss import target_token_losses
+from peftbench.speedups import SpeedupPlan
 from peftbench.tasks import TaskSpec
 from peftbench.tasks.data import Example
 
 
 @torch.inference_mode()  # as evaluate.validation_loss
 def target_log_likelihoods(model, items: list[Encoded], family: str, pad_id: int, batch_size: int,
-                           device: torch.device, autocast: AbstractContextManager) -> torch.Tensor:
+                           speedups: SpeedupPlan, autocast: AbstractContextManager) -> torch.Tensor:
     """Each item's summed log-likelihood of its target tokens (nats, float64), in item order."""
     model.eval()
     totals = torch.zeros(len(items), dtype=torch.float64)
-    for rows, batch, prefix in evaluation_passes(model, items, family, pad_id, batch_size, device):
-        with autocast, pass_attention(model, batch["input_ids"].shape[1], device, training=False):
-            losses, owners = target_token_losses(model, batch, family, prefix)
+    for rows in validation_batches(items, family, batch_size, speedups.fused_passes):
+        with autocast:
+            losses, owners = target_token_losses(model, collate([items[i] for i in rows], family, pad_id), speedups)
         totals.index_add_(0, torch.tensor(rows)[owners.cpu()], -losses.double().cpu())
     return totals
 
@@ -45,7 +46,7 @@ def label_words(task: TaskSpec) -> list[str]:
 
 
 def rank_classify(model, task: TaskSpec, examples: list[Example], tokenizer, family: str, max_source: int,
-                  max_target: int, batch_size: int, device: torch.device,
+                  max_target: int, batch_size: int, speedups: SpeedupPlan,
                   autocast: AbstractContextManager) -> list[str]:
     """The most likely label word for each example (``target_log_likelihoods`` of every word as target)."""
     words = label_words(task)
@@ -54,6 +55,6 @@ def rank_classify(model, task: TaskSpec, examples: list[Example], tokenizer, fam
     scores = torch.stack([
         target_log_likelihoods(model, encode([replace(e, target=word) for e in examples], tokenizer, family,
                                              max_source, max_target),
-                               family, tokenizer.pad_token_id, batch_size, device, autocast)
+                               family, tokenizer.pad_token_id, batch_size, speedups, autocast)
         for word in words], dim=1)  # [examples, words]
     return [words[i] for i in scores.argmax(dim=1).tolist()]

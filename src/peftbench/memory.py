@@ -21,7 +21,7 @@
     adapter_bytes          bytes of the saved adapter (full tuning: the whole model); None when not saved
 
 The peak is a run's own only in a process of its own: a process's resident set never falls below what an
-earlier run left in it (``allocator.py`` keeps freed memory in the process on purpose), so runs sharing a
+earlier run left in it (``speedups/freed_memory.py`` keeps freed memory in the process on purpose), so runs sharing a
 process would each report the highest peak so far. The local executor runs every run in its own worker
 process (``isolation.py``); Ray gives each run a fresh worker.
 """

@@ -30,6 +30,7 @@ from peftbench.evaluate import score
 from peftbench.methods import get_method
 from peftbench.methods.reference import InContextOptions, reference_options
 from peftbench.models import load_model
+from peftbench.speedups import resolve as resolve_speedups
 from peftbench.tasks import TaskSpec, get_task
 from peftbench.tasks.data import Example, TaskData, load_task_data
 from peftbench.train import make_accelerator, seed_everything
@@ -48,6 +49,8 @@ class Answers:
     rank_eval_s: float | None = None
     device: torch.device = torch.device("cpu")
     after_load_bytes: int | None = None
+    speedups: dict[str, Any] | None = None
+    """``result["speedups"]`` of a row that runs the model (majority runs none)."""
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -97,7 +100,7 @@ def run_reference_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, 
                  "rank_eval_s": answers.rank_eval_s, "total_s": elapsed - answers.load_s, "to_best_s": 0.0},
         "hardware": {**environment.hardware(answers.device), "device_map": device_map},
         "memory": memory.run_memory(answers.device, answers.after_load_bytes, {}, None, None), "adapter": {"path": None, "bytes": None},
-        "resumed_from_epoch": None,
+        "resumed_from_epoch": None, "speedups": answers.speedups,
     }
 
 
@@ -115,6 +118,7 @@ def majority_answers(task: TaskSpec, data: TaskData, ranked: bool) -> Answers:
 def model_answers(run: RunConfig, task: TaskSpec, data: TaskData, options: Any, device_map: str | None) -> Answers:
     """Decode (and rank, for classification) the test prompts with the untuned model."""
     cfg = run.train
+    speedups = resolve_speedups(run.speedups)  # before the model loads, as in the recipe
     load_started = time.perf_counter()
     loaded = load_model(run.model, run.trust_remote_code, device_map, revision=run.model_revision)
     load_s = time.perf_counter() - load_started
@@ -122,6 +126,7 @@ def model_answers(run: RunConfig, task: TaskSpec, data: TaskData, options: Any, 
     accelerator = make_accelerator(cfg.precision, loaded.architecture)
     model = accelerator.prepare_model(loaded.model, evaluation_mode=True)
     device, tokenizer, family = accelerator.device, loaded.tokenizer, loaded.family
+    speedups.apply_to_model(model, device, accelerator.mixed_precision)
     after_load_bytes = memory.start_of_training(device)
     autocast = get_mixed_precision_context_manager(accelerator.native_amp, accelerator.autocast_handler)
     test, details = data.test, {}
@@ -135,14 +140,14 @@ def model_answers(run: RunConfig, task: TaskSpec, data: TaskData, options: Any, 
                                        cfg.eval_batch_size, device, autocast)
     total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     answers = Answers(predictions, load_s=load_s, eval_s=time.perf_counter() - started, device=device,
-                      after_load_bytes=after_load_bytes,
+                      after_load_bytes=after_load_bytes, speedups=speedups.record(),
                       details=details, total_params=total,
                       model={"source": loaded.source, "family": family, "architecture": loaded.architecture,
                              "revision": run.model_revision, "provenance": loaded.provenance})
     if cfg.rank_classification and task.type == "classification":
         started = time.perf_counter()
         answers.ranked = distributed.rank_classify(model, task, test, tokenizer, family, cfg.max_source_tokens,
-                                                   cfg.max_target_tokens, cfg.eval_batch_size, device, autocast)
+                                                   cfg.max_target_tokens, cfg.eval_batch_size, speedups, autocast)
         answers.rank_eval_s = time.perf_counter() - started
     return answers
 

@@ -39,6 +39,8 @@ Schema (``schema_version`` 1), the fields every consumer may rely on:
                                "adapter_bytes"} (memory.py)
     adapter           dict    {"path", "bytes"}
     serving           dict?   the serve stage's figures with ``serve.enabled`` (``serving.py``), else null
+    speedups          dict    {"setting": "all"|"none"|"custom", "levers": {<lever>: {"status": "applied" |
+                              "not_applicable" | "off", "reason": str?}}} (``speedups/plan.py``)
     decoding_revision int     ``DECODING_REVISION`` of the code that decoded the test (absent before 2)
 """
 

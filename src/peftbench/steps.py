@@ -14,11 +14,9 @@ import torch
 from peftbench import distributed
 from peftbench.batching import IGNORE, collate, plan_passes
 from peftbench.config import TrainConfig
-from peftbench.dropout import cpu_dropout
-from peftbench.evaluate import causal_target_loss, target_token_losses
-from peftbench.kernels import pass_attention
-from peftbench.prefix import prefix_to_share
+from peftbench.loss import segment_losses
 from peftbench.run_state import RunState
+from peftbench.speedups import SpeedupPlan
 
 
 class Diverged(RuntimeError):
@@ -38,7 +36,7 @@ class OutOfMemory(RuntimeError):
 
 
 def train_epoch(model, optimizer, scheduler, accelerator, items, order, cfg: TrainConfig, family: str,
-                 pad_id: int, state: RunState, stop_requested, on_step=None) -> float:
+                pad_id: int, state: RunState, stop_requested, speedups: SpeedupPlan, on_step=None) -> float:
     """One pass over the training batches (from ``state.batches_done`` when a stopped epoch resumes);
     returns the mean training loss per batch. ``on_step(state, losses)`` follows each optimiser step."""
     model.train()
@@ -46,7 +44,7 @@ def train_epoch(model, optimizer, scheduler, accelerator, items, order, cfg: Tra
     for start in range(state.batches_done, len(order), cfg.grad_accum):
         group = order[start: start + cfg.grad_accum]
         losses = optimizer_step(model, optimizer, scheduler, accelerator, items, group, cfg, family, pad_id,
-                                 state)
+                                state, speedups)
         state.step += 1
         state.batches_done = start + len(group)
         state.epoch_losses.extend(losses)
@@ -60,7 +58,7 @@ def train_epoch(model, optimizer, scheduler, accelerator, items, order, cfg: Tra
 
 
 def optimizer_step(model, optimizer, scheduler, accelerator, items, group: list[list[int]], cfg: TrainConfig,
-                    family: str, pad_id: int, state: RunState) -> list[float]:
+                   family: str, pad_id: int, state: RunState, speedups: SpeedupPlan) -> list[float]:
     """Accumulate the gradients of ``group``'s batches and step; returns each batch's training loss.
 
     A CUDA out-of-memory error discards the step's gradients, halves the micro-batch (doubling the
@@ -71,7 +69,8 @@ def optimizer_step(model, optimizer, scheduler, accelerator, items, group: list[
     while True:
         try:
             losses, tokens = distributed.accumulate_step(  # this process's share of the group, summed over all
-                lambda batches: accumulate(model, accelerator, items, batches, cfg, family, pad_id, state.micro_splits),
+                lambda batches: accumulate(model, accelerator, items, batches, cfg, family, pad_id, state.micro_splits,
+                                           speedups),
                 group, state.step, optimizer)
             break
         except torch.cuda.OutOfMemoryError:
@@ -96,41 +95,24 @@ def optimizer_step(model, optimizer, scheduler, accelerator, items, group: list[
 
 
 def accumulate(model, accelerator, items, group: list[list[int]], cfg: TrainConfig, family: str, pad_id: int,
-                splits: int) -> tuple[list[float], int]:
-    """Forward and backward every batch of ``group`` in the passes ``batching.plan_passes`` plans (CPU: small
-    batches fused).
+               splits: int, speedups: SpeedupPlan) -> tuple[list[float], int]:
+    """Forward and backward every batch of ``group`` in the passes ``batching.plan_passes`` plans (with the
+    ``fused_passes`` speed-up: small batches share a pass).
 
     Returns each batch's loss (the mean of its micro-batches') and the tokens processed; one host
     synchronisation per optimiser step.
     """
-    device = accelerator.device
     piece_losses: list[list[torch.Tensor]] = [[] for _ in group]
-    tokens = torch.zeros((), dtype=torch.long, device=device)
-    for segments in plan_passes(items, group, family, cfg.batch_size, splits, fuse=device.type == "cpu"):
+    tokens = 0
+    for segments in plan_passes(items, group, family, cfg.batch_size, splits, fuse=speedups.fused_passes):
         batch = collate([items[i] for _, piece, _ in segments for i in piece], family, pad_id)
-        prefix = prefix_to_share(model, batch) if family == "causal" else 0  # on the host copy: no sync
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with (accelerator.autocast(), pass_attention(model, batch["input_ids"].shape[1], device, training=True),
-              cpu_dropout(device)):
-            means = _segment_losses(model, batch, family, segments, prefix)
-        weights = torch.tensor([1.0 / (cfg.grad_accum * pieces) for _, _, pieces in segments], device=device)
+        with accelerator.autocast():
+            means = segment_losses(model, batch, segments, speedups)
+        weights = torch.tensor([1.0 / (cfg.grad_accum * pieces) for _, _, pieces in segments], device=means.device)
         accelerator.backward((means * weights).sum())
         for (position, _, _), mean in zip(segments, means.detach(), strict=True):
             piece_losses[position].append(mean)
-        tokens += batch["attention_mask"].sum()
+        tokens += int(batch["attention_mask"].sum())  # host tensors: no synchronisation
         if family == "seq2seq":
-            tokens += (batch["labels"] != IGNORE).sum()
-    return torch.stack([torch.stack(losses).mean() for losses in piece_losses]).tolist(), int(tokens)
-
-
-def _segment_losses(model, batch, family: str, segments, prefix: int) -> torch.Tensor:
-    """The mean loss over the target tokens of each segment of a pass (causal: the LM head runs only where a
-    target token is predicted, and a ``prefix`` every row shares runs once)."""
-    if len(segments) == 1:
-        loss = causal_target_loss(model, batch, prefix=prefix) if family == "causal" else model(**batch).loss
-        return loss.unsqueeze(0)
-    losses, rows = target_token_losses(model, batch, family, prefix)
-    owner = torch.tensor([s for s, (_, piece, _) in enumerate(segments) for _ in piece], device=losses.device)
-    segment = owner[rows]
-    sums = torch.zeros(len(segments), device=losses.device).index_add_(0, segment, losses)
-    return sums / torch.bincount(segment, minlength=len(segments))
+            tokens += int((batch["labels"] != IGNORE).sum())
+    return torch.stack([torch.stack(losses).mean() for losses in piece_losses]).tolist(), tokens

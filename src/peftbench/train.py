@@ -27,7 +27,6 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from peftbench import (
-    allocator,
     checkpoint,
     distributed,
     environment,
@@ -45,11 +44,11 @@ from peftbench.datacache import encode_cached
 from peftbench.evaluate import score
 from peftbench.methods import LRSchedule, apply_method, get_method
 from peftbench.models import LoadedModel, load_model
-from peftbench.packed import pack_frozen_linears
-from peftbench.precision import store_frozen_linears_in
 from peftbench.progress import progress_bar
 from peftbench.protocol import EarlyStopping, paper_lr_lambda, resolved_lr
 from peftbench.run_state import RunState
+from peftbench.speedups import SpeedupPlan
+from peftbench.speedups import resolve as resolve_speedups
 from peftbench.steps import Diverged, Interrupted, OutOfMemory  # noqa: F401 - the recipe's errors, raised in steps.py
 from peftbench.tasks import TaskSpec, get_task
 from peftbench.tasks.data import TaskData, load_task_data, scale_cap_and_epochs
@@ -136,16 +135,15 @@ def schedule_steps(cfg: TrainConfig, train_examples: int, max_epochs: int) -> in
 
 
 def build_optimizer(cfg: TrainConfig, method: str, trainable: dict[str, nn.Parameter], train_examples: int,
-                    max_epochs: int) -> tuple[torch.optim.Optimizer, LambdaLR, Schedule]:
+                    max_epochs: int, fused: bool = False) -> tuple[torch.optim.Optimizer, LambdaLR, Schedule]:
     """AdamW over the trainable parameters and the paper's schedule: linear warm-up, then linear anneal.
-    The optimiser's lr is the peak; LambdaLR scales it."""
+    The optimiser's lr is the peak; LambdaLR scales it. ``fused``: one kernel per step over all tensors
+    (the ``fused_adamw`` speed-up; torch's default is ``foreach``)."""
     lr = resolved_lr(cfg, method)
     total_steps = schedule_steps(cfg, train_examples, max_epochs)
     warmup_steps = max(1, round(cfg.warmup_fraction * total_steps)) if cfg.warmup_fraction > 0 else 0
-    # fused: one kernel per step over all tensors (CPU: 0.07 s against foreach's 0.25-0.30 s for 135M
-    # weights), the transformers Trainer's default optimiser since torch 2.8.
     optimizer = torch.optim.AdamW(list(trainable.values()), lr=lr.peak, weight_decay=cfg.weight_decay,
-                                  fused=True)
+                                  fused=fused)
     scheduler = LambdaLR(optimizer, paper_lr_lambda(lr, total_steps, warmup_steps))
     return optimizer, scheduler, Schedule(lr, total_steps, warmup_steps)
 
@@ -162,6 +160,7 @@ class Loop:
     scheduler: LambdaLR
     accelerator: Accelerator
     writer: checkpoint.BackgroundWriter
+    speedups: SpeedupPlan
 
     def autocast(self):
         """Re-enterable (torch.autocast or nullcontext): evaluation enters the one it is given once per batch,
@@ -189,22 +188,19 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     cfg = run.train
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    allocator.keep_freed_memory()  # before the model loads: its buffers then stay for the activations
+    speedups = resolve_speedups(run.speedups)  # before the model loads: its freed buffers may serve activations
     cell = prepare_cell(run, device_map)
     optimizer, scheduler, schedule = build_optimizer(cfg, run.method, cell.trainable, len(cell.encoded["train"]),
-                                                     cell.max_epochs)
+                                                     cell.max_epochs, fused=speedups.fused_adamw)
     # Checkpoints are written while training goes on (checkpoint.BackgroundWriter): no optimiser step may
     # change the weights and moments being written. On the bare optimiser, which accelerate wraps below.
     writer = checkpoint.BackgroundWriter()
     optimizer.register_step_pre_hook(lambda *_: writer.wait())
     accelerator = make_accelerator(cfg.precision, cell.loaded.architecture)
-    # Frozen linears stored in bf16 once rather than re-cast by autocast at every call (see precision.py).
-    bf16 = accelerator.mixed_precision == "bf16"
-    frozen_bf16 = store_frozen_linears_in(cell.model, torch.bfloat16) if bf16 else 0
     model, optimizer = distributed.prepare(accelerator, cell.model, optimizer)  # no DDP wrapper: distributed.py
-    packed = pack_frozen_linears(model) if bf16 else 0  # CPU: their GEMMs in oneDNN's layout (packed.py)
+    speedups.apply_to_model(model, accelerator.device, accelerator.mixed_precision)
     after_load_bytes = memory.start_of_training(accelerator.device)
-    loop = Loop(run, Path(run_dir), cell, model, optimizer, scheduler, accelerator, writer)
+    loop = Loop(run, Path(run_dir), cell, model, optimizer, scheduler, accelerator, writer, speedups)
 
     state, best_weights, resumed_from = _resume_or_start(loop)
     if cell.after_optimizer_step is not None:  # after optimizer.step(), before the gradients are cleared
@@ -226,14 +222,13 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     optimizer_info = {"name": "AdamW", "lr_initial": schedule.lr.initial, "lr_peak": schedule.lr.peak,
                       "lr_final": schedule.lr.final, "total_steps": schedule.total_steps,
                       "warmup_steps": schedule.warmup_steps, "steps_done": state.step,
-                      "precision": accelerator.mixed_precision, "frozen_bf16_linears": frozen_bf16,
-                      "packed_frozen_linears": packed}
+                      "precision": accelerator.mixed_precision}
     return {**_result(run, cell, state, tested), "optimizer": optimizer_info, "time": times,
             "hardware": {**environment.hardware(accelerator.device), "device_map": device_map},
             "memory": memory.run_memory(accelerator.device, after_load_bytes, cell.trainable, optimizer,
                                         adapter["bytes"]),
-            "adapter": adapter,
-            "resumed_from_epoch": resumed_from, "serving": serving.serve_stage(run, adapter)}
+            "adapter": adapter, "resumed_from_epoch": resumed_from,
+            "serving": serving.serve_stage(run, adapter), "speedups": speedups.record()}
 
 
 def _resume_or_start(loop: Loop) -> tuple[RunState, dict[str, torch.Tensor], int | None]:
@@ -263,16 +258,17 @@ class Tested:
 def score_test_split(loop: Loop) -> Tested:
     """Decode the test prompts and score them with the task's metric; with ``train.rank_classification``, a
     classification task's label words are also ranked (``label_ranking.py``)."""
-    cell, cfg, device = loop.cell, loop.run.train, loop.accelerator.device
+    cell, cfg = loop.cell, loop.run.train
     started = time.perf_counter()
     predictions = distributed.generate(loop.model, cell.encoded["test"], cell.loaded.tokenizer, cell.loaded.family,
-                                       cell.task.generation_budget, cfg.eval_batch_size, device, loop.autocast())
+                                       cell.task.generation_budget, cfg.eval_batch_size, loop.accelerator.device,
+                                       loop.autocast())
     tested = Tested(predictions, score(cell.task, predictions, cell.data.test), time.perf_counter() - started)
     if cfg.rank_classification and cell.task.type == "classification":
         started = time.perf_counter()
         ranked = distributed.rank_classify(loop.model, cell.task, cell.data.test, cell.loaded.tokenizer,
                                            cell.loaded.family, cfg.max_source_tokens, cfg.max_target_tokens,
-                                           cfg.eval_batch_size, device, loop.autocast())
+                                           cfg.eval_batch_size, loop.speedups, loop.autocast())
         tested.rank_accuracy = score(cell.task, ranked, cell.data.test)
         tested.rank_eval_s = time.perf_counter() - started
     return tested
@@ -294,7 +290,7 @@ def train_until_stopped(loop: Loop, state: RunState, best_weights: dict[str, tor
         try:
             train_loss = steps.train_epoch(loop.model, loop.optimizer, loop.scheduler, loop.accelerator,
                                       cell.encoded["train"], order, cfg, cell.loaded.family,
-                                      cell.loaded.tokenizer.pad_token_id, state, stop_requested,
+                                      cell.loaded.tokenizer.pad_token_id, state, stop_requested, loop.speedups,
                                       on_step=tracker.log_step)
         except Interrupted:  # keep the steps done so far: the re-run continues from this very step
             state.train_seconds += time.perf_counter() - epoch_started
@@ -313,9 +309,9 @@ def _end_epoch(loop: Loop, state: RunState, best_weights: dict[str, torch.Tensor
     """Validate the epoch just trained, record it, keep its weights if they are the best so far (returns the
     best weights), and checkpoint when one is due."""
     cfg, cell, epoch = loop.run.train, loop.cell, state.epoch + 1
-    family, pad_id, device = cell.loaded.family, cell.loaded.tokenizer.pad_token_id, loop.accelerator.device
+    family, pad_id = cell.loaded.family, cell.loaded.tokenizer.pad_token_id
     val_loss = distributed.validation_loss(loop.model, cell.encoded["validation"], family, pad_id,
-                                           cfg.eval_batch_size, device, loop.autocast())
+                                           cfg.eval_batch_size, loop.speedups, loop.autocast())
     val_metric = _validation_metric(loop, cfg.val_metric_examples) if cfg.val_metric_examples else None
     seconds = time.perf_counter() - epoch_started
     state.train_seconds += seconds

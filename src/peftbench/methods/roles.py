@@ -38,7 +38,7 @@ def _ff(prefix: str, gate: str | None, up: str, down: str) -> dict[str, frozense
 class RoleMap:
     """``stacks``: stack name → path of its list of blocks; ``blocks``: stack → module path → roles;
     ``feed_forward``: stack → path in a block of its feed-forward network, where it is one module that maps
-    each token's hidden state alone and takes the hidden states as its only input (unpadding.py)."""
+    each token's hidden state alone and takes the hidden states as its only input (speedups/unpadded_feed_forward.py)."""
 
     stacks: dict[str, str]
     blocks: dict[str, dict[str, frozenset[str]]]

@@ -1,4 +1,5 @@
-"""Frozen bf16 linears multiplied through oneDNN's blocked weights (peftbench.packed): the same numbers."""
+"""Frozen bf16 linears multiplied through oneDNN's blocked weights (speedups/onednn_weights.py): the same
+numbers."""
 
 from __future__ import annotations
 
@@ -8,23 +9,24 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from speedup_helpers import plan_for
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from peftbench import packed
 from peftbench.batching import collate, encode
-from peftbench.evaluate import causal_target_loss
+from peftbench.loss import target_loss
 from peftbench.methods import apply_method
 from peftbench.models import load_model
-from peftbench.packed import PackedFrozenLinear, pack_frozen_linears
-from peftbench.precision import store_frozen_linears_in
+from peftbench.speedups import onednn_weights
+from peftbench.speedups.bf16_frozen_weights import store_frozen_linears_in
+from peftbench.speedups.onednn_weights import PackedFrozenLinear, pack_frozen_linears, why_not_packed
 from peftbench.tasks import get_task
 from peftbench.tasks.data import load_task_data
 
-pytestmark = pytest.mark.skipif(not packed.packing_supported(), reason="oneDNN without bf16 on this CPU")
+pytestmark = pytest.mark.skipif(not onednn_weights.packing_supported(), reason="oneDNN without bf16 on this CPU")
 
 
-def _lora_llama(pack: bool, bias: bool = False) -> nn.Module:
+def _lora_llama(pack: bool, bias: bool = False, store_bf16: bool = True) -> nn.Module:
     """A 2-layer Llama (hidden 256, MLP 512: every weight ≥ MIN_PACKED_ELEMENTS) under rank-3 LoRA, with its
     frozen linears in bf16 as peftbench trains it; packed or not."""
     config = LlamaConfig(vocab_size=384, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
@@ -32,10 +34,16 @@ def _lora_llama(pack: bool, bias: bool = False) -> nn.Module:
                          bos_token_id=None, tie_word_embeddings=True, attention_bias=bias)
     torch.manual_seed(0)
     model = apply_method(AutoModelForCausalLM.from_config(config), "causal", "lora").model
-    store_frozen_linears_in(model, torch.bfloat16)
+    if store_bf16:
+        store_frozen_linears_in(model, torch.bfloat16)
     if pack:
         pack_frozen_linears(model)
     return model
+
+
+def causal_target_loss(model, batch):
+    return target_loss(model, batch, plan_for(model, "eager_attention", "frozen_weights_bf16",
+                                              "onednn_blocked_weights"))
 
 
 def _batch():
@@ -99,18 +107,34 @@ def test_blocked_copies_follow_the_weight_and_are_not_state():
         assert clone._blocked.made_from is None and torch.equal(clone(x), layer(x))
 
 
-def test_small_weights_trained_weights_and_the_opt_out_are_left_alone(monkeypatch):
+def test_small_weights_and_trained_weights_are_left_alone():
     small = nn.Linear(64, 64).requires_grad_(False).to(torch.bfloat16)  # below MIN_PACKED_ELEMENTS
     trained = nn.Linear(128, 128).to(torch.bfloat16)
     fp32 = nn.Linear(128, 128).requires_grad_(False)
     assert pack_frozen_linears(nn.ModuleList([small, trained, fp32])) == 0
-    monkeypatch.setenv(packed.OPT_OUT, "0")
-    assert pack_frozen_linears(nn.Linear(128, 128).requires_grad_(False).to(torch.bfloat16)) == 0
+    assert why_not_packed(nn.ModuleList([small, trained, fp32])) == "no frozen bf16 CPU linear of at least 16384 weights"
+
+
+def test_the_plan_packs_under_bf16_unless_switched_off():
+    def packed_count(model) -> int:
+        return sum(type(m) is PackedFrozenLinear for m in model.modules())
+
+    model = _lora_llama(pack=False, store_bf16=False)
+    plan = plan_for(model, precision="bf16")
+    assert plan.statuses["onednn_blocked_weights"].status == "applied" and packed_count(model) == 15
+    model = _lora_llama(pack=False, store_bf16=False)
+    plan = plan_for(model, "onednn_blocked_weights", precision="bf16")
+    assert plan.statuses["onednn_blocked_weights"].status == "off" and packed_count(model) == 0
+    assert plan.statuses["frozen_weights_bf16"].status == "applied"
+    model = _lora_llama(pack=False, store_bf16=False)
+    plan = plan_for(model, precision="no")  # fp32: nothing is stored in bf16, so nothing can be packed
+    assert plan.statuses["onednn_blocked_weights"].reason == "precision no: bf16 autocast only"
+    assert packed_count(model) == 0
 
 
 def test_nothing_is_packed_when_the_copies_would_crowd_memory(monkeypatch):
     layer = nn.Linear(256, 256, bias=False).requires_grad_(False).to(torch.bfloat16)  # copies: 2 × 128 KiB
-    monkeypatch.setattr(packed.psutil, "virtual_memory", lambda: SimpleNamespace(available=4 * 2**18 - 1))
+    monkeypatch.setattr(onednn_weights.psutil, "virtual_memory", lambda: SimpleNamespace(available=4 * 2**18 - 1))
     assert pack_frozen_linears(layer) == 0 and type(layer) is nn.Linear
-    monkeypatch.setattr(packed.psutil, "virtual_memory", lambda: SimpleNamespace(available=4 * 2**18))
+    monkeypatch.setattr(onednn_weights.psutil, "virtual_memory", lambda: SimpleNamespace(available=4 * 2**18))
     assert pack_frozen_linears(layer) == 1

@@ -11,9 +11,9 @@ floating-point reordering. On that step: 1.15× (bench/RESULTS.md). The attentio
 padded: their gathers cost about what they save (in a probe, 1.09× with them against 1.12× without).
 
 Applied to CPU passes with at least ``MIN_PADDING_SHARE`` padding, for architectures whose role map names
-the feed-forward module (methods/roles.py), where ``varlen`` does not pack the whole pass (it does for the
-Llama family's eager passes; the feed-forward networks then see no padded hidden states and this does
-nothing). GPUs keep the padded pass (not measured there).
+the feed-forward module (methods/roles.py), where ``concatenated_rows`` does not run the whole pass as one
+sequence (it does for the Llama family's eager passes; the feed-forward networks then see no padded hidden
+states and this does nothing). GPUs keep the padded pass (not measured there).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def feed_forward_on_real_tokens(model: nn.Module, real: torch.Tensor):
     """While active, the feed-forward networks of ``model`` run only on the positions that ``real``
     ([rows, width], bool) marks, for hidden states of that [rows, width] shape; hidden states of any other
     shape (a shared prefix's own pass, prompt tuning's virtual tokens) go through as they are."""
-    networks = feed_forward_networks(model) if real.device.type == "cpu" else []
+    networks = feed_forward_networks(model)
     if not networks or real.numel() == 0 or 1 - real.float().mean().item() < MIN_PADDING_SHARE:
         yield
         return

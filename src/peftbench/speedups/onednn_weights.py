@@ -5,7 +5,7 @@ weight the layout never changes, so ``pack_frozen_linears`` makes it once: each 
 keeps a blocked copy of W [out, in] for the forward (x Wᵀ) and one of Wᵀ for the gradient of its input
 (g W), and multiplies through ``torch.ops.mkldnn._linear_pointwise``, the prepacked linear that inductor
 uses for frozen CPU graphs. The products are the same, bit for bit, as ``F.linear`` under bf16 autocast
-(tests/test_packed.py). Measured on the SmolLM2 LoRA step of 64 CoLA rows: its large GEMMs 7-12 % faster
+(tests/test_onednn_weights.py). Measured on the SmolLM2 LoRA step of 64 CoLA rows: its large GEMMs 7-12 % faster
 under the profiler, but the step within noise (1.03× over 20 paired steps, quartiles 0.95-1.11; 0.97×
 in separate processes); validation and decoding passes 1.01-1.05×.
 
@@ -14,18 +14,15 @@ blocked copies per frozen weight (SmolLM2 LoRA on CoLA: peak RSS 2.66 → 3.09 G
 is packed where they would take more than a quarter of the memory available.
 The plain weight stays the module's parameter, so state dicts, adapter saving and merging see nothing
 new; the copies are rebuilt when the weight is replaced or changed in place, and a deep copy or pickle
-of the model carries none. ``PEFTBENCH_PACK_FROZEN_WEIGHTS=0`` turns it off.
+of the model carries none. The switch is ``speedups.onednn_blocked_weights``.
 """
 
 from __future__ import annotations
-
-import os
 
 import psutil
 import torch
 from torch import nn
 
-OPT_OUT = "PEFTBENCH_PACK_FROZEN_WEIGHTS"
 MIN_PACKED_ELEMENTS = 128 * 128
 """Smallest weight (in × out) worth packing: below it the call's fixed cost is most of a product, and the
 blocked path is no faster (64 × 64: 0.7× at 16 rows; the tiny T5 cell's d_model 32 step: 0.90×)."""
@@ -34,9 +31,8 @@ MAX_SHARE_OF_AVAILABLE_MEMORY = 0.25
 
 
 def packing_supported() -> bool:
-    """oneDNN is built in, the CPU has bf16 instructions, and the user did not opt out."""
-    return (os.environ.get(OPT_OUT, "1") != "0" and torch.backends.mkldnn.is_available()
-            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """oneDNN is built in and the CPU has bf16 instructions."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 class _Blocked:
@@ -107,19 +103,29 @@ class PackedFrozenLinear(nn.Linear):
 
 def pack_frozen_linears(model: nn.Module) -> int:
     """Turn ``model``'s frozen bf16 CPU ``nn.Linear`` layers of at least ``MIN_PACKED_ELEMENTS`` weights into
-    ``PackedFrozenLinear`` (in place, same parameters); returns how many. None are packed where
-    ``packing_supported`` is false, or where their blocked copies would take more than
-    ``MAX_SHARE_OF_AVAILABLE_MEMORY`` of the memory available now."""
-    if not packing_supported():
+    ``PackedFrozenLinear`` (in place, same parameters); returns how many (0: ``why_not_packed`` says why)."""
+    if why_not_packed(model) is not None:
         return 0
     chosen = [module for module in model.modules() if _worth_packing(module)]
-    copies_bytes = sum(2 * module.weight.numel() * module.weight.element_size() for module in chosen)
-    if copies_bytes > MAX_SHARE_OF_AVAILABLE_MEMORY * psutil.virtual_memory().available:
-        return 0
     for module in chosen:
         module.__class__ = PackedFrozenLinear
         module._blocked = _Blocked()
     return len(chosen)
+
+
+def why_not_packed(model: nn.Module) -> str | None:
+    """None when ``pack_frozen_linears`` would pack ``model``'s linears, else why not: oneDNN without bf16
+    kernels, no frozen bf16 CPU linear big enough, or blocked copies that would take more than
+    ``MAX_SHARE_OF_AVAILABLE_MEMORY`` of the memory available now."""
+    if not packing_supported():
+        return "oneDNN has no bf16 kernels on this CPU"
+    chosen = [module for module in model.modules() if _worth_packing(module)]
+    if not chosen:
+        return f"no frozen bf16 CPU linear of at least {MIN_PACKED_ELEMENTS} weights"
+    copies_bytes = sum(2 * module.weight.numel() * module.weight.element_size() for module in chosen)
+    if copies_bytes > MAX_SHARE_OF_AVAILABLE_MEMORY * psutil.virtual_memory().available:
+        return f"not enough free memory for the blocked copies ({copies_bytes / 2**30:.2f} GiB)"
+    return None
 
 
 def _worth_packing(module: nn.Module) -> bool:

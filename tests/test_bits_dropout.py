@@ -7,11 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftbench.dropout import bits_dropout, cpu_dropout
-from peftbench.kernels import pass_attention
 from peftbench.models import load_model
-
-CPU = torch.device("cpu")
+from peftbench.speedups.bits_dropout import bits_dropout, cpu_dropout
+from peftbench.speedups.eager_attention import pass_attention
 
 
 def test_keeps_each_element_with_probability_one_minus_p_and_scales_by_its_inverse():
@@ -70,7 +68,7 @@ def test_cpu_dropout_swaps_modules_and_attention_dropout_for_the_pass_only():
         return bits_dropout(input, p, training, inplace)
 
     ids = torch.randint(3, 200, (2, 9))
-    with pass_attention(model, 9, CPU, training=True), cpu_dropout(CPU):  # eager attention, as train.py runs
+    with pass_attention(model, 9, training=True), cpu_dropout():  # eager attention, as a CPU run has it
         assert F.dropout is bits_dropout
         F.dropout = counting  # what the pass calls, seen through the swapped attribute
         model(input_ids=ids, labels=ids[:, :4].contiguous()).loss.backward()
@@ -80,10 +78,8 @@ def test_cpu_dropout_swaps_modules_and_attention_dropout_for_the_pass_only():
     assert (2, 9, model.config.d_model) in calls  # an nn.Dropout on the hidden states
 
 
-def test_cpu_dropout_restores_torch_after_an_error_and_leaves_other_devices_alone():
+def test_cpu_dropout_restores_torch_after_an_error():  # other devices: tests/test_speedups.py
     before = F.dropout
-    with pytest.raises(ValueError), cpu_dropout(CPU):
+    with pytest.raises(ValueError), cpu_dropout():
         raise ValueError
     assert F.dropout is before
-    with cpu_dropout(torch.device("meta")):
-        assert F.dropout is before

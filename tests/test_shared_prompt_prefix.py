@@ -1,20 +1,24 @@
-"""A prompt prefix shared by every row runs once: same loss and gradients, less work (prefix.py)."""
+"""A prompt prefix shared by every row runs once: same loss and gradients, less work
+(speedups/shared_prompt_prefix.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from speedup_helpers import plan_for
 
-import peftbench.evaluate
 from peftbench.batching import IGNORE, collate, encode
-from peftbench.evaluate import causal_target_loss, validation_loss
+from peftbench.evaluate import validation_loss
+from peftbench.loss import target_loss
 from peftbench.methods import apply_method
 from peftbench.models import load_model
-from peftbench.prefix import MIN_SHARED_TOKENS, prefix_to_share, shared_prefix_length, supports_prefix_sharing
+from peftbench.speedups.shared_prompt_prefix import (
+    MIN_SHARED_TOKENS,
+    shared_prefix_length,
+    supports_prefix_sharing,
+)
 from peftbench.tasks import get_task
 from peftbench.tasks.data import load_task_data
-
-CPU = torch.device("cpu")
 
 
 def _batch(task: str = "synthetic_classification", n: int = 8):
@@ -24,10 +28,9 @@ def _batch(task: str = "synthetic_classification", n: int = 8):
                    loaded.tokenizer.pad_token_id)
 
 
-def _loss_and_grads(model, batch, share: bool, monkeypatch):
-    monkeypatch.setattr(peftbench.evaluate, "prefix_to_share", lambda m, b: prefix_to_share(m, b) if share else 0)
+def _loss_and_grads(model, batch, share: bool):
     model.zero_grad(set_to_none=True)
-    loss = causal_target_loss(model, batch)
+    loss = target_loss(model, batch, plan_for(model, "eager_attention", *(() if share else ("shared_prompt_prefix",))))
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return float(loss), grads
@@ -56,29 +59,29 @@ def test_real_batch_shares_its_template_prefix():
 
 
 @pytest.mark.parametrize("method", ["lora", "ia3", "bitfit", "full"])
-def test_shared_prefix_gives_the_same_loss_and_gradients(method, monkeypatch):
+def test_shared_prefix_gives_the_same_loss_and_gradients(method):
     loaded = load_model("llama-tiny-random")
     torch.manual_seed(0)
     model = apply_method(loaded.model, "causal", method).model
     model.eval()  # no dropout: the two computations must agree number for number
     batch = _batch()
-    plain_loss, plain = _loss_and_grads(model, batch, False, monkeypatch)
-    shared_loss, shared = _loss_and_grads(model, batch, True, monkeypatch)
+    plain_loss, plain = _loss_and_grads(model, batch, False)
+    shared_loss, shared = _loss_and_grads(model, batch, True)
     assert shared_loss == pytest.approx(plain_loss, rel=1e-6)
     assert shared.keys() == plain.keys() and plain
     for name, grad in plain.items():
         torch.testing.assert_close(shared[name], grad, rtol=1e-4, atol=1e-6)
 
 
-def test_validation_loss_is_unchanged_by_prefix_sharing(monkeypatch):
+def test_validation_loss_is_unchanged_by_prefix_sharing():
     loaded = load_model("llama-tiny-random")
     model = apply_method(loaded.model, "causal", "lora").model
     data = load_task_data(get_task("synthetic_data_to_text"), None, 32, 0, 32)
     items = encode(data.validation[:12], loaded.tokenizer, "causal", 512, 128)
     pad = loaded.tokenizer.pad_token_id
-    shared = validation_loss(model, items, "causal", pad, 5, CPU, torch.autocast("cpu", enabled=False))
-    monkeypatch.setattr(peftbench.evaluate, "prefix_to_share", lambda m, b: 0)
-    plain = validation_loss(model, items, "causal", pad, 5, CPU, torch.autocast("cpu", enabled=False))
+    off = torch.autocast("cpu", enabled=False)
+    shared = validation_loss(model, items, "causal", pad, 5, plan_for(model), off)
+    plain = validation_loss(model, items, "causal", pad, 5, plan_for(model, "shared_prompt_prefix"), off)
     assert shared == pytest.approx(plain, rel=1e-6)
 
 

@@ -1,4 +1,4 @@
-"""peftbench.allocator: freed memory stays in the process, so allocating it again takes no page faults."""
+"""speedups/freed_memory.py: freed memory stays in the process, so allocating it again takes no page faults."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ import sys
 
 import pytest
 
-from peftbench import allocator
+from peftbench.speedups import freed_memory
 
 # What a training step does to the heap, with glibc's malloc itself: 20 blocks of 2 MiB allocated, written
 # and all freed, five times; the minor page faults of each round after the first (glibc's default trims the
 # freed heap, so every round faults its 10,240 pages in again).
 _PROBE = """
-import ctypes, json, resource, sys
-from peftbench import allocator
+import ctypes, importlib.util, json, resource, sys
+spec = importlib.util.spec_from_file_location("freed_memory", sys.argv[2])  # alone: no torch import first
+allocator = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(allocator)
 kept = allocator.keep_freed_memory() if sys.argv[1] == "keep" else False
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
@@ -37,8 +39,9 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 
 
 def _probe(mode: str, **env: str) -> dict:
-    environment = {k: v for k, v in os.environ.items() if k not in (allocator.OPT_OUT, "LD_PRELOAD")} | env
-    done = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True,
+    environment = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"} | env
+    done = subprocess.run([sys.executable, "-c", _PROBE, mode, freed_memory.__file__], capture_output=True,
+                          text=True, check=True,
                           env=environment, timeout=60)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -52,7 +55,7 @@ def test_freed_memory_is_reused_without_page_faults():
 
 
 @linux_only
-@pytest.mark.parametrize("env", [{allocator.OPT_OUT: "0"}, {"MALLOC_TRIM_THRESHOLD_": "131072"},
+@pytest.mark.parametrize("env", [{"MALLOC_TRIM_THRESHOLD_": "131072"},
                                  {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=131072"},
                                  {"LD_PRELOAD": "libjemalloc.so.2"}])
 def test_users_allocator_settings_are_left_alone(env):

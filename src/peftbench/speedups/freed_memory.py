@@ -13,8 +13,9 @@ and 0.208 s; with memory kept, 66 faults and 0.180 s (1.16×). A SmolLM2 LoRA st
 from the heap, and the heap is never trimmed below 2 GiB of free top. The process then keeps its peak
 heap for its lifetime, as jemalloc and tcmalloc configured for PyTorch do; peak RSS was 0-3 % higher
 (fragmentation) on the benchmark's cells. It is skipped where another allocator is preloaded, where the
-user tuned glibc's malloc through the environment, off glibc (macOS, musl), and when
-``PEFTBENCH_KEEP_FREED_MEMORY=0``.
+user tuned glibc's malloc through the environment, and off glibc (macOS, musl). The switch is
+``speedups.keep_freed_memory``; it is process-wide, so a process that kept freed memory for one run keeps
+it for the next.
 """
 
 from __future__ import annotations
@@ -31,33 +32,39 @@ _TRIM_THRESHOLD_BYTES = 2**31 - 1
 """Free bytes at the heap's top before glibc returns them: mallopt's largest (an int)."""
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 _USER_MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
-OPT_OUT = "PEFTBENCH_KEEP_FREED_MEMORY"
-_applied: list[bool] = []
+_outcome: list[str | None] = []
 
 
 def keep_freed_memory() -> bool:
     """Set glibc's thresholds once per process; whether freed memory is now kept (False: left alone)."""
-    if not _applied:
-        _applied.append(_apply())
-    return _applied[0]
+    return why_not_kept() is None
+
+
+def why_not_kept() -> str | None:
+    """Set glibc's thresholds once per process; None when freed memory is now kept, else the reason not."""
+    if not _outcome:
+        _outcome.append(_apply())
+    return _outcome[0]
 
 
 def freed_memory_kept() -> bool:
-    """Whether ``keep_freed_memory`` ran in this process and took effect (what a result records)."""
-    return bool(_applied and _applied[0])
+    """Whether ``keep_freed_memory`` ran in this process and took effect."""
+    return bool(_outcome) and _outcome[0] is None
 
 
-def _apply() -> bool:
-    if os.environ.get(OPT_OUT, "1") == "0" or not sys.platform.startswith("linux"):
-        return False
+def _apply() -> str | None:
+    if not sys.platform.startswith("linux"):
+        return f"platform {sys.platform}: not glibc"
     if any(name in os.environ for name in _USER_MALLOC_SETTINGS) or "glibc.malloc" in os.environ.get(
             "GLIBC_TUNABLES", ""):
-        return False
+        return "glibc's malloc is tuned through the environment"
     if "malloc" in os.environ.get("LD_PRELOAD", ""):  # jemalloc, tcmalloc, mimalloc: theirs to configure
-        return False
+        return "another allocator is preloaded (LD_PRELOAD)"
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
-        return False
+        return "the C library is not glibc"
     # mallopt returns 1 on success; fixing either threshold also stops glibc's dynamic adjustment of both.
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, HEAP_MAX_REQUEST_BYTES)
-                and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES))
+    if libc.mallopt(_M_MMAP_THRESHOLD, HEAP_MAX_REQUEST_BYTES) and libc.mallopt(_M_TRIM_THRESHOLD,
+                                                                               _TRIM_THRESHOLD_BYTES):
+        return None
+    return "mallopt refused the thresholds"

@@ -35,22 +35,20 @@ def supports_prefix_sharing(model: nn.Module) -> bool:
         return False
     if getattr(getattr(inner, "active_peft_config", None), "is_prompt_learning", False):
         return False
-    if inner.training and _has_dropout(inner):
+    if inner.training and has_dropout(inner):
         return False
-    return inner.get_output_embeddings() is not None  # the loss trims the head's input (evaluate.py)
+    return inner.get_output_embeddings() is not None  # the loss trims the head's input (speedups/forward.py)
 
 
-def _has_dropout(model: nn.Module) -> bool:
+def has_dropout(model: nn.Module) -> bool:
     """Dropout modules with p > 0, or a config rate > 0 (attention dropout is a functional argument)."""
     if any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
         return True
-    rates = {k: v for k, v in model.config.to_dict().items() if "dropout" in k or "pdrop" in k}
+    config = getattr(getattr(model, "module", model), "config", None)
+    if config is None:
+        return False
+    rates = {k: v for k, v in config.to_dict().items() if "dropout" in k or "pdrop" in k}
     return any(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in rates.values())
-
-
-def prefix_to_share(model: nn.Module, batch: dict[str, torch.Tensor]) -> int:
-    """How many leading tokens of ``batch`` run once for all rows in ``model`` (0: none)."""
-    return shared_prefix_length(batch) if supports_prefix_sharing(model) else 0
 
 
 def shared_prefix_length(batch: dict[str, torch.Tensor]) -> int:

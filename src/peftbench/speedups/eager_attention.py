@@ -9,7 +9,7 @@ softmax in fp32, the way these models computed attention before SDPA: on the sam
 than the math kernel, and on forward-only (validation) passes 1.05-1.16× faster than either SDPA kernel
 up to at least 554 tokens. Longer training passes keep flash, whose blocking pays off there (8 × 554
 SAMSum tokens: 11.8 s against 13.4 s eager), and so does decoding with the key/value cache (a one-token
-query: eager is slower). GPUs keep their defaults.
+query: eager is slower). GPUs keep their defaults (the speed-up plan applies this on CPU only).
 
 The choice is ``config._attn_implementation`` of the model's modules (an encoder-decoder's stacks hold
 copies of the config), switched for the pass only; the backward uses whatever its forward ran (peftbench
@@ -46,18 +46,17 @@ GROUPED_QUERY_EAGER_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3
 ``eager_attention_forward`` of modeling_llama.py, identical in these models' modeling files."""
 
 
-def eager_attention_pays(width: int, device: torch.device, training: bool) -> bool:
-    """Whether a pass of ``width`` tokens per row on ``device`` runs faster with eager attention."""
-    limit = EAGER_TRAINING_MAX_TOKENS if training else EAGER_FORWARD_MAX_TOKENS
-    return device.type == "cpu" and width <= limit
+def eager_attention_pays(width: int, training: bool) -> bool:
+    """Whether a CPU pass of ``width`` tokens per row runs faster with eager attention."""
+    return width <= (EAGER_TRAINING_MAX_TOKENS if training else EAGER_FORWARD_MAX_TOKENS)
 
 
 @contextmanager
-def pass_attention(model: nn.Module, width: int, device: torch.device, training: bool):
-    """Around one forward pass of ``model`` (a transformers model, PEFT-wrapped or not): eager attention where
-    ``eager_attention_pays``, the model's own choice otherwise. ``width``: the batch's ``input_ids`` width
-    (prompt tuning's virtual tokens come on top)."""
-    switched = attention_configs(model, "sdpa") if eager_attention_pays(width, device, training) else []
+def pass_attention(model: nn.Module, width: int, training: bool):
+    """Around one CPU forward pass of ``model`` (a transformers model, PEFT-wrapped or not): eager attention
+    where ``eager_attention_pays``, the model's own choice otherwise. ``width``: the batch's ``input_ids``
+    width (prompt tuning's virtual tokens come on top)."""
+    switched = attention_configs(model, "sdpa") if eager_attention_pays(width, training) else []
     for config in switched:  # the internal field, as set_attn_implementation does: no recursion into sub-configs
         grouped = config.model_type in GROUPED_QUERY_EAGER_MODEL_TYPES
         config._attn_implementation_internal = GROUPED_QUERY_EAGER if grouped else "eager"
