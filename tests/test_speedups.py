@@ -121,3 +121,17 @@ def test_speedups_none_gives_the_losses_of_speedups_all(tmp_path, method):
     for ours, reference in zip(fast["history"], plain["history"], strict=True):
         assert ours["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-5)
         assert ours["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-5)
+
+
+def test_fused_passes_count_prompt_tuning_virtual_tokens_against_their_budget():
+    from peftbench.batching import FUSE_MAX_TOKENS, Encoded, fuse_batches
+
+    plan = for_model(_model("llama-tiny-random", "prompt", {"num_virtual_tokens": 100}), torch.device("cpu"))
+    assert plan.virtual_tokens == 100
+    assert for_model(_model("llama-tiny-random", "lora"), torch.device("cpu")).virtual_tokens == 0
+    # Four batches of 16 rows × 30 tokens: 1,920 padded tokens fuse into one pass; with 100 virtual tokens
+    # per row each batch alone holds 16 × 130 = 2,080 > 2,048, so each runs alone.
+    items = [Encoded([1] * 30, [1] * 30, [1] * 20) for _ in range(64)]
+    group = [list(range(start, start + 16)) for start in range(0, 64, 16)]
+    assert len(fuse_batches(items, group, "causal", FUSE_MAX_TOKENS)) == 1
+    assert len(fuse_batches(items, group, "causal", FUSE_MAX_TOKENS, virtual_tokens=plan.virtual_tokens)) == 4

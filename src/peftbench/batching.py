@@ -57,25 +57,27 @@ def encode(examples: list[Example], tokenizer, family: str, max_source: int, max
     return encoded
 
 
-def padded_size(items: list[Encoded], batches: list[list[int]], family: str) -> int:
-    """Tokens of ``batches`` collated as one padded batch (encoder + decoder widths for seq2seq)."""
+def padded_size(items: list[Encoded], batches: list[list[int]], family: str, virtual_tokens: int = 0) -> int:
+    """Tokens of ``batches`` collated as one padded batch (encoder + decoder widths for seq2seq), with the
+    ``virtual_tokens`` prompt learning puts before every row."""
     rows = [items[i] for batch in batches for i in batch]
     width = max(len(e.input_ids) for e in rows) + (max(len(e.labels) for e in rows) if family == "seq2seq" else 0)
-    return len(rows) * width
+    return len(rows) * (width + virtual_tokens)
 
 
 def fuse_batches(items: list[Encoded], group: list[list[int]], family: str, max_tokens: int,
-                 max_padding: float = 1.25) -> list[list[list[int]]]:
+                 max_padding: float = 1.25, virtual_tokens: int = 0) -> list[list[list[int]]]:
     """Consecutive batches of one optimiser step merged into chunks that run as one forward/backward.
 
     Each chunk stays within ``max_tokens`` padded tokens (activation memory) and pads at most
     ``max_padding`` times what its batches would pad apart; a batch that alone exceeds the limit runs alone.
+    ``virtual_tokens``: the tokens prompt learning adds to every row, which the activations hold too.
     """
     chunks: list[list[list[int]]] = []
     for batch in group:
         candidate = chunks[-1] + [batch] if chunks else None
-        if candidate and padded_size(items, candidate, family) <= min(
-                max_tokens, max_padding * sum(padded_size(items, [b], family) for b in candidate)):
+        if candidate and padded_size(items, candidate, family, virtual_tokens) <= min(
+                max_tokens, max_padding * sum(padded_size(items, [b], family, virtual_tokens) for b in candidate)):
             chunks[-1] = candidate
         else:
             chunks.append([batch])
@@ -87,7 +89,7 @@ FUSE_MAX_TOKENS = 2048
 
 
 def plan_passes(items: list[Encoded], group: list[list[int]], family: str, batch_size: int, splits: int,
-                fuse: bool) -> list[list[tuple[int, list[int], int]]]:
+                fuse: bool, virtual_tokens: int = 0) -> list[list[tuple[int, list[int], int]]]:
     """The forward/backward passes of one optimiser step: each a list of (batch position, rows, pieces of that
     batch) segments.
 
@@ -100,7 +102,7 @@ def plan_passes(items: list[Encoded], group: list[list[int]], family: str, batch
     """
     if fuse and splits == 1:
         passes, position = [], 0
-        for chunk in fuse_batches(items, group, family, FUSE_MAX_TOKENS):
+        for chunk in fuse_batches(items, group, family, FUSE_MAX_TOKENS, virtual_tokens=virtual_tokens):
             passes.append([(position + k, batch, 1) for k, batch in enumerate(chunk)])
             position += len(chunk)
         return passes

@@ -36,7 +36,7 @@ def validation_loss(model, items: list[Encoded], family: str, pad_id: int, batch
     (fused with the ``fused_passes`` speed-up), scored as training scores them (``loss.py``)."""
     model.eval()
     total, count = torch.zeros((), dtype=torch.float64), 0
-    for rows in validation_batches(items, family, batch_size, speedups.fused_passes):
+    for rows in validation_batches(items, family, batch_size, speedups.fused_passes, speedups.virtual_tokens):
         with autocast:
             losses, _ = target_token_losses(model, collate([items[i] for i in rows], family, pad_id), speedups)
         total += losses.double().sum().cpu()
@@ -44,7 +44,8 @@ def validation_loss(model, items: list[Encoded], family: str, pad_id: int, batch
     return float(total / max(count, 1))
 
 
-def validation_batches(items: list[Encoded], family: str, batch_size: int, fuse: bool) -> list[list[int]]:
+def validation_batches(items: list[Encoded], family: str, batch_size: int, fuse: bool,
+                       virtual_tokens: int = 0) -> list[list[int]]:
     """Indices of ``items`` in batches of ``batch_size`` drawn in length order (the summed loss does not depend
     on the order; similar lengths pad least). With ``fuse`` (CPU), consecutive batches share one forward pass
     while it stays small, as training's do (``batching.fuse_batches``): a pass's fixed cost (a shared prefix's
@@ -54,7 +55,8 @@ def validation_batches(items: list[Encoded], family: str, batch_size: int, fuse:
     batches = [order[start: start + batch_size] for start in range(0, len(order), batch_size)]
     if not fuse:
         return batches
-    return [[i for batch in chunk for i in batch] for chunk in fuse_batches(items, batches, family, FUSE_MAX_TOKENS)]
+    chunks = fuse_batches(items, batches, family, FUSE_MAX_TOKENS, virtual_tokens=virtual_tokens)
+    return [[i for batch in chunk for i in batch] for chunk in chunks]
 
 
 @torch.inference_mode()

@@ -33,7 +33,7 @@ def target_log_likelihoods(model, items: list[Encoded], family: str, pad_id: int
     """Each item's summed log-likelihood of its target tokens (nats, float64), in item order."""
     model.eval()
     totals = torch.zeros(len(items), dtype=torch.float64)
-    for rows in validation_batches(items, family, batch_size, speedups.fused_passes):
+    for rows in validation_batches(items, family, batch_size, speedups.fused_passes, speedups.virtual_tokens):
         with autocast:
             losses, owners = target_token_losses(model, collate([items[i] for i in rows], family, pad_id), speedups)
         totals.index_add_(0, torch.tensor(rows)[owners.cpu()], -losses.double().cpu())

@@ -104,7 +104,8 @@ def accumulate(model, accelerator, items, group: list[list[int]], cfg: TrainConf
     """
     piece_losses: list[list[torch.Tensor]] = [[] for _ in group]
     tokens = 0
-    for segments in plan_passes(items, group, family, cfg.batch_size, splits, fuse=speedups.fused_passes):
+    for segments in plan_passes(items, group, family, cfg.batch_size, splits, fuse=speedups.fused_passes,
+                               virtual_tokens=speedups.virtual_tokens):
         batch = collate([items[i] for _, piece, _ in segments for i in piece], family, pad_id)
         with accelerator.autocast():
             means = segment_losses(model, batch, segments, speedups)

@@ -45,6 +45,8 @@ class SpeedupPlan:
         self.statuses: dict[str, LeverStatus] = {}
         self.prefix_while_training = True
         """False when the model has dropout: rows sharing a prefix would share its dropout masks."""
+        self.virtual_tokens = 0
+        """Tokens prompt learning puts before every row: fused passes count them against their budget."""
         self._decide("keep_freed_memory", freed_memory.why_not_kept)
         self._decide("fused_adamw", lambda: None)
 
@@ -69,6 +71,7 @@ class SpeedupPlan:
         cpu = None if device.type == "cpu" else f"device {device.type}: measured and built for CPUs"
         causal = "encoder-decoder model" if self.family == "seq2seq" else None
         prompt = _prompt_learning(model)
+        self.virtual_tokens = _virtual_tokens(model) if prompt else 0
         dropout = has_dropout(model)
         self.prefix_while_training = not dropout
         bf16 = None if precision == "bf16" else f"precision {precision}: bf16 autocast only"
@@ -145,6 +148,11 @@ def _prompt_learning(model: nn.Module) -> str | None:
     if not getattr(config, "is_prompt_learning", False):
         return None
     return str(getattr(config.peft_type, "value", config.peft_type)).lower().replace("_", " ")
+
+
+def _virtual_tokens(model: nn.Module) -> int:
+    config = getattr(getattr(model, "module", model), "active_peft_config", None)
+    return int(getattr(config, "num_virtual_tokens", 0) or 0)
 
 
 def _store_frozen_linears_in_bf16(model: nn.Module) -> str | None:
