@@ -16,6 +16,7 @@ from peftbench.batching import encode
 from peftbench.config import load_sweep
 from peftbench.evaluate import validation_loss
 from peftbench.models import load_model
+from peftbench.speedups import for_model
 from peftbench.sweep import run_sweep
 from peftbench.tasks import get_task
 from peftbench.tasks.data import load_task_data
@@ -55,7 +56,7 @@ def loss(model, tokenizer, result) -> float:
     items = encode(split(result, "validation"), tokenizer, "seq2seq", train["max_source_tokens"],
                    train["max_target_tokens"])
     return validation_loss(model, items, "seq2seq", tokenizer.pad_token_id, train["eval_batch_size"],
-                           torch.device("cpu"), torch.autocast("cpu", enabled=False))
+                           for_model(model, torch.device("cpu")), torch.autocast("cpu", enabled=False))
 
 
 def best_epoch_loss(result) -> float:
