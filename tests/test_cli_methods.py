@@ -20,8 +20,10 @@ PEFT_NAMES = sorted(t.value.lower() for t in peft.PeftType)
 @pytest.mark.parametrize("model", ["t5-tiny-random", "llama-tiny-random"])
 @pytest.mark.parametrize("method", PEFT_NAMES)
 def test_every_peft_method_trains_or_is_refused_in_one_line(model, method, tmp_path, capsys):
+    # In this process (isolate_runs=false): the test is about methods, not worker processes (test_isolation.py),
+    # and 88 worker starts would cost minutes.
     overrides = tiny_overrides(tmp_path / "out", models=(model,), methods=(method,), epochs=1,
-                               extra=("train.val_metric_examples=0",))
+                               extra=("train.val_metric_examples=0", "isolate_runs=false"))
     status = main(["run", "-q", *overrides])
     err = capsys.readouterr().err
     if status == 2:
@@ -49,7 +51,9 @@ def test_adalora_reallocates_its_budget_after_every_optimiser_step(tmp_path, mon
     original = peft.tuners.adalora.AdaLoraModel.update_and_allocate
     monkeypatch.setattr(peft.tuners.adalora.AdaLoraModel, "update_and_allocate",
                         lambda self, step: (calls.append(step), original(self, step))[1])
-    assert main(["run", "-q", *tiny_overrides(tmp_path, methods=("adalora",), epochs=2)]) == 0
+    # In this process: the patched hook must be the one the run calls.
+    assert main(["run", "-q", *tiny_overrides(tmp_path, methods=("adalora",), epochs=2,
+                                              extra=("isolate_runs=false",))]) == 0
     (result,) = iter_results(tmp_path)
     assert calls == list(range(result["optimizer"]["steps_done"])) == [0, 1, 2, 3]  # 8 examples / 4, 2 epochs
 
@@ -73,15 +77,16 @@ def test_an_encoder_only_model_is_refused_before_training(tmp_path, capsys):
     assert err.count("\n") == 0 and "bert is an encoder-only model" in err
 
 
-def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(tmp_path, capsys):
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(tmp_path, capfd):
+    # capfd: the epochs are reported by the run's worker process, on the stderr it inherits.
     assert main(["run", *tiny_overrides(tmp_path, methods=("lora",), epochs=2)]) == 0
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert "\r" not in err and "\x1b" not in err
     epochs = [line for line in err.splitlines() if line.startswith("lora/synthetic_classification: epoch")]
     assert [line.split()[2] for line in epochs] == ["1/2", "2/2"] and "val_loss=" in epochs[-1]
     assert "sweep: run 1/1 last=lora/synthetic_classification ok" in err and "sweep sweep" not in err
     assert main(["run", "-q", *tiny_overrides(tmp_path / "q", methods=("lora",), epochs=1)]) == 0
-    assert "epoch" not in capsys.readouterr().err
+    assert "epoch" not in capfd.readouterr().err
 
 
 def test_progress_bar_kinds():

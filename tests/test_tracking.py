@@ -59,9 +59,10 @@ def test_tensorboard_event_files_hold_every_step_and_epoch(tracked):
     assert scalars["test/accuracy"] == pytest.approx({steps: result["metrics"]["test"]["accuracy"]})
 
 
-def test_an_mlflow_file_store_run_holds_the_step_losses_and_the_config(tracked):
+def test_an_mlflow_file_store_run_holds_the_step_losses_and_the_config(tracked, monkeypatch):
     import mlflow
 
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the run was logged in a worker process
     root, result = tracked
     client = mlflow.MlflowClient(tracking_uri=(root / "mlruns").as_uri())
     (run,) = client.search_runs([client.get_experiment_by_name("results").experiment_id])

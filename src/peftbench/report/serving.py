@@ -36,10 +36,11 @@ TITLE = "Serving cost"
 def attach_serving(coll: Collection) -> None:
     """Give each run of ``coll`` its serving figures (``serving``): its ``serving.json`` if any, else its own."""
     for run in coll.runs:
-        path = Path(coll.results_dir) / str(run.get("run_id")) / SERVING_FILE
-        measured = read_serving_file(path).get("serving") if path.is_file() else None
-        if measured:
-            run["serving"] = measured
+        for directory in coll.directories:  # a report may read several result directories
+            path = Path(directory) / str(run.get("run_id")) / SERVING_FILE
+            measured = read_serving_file(path).get("serving") if path.is_file() else None
+            if measured:
+                run["serving"] = measured
 
 
 def _serving(r: dict[str, Any]) -> dict[str, Any] | None:
