@@ -37,8 +37,8 @@ from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwar
 from torch.distributed.algorithms.join import Join
 
 from peftbench.config import load_sweep
-from peftbench.steps import accumulate
-from peftbench.train import prepare_cell
+from peftbench.recipe.steps import accumulate
+from peftbench.recipe.train import prepare_cell
 
 OVERRIDES = ["models=[llama-tiny-random]", "methods=[lora]", "tasks=[synthetic_classification]", "scales=[16]",
              "train.batch_size=4", "train.grad_accum=4", "train.precision=fp32", "train.num_threads=1"]

@@ -31,18 +31,18 @@ from lever_cases import (
 )
 from transformers import AutoModelForSeq2SeqLM
 
-from peftbench import evaluate
-from peftbench.batching import collate, encode
-from peftbench.methods import apply_method
-from peftbench.models import load_config, load_model
+from peftbench.catalog.methods import apply_method
+from peftbench.catalog.models import load_config, load_model
+from peftbench.catalog.tasks import get_task
+from peftbench.catalog.tasks.data import load_task_data
+from peftbench.recipe import evaluate
+from peftbench.recipe.batching import collate, encode
 from peftbench.speedups import concatenated_rows, freed_memory, unpadded_feed_forward
 from peftbench.speedups import eager_attention as attention_kernels
 from peftbench.speedups.bf16_frozen_weights import store_frozen_linears_in
 from peftbench.speedups.bits_dropout import cpu_dropout
 from peftbench.speedups.onednn_weights import pack_frozen_linears
 from peftbench.speedups.shared_prompt_prefix import shared_prefix_length
-from peftbench.tasks import get_task
-from peftbench.tasks.data import load_task_data
 
 
 def eager_attention(setup: Setup) -> dict:

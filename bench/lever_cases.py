@@ -17,21 +17,21 @@ from pathlib import Path
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from peftbench.batching import collate, encode, length_grouped_batches
-from peftbench.checkpoint import BackgroundWriter, save_checkpoint
+from peftbench.catalog.methods import apply_method
+from peftbench.catalog.models import load_model
+from peftbench.catalog.tasks import get_task
+from peftbench.catalog.tasks.data import load_task_data
 from peftbench.config import SpeedupsConfig
-from peftbench.evaluate import generate, validation_loss
-from peftbench.label_ranking import rank_classify
-from peftbench.loss import target_loss
-from peftbench.methods import apply_method
-from peftbench.models import load_model
+from peftbench.recipe.batching import collate, encode, length_grouped_batches
+from peftbench.recipe.checkpoint import BackgroundWriter, save_checkpoint
+from peftbench.recipe.evaluate import generate, validation_loss
+from peftbench.recipe.label_ranking import rank_classify
+from peftbench.recipe.loss import target_loss
 from peftbench.speedups import OFF, LeverStatus, SpeedupPlan, for_model
 from peftbench.speedups.bf16_frozen_weights import store_frozen_linears_in
 from peftbench.speedups.eager_attention import pass_attention
 from peftbench.speedups.onednn_weights import pack_frozen_linears
 from peftbench.speedups.shared_prompt_prefix import shared_prefix_length
-from peftbench.tasks import get_task
-from peftbench.tasks.data import load_task_data
 
 CPU = torch.device("cpu")
 _PLANS: dict[tuple, SpeedupPlan] = {}
@@ -227,7 +227,7 @@ def sorted_decoding(setup: Setup) -> dict:
 
 
 def rank_scoring(setup: Setup) -> dict:
-    """Scoring CoLA's two label words (peftbench.label_ranking) against decoding the answer, on 64 test prompts in
+    """Scoring CoLA's two label words (peftbench.recipe.label_ranking) against decoding the answer, on 64 test prompts in
     batches of 32: the two ways a classification test can be scored (exact match needs the decoding)."""
     task = get_task("cola")
     examples = load_task_data(task, setup.data_dir, "low", 0, 200).test[:64]

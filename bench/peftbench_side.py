@@ -1,4 +1,4 @@
-"""One benchmark cell through peftbench's own recipe (``peftbench.train.run_cell``), timed.
+"""One benchmark cell through peftbench's own recipe (``peftbench.recipe.train.run_cell``), timed.
 
     python bench/peftbench_side.py OUT.json key=value ...
 
@@ -19,14 +19,14 @@ import time
 from common import epoch_flops, load_average, resolve_cell, write_record
 from flops import attention_pair_flops, linear_costs
 
-from peftbench import steps, train
-from peftbench.batching import IGNORE
-from peftbench.datacache import encode_cached
-from peftbench.methods import apply_method
-from peftbench.models import load_model
+from peftbench.catalog.methods import apply_method
+from peftbench.catalog.models import load_model
+from peftbench.catalog.tasks import get_task
+from peftbench.catalog.tasks.data import load_task_data
+from peftbench.recipe import steps, train
+from peftbench.recipe.batching import IGNORE
+from peftbench.recipe.datacache import encode_cached
 from peftbench.speedups import forward
-from peftbench.tasks import get_task
-from peftbench.tasks.data import load_task_data
 
 _train_seconds = [0.0]
 _in_training = [False]

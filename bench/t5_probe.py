@@ -25,9 +25,9 @@ from levers import interleaved
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import profile
 
-from peftbench.batching import collate
-from peftbench.methods import apply_method
-from peftbench.models import load_model
+from peftbench.catalog.methods import apply_method
+from peftbench.catalog.models import load_model
+from peftbench.recipe.batching import collate
 from peftbench.speedups.bits_dropout import bits_dropout
 
 

@@ -3,7 +3,7 @@
     python bench/trainer_baseline.py OUT.json key=value ...
 
 The same cell as peftbench's: the overrides resolve to the same config (``common.resolve_cell``), the rows
-come from ``peftbench.tasks.data.load_task_data`` (same sample, same validation and test sets), the prompt
+come from ``peftbench.catalog.tasks.data.load_task_data`` (same sample, same validation and test sets), the prompt
 and target are tokenised to the same ids (the same truncation rule), the model is the same checkpoint,
 and the method has the same configuration (LoRA r=3, alpha 8, on q/k/v/o; or every weight). Training:
 fused AdamW (the Trainer's default) at the peak LR with the paper's warm-up/anneal as a ``LambdaLR``
@@ -35,12 +35,12 @@ from transformers import (
     TrainingArguments,
 )
 
-from peftbench.batching import IGNORE, truncate_middle
-from peftbench.evaluate import score
-from peftbench.models import load_model
-from peftbench.protocol import paper_lr_lambda, resolved_lr
-from peftbench.tasks import get_task
-from peftbench.tasks.data import load_task_data, scale_cap_and_epochs
+from peftbench.catalog.models import load_model
+from peftbench.catalog.tasks import get_task
+from peftbench.catalog.tasks.data import load_task_data, scale_cap_and_epochs
+from peftbench.recipe.batching import IGNORE, truncate_middle
+from peftbench.recipe.evaluate import score
+from peftbench.recipe.protocol import paper_lr_lambda, resolved_lr
 
 LORA_TARGETS = {"llama": ["q_proj", "k_proj", "v_proj", "o_proj"], "t5": ["q", "k", "v", "o"]}
 

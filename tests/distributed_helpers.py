@@ -32,14 +32,14 @@ def without_dropout(load_model):
 
 
 def install_faults(rank: int) -> None:
-    import peftbench.steps
-    import peftbench.sweep
+    import peftbench.recipe.steps
+    import peftbench.running.sweep
 
     failures = dict(((kind, int(where)), when) for kind, where, when in
                     (entry.split(":") for entry in os.environ.get("DP_TEST_FAIL", "").split(",") if entry))
     stop_rank = os.environ.get("DP_TEST_STOP_RANK")
     stop_seen = [False]
-    original = peftbench.steps.optimizer_step
+    original = peftbench.recipe.steps.optimizer_step
 
     def optimizer_step(model, optimizer, scheduler, accelerator, items, group, cfg, family, pad_id, state, speedups):
         unwrapped = accelerator.unwrap_model(model)
@@ -55,17 +55,17 @@ def install_faults(rank: int) -> None:
             stop_seen[0] = True
         return losses
 
-    peftbench.steps.optimizer_step = optimizer_step
-    flag_call = peftbench.sweep.StopFlag.__call__
-    peftbench.sweep.StopFlag.__call__ = lambda self: flag_call(self) or stop_seen[0]
+    peftbench.recipe.steps.optimizer_step = optimizer_step
+    flag_call = peftbench.running.sweep.StopFlag.__call__
+    peftbench.running.sweep.StopFlag.__call__ = lambda self: flag_call(self) or stop_seen[0]
 
 
 def main() -> int:
-    import peftbench.train
+    import peftbench.recipe.train
     from peftbench.cli import main as cli_main
 
     if os.environ.get("DP_TEST_NO_DROPOUT") == "1":
-        peftbench.train.load_model = without_dropout(peftbench.train.load_model)
+        peftbench.recipe.train.load_model = without_dropout(peftbench.recipe.train.load_model)
     install_faults(int(os.environ.get("RANK", "0")))
     return cli_main(sys.argv[1:])
 

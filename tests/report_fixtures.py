@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from peftbench.results import atomic_write_json, result_path
+from peftbench.running.results import atomic_write_json, result_path
 
 TASKS = {
     "ag_news": ("classification", "accuracy"),
@@ -36,7 +36,7 @@ def make_result(
     val_losses: tuple[float, ...] = (1.0, 0.8, 0.7, 0.75),
     method_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One result dict in the schema of ``peftbench.results`` (version 1)."""
+    """One result dict in the schema of ``peftbench.running.results`` (version 1)."""
     # fmt: off
     task_type, metric = TASKS.get(task, ("classification", "accuracy"))
     options = "_".join(f"{k}{v}" for k, v in sorted((method_options or {}).items())) or None

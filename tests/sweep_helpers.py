@@ -25,7 +25,7 @@ KillPoint = tuple[str, str, int]
 
 def lock_holder(run_dir: Path) -> str | None:
     """``pid@host`` of the last process that took the run's lock (it may have finished since)."""
-    from peftbench.sweep import LOCK_FILE
+    from peftbench.running.sweep import LOCK_FILE
 
     try:
         return (Path(run_dir) / LOCK_FILE).read_text().strip() or None
@@ -76,8 +76,8 @@ def install_kill(point: KillPoint, with_parent: bool = False) -> None:
 def run_child(overrides: list[str], point: KillPoint | None = None) -> None:
     """A child process's whole life: maybe arm a kill point, then run the sweep as `peftbench run` would."""
     from peftbench.config import load_sweep
-    from peftbench.isolation import WORKER_SETUP
-    from peftbench.sweep import run_sweep
+    from peftbench.running.isolation import WORKER_SETUP
+    from peftbench.running.sweep import run_sweep
 
     if point is not None:
         install_kill(point)
@@ -125,11 +125,11 @@ def fake_run_cell(run, run_dir, **_options) -> dict:
 def main() -> None:
     """``python sweep_helpers.py fake OVERRIDES...``: a sweep with fake training in this process (for
     concurrent sweeps; give ``isolate_runs=false``)."""
-    import peftbench.train
+    import peftbench.recipe.train
 
-    peftbench.train.run_cell = fake_run_cell
+    peftbench.recipe.train.run_cell = fake_run_cell
     from peftbench.config import load_sweep
-    from peftbench.sweep import run_sweep
+    from peftbench.running.sweep import run_sweep
 
     outcome = run_sweep(load_sweep(None, sys.argv[2:]), progress=False)
     print(json.dumps({"ran": outcome.ran, "skipped": outcome.skipped, "locked": outcome.locked,

@@ -11,12 +11,12 @@ import torch
 from transformers import AutoModelForSeq2SeqLM
 
 import peftbench.config
-from peftbench.ablations import ABLATIONS, resolve_selection
+from peftbench.catalog.ablations import ABLATIONS, resolve_selection
+from peftbench.catalog.methods.roles import select_layers, select_modules
+from peftbench.catalog.models import tiny_t5_config
+from peftbench.catalog.params import count_params
 from peftbench.config import SweepConfig, load_sweep
 from peftbench.errors import UserError
-from peftbench.methods.roles import select_layers, select_modules
-from peftbench.models import tiny_t5_config
-from peftbench.params import count_params
 
 SUITE = Path(peftbench.config.__file__).parent / "suites" / "paper-ablations.yaml"
 XL_STACKS = {"encoder": 24, "decoder": 24}

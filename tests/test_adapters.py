@@ -12,14 +12,14 @@ from peft import PeftModel
 from sweep_helpers import read_results, tiny_overrides
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from peftbench.batching import encode
+from peftbench.catalog.models import load_model
+from peftbench.catalog.tasks import get_task
+from peftbench.catalog.tasks.data import load_task_data
 from peftbench.config import load_sweep
-from peftbench.evaluate import validation_loss
-from peftbench.models import load_model
+from peftbench.recipe.batching import encode
+from peftbench.recipe.evaluate import validation_loss
+from peftbench.running.sweep import run_sweep
 from peftbench.speedups import for_model
-from peftbench.sweep import run_sweep
-from peftbench.tasks import get_task
-from peftbench.tasks.data import load_task_data
 
 TASK = "synthetic_data_to_text"
 

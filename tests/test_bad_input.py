@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from task_helpers import tiny_task_yaml
 
+from peftbench.catalog.tasks import get_task
+from peftbench.catalog.tasks.data import load_task_data
 from peftbench.cli import main
 from peftbench.config import load_sweep
-from peftbench.preflight import check_sweep
-from peftbench.tasks import get_task
-from peftbench.tasks.data import load_task_data
+from peftbench.recipe.preflight import check_sweep
 
 TASK_YAML = tiny_task_yaml()
 GOOD_ROWS = [{"text": f"example number {i}", "label": i % 2} for i in range(8)]
@@ -221,12 +221,12 @@ def test_a_scale_larger_than_the_data_is_said_and_recorded(tmp_path, capsys):
 
 def test_a_scale_larger_than_the_data_goes_on(tmp_path, capsys, monkeypatch):
     """The CLI says so in one note line and carries on to the sweep (stopped here before any training)."""
-    import peftbench.sweep
+    import peftbench.running.sweep
 
     def no_training(sweep, progress=True):
         raise KeyboardInterrupt  # the sweep was reached: preflight let the note through
 
-    monkeypatch.setattr(peftbench.sweep, "run_sweep", no_training)
+    monkeypatch.setattr(peftbench.running.sweep, "run_sweep", no_training)
     code = main(run_args(tmp_path, "scales=[20]", task=str(user_task(tmp_path))))
     err = capsys.readouterr().err.splitlines()
     assert code == 130

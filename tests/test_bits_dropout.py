@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftbench.models import load_model
+from peftbench.catalog.models import load_model
 from peftbench.speedups.bits_dropout import bits_dropout, cpu_dropout
 from peftbench.speedups.eager_attention import pass_attention
 

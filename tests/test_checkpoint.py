@@ -7,8 +7,8 @@ import threading
 import pytest
 import torch
 
-from peftbench import checkpoint
-from peftbench.checkpoint import CHECKPOINT_DIR, BackgroundWriter, load_checkpoint, save_checkpoint
+from peftbench.recipe import checkpoint
+from peftbench.recipe.checkpoint import CHECKPOINT_DIR, BackgroundWriter, load_checkpoint, save_checkpoint
 
 
 def test_best_weights_equal_to_the_current_ones_are_a_hard_link(tmp_path):

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from report_fixtures import make_result, write_results
 
-from peftbench.report import build_report, render, tables
-from peftbench.report import collect as c
-from peftbench.report.claims import FAILS, HOLDS, INCONCLUSIVE, check_claims, collect_many, compare
-from peftbench.report.cli import add_commands
-from peftbench.report.collect import Stat
-from peftbench.report.references import FLAG_NOTE, flags
+from peftbench.analysis.report import build_report, render, tables
+from peftbench.analysis.report import collect as c
+from peftbench.analysis.report.claims import FAILS, HOLDS, INCONCLUSIVE, check_claims, collect_many, compare
+from peftbench.analysis.report.cli import add_commands
+from peftbench.analysis.report.collect import Stat
+from peftbench.analysis.report.references import FLAG_NOTE, flags
 
 MODEL = "smollm2-135m-q4"
 Cells = dict[tuple, dict[str, list]]

@@ -11,8 +11,8 @@ import pytest
 from sweep_helpers import tiny_overrides
 
 from peftbench.cli import main
-from peftbench.progress import PlainProgress, progress_bar, sweep_title
-from peftbench.results import iter_results
+from peftbench.running.progress import PlainProgress, progress_bar, sweep_title
+from peftbench.running.results import iter_results
 
 PEFT_NAMES = sorted(t.value.lower() for t in peft.PeftType)
 

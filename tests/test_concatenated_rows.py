@@ -10,15 +10,15 @@ import torch
 from speedup_helpers import plan_for
 
 import peftbench.speedups.concatenated_rows as concatenated_rows
-from peftbench.batching import collate, encode
-from peftbench.evaluate import validation_loss
-from peftbench.loss import target_loss
-from peftbench.methods import apply_method
-from peftbench.models import load_model
+from peftbench.catalog.methods import apply_method
+from peftbench.catalog.models import load_model
+from peftbench.catalog.tasks import get_task
+from peftbench.catalog.tasks.data import load_task_data
+from peftbench.recipe.batching import collate, encode
+from peftbench.recipe.evaluate import validation_loss
+from peftbench.recipe.loss import target_loss
 from peftbench.speedups.eager_attention import GROUPED_QUERY_EAGER, pass_attention
 from peftbench.speedups.shared_prompt_prefix import shared_prefix_length
-from peftbench.tasks import get_task
-from peftbench.tasks.data import load_task_data
 
 
 def _setup(method: str = "lora", lora_dropout: float = 0.0):

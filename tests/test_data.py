@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from peftbench.tasks import TASKS, get_task
-from peftbench.tasks.data import load_task_data
+from peftbench.catalog.tasks import TASKS, get_task
+from peftbench.catalog.tasks.data import load_task_data
 
 REAL_TASKS = ["ag_news", "cola", "e2e_nlg", "samsum"]
 

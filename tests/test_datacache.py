@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 
-from peftbench import datacache
-from peftbench.batching import encode
-from peftbench.models import load_model
-from peftbench.tasks import get_task
-from peftbench.tasks.data import load_task_data
+from peftbench.catalog.models import load_model
+from peftbench.catalog.tasks import get_task
+from peftbench.catalog.tasks.data import load_task_data
+from peftbench.recipe import datacache
+from peftbench.recipe.batching import encode
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import torch
 from task_helpers import tiny_task_yaml
 
 from peftbench.cli import main
-from peftbench.results import read_result
+from peftbench.running.results import read_result
 
 # Fields that measure the machine's speed rather than the run: wall-clock times, throughput, peak memory.
 # ``adapter.path`` names the results directory, which differs by construction here.

@@ -20,10 +20,10 @@ import torch.distributed
 from distributed_helpers import without_dropout
 from sweep_helpers import read_results
 
-import peftbench.train
+import peftbench.recipe.train
 from peftbench.cli import main as cli_main
 from peftbench.config import load_sweep
-from peftbench.sweep import run_sweep
+from peftbench.running.sweep import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 HELPER = Path(__file__).with_name("distributed_helpers.py")
@@ -99,7 +99,7 @@ def single(tmp_path_factory, cache) -> dict[str, dict]:
     out = tmp_path_factory.mktemp("single")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PEFTBENCH_CACHE", str(cache))
-        patch.setattr(peftbench.train, "load_model", without_dropout(peftbench.train.load_model))
+        patch.setattr(peftbench.recipe.train, "load_model", without_dropout(peftbench.recipe.train.load_model))
         run_sweep(load_sweep(None, [*overrides(out, ALL_MODELS, ALL_METHODS), "isolate_runs=false"]), progress=False)
     return read_results(out)
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from sweep_helpers import read_results, tiny_overrides
 
+from peftbench.analysis.export import COLUMNS, EXPORT_SCHEMA_VERSION
 from peftbench.cli import main
 from peftbench.config import load_sweep
-from peftbench.export import COLUMNS, EXPORT_SCHEMA_VERSION
-from peftbench.sweep import run_sweep
+from peftbench.running.sweep import run_sweep
 
 pd = pytest.importorskip("pandas")
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "export.md"

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftbench import batching, checkpoint, results, train
 from peftbench.cli import main
 from peftbench.config import SweepConfig, TrainConfig
-from peftbench.sweep import execute_run, run_sweep
+from peftbench.recipe import batching, checkpoint, train
+from peftbench.running import results
+from peftbench.running.sweep import execute_run, run_sweep
 
 
 @pytest.fixture(autouse=True)

@@ -18,9 +18,9 @@ import sweep_helpers
 import torch
 from transformers import AutoModelForCausalLM, ByT5Tokenizer, LlamaConfig
 
-from peftbench import isolation, results
+from peftbench.catalog.models import tiny_llama_config
 from peftbench.cli import main
-from peftbench.models import tiny_llama_config
+from peftbench.running import isolation, results
 
 WIDE_PARAMS = 13_046_272  # tied 384 × 512 embedding, 4 × (4 × 512² attention + 3 × 512 × 1408 MLP), norms
 RUN = ["run", "methods=[full,lora,ia3]", "tasks=[synthetic_classification]", "scales=[16]", "train.max_epochs=1",
@@ -99,7 +99,7 @@ def test_a_killed_worker_is_a_failed_run_that_retry_resumes(tmp_path, monkeypatc
             f"output_dir={tmp_path}", "-q"]
     # The worker SIGKILLs itself, as the out-of-memory killer would, before epoch 3's second micro-batch (2 per
     # epoch): after the first optimiser step of epoch 3, which waited for the epoch 2 checkpoint's write.
-    kill = functools.partial(sweep_helpers.install_kill, ("peftbench.steps:collate", "before", 6))
+    kill = functools.partial(sweep_helpers.install_kill, ("peftbench.recipe.steps:collate", "before", 6))
     monkeypatch.setattr(isolation, "WORKER_SETUP", [kill])
     assert main(argv) == 1
     (result_file,) = tmp_path.glob("*/result.json")

@@ -37,37 +37,37 @@ def _status(run_dir: Path) -> str | None:
 
 # (kill point, what the process must have left behind: proof that the kill hit the intended moment)
 CHAIN = [
-    (("peftbench.results:atomic_write_json", "before", 1),  # lock taken, nothing written
+    (("peftbench.running.results:atomic_write_json", "before", 1),  # lock taken, nothing written
      lambda d: not (_dir(d, T5_LORA) / "config.json").exists()),
     (("os:replace", "before", 2),  # the "running" result written to its temporary file, not renamed
      lambda d: _status(_dir(d, T5_LORA)) is None and any(_dir(d, T5_LORA).glob(".result.json.*.tmp"))),
-    (("peftbench.steps:collate", "before", 2),  # mid epoch 1, before any checkpoint
+    (("peftbench.recipe.steps:collate", "before", 2),  # mid epoch 1, before any checkpoint
      lambda d: _status(_dir(d, T5_LORA)) == "running" and not (_dir(d, T5_LORA) / "checkpoint").exists()),
-    (("peftbench.checkpoint:save_checkpoint", "after", 1),  # right after the epoch 1 checkpoint
+    (("peftbench.recipe.checkpoint:save_checkpoint", "after", 1),  # right after the epoch 1 checkpoint
      lambda d: (_dir(d, T5_LORA) / "checkpoint").is_dir()),
-    (("peftbench.steps:collate", "before", 2),  # resumed at epoch 2, killed mid epoch 2
+    (("peftbench.recipe.steps:collate", "before", 2),  # resumed at epoch 2, killed mid epoch 2
      lambda d: (_dir(d, T5_LORA) / "checkpoint").is_dir()),
     (("pathlib:Path.rename", "before", 2),  # epoch 2 checkpoint caught between its two renames
      lambda d: (_dir(d, T5_LORA) / ".checkpoint.old").is_dir() and not (_dir(d, T5_LORA) / "checkpoint").exists()),
-    (("peftbench.checkpoint:save_checkpoint", "after", 1),  # resumed from .checkpoint.old, epoch 2 again
+    (("peftbench.recipe.checkpoint:save_checkpoint", "after", 1),  # resumed from .checkpoint.old, epoch 2 again
      lambda d: (_dir(d, T5_LORA) / "checkpoint").is_dir()),
-    (("peftbench.train:_save_adapter", "after", 1),  # epoch 3 (no checkpoint: the last), tested, adapter saved
+    (("peftbench.recipe.train:_save_adapter", "after", 1),  # epoch 3 (no checkpoint: the last), tested, adapter saved
      lambda d: (_dir(d, T5_LORA) / "adapter").is_dir() and _status(_dir(d, T5_LORA)) == "running"),
     (("os:replace", "before", 3),  # the ok result in its temporary file, not renamed
      lambda d: _status(_dir(d, T5_LORA)) == "running" and any(_dir(d, T5_LORA).glob(".result.json.*.tmp"))),
-    (("peftbench.checkpoint:remove_checkpoint", "before", 1),  # ok written, checkpoint not yet removed
+    (("peftbench.recipe.checkpoint:remove_checkpoint", "before", 1),  # ok written, checkpoint not yet removed
      lambda d: _status(_dir(d, T5_LORA)) == "ok" and (_dir(d, T5_LORA) / "checkpoint").is_dir()),
-    (("peftbench.sweep:execute_run", "before", 1),  # next run's lock held by a process that dies
+    (("peftbench.running.sweep:execute_run", "before", 1),  # next run's lock held by a process that dies
      lambda d: (_dir(d, T5_BITFIT) / ".lock").exists() and _status(_dir(d, T5_BITFIT)) is None),
     # Mid epoch 3, after its first optimiser step: that step waited for the epoch 2 checkpoint, written in
     # the background (a kill while it is in flight would leave epoch 1's).
-    (("peftbench.steps:collate", "before", 6),
+    (("peftbench.recipe.steps:collate", "before", 6),
      lambda d: _status(_dir(d, T5_BITFIT)) == "running"),
-    (("peftbench.results:atomic_write_json", "after", 3),  # right after the ok result, lock still held
+    (("peftbench.running.results:atomic_write_json", "after", 3),  # right after the ok result, lock still held
      lambda d: _status(_dir(d, T5_BITFIT)) == "ok"),
-    (("peftbench.steps:collate", "before", 3),  # the causal model's run, mid epoch 2
+    (("peftbench.recipe.steps:collate", "before", 3),  # the causal model's run, mid epoch 2
      lambda d: _status(_dir(d, LLAMA_LORA)) == "running"),
-    (("peftbench.sweep:run_if_pending", "after", 3),  # right after a run finished and unlocked
+    (("peftbench.running.sweep:run_if_pending", "after", 3),  # right after a run finished and unlocked
      lambda d: _status(_dir(d, LLAMA_LORA)) == "ok"),
 ]
 
@@ -78,8 +78,8 @@ def forkserver(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:  # the fork server inherits the environment it starts with
         patch.setenv("PEFTBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["sweep_helpers", "peftbench.train", "peftbench.sweep",
-                                        "peftbench.datacache"])
+        context.set_forkserver_preload(["sweep_helpers", "peftbench.recipe.train", "peftbench.running.sweep",
+                                        "peftbench.recipe.datacache"])
         yield context
 
 

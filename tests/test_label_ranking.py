@@ -10,14 +10,14 @@ import torch
 from speedup_helpers import plan_for
 from sweep_helpers import tiny_overrides
 
-from peftbench.batching import collate, encode
+from peftbench.catalog.methods import apply_method
+from peftbench.catalog.models import load_model
+from peftbench.catalog.tasks import get_task
+from peftbench.catalog.tasks.data import load_task_data
 from peftbench.config import load_sweep
-from peftbench.label_ranking import label_words, rank_classify, target_log_likelihoods
-from peftbench.methods import apply_method
-from peftbench.models import load_model
-from peftbench.tasks import get_task
-from peftbench.tasks.data import load_task_data
-from peftbench.train import run_cell
+from peftbench.recipe.batching import collate, encode
+from peftbench.recipe.label_ranking import label_words, rank_classify, target_log_likelihoods
+from peftbench.recipe.train import run_cell
 
 MODELS = {"causal": "llama-tiny-random", "seq2seq": "t5-tiny-random"}
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from peftbench.batching import collate, encode
-from peftbench.methods import METHODS, apply_method, get_method
-from peftbench.models import load_model
-from peftbench.tasks.data import Example
+from peftbench.catalog.methods import METHODS, apply_method, get_method
+from peftbench.catalog.models import load_model
+from peftbench.catalog.tasks.data import Example
+from peftbench.recipe.batching import collate, encode
 
 # Tiny T5 (models.tiny_t5_config): d_model 32, inner attention dim 4 heads × 8 = 32, d_ff 64, gated
 # (wi_0, wi_1, wo), 2 encoder + 2 decoder blocks → 6 attention blocks (2 enc self, 2 dec self, 2 cross),

@@ -12,11 +12,11 @@ import sys
 
 import pytest
 
-from peftbench import models
+from peftbench.catalog import models
+from peftbench.catalog.models import load_model, resolve_source
 from peftbench.cli import main
 from peftbench.config import RunConfig, load_sweep
 from peftbench.errors import UserError
-from peftbench.models import load_model, resolve_source
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TINY_RUN = ["methods=[lora]", "tasks=[synthetic_classification]", "scales=[8]", "train.max_epochs=1",

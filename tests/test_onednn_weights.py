@@ -13,15 +13,15 @@ from speedup_helpers import plan_for
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from peftbench.batching import collate, encode
-from peftbench.loss import target_loss
-from peftbench.methods import apply_method
-from peftbench.models import load_model
+from peftbench.catalog.methods import apply_method
+from peftbench.catalog.models import load_model
+from peftbench.catalog.tasks import get_task
+from peftbench.catalog.tasks.data import load_task_data
+from peftbench.recipe.batching import collate, encode
+from peftbench.recipe.loss import target_loss
 from peftbench.speedups import onednn_weights
 from peftbench.speedups.bf16_frozen_weights import store_frozen_linears_in
 from peftbench.speedups.onednn_weights import PackedFrozenLinear, pack_frozen_linears, why_not_packed
-from peftbench.tasks import get_task
-from peftbench.tasks.data import load_task_data
 
 pytestmark = pytest.mark.skipif(not onednn_weights.packing_supported(), reason="oneDNN without bf16 on this CPU")
 

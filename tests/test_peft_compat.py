@@ -6,12 +6,12 @@ import peft
 import pytest
 import torch
 
-from peftbench.batching import collate_prompts, encode
-from peftbench.methods import apply_method
-from peftbench.models import load_model
-from peftbench.peft_compat import cache_visible_to_peft
-from peftbench.tasks import get_task
-from peftbench.tasks.data import load_task_data
+from peftbench.catalog.methods import apply_method
+from peftbench.catalog.models import load_model
+from peftbench.catalog.peft_compat import cache_visible_to_peft
+from peftbench.catalog.tasks import get_task
+from peftbench.catalog.tasks.data import load_task_data
+from peftbench.recipe.batching import collate_prompts, encode
 
 
 def _prompt_learning_model(kind: str):

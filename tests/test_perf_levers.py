@@ -8,12 +8,14 @@ import pytest
 import torch
 from speedup_helpers import plan_for
 
-from peftbench.batching import IGNORE, collate, encode
-from peftbench.evaluate import validation_batches, validation_loss
-from peftbench.loss import target_loss
-from peftbench.methods import apply_method
-from peftbench.methods.roles import feed_forward_networks
-from peftbench.models import load_model
+from peftbench.catalog.methods import apply_method
+from peftbench.catalog.methods.roles import feed_forward_networks
+from peftbench.catalog.models import load_model
+from peftbench.catalog.tasks import get_task
+from peftbench.catalog.tasks.data import load_task_data
+from peftbench.recipe.batching import IGNORE, collate, encode
+from peftbench.recipe.evaluate import validation_batches, validation_loss
+from peftbench.recipe.loss import target_loss
 from peftbench.speedups.bf16_frozen_weights import store_frozen_linears_in
 from peftbench.speedups.eager_attention import (
     EAGER_FORWARD_MAX_TOKENS,
@@ -22,8 +24,6 @@ from peftbench.speedups.eager_attention import (
     pass_attention,
 )
 from peftbench.speedups.shared_prompt_prefix import shared_prefix_length
-from peftbench.tasks import get_task
-from peftbench.tasks.data import load_task_data
 
 
 def causal_target_loss(model, batch, reduction="mean", prefix=None):
@@ -95,7 +95,7 @@ def test_fused_validation_batches_cover_each_example_once_and_keep_the_loss(monk
     plain = validation_batches(items, "causal", 5, fuse=False)
     assert [len(b) for b in plain] == [5, 5, 2]
     assert [lengths[i] for b in plain for i in b] == sorted(lengths)  # length order
-    monkeypatch.setattr("peftbench.evaluate.FUSE_MAX_TOKENS", 10_000)  # room for every batch in one pass
+    monkeypatch.setattr("peftbench.recipe.evaluate.FUSE_MAX_TOKENS", 10_000)  # room for every batch in one pass
     fused = validation_batches(items, "causal", 5, fuse=True)
     assert [i for b in fused for i in b] == [i for b in plain for i in b] and len(fused) < len(plain)
     off = torch.autocast("cpu", enabled=False)
@@ -214,7 +214,7 @@ def test_grouped_query_eager_is_eager_attention_without_the_key_value_copies(sha
 def _gradients_and_losses(model_name: str, method: str, fuse: bool):
     from accelerate import Accelerator
 
-    import peftbench.steps
+    import peftbench.recipe.steps
     from peftbench.config import TrainConfig
 
     loaded = load_model(model_name)
@@ -226,14 +226,14 @@ def _gradients_and_losses(model_name: str, method: str, fuse: bool):
     group = [list(range(0, 4)), list(range(4, 8)), list(range(8, 12)), list(range(12, 14))]
     cfg = TrainConfig(batch_size=4, grad_accum=4, precision="fp32")
     speedups = plan_for(model, *(() if fuse else ("fused_passes",)))
-    losses, tokens = peftbench.steps.accumulate(model, Accelerator(cpu=True), items, group, cfg, loaded.family,
+    losses, tokens = peftbench.recipe.steps.accumulate(model, Accelerator(cpu=True), items, group, cfg, loaded.family,
                                                  loaded.tokenizer.pad_token_id, 1, speedups)
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return losses, tokens, grads
 
 
 def test_fused_passes_give_the_same_step_as_one_batch_at_a_time():
-    from peftbench.batching import plan_passes
+    from peftbench.recipe.batching import plan_passes
 
     items = encode(load_task_data(get_task("synthetic_classification"), None, 32, 0, 32).train[:14],
                    load_model("llama-tiny-random").tokenizer, "causal", 512, 128)

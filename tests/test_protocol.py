@@ -7,11 +7,11 @@ import math
 import pytest
 from torch import nn, optim
 
-from peftbench.evaluate import exact_match, rouge_l, score
-from peftbench.methods import ADAPTER_LR, FULL_LR, PROMPT_LR, LRSchedule
-from peftbench.protocol import EarlyStopping, paper_lr_lambda
-from peftbench.tasks import get_task
-from peftbench.tasks.data import Example, scale_cap_and_epochs
+from peftbench.catalog.methods import ADAPTER_LR, FULL_LR, PROMPT_LR, LRSchedule
+from peftbench.catalog.tasks import get_task
+from peftbench.catalog.tasks.data import Example, scale_cap_and_epochs
+from peftbench.recipe.evaluate import exact_match, rouge_l, score
+from peftbench.recipe.protocol import EarlyStopping, paper_lr_lambda
 
 
 def _lrs(lr: LRSchedule, total: int, warmup: int) -> list[float]:

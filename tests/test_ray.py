@@ -14,8 +14,8 @@ ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '
 from sweep_helpers import comparable, lock_holder, read_results, tiny_overrides  # noqa: E402
 
 from peftbench.config import load_sweep  # noqa: E402
-from peftbench.executors import run_sweep_ray  # noqa: E402
-from peftbench.sweep import run_sweep  # noqa: E402
+from peftbench.running.executors import run_sweep_ray  # noqa: E402
+from peftbench.running.sweep import run_sweep  # noqa: E402
 
 
 @pytest.fixture(scope="module")

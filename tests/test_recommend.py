@@ -7,9 +7,9 @@ import argparse
 import pytest
 from report_fixtures import make_result, write_results
 
+from peftbench.analysis.recommend import Recommendation, data_scale, format_recommendations, recommend
+from peftbench.analysis.report.cli import add_commands
 from peftbench.errors import UserError
-from peftbench.recommend import Recommendation, data_scale, format_recommendations, recommend
-from peftbench.report.cli import add_commands
 
 TASK_TYPES = ("classification", "generation")
 

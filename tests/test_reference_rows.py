@@ -9,19 +9,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftbench.batching import encode
+from peftbench.catalog.methods.reference import InContextOptions, reference_options
+from peftbench.catalog.models import load_model
+from peftbench.catalog.tasks import get_task
+from peftbench.catalog.tasks.data import load_task_data
 from peftbench.config import RunConfig, TrainConfig, load_sweep
 from peftbench.errors import UserError
-from peftbench.evaluate import generate
-from peftbench.label_ranking import rank_classify
-from peftbench.methods.reference import InContextOptions, reference_options
-from peftbench.models import load_model
-from peftbench.preflight import check_sweep
-from peftbench.reference_rows import with_demonstrations
+from peftbench.recipe.batching import encode
+from peftbench.recipe.evaluate import generate
+from peftbench.recipe.label_ranking import rank_classify
+from peftbench.recipe.preflight import check_sweep
+from peftbench.recipe.reference_rows import with_demonstrations
+from peftbench.recipe.train import run_cell
 from peftbench.speedups import for_model
-from peftbench.tasks import get_task
-from peftbench.tasks.data import load_task_data
-from peftbench.train import run_cell
 
 CPU = torch.device("cpu")
 FP32 = TrainConfig(eval_examples=16, eval_batch_size=4, precision="fp32", num_threads=1)

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from report_fixtures import make_result, paper_grid, write_results
 
+from peftbench.analysis.report import build_report, figures, mean_ci, render, tables
+from peftbench.analysis.report import collect as c
+from peftbench.analysis.report.cli import add_commands
 from peftbench.errors import UserError
-from peftbench.report import build_report, figures, mean_ci, render, tables
-from peftbench.report import collect as c
-from peftbench.report.cli import add_commands
 
 
 def _tables(results_dir: Path) -> dict[int, tables.Table]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from report_fixtures import make_result, paper_grid, write_results
 
-from peftbench.report import build_report
+from peftbench.analysis.report import build_report
 
 CHROMIUM = shutil.which("chromium")
 needs_chromium = pytest.mark.skipif(

@@ -16,11 +16,11 @@ import pytest
 from sweep_helpers import tiny_overrides
 from task_helpers import tiny_task_yaml
 
+from peftbench.analysis.report import build_report, tables
+from peftbench.analysis.report import collect as c
+from peftbench.analysis.report.figures import figure1_figure
+from peftbench.catalog.methods import method_label
 from peftbench.cli import main
-from peftbench.methods import method_label
-from peftbench.report import build_report, tables
-from peftbench.report import collect as c
-from peftbench.report.figures import figure1_figure
 
 QUICKSTART_METHODS = ("full", "lora", "ia3", "prompt", "bitfit")
 USER_METHODS = ("full", "lora")

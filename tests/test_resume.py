@@ -7,10 +7,11 @@ import torch
 from safetensors.torch import load_file
 from sweep_helpers import comparable, tiny_overrides
 
-from peftbench import models, run_state
-from peftbench.checkpoint import load_checkpoint
+from peftbench.catalog import models
 from peftbench.config import load_sweep
-from peftbench.train import Interrupted, run_cell
+from peftbench.recipe import run_state
+from peftbench.recipe.checkpoint import load_checkpoint
+from peftbench.recipe.train import Interrupted, run_cell
 
 
 class Crash(RuntimeError):

@@ -13,14 +13,14 @@ import torch
 from report_fixtures import make_result, write_results
 from transformers import AutoModelForSeq2SeqLM
 
-from peftbench import train
+from peftbench.catalog.models import load_model, tiny_t5_config
 from peftbench.cli import main
 from peftbench.config import RunConfig, SweepConfig, TrainConfig, load_sweep
 from peftbench.errors import UserError
-from peftbench.models import load_model, tiny_t5_config
-from peftbench.redaction import redact, secret_values
-from peftbench.results import read_result, result_path
-from peftbench.sweep import run_sweep
+from peftbench.recipe import train
+from peftbench.running.redaction import redact, secret_values
+from peftbench.running.results import read_result, result_path
+from peftbench.running.sweep import run_sweep
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "peftbench"
 TINY_RUN = ["run", "methods=[lora]", "tasks=[synthetic_classification]", "scales=[8]"]

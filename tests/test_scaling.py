@@ -7,11 +7,11 @@ import re
 import pytest
 from sweep_helpers import comparable, tiny_overrides
 
+from peftbench.catalog.models import load_model
 from peftbench.config import load_sweep
 from peftbench.errors import UserError
-from peftbench.models import load_model
-from peftbench.sweep import run_sweep
-from peftbench.train import run_cell
+from peftbench.recipe.train import run_cell
+from peftbench.running.sweep import run_sweep
 
 
 def test_device_map_is_an_execution_setting_not_part_of_the_run(tmp_path, monkeypatch):

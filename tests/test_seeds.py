@@ -6,11 +6,11 @@ import math
 
 import pytest
 
-from peftbench import results
+from peftbench.analysis.stats import mean_ci
+from peftbench.analysis.stats import t_quantile_975 as t95
 from peftbench.config import load_sweep
-from peftbench.stats import mean_ci
-from peftbench.stats import t_quantile_975 as t95
-from peftbench.summary import results_table
+from peftbench.running import results
+from peftbench.running.summary import results_table
 
 
 def test_mean_ci_of_three_seeds():

@@ -10,15 +10,15 @@ import torch
 from safetensors.torch import load_file
 from sweep_helpers import tiny_overrides
 
-from peftbench import serving
+from peftbench.analysis.report import build_report
+from peftbench.catalog.methods import apply_method
+from peftbench.catalog.models import load_model
 from peftbench.config import RunConfig, ServeConfig, load_sweep
 from peftbench.errors import UserError
-from peftbench.methods import apply_method
-from peftbench.models import load_model
-from peftbench.report import build_report
-from peftbench.results import iter_results
-from peftbench.serve_bench import SERVING_FILE, serve_bench, settings_from
-from peftbench.sweep import run_sweep
+from peftbench.recipe import serving
+from peftbench.running.results import iter_results
+from peftbench.running.serve_bench import SERVING_FILE, serve_bench, settings_from
+from peftbench.running.sweep import run_sweep
 
 METHODS = ("full", "lora", "ia3", "prompt", "bitfit")
 MERGE_STATUS = {"full": "not_applicable", "lora": "merged", "ia3": "merged", "prompt": "impossible",

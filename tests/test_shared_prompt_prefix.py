@@ -7,18 +7,18 @@ import pytest
 import torch
 from speedup_helpers import plan_for
 
-from peftbench.batching import IGNORE, collate, encode
-from peftbench.evaluate import validation_loss
-from peftbench.loss import target_loss
-from peftbench.methods import apply_method
-from peftbench.models import load_model
+from peftbench.catalog.methods import apply_method
+from peftbench.catalog.models import load_model
+from peftbench.catalog.tasks import get_task
+from peftbench.catalog.tasks.data import load_task_data
+from peftbench.recipe.batching import IGNORE, collate, encode
+from peftbench.recipe.evaluate import validation_loss
+from peftbench.recipe.loss import target_loss
 from peftbench.speedups.shared_prompt_prefix import (
     MIN_SHARED_TOKENS,
     shared_prefix_length,
     supports_prefix_sharing,
 )
-from peftbench.tasks import get_task
-from peftbench.tasks.data import load_task_data
 
 
 def _batch(task: str = "synthetic_classification", n: int = 8):

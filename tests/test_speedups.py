@@ -7,12 +7,12 @@ import pytest
 import torch
 from speedup_helpers import plain_plan, plan_for
 
+from peftbench.catalog.methods import apply_method
+from peftbench.catalog.models import load_model
 from peftbench.config import SpeedupsConfig, load_sweep
 from peftbench.errors import UserError
-from peftbench.methods import apply_method
-from peftbench.models import load_model
+from peftbench.recipe.train import run_cell
 from peftbench.speedups import for_model
-from peftbench.train import run_cell
 
 LEVERS = SpeedupsConfig.levers()
 CPU_ONLY = ["fused_passes", "onednn_blocked_weights", "eager_attention", "concatenated_rows",
@@ -124,7 +124,7 @@ def test_speedups_none_gives_the_losses_of_speedups_all(tmp_path, method):
 
 
 def test_fused_passes_count_prompt_tuning_virtual_tokens_against_their_budget():
-    from peftbench.batching import FUSE_MAX_TOKENS, Encoded, fuse_batches
+    from peftbench.recipe.batching import FUSE_MAX_TOKENS, Encoded, fuse_batches
 
     plan = for_model(_model("llama-tiny-random", "prompt", {"num_virtual_tokens": 100}), torch.device("cpu"))
     assert plan.virtual_tokens == 100

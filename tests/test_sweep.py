@@ -19,11 +19,11 @@ import pytest
 import sweep_helpers
 from sweep_helpers import lock_holder
 
-import peftbench.train
-from peftbench import results
+import peftbench.recipe.train
 from peftbench.cli import main, resolve_config_path
 from peftbench.config import load_sweep
-from peftbench.sweep import run_lock, run_sweep, should_run
+from peftbench.running import results
+from peftbench.running.sweep import run_lock, run_sweep, should_run
 
 HELPERS = Path(sweep_helpers.__file__)
 
@@ -50,7 +50,7 @@ class FakeTraining(list):
 @pytest.fixture
 def calls(monkeypatch) -> FakeTraining:
     fake = FakeTraining()
-    monkeypatch.setattr(peftbench.train, "run_cell", fake)
+    monkeypatch.setattr(peftbench.recipe.train, "run_cell", fake)
     return fake
 
 
@@ -98,13 +98,13 @@ def test_unfinished_and_corrupt_results_are_rerun(tmp_path, calls):
 
 def test_an_interrupted_run_stops_the_sweep_and_is_rerun_next_time(tmp_path, monkeypatch):
     def interrupted(run, run_dir, **kwargs):
-        raise peftbench.train.Interrupted("stop requested")
+        raise peftbench.recipe.train.Interrupted("stop requested")
 
-    monkeypatch.setattr(peftbench.train, "run_cell", interrupted)
+    monkeypatch.setattr(peftbench.recipe.train, "run_cell", interrupted)
     outcome = run_sweep(_sweep(tmp_path), progress=False)
     assert len(outcome.failed) == 1 and not outcome.ran  # the first run; the others never started
     assert _statuses(tmp_path) == {"lora": "interrupted"}
-    monkeypatch.setattr(peftbench.train, "run_cell", sweep_helpers.fake_run_cell)
+    monkeypatch.setattr(peftbench.recipe.train, "run_cell", sweep_helpers.fake_run_cell)
     assert len(run_sweep(_sweep(tmp_path), progress=False).ran) == 3
 
 
@@ -123,7 +123,7 @@ def test_lock_is_exclusive_and_freed_when_its_process_is_sigkilled(tmp_path):
     with run_lock(run_dir) as first, run_lock(run_dir) as second:
         assert (first, second) == (True, False)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom peftbench.sweep import run_lock\n"
+        [sys.executable, "-c", "import sys, time\nfrom peftbench.running.sweep import run_lock\n"
          f"with run_lock({str(run_dir)!r}) as ok:\n    print(ok, flush=True)\n    time.sleep(60)"],
         stdout=subprocess.PIPE, text=True)
     try:

@@ -10,8 +10,8 @@ from sweep_helpers import read_results, tiny_overrides
 from peftbench.cli import main
 from peftbench.config import RunConfig, load_sweep
 from peftbench.errors import UserError
-from peftbench.sweep import run_sweep
-from peftbench.tracking import check_trackers, hyperparameters
+from peftbench.running.sweep import run_sweep
+from peftbench.running.tracking import check_trackers, hyperparameters
 
 
 @pytest.fixture(scope="module")

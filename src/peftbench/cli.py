@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 
 from peftbench.errors import UserError, did_you_mean, unknown
-from peftbench.redaction import redact
+from peftbench.running.redaction import redact
 
 SUITES_DIR = Path(__file__).parent / "suites"
 
@@ -35,11 +35,11 @@ def resolve_config_path(name: str | None) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from peftbench.config import load_sweep
-    from peftbench.distributed import check_launch, is_main_process
-    from peftbench.preflight import check_sweep
-    from peftbench.progress import sweep_title
-    from peftbench.summary import results_table
-    from peftbench.sweep import run_sweep
+    from peftbench.recipe.preflight import check_sweep
+    from peftbench.running.distributed import check_launch, is_main_process
+    from peftbench.running.progress import sweep_title
+    from peftbench.running.summary import results_table
+    from peftbench.running.sweep import run_sweep
 
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config:  # `peftbench run key=value ...`: the defaults (the paper's
@@ -55,14 +55,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     for note in check_sweep(sweep):
         say(redact(f"peftbench: note: {note}"), file=sys.stderr)
     if args.dry_run:
-        from peftbench.dryrun import dry_run_report
+        from peftbench.running.dryrun import dry_run_report
 
         say(redact(dry_run_report(sweep)))
         return 0
     runs = sweep.expand()
     say(redact(f"{sweep_title(sweep.name)}: {len(runs)} run(s) → {sweep.results_dir}"), file=sys.stderr)
     if sweep.executor == "ray":
-        from peftbench.executors import run_sweep_ray
+        from peftbench.running.executors import run_sweep_ray
 
         outcome = run_sweep_ray(sweep, progress=not args.quiet)
     else:
@@ -76,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _failure_line(results_dir: Path, run_id: str) -> str:
-    from peftbench.results import CorruptResult, read_result, result_path
+    from peftbench.running.results import CorruptResult, read_result, result_path
 
     try:
         result = read_result(result_path(results_dir, run_id))
@@ -88,10 +88,10 @@ def _failure_line(results_dir: Path, run_id: str) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from peftbench.ablations import ABLATIONS
-    from peftbench.methods import METHODS
-    from peftbench.models import MODELS
-    from peftbench.tasks import TASKS
+    from peftbench.catalog.ablations import ABLATIONS
+    from peftbench.catalog.methods import METHODS
+    from peftbench.catalog.models import MODELS
+    from peftbench.catalog.tasks import TASKS
 
     if args.what == "methods":
         for name in METHODS:
@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("what", choices=["methods", "tasks", "models", "ablations", "suites"])
     lst.set_defaults(func=cmd_list)
 
-    for module in ("peftbench.params", "peftbench.report.cli", "peftbench.export", "peftbench.serve_bench"):
+    for module in ("peftbench.catalog.params", "peftbench.analysis.report.cli", "peftbench.analysis.export", "peftbench.running.serve_bench"):
         try:
             __import__(module, fromlist=["add_commands"]).add_commands(sub)
         except ImportError:
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if not args.verbose:
             _quiet_libraries()
-            from peftbench.isolation import WORKER_SETUP
+            from peftbench.running.isolation import WORKER_SETUP
 
             if _quiet_libraries not in WORKER_SETUP:  # each run's worker process quiets them too
                 WORKER_SETUP.append(_quiet_libraries)

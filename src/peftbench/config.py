@@ -18,7 +18,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from peftbench.ablations import ABLATIONS
+from peftbench.catalog.ablations import ABLATIONS
 from peftbench.errors import UserError, did_you_mean, unknown
 
 
@@ -384,8 +384,8 @@ class SweepConfig:
     def not_applicable(self) -> list[tuple[tuple[str, str], str]]:
         """((method, task), one-line reason) for each pair of the grid that does not run: a method limited to
         some task types (majority: classification) and a task of another type."""
-        from peftbench.methods import METHODS, TASK_TYPES
-        from peftbench.tasks import get_task
+        from peftbench.catalog.methods import METHODS, TASK_TYPES
+        from peftbench.catalog.tasks import get_task
 
         pairs = []
         for method in (m for m in self.methods if m in METHODS and set(METHODS.get(m).task_types) != set(TASK_TYPES)):

@@ -2,7 +2,7 @@
 
 ``resolve(config.speedups)`` starts a run's ``SpeedupPlan`` (before the model loads);
 ``plan.apply_to_model`` applies the model-level levers and decides the rest, once per run, with every
-device check; ``plan.record()`` is the result's ``speedups`` entry. The loss (``peftbench/loss.py``) runs
+device check; ``plan.record()`` is the result's ``speedups`` entry. The loss (``peftbench/recipe/loss.py``) runs
 its forward through ``forward.target_logits``; with every lever off (``speedups=none``) that is the plain
 transformers pass. The levers, one module each (their measured gains: ``config.SpeedupsConfig``):
 

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from peftbench.catalog.methods.roles import feed_forward_networks
 from peftbench.config import SpeedupsConfig
-from peftbench.methods.roles import feed_forward_networks
 from peftbench.speedups import freed_memory
 from peftbench.speedups.bf16_frozen_weights import store_frozen_linears_in
 from peftbench.speedups.eager_attention import GROUPED_QUERY_EAGER_MODEL_TYPES, attention_configs

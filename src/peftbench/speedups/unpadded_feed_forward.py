@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from peftbench.methods.roles import feed_forward_networks
+from peftbench.catalog.methods.roles import feed_forward_networks
 
 MIN_PADDING_SHARE = 0.05
 """Share of padded positions below which a pass runs padded (the gathers would cost more than they save)."""

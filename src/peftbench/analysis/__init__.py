@@ -1,0 +1,1 @@
+"""Reading results: reports, claims, recommendations, statistics, export."""

@@ -1,0 +1,1 @@
+"""What can be benchmarked: models, methods, tasks, metrics, ablations, parameter counts."""

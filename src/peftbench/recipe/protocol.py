@@ -1,0 +1,57 @@
+"""The paper's training protocol: its learning-rate schedule and its early-stopping rule.
+
+AdamW's learning rate rises linearly from ``initial`` to ``peak`` over the warm-up steps, then falls
+linearly to ``final`` by the last step (``LRSchedule``, per method in ``peftbench.catalog.methods``, overridable in
+``TrainConfig``). Training stops after ``patience`` epochs without a new best validation loss; the best
+epoch's weights are tested.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from peftbench.catalog.methods import LRSchedule, get_method
+from peftbench.config import TrainConfig
+
+
+def paper_lr_lambda(lr: LRSchedule, total_steps: int, warmup_steps: int):
+    """LambdaLR multiplier (of ``lr.peak``): initial → peak linearly over warm-up, then → final linearly."""
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            value = lr.initial + (lr.peak - lr.initial) * step / warmup_steps
+        else:
+            progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+            value = lr.peak + (lr.final - lr.peak) * progress
+        return value / lr.peak
+    return multiplier
+
+
+@dataclass
+class EarlyStopping:
+    """Stop after ``patience`` epochs whose validation loss is not below the best by ``min_delta``."""
+
+    patience: int = 1
+    min_delta: float = 0.0
+    best: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    def update(self, epoch: int, val_loss: float) -> bool:
+        """Record an epoch; True when this epoch is the new best."""
+        if val_loss < self.best - self.min_delta:
+            self.best, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+
+def resolved_lr(train: TrainConfig, method: str) -> LRSchedule:
+    default = get_method(method).lr
+    return LRSchedule(train.lr_initial if train.lr_initial is not None else default.initial,
+                      train.lr_peak if train.lr_peak is not None else default.peak,
+                      train.lr_final if train.lr_final is not None else default.final)

@@ -1,0 +1,374 @@
+"""The recipe: one benchmark cell, top to bottom.
+
+load data at the scale → load the model → apply the method (+ layer/module selection) → train with the
+paper's schedule (AdamW, linear warm-up then linear anneal, batch 16 × accumulation 4), validate each
+epoch, stop early when validation loss stops falling → test the best epoch's weights → measure.
+
+Returns the result dict that ``results.py`` describes. Failures are raised (``Diverged``,
+``Interrupted`` or an ordinary exception); the sweep turns them into result files.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import get_mixed_precision_context_manager
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from peftbench.catalog.ablations import resolve_selection
+from peftbench.catalog.methods import LRSchedule, apply_method, get_method
+from peftbench.catalog.models import LoadedModel, load_model
+from peftbench.catalog.tasks import TaskSpec, get_task
+from peftbench.catalog.tasks.data import TaskData, load_task_data, scale_cap_and_epochs
+from peftbench.config import RunConfig, TrainConfig
+from peftbench.recipe import checkpoint, memory, run_state, serving, steps
+from peftbench.recipe.batching import Encoded, length_grouped_batches
+from peftbench.recipe.datacache import encode_cached
+from peftbench.recipe.evaluate import score
+from peftbench.recipe.protocol import EarlyStopping, paper_lr_lambda, resolved_lr
+from peftbench.recipe.run_state import RunState
+from peftbench.recipe.steps import Diverged, Interrupted, OutOfMemory  # noqa: F401 - the recipe's errors, raised in steps.py
+from peftbench.running import distributed, environment, results, tracking
+from peftbench.running.progress import progress_bar
+from peftbench.speedups import SpeedupPlan
+from peftbench.speedups import resolve as resolve_speedups
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_accelerator(precision: str, model_type: str) -> Accelerator:
+    """bf16 autocast where supported ("auto"), except T5 on GPUs without bf16 (fp16 overflows in T5)."""
+    AcceleratorState._reset_state(reset_partial_state=True)  # each run picks its own precision
+    if precision == "auto":
+        cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        precision = "bf16" if cuda_bf16 or not torch.cuda.is_available() else "fp32"
+        if torch.cuda.is_available() and not cuda_bf16 and model_type != "t5":
+            precision = "fp16"
+    return Accelerator(mixed_precision="no" if precision == "fp32" else precision)
+
+
+@dataclass
+class PreparedCell:
+    """One cell before training: the task and its data at the run's scale, the model with the method
+    applied (``trainable``: its declared trainable parameters), the tokenised splits, and the seconds the
+    model's read (or copy) took (``load_s``)."""
+
+    task: TaskSpec
+    data: TaskData
+    loaded: LoadedModel
+    model: nn.Module
+    trainable: dict[str, nn.Parameter]
+    params: dict[str, Any]
+    encoded: dict[str, list[Encoded]]
+    max_epochs: int
+    load_s: float
+    after_optimizer_step: Callable[[int], None] | None = None
+    """The method's per-step hook (``MethodSpec.after_optimizer_step``), bound to the model."""
+
+
+def prepare_cell(run: RunConfig, device_map: str | None = None) -> PreparedCell:
+    """Load the data and the model, apply the method (+ layer/module selection), tokenise the splits."""
+    cfg = run.train
+    seed_everything(run.seed)
+    # Identical splits for every method of a cell: they depend on task, scale and seed only.
+    task = get_task(run.task)
+    data = load_task_data(task, run.data_dir, run.scale, run.seed, cfg.eval_examples)
+    load_started = time.perf_counter()
+    loaded = load_model(run.model, run.trust_remote_code, device_map, revision=run.model_revision)
+    load_s = time.perf_counter() - load_started
+    # Seed again: the first load in a process may draw random numbers (tiny models are built from seed 0),
+    # and a run must not depend on whether an earlier run in the same process loaded the model already.
+    seed_everything(run.seed)
+    layers, modules = resolve_selection(run.ablation, run.layers, run.modules)
+    max_epochs = cfg.max_epochs or scale_cap_and_epochs(run.scale)[1]
+    base_total = sum(p.numel() for p in {id(p): p for p in loaded.model.parameters()}.values())
+    applied = apply_method(loaded.model, loaded.family, run.method, run.method_options,
+                           layers=layers, modules=modules, seed=run.seed,
+                           total_steps=schedule_steps(cfg, len(data.train), max_epochs))
+    params = {"trainable": sum(p.numel() for p in applied.trainable.values()), "base": base_total,
+              "total": sum(p.numel() for p in {id(p): p for p in applied.model.parameters()}.values()),
+              "selected_layers": applied.selected_layers or None}
+    # Tokenise once per split (cached on disk across runs and processes).
+    encoded = {split: encode_cached(task, getattr(data, split), loaded.tokenizer, loaded.family,
+                                    cfg.max_source_tokens, cfg.max_target_tokens)
+               for split in ("train", "validation", "test")}
+    return PreparedCell(task, data, loaded, applied.model, applied.trainable, params, encoded, max_epochs, load_s,
+                        applied.after_optimizer_step)
+
+
+@dataclass
+class Schedule:
+    """The learning rates (``LRSchedule``: initial, peak, final) and the optimiser steps they span."""
+
+    lr: LRSchedule
+    total_steps: int
+    warmup_steps: int
+
+
+def schedule_steps(cfg: TrainConfig, train_examples: int, max_epochs: int) -> int:
+    """Optimiser steps the schedule spans: batches per epoch / accumulation, times the epochs."""
+    return math.ceil(math.ceil(train_examples / cfg.batch_size) / cfg.grad_accum) * max_epochs
+
+
+def build_optimizer(cfg: TrainConfig, method: str, trainable: dict[str, nn.Parameter], train_examples: int,
+                    max_epochs: int, fused: bool = False) -> tuple[torch.optim.Optimizer, LambdaLR, Schedule]:
+    """AdamW over the trainable parameters and the paper's schedule: linear warm-up, then linear anneal.
+    The optimiser's lr is the peak; LambdaLR scales it. ``fused``: one kernel per step over all tensors
+    (the ``fused_adamw`` speed-up; torch's default is ``foreach``)."""
+    lr = resolved_lr(cfg, method)
+    total_steps = schedule_steps(cfg, train_examples, max_epochs)
+    warmup_steps = max(1, round(cfg.warmup_fraction * total_steps)) if cfg.warmup_fraction > 0 else 0
+    optimizer = torch.optim.AdamW(list(trainable.values()), lr=lr.peak, weight_decay=cfg.weight_decay,
+                                  fused=fused)
+    scheduler = LambdaLR(optimizer, paper_lr_lambda(lr, total_steps, warmup_steps))
+    return optimizer, scheduler, Schedule(lr, total_steps, warmup_steps)
+
+
+@dataclass
+class Loop:
+    """The live objects of one run's training loop (``model`` and ``optimizer`` as accelerate prepared them)."""
+
+    run: RunConfig
+    run_dir: Path
+    cell: PreparedCell
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: LambdaLR
+    accelerator: Accelerator
+    writer: checkpoint.BackgroundWriter
+    speedups: SpeedupPlan
+
+    def autocast(self):
+        """Re-enterable (torch.autocast or nullcontext): evaluation enters the one it is given once per batch,
+        which accelerator.autocast(), a one-shot generator context manager, does not survive."""
+        return get_mixed_precision_context_manager(self.accelerator.native_amp, self.accelerator.autocast_handler)
+
+    def save(self, state: RunState, best_weights: dict[str, torch.Tensor]) -> None:
+        run_state.save_run(self.writer, self.run_dir, self.cell.trainable, best_weights, self.optimizer,
+                           self.scheduler, state, self.accelerator.scaler)
+
+
+def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_requested=lambda: False,
+             device_map: str | None = None) -> dict:
+    """Train, validate and test one cell; returns the result dict (status ok).
+
+    ``device_map`` splits the model over the visible GPUs (``models.place_on_gpus``): where the run
+    executes, not what it computes, so it is not part of the run's config or id.
+    """
+    if get_method(run.method).is_reference:  # majority, zero_shot, in_context: nothing trains
+        from peftbench.recipe.reference_rows import run_reference_cell
+
+        return run_reference_cell(run, run_dir, progress=progress, stop_requested=stop_requested,
+                                  device_map=device_map)
+    started = time.perf_counter()
+    cfg = run.train
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    speedups = resolve_speedups(run.speedups)  # before the model loads: its freed buffers may serve activations
+    cell = prepare_cell(run, device_map)
+    optimizer, scheduler, schedule = build_optimizer(cfg, run.method, cell.trainable, len(cell.encoded["train"]),
+                                                     cell.max_epochs, fused=speedups.fused_adamw)
+    # Checkpoints are written while training goes on (checkpoint.BackgroundWriter): no optimiser step may
+    # change the weights and moments being written. On the bare optimiser, which accelerate wraps below.
+    writer = checkpoint.BackgroundWriter()
+    optimizer.register_step_pre_hook(lambda *_: writer.wait())
+    accelerator = make_accelerator(cfg.precision, cell.loaded.architecture)
+    model, optimizer = distributed.prepare(accelerator, cell.model, optimizer)  # no DDP wrapper: distributed.py
+    speedups.apply_to_model(model, accelerator.device, accelerator.mixed_precision)
+    after_load_bytes = memory.start_of_training(accelerator.device)
+    loop = Loop(run, Path(run_dir), cell, model, optimizer, scheduler, accelerator, writer, speedups)
+
+    state, best_weights, resumed_from = _resume_or_start(loop)
+    if cell.after_optimizer_step is not None:  # after optimizer.step(), before the gradients are cleared
+        optimizer.optimizer.register_step_post_hook(lambda *_: cell.after_optimizer_step(state.step))
+    tracker = tracking.RunTracker(run, loop.run_dir, scheduler, cell.task.metric, state.train_tokens)
+    with tracker:  # the trackers' runs end however this one does
+        with writer:  # leaving it waits for the last write: the best weights are restored below
+            best_weights = train_until_stopped(loop, state, best_weights, progress, stop_requested, tracker)
+        checkpoint.restore(cell.trainable, best_weights)  # the best epoch's weights are tested (the paper's protocol)
+        tested = score_test_split(loop)
+        tracker.log_test({cell.task.metric: tested.score, "rank_accuracy": tested.rank_accuracy}, state.step)
+    adapter = _save_adapter(accelerator.unwrap_model(model), cell.loaded.tokenizer, loop.run_dir, cfg.save_adapter)
+    # The last checkpoint stays until the caller has written the result (sweep.execute_run removes it).
+    # The model's read from disk (the first load in a process) or copy (later ones) is kept out of total_s,
+    # so every run's compared time is measured alike whatever ran before it in the process.
+    times = {"train_s": state.train_seconds, "eval_s": tested.eval_s, "rank_eval_s": tested.rank_eval_s,
+             "load_s": cell.load_s, "total_s": time.perf_counter() - started - cell.load_s,
+             "to_best_s": state.to_best_s}
+    optimizer_info = {"name": "AdamW", "lr_initial": schedule.lr.initial, "lr_peak": schedule.lr.peak,
+                      "lr_final": schedule.lr.final, "total_steps": schedule.total_steps,
+                      "warmup_steps": schedule.warmup_steps, "steps_done": state.step,
+                      "precision": accelerator.mixed_precision}
+    return {**_result(run, cell, state, tested), "optimizer": optimizer_info, "time": times,
+            "hardware": {**environment.hardware(accelerator.device), "device_map": device_map},
+            "memory": memory.run_memory(accelerator.device, after_load_bytes, cell.trainable, optimizer,
+                                        adapter["bytes"]),
+            "adapter": adapter, "resumed_from_epoch": resumed_from,
+            "serving": serving.serve_stage(run, adapter), "speedups": speedups.record()}
+
+
+def _resume_or_start(loop: Loop) -> tuple[RunState, dict[str, torch.Tensor], int | None]:
+    """The run state and best weights of the last checkpoint, loaded into the live objects, or a fresh
+    start; and the epoch resumed from (None: a fresh start)."""
+    cfg, trainable = loop.run.train, loop.cell.trainable
+    resumed = run_state.resume_run(loop.run_dir, trainable, loop.optimizer, loop.scheduler, loop.accelerator.scaler)
+    if resumed is None:
+        state, best_weights = RunState(stopper=EarlyStopping(cfg.patience, cfg.min_delta)), checkpoint.snapshot(trainable)
+    else:
+        state, best_weights = resumed
+    distributed.check_in_sync(trainable, state.epoch, state.step)
+    return state, best_weights, state.epoch if resumed is not None else None
+
+
+@dataclass
+class Tested:
+    """The test split's predictions and scores, and the seconds they took."""
+
+    predictions: list[str]
+    score: float
+    eval_s: float
+    rank_accuracy: float | None = None
+    rank_eval_s: float | None = None
+
+
+def score_test_split(loop: Loop) -> Tested:
+    """Decode the test prompts and score them with the task's metric; with ``train.rank_classification``, a
+    classification task's label words are also ranked (``label_ranking.py``)."""
+    cell, cfg = loop.cell, loop.run.train
+    started = time.perf_counter()
+    predictions = distributed.generate(loop.model, cell.encoded["test"], cell.loaded.tokenizer, cell.loaded.family,
+                                       cell.task.generation_budget, cfg.eval_batch_size, loop.accelerator.device,
+                                       loop.autocast())
+    tested = Tested(predictions, score(cell.task, predictions, cell.data.test), time.perf_counter() - started)
+    if cfg.rank_classification and cell.task.type == "classification":
+        started = time.perf_counter()
+        ranked = distributed.rank_classify(loop.model, cell.task, cell.data.test, cell.loaded.tokenizer,
+                                           cell.loaded.family, cfg.max_source_tokens, cfg.max_target_tokens,
+                                           cfg.eval_batch_size, loop.speedups, loop.autocast())
+        tested.rank_accuracy = score(cell.task, ranked, cell.data.test)
+        tested.rank_eval_s = time.perf_counter() - started
+    return tested
+
+
+def train_until_stopped(loop: Loop, state: RunState, best_weights: dict[str, torch.Tensor], progress: bool,
+                        stop_requested, tracker: tracking.RunTracker) -> dict[str, torch.Tensor]:
+    """Train epoch after epoch, from ``state`` on, until ``max_epochs`` or early stopping; returns the best
+    epoch's weights. A stop request checkpoints the last optimiser step and raises ``Interrupted``. Steps and
+    epochs are logged to ``tracker``."""
+    cfg, cell = loop.run.train, loop.cell
+    bar = progress_bar(cell.max_epochs, f"{loop.run.method}/{loop.run.task}", "epoch", enabled=progress,
+                       initial=state.epoch, leave=False)
+    while state.epoch < cell.max_epochs and not state.stopper.should_stop:
+        epoch_started = time.perf_counter()
+        order = length_grouped_batches(cell.encoded["train"], cfg.batch_size,
+                                       seed=loop.run.seed * 1000 + state.epoch + 1,
+                                       group_by_length=cfg.group_by_length)
+        try:
+            train_loss = steps.train_epoch(loop.model, loop.optimizer, loop.scheduler, loop.accelerator,
+                                      cell.encoded["train"], order, cfg, cell.loaded.family,
+                                      cell.loaded.tokenizer.pad_token_id, state, stop_requested, loop.speedups,
+                                      on_step=tracker.log_step)
+        except Interrupted:  # keep the steps done so far: the re-run continues from this very step
+            state.train_seconds += time.perf_counter() - epoch_started
+            loop.save(state, best_weights)
+            raise
+        best_weights = _end_epoch(loop, state, best_weights, train_loss, epoch_started)
+        tracker.log_epoch(state.history[-1])
+        bar.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{state.history[-1]['val_loss']:.3f}")
+        bar.update(1)
+    bar.close()
+    return best_weights
+
+
+def _end_epoch(loop: Loop, state: RunState, best_weights: dict[str, torch.Tensor], train_loss: float,
+               epoch_started: float) -> dict[str, torch.Tensor]:
+    """Validate the epoch just trained, record it, keep its weights if they are the best so far (returns the
+    best weights), and checkpoint when one is due."""
+    cfg, cell, epoch = loop.run.train, loop.cell, state.epoch + 1
+    family, pad_id = cell.loaded.family, cell.loaded.tokenizer.pad_token_id
+    val_loss = distributed.validation_loss(loop.model, cell.encoded["validation"], family, pad_id,
+                                           cfg.eval_batch_size, loop.speedups, loop.autocast())
+    val_metric = _validation_metric(loop, cfg.val_metric_examples) if cfg.val_metric_examples else None
+    seconds = time.perf_counter() - epoch_started
+    state.train_seconds += seconds
+    if state.stopper.update(epoch, val_loss):
+        best_weights = checkpoint.snapshot(cell.trainable)
+        state.to_best_s = state.train_seconds
+    state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_metric": val_metric,
+                          "seconds": seconds, "steps": state.step, "lr": loop.scheduler.get_last_lr()[0]})
+    state.epoch = epoch
+    # No checkpoint after the last epoch: its best weights are tested at once, from memory. A process that
+    # dies during that test re-trains from the previous checkpoint or the start (bit-identically), which
+    # costs less over a sweep than writing one more checkpoint per run (full tuning: weights and AdamW
+    # state, 12 bytes per parameter). For the same reason, epochs closer than checkpoint_interval_s to
+    # the last checkpoint write none.
+    last_epoch = state.epoch >= cell.max_epochs or state.stopper.should_stop
+    due = state.train_seconds - state.checkpointed_s >= cfg.checkpoint_interval_s
+    if cfg.checkpoint_every_epoch and due and not last_epoch:
+        loop.save(state, best_weights)
+    return best_weights
+
+
+def _result(run: RunConfig, cell: PreparedCell, state: RunState, tested: Tested) -> dict:
+    """The result fields that describe the cell, its training and its test (``results.py``)."""
+    task, loaded = cell.task, cell.loaded
+    best_val_metric = state.history[state.stopper.best_epoch - 1]["val_metric"]
+    test_metrics = {task.metric: tested.score}
+    if tested.rank_accuracy is not None:
+        test_metrics["rank_accuracy"] = tested.rank_accuracy
+    return {
+        "status": "ok", "error": None, "seed": run.seed, "decoding_revision": results.DECODING_REVISION,
+        "method": {"name": run.method, "kind": get_method(run.method).kind},
+        "task": {"name": task.name, "type": task.type, "metric": task.metric, "version": task.version},
+        "model": {"name": loaded.name, "source": loaded.source, "family": loaded.family,
+                  "architecture": loaded.architecture, "revision": run.model_revision,
+                  "provenance": loaded.provenance},
+        "data": {**cell.data.info, "scale": run.scale},
+        "batch": state.batch_plan(run.train),
+        "versions": environment.versions(),
+        "params": cell.params, "epochs": state.epoch, "max_epochs": cell.max_epochs,
+        "best_epoch": state.stopper.best_epoch, "history": state.history,
+        "metrics": {"test": test_metrics, "score": tested.score, "validation": {task.metric: best_val_metric}},
+        "predictions_sample": [{"prompt": e.prompt[-200:], "prediction": p, "references": list(e.references[:3])}
+                               for e, p in list(zip(cell.data.test, tested.predictions, strict=True))[:5]],
+        "throughput": {"train_tokens": state.train_tokens,
+                       "train_tokens_per_s": state.train_tokens / state.train_seconds if state.train_seconds
+                       else None},
+    }
+
+
+def _validation_metric(loop: Loop, n: int) -> float:
+    """The task's metric on the first ``n`` validation examples (decoding is costly)."""
+    cell, cfg = loop.cell, loop.run.train
+    predictions = distributed.generate(loop.model, cell.encoded["validation"][:n], cell.loaded.tokenizer,
+                                       cell.loaded.family, cell.task.generation_budget, cfg.eval_batch_size,
+                                       loop.accelerator.device, loop.autocast())
+    return score(cell.task, predictions, cell.data.validation[:n])
+
+
+def _save_adapter(model, tokenizer, run_dir: Path, enabled: bool) -> dict[str, Any]:
+    """The tested weights, with save_pretrained: the adapter for PEFT methods, the model for full tuning; the
+    tokenizer beside them, so the directory loads on its own (README: "Loading a run's weights")."""
+    if not enabled or not distributed.is_main_process():  # one writer
+        return {"path": None, "bytes": None}
+    target = run_dir / "adapter"
+    model.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+    size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+    return {"path": str(target), "bytes": size}
+

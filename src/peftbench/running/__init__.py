@@ -1,0 +1,1 @@
+"""Running many runs: sweeps, executors, distributed launches, result files, the environment."""
