@@ -1,0 +1,201 @@
+"""The sections a run's config holds: training (``TrainConfig``), the serve stage (``ServeConfig``) and the
+speed-up levers (``SpeedupsConfig``). Their defaults live here and only here (``peftbench.config`` holds the
+grid, the run and the loading of YAML and ``key=value`` overrides)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from peftbench.errors import UserError, did_you_mean
+
+
+@dataclass
+class TrainConfig:
+    """The paper's training protocol (§A.2, §A.3). ``None`` means "the method's or the scale's default"."""
+
+    batch_size: int = 16
+    """Examples per micro-batch: each batch's mean loss enters the step. On CPU, small consecutive batches of a
+    step run as one forward/backward pass (same gradient, less fixed cost per pass; batching.plan_passes)."""
+    grad_accum: int = 4
+    """Micro-batches per optimiser step: the paper's effective batch is 16 × 4 = 64."""
+    max_epochs: int | None = None
+    """Upper bound on epochs; None takes the scale's (low 10, medium 5, high 1)."""
+    patience: int = 1
+    """Epochs without a lower validation loss before stopping (the paper stops at the first rise)."""
+    min_delta: float = 0.0
+    """A validation loss must fall by more than this to count as an improvement."""
+    warmup_fraction: float = 0.1
+    """Share of the planned optimiser steps spent rising from the initial to the peak learning rate."""
+    lr_initial: float | None = None
+    """Learning rate at step 0; None takes the method family's (full 3e-5, adapters 3e-4, prompt 3e-3)."""
+    lr_peak: float | None = None
+    """Learning rate at the end of warm-up; None takes the method family's (3e-4, 3e-3, 3e-1)."""
+    lr_final: float | None = None
+    """Learning rate at the last planned step; None takes the method family's (3e-5, 3e-4, 3e-2)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (the paper does not state one; 0 keeps adapters' init meaningful)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping; 0 turns it off."""
+    precision: str = "auto"
+    """"auto" (bf16 autocast where the hardware supports it, fp32 for T5 on fp16-only GPUs), "bf16" or "fp32"."""
+    max_source_tokens: int = 512
+    """Prompt tokens kept (truncated from the left of long inputs' bodies, never the instruction)."""
+    max_target_tokens: int = 128
+    """Target tokens kept for training; generation stops at the task's own max_new_tokens."""
+    eval_batch_size: int = 32
+    """Examples per batch when computing validation loss and decoding."""
+    val_metric_examples: int = 200
+    """Validation examples decoded each epoch for the per-epoch metric (0: loss only; loss uses them all)."""
+    rank_classification: bool = True
+    """Classification tasks: also score every label word as the answer to each test prompt and report the
+    most likely one's accuracy as ``metrics.test.rank_accuracy`` (``label_ranking.py``), beside exact match
+    of the generated text (``accuracy``, the headline score). One forward pass per label word over the test
+    set; generation tasks ignore it."""
+    eval_examples: int = 2500
+    """Cap on validation + test examples together (the paper's 2,500), split evenly."""
+    group_by_length: bool = True
+    """Batch examples of similar length together to cut padding (order is still seeded)."""
+    save_adapter: bool = True
+    """Save the best adapter (or model) with ``save_pretrained`` in the run directory."""
+    checkpoint_every_epoch: bool = True
+    """Write resumable checkpoints at epoch ends (never after the last; deleted when the run finishes)."""
+    checkpoint_interval_s: float = 60.0
+    """Run seconds (training and validation) that must pass after the last checkpoint, or the run's start,
+    before an epoch end writes one. Short epochs then skip checkpoints that would cost more than the work
+    they keep (full tuning writes 12 bytes per parameter); a crash loses at most this plus one epoch.
+    0: at every epoch end."""
+    num_threads: int | None = None
+    """torch intra-op threads on CPU; None leaves torch's default."""
+    max_oom_retries: int = 4
+    """CUDA out-of-memory errors a run survives: each halves the micro-batch and doubles the accumulation
+    (the effective batch, batch_size × grad_accum, is unchanged); 0 fails at the first. Never used on CPU."""
+
+    def validate(self) -> None:
+        positive = {"batch_size": self.batch_size, "grad_accum": self.grad_accum,
+                    "eval_batch_size": self.eval_batch_size, "eval_examples": self.eval_examples,
+                    "max_source_tokens": self.max_source_tokens, "max_target_tokens": self.max_target_tokens}
+        for name, value in positive.items():
+            if value < 1:
+                raise UserError(f"train.{name} must be at least 1, got {value}")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise UserError(f"train.max_epochs must be at least 1, got {self.max_epochs}")
+        if self.checkpoint_interval_s < 0:
+            raise UserError(f"train.checkpoint_interval_s must be at least 0, got {self.checkpoint_interval_s}")
+        if self.max_oom_retries < 0:
+            raise UserError(f"train.max_oom_retries must be at least 0, got {self.max_oom_retries}")
+        if self.patience < 1:
+            raise UserError(f"train.patience must be at least 1, got {self.patience}")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise UserError(f"train.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise UserError(f"train.precision must be auto, bf16 or fp32, got {self.precision!r}"
+                            f"{did_you_mean(self.precision, ['auto', 'bf16', 'fp32'])}")
+
+
+@dataclass
+class ServeConfig:
+    """The serve stage (``serving.py``): what a run's tested weights cost to store, load and answer requests
+    with. Measured after the test when ``enabled``, or later by ``peftbench serve-bench RESULTS_DIR``."""
+
+    enabled: bool = False
+    """Measure serving after the test and record it as the result's ``serving`` (needs train.save_adapter)."""
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
+    """Decoding batch sizes measured: batch 1 is one request's latency, a larger batch the throughput."""
+    requests: int = 16
+    """Test prompts decoded per model variant and batch size (the first ones of the test split)."""
+    new_tokens: int | None = None
+    """Tokens decoded per request, end of sequence ignored so every variant decodes as many; None takes the
+    task's generation budget."""
+    swaps: int = 20
+    """Switches between two adapters of one base, timed together; the mean is recorded."""
+    precision: str = "fp32"
+    """Weights' dtype while serving: "fp32" (merged predictions must equal unmerged ones exactly) or "bf16"."""
+    bf16_tolerance: float = 0.05
+    """In bf16, the share of requests whose merged prediction may differ from the unmerged one (fp32: none)."""
+
+    def validate(self) -> None:
+        if not self.batch_sizes or any(size < 1 for size in self.batch_sizes):
+            raise UserError(f"serve.batch_sizes must be one or more sizes of at least 1, got {self.batch_sizes}")
+        for name in ("requests", "swaps"):
+            if getattr(self, name) < 1:
+                raise UserError(f"serve.{name} must be at least 1, got {getattr(self, name)}")
+        if self.new_tokens is not None and self.new_tokens < 1:
+            raise UserError(f"serve.new_tokens must be at least 1 or null, got {self.new_tokens}")
+        if self.precision not in ("fp32", "bf16"):
+            raise UserError(f"serve.precision must be fp32 or bf16, got {self.precision!r}"
+                            f"{did_you_mean(self.precision, ['fp32', 'bf16'])}")
+        if not 0.0 <= self.bf16_tolerance < 1.0:
+            raise UserError(f"serve.bf16_tolerance must be in [0, 1), got {self.bf16_tolerance}")
+
+
+SPEEDUP_SETTINGS = ("all", "none")
+"""The shorthands ``speedups=all`` (every lever on, the default) and ``speedups=none`` (plain PyTorch)."""
+
+
+@dataclass
+class SpeedupsConfig:
+    """Speed-ups that keep what a run computes (the same loss and gradients up to floating-point reordering,
+    or the same distribution): one switch per lever. ``speedups=all`` / ``speedups=none`` set them all;
+    ``speedups.<lever>=false`` one. Part of the run id. Each run records per lever whether it was
+    ``applied``, ``not_applicable`` (with the reason) or ``off`` (``speedups/``). Gains: SmolLM2-135M on
+    2 CPU cores, bf16 autocast, bench/RESULTS.md's levers table."""
+
+    keep_freed_memory: bool = True
+    """glibc's malloc keeps freed memory in the process (``mallopt``), so training steps stop page-faulting.
+    Linux with glibc's malloc, process-wide (once on, a process keeps it). Tiny T5 step 1.16×, SmolLM2
+    LoRA step 0.99×; the process then holds its peak heap (peak RSS 0-3 % higher)."""
+    fused_adamw: bool = True
+    """AdamW's update as one fused kernel over all tensors (``fused=True``) instead of ``foreach``. Any
+    device; favours full tuning (most tensors): 135M-weight AdamW step 4.25× (0.192 → 0.045 s)."""
+    fused_passes: bool = True
+    """An optimiser step's small batches (and validation's) run as one forward/backward pass while it stays
+    under ``batching.FUSE_MAX_TOKENS`` padded tokens. CPU only. LoRA step of 4 × 16 CoLA rows 1.16×, full
+    tuning 1.05×, validation 1.06×."""
+    frozen_weights_bf16: bool = True
+    """Frozen ``nn.Linear`` weights stored in bf16 once instead of cast by autocast at every call. bf16
+    precision, methods with frozen linears (not full tuning). Training step 1.00×, decoding 1.12×."""
+    onednn_blocked_weights: bool = True
+    """Frozen bf16 linears multiplied through oneDNN's prepacked (blocked) weight layout. CPU with bf16
+    oneDNN kernels, after ``frozen_weights_bf16``, when the copies fit in a quarter of the free memory.
+    LoRA step 1.03× (within noise), validation and decoding 1.01-1.05×; peak RSS 2.66 → 3.09 GB."""
+    lm_head_on_targets: bool = True
+    """A causal model's LM head runs only at the positions that predict a target token. Causal models.
+    LoRA step 1.22× (CoLA), 1.23× (SAMSum)."""
+    shared_prompt_prefix: bool = True
+    """The prompt tokens every row of a causal batch shares (a task's instruction) run once, their
+    keys/values repeated over the rows. Causal models without prompt learning (prompt tuning's virtual
+    tokens come first), not while training with dropout. LoRA step 1.55×, full 1.53×, validation 1.58×."""
+    eager_attention: bool = True
+    """transformers' eager attention (grouped-query form for the Llama family) instead of SDPA's CPU
+    kernels for passes up to 320 (training) / 600 (forward only) tokens. CPU, models on SDPA. CoLA LoRA
+    step 1.05× (+1.06× grouped-query), SAMSum 1.10×, validation 1.04-1.07×."""
+    concatenated_rows: bool = True
+    """A padded batch's real tokens run as one concatenated sequence (variable-length rows); attention alone
+    sees the rows. CPU, Llama-family causal models without prompt learning, with ``eager_attention`` and
+    ``lm_head_on_targets``. 1.10× over ``unpadded_feed_forward`` on a CoLA LoRA step, 1.04× on SAMSum."""
+    unpadded_feed_forward: bool = True
+    """Feed-forward networks run on a padded pass's real tokens only. CPU, causal models whose role map
+    names the feed-forward module, without prompt learning. CoLA LoRA step 1.15×, SAMSum 1.03×."""
+    bits_dropout: bool = True
+    """Dropout masks drawn from 16 random bits per element instead of ``bernoulli_`` (the same rate to
+    2⁻¹⁶, another random stream). CPU training of models with dropout (T5; not SmolLM2). Tiny T5 step
+    1.27×, FLAN-T5-base-shaped step 1.19×."""
+
+    @classmethod
+    def from_setting(cls, setting: str) -> SpeedupsConfig:
+        """``all`` or ``none``."""
+        if setting not in SPEEDUP_SETTINGS:
+            raise UserError(f"speedups must be all, none or a mapping of levers, got {setting!r}"
+                            f"{did_you_mean(str(setting), list(SPEEDUP_SETTINGS))}")
+        return cls(**{name: setting == "all" for name in cls.levers()})
+
+    @classmethod
+    def levers(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @property
+    def setting(self) -> str:
+        """all, none or custom."""
+        values = set(dataclasses.asdict(self).values())
+        return "custom" if len(values) > 1 else "all" if values == {True} else "none"
