@@ -4,21 +4,20 @@ paper-ablations suite (Table 2's 13 rows × 4 tasks) through ``SweepConfig.metho
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM
 
-import peftbench.config
 from peftbench.catalog.ablations import ABLATIONS, resolve_selection
 from peftbench.catalog.methods.roles import select_layers, select_modules
 from peftbench.catalog.models import tiny_t5_config
 from peftbench.catalog.params import count_params
+from peftbench.cli import SUITES_DIR
 from peftbench.config import SweepConfig, load_sweep
 from peftbench.errors import UserError
 
-SUITE = Path(peftbench.config.__file__).parent / "suites" / "paper-ablations.yaml"
+SUITE = SUITES_DIR / "paper-ablations.yaml"
 XL_STACKS = {"encoder": 24, "decoder": 24}
 
 

@@ -105,7 +105,7 @@ def test_page_renders_in_chromium_without_console_errors(report, tmp_path):
     body = re.search(r"<body[^>]*>", dom).group(0)
     assert 'data-sortable-tables="8"' in body
     assert 'data-images="8/8"' in body
-    assert dom.count("<table") == 7 and dom.count("<img") == 8
+    assert dom.count("<table") == 8 and dom.count("<img") == 8
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000
     if os.environ.get("PEFTBENCH_SCREENSHOT_DIR"):
         target = Path(os.environ["PEFTBENCH_SCREENSHOT_DIR"])
