@@ -1,0 +1,65 @@
+"""Encoder-only classifiers: the tiny BERT (bert-tiny-random) trains with every method on the synthetic
+classification task, its predictions are label words, a generation task is refused, and layer ablations apply.
+
+Trainable counts by hand for the tiny BERT (hidden 32, 2 layers, feed-forward 64, 3 classes). The head
+(classifier 32 × 3 + 3 = 99) trains with every method (PEFT's modules_to_save for SEQ_CLS):
+- full: embeddings 30522·32 + 512·32 + 2·32 + LayerNorm 64 = 993,216; per layer q, k, v, o 4 × (32·32 + 32)
+  + LayerNorm 64 + up 32·64 + 64 + down 64·32 + 32 + LayerNorm 64 = 8,544, × 2 = 17,088; pooler 32·32 + 32 =
+  1,056; head 99: 1,011,459.
+- lora (rank 3 on q, k, v, o): 8 modules × (32·3 + 3·32) = 1,536, + 99 = 1,635.
+- ia3 and bitfit (q, k, v, o 4 × 32, up 64, down 32 per layer): 2 × 224 = 448, + 99 = 547.
+- prompt (100 virtual tokens × 32): 3,200, + 99 = 3,299.
+"""
+
+from __future__ import annotations
+
+import pytest
+from sweep_helpers import tiny_overrides
+
+from peftbench.cli import main
+from peftbench.running.results import iter_results
+
+TRAINABLE = {"full": 1_011_459, "lora": 1_635, "ia3": 547, "bitfit": 547, "prompt": 3_299}
+
+
+@pytest.fixture(scope="module")
+def encoder_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("encoder")
+    overrides = tiny_overrides(out, models=("bert-tiny-random",), methods=tuple(TRAINABLE), epochs=2,
+                               extra=("isolate_runs=false",))
+    assert main(["run", "-q", *overrides]) == 0
+    return {r["method"]["name"]: r for r in iter_results(out)}
+
+
+def test_every_method_trains_the_tiny_bert_with_its_declared_parameters(encoder_results):
+    assert {m: r["status"] for m, r in encoder_results.items()} == dict.fromkeys(TRAINABLE, "ok")
+    assert {m: r["params"]["trainable"] for m, r in encoder_results.items()} == TRAINABLE
+    for result in encoder_results.values():
+        assert result["model"]["family"] == "encoder" and result["model"]["architecture"] == "bert"
+        assert all(h["train_loss"] > 0 for h in result["history"]) and len(result["history"]) == 2
+
+
+def test_predictions_are_label_words_and_rank_accuracy_is_accuracy(encoder_results):
+    for result in encoder_results.values():
+        test = result["metrics"]["test"]
+        assert test["rank_accuracy"] == test["accuracy"] and 0.0 <= test["accuracy"] <= 1.0
+        assert {s["prediction"] for s in result["predictions_sample"]} <= {"sports", "food", "tech"}
+        assert result["speedups"]["levers"]["shared_prompt_prefix"]["status"] == "not_applicable"
+
+
+def test_a_layer_ablation_selects_half_the_encoder_layers(tmp_path):
+    overrides = tiny_overrides(tmp_path, models=("bert-tiny-random",), methods=("lora",), epochs=1,
+                               extra=("isolate_runs=false", "layers=[1]"))
+    assert main(["run", "-q", *overrides]) == 0
+    (result,) = iter_results(tmp_path)
+    assert result["params"]["trainable"] == 4 * (32 * 3 + 3 * 32) + 99  # layer 1's q, k, v, o and the head
+    assert result["params"]["selected_layers"] == {"encoder": [1]}
+
+
+def test_a_generation_task_on_the_tiny_bert_is_refused_in_one_line(tmp_path, capsys):
+    overrides = tiny_overrides(tmp_path, models=("bert-tiny-random",), extra=("tasks=[synthetic_data_to_text]",))
+    assert main(["run", "-q", *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("peftbench: error: model bert-tiny-random: bert is an encoder-only classifier; it cannot "
+                   "generate text "
+                   "for task synthetic_data_to_text (encoder models run classification tasks)")
