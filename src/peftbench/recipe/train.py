@@ -90,7 +90,8 @@ def prepare_cell(run: RunConfig, device_map: str | None = None) -> PreparedCell:
     data = load_task_data(task, run.data_dir, run.scale, run.seed, cfg.eval_examples)
     load_started = time.perf_counter()
     classes = tuple(dict.fromkeys(task.label_words.values())) or None  # an encoder model's head classes
-    loaded = load_model(run.model, run.trust_remote_code, device_map, revision=run.model_revision, labels=classes)
+    loaded = load_model(run.model, run.trust_remote_code, device_map, revision=run.model_revision, labels=classes,
+                        seed=run.seed)
     load_s = time.perf_counter() - load_started
     # Seed again: the first load in a process may draw random numbers (tiny models are built from seed 0),
     # and a run must not depend on whether an earlier run in the same process loaded the model already.
