@@ -24,12 +24,17 @@ TRAINABLE = {"full": 1_011_459, "lora": 1_635, "ia3": 547, "bitfit": 547, "promp
 
 
 @pytest.fixture(scope="module")
-def encoder_results(tmp_path_factory):
+def encoder_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("encoder")
     overrides = tiny_overrides(out, models=("bert-tiny-random",), methods=tuple(TRAINABLE), epochs=2,
                                extra=("isolate_runs=false",))
     assert main(["run", "-q", *overrides]) == 0
-    return {r["method"]["name"]: r for r in iter_results(out)}
+    return out
+
+
+@pytest.fixture(scope="module")
+def encoder_results(encoder_dir):
+    return {r["method"]["name"]: r for r in iter_results(encoder_dir)}
 
 
 def test_every_method_trains_the_tiny_bert_with_its_declared_parameters(encoder_results):
@@ -46,6 +51,16 @@ def test_predictions_are_label_words_and_rank_accuracy_is_accuracy(encoder_resul
         assert test["rank_accuracy"] == test["accuracy"] and 0.0 <= test["accuracy"] <= 1.0
         assert {s["prediction"] for s in result["predictions_sample"]} <= {"sports", "food", "tech"}
         assert result["speedups"]["levers"]["shared_prompt_prefix"]["status"] == "not_applicable"
+
+
+def test_serving_skips_encoder_runs_which_do_not_decode(encoder_dir):
+    from peftbench.config import ServeConfig
+    from peftbench.running.serve_bench import serve_bench
+
+    outcome = serve_bench(encoder_dir, ServeConfig(), say=lambda _: None)
+    assert outcome.measured == [] and len(outcome.skipped) == len(TRAINABLE)
+    assert {why for _, why in outcome.skipped} == {
+        "an encoder classifier: serving measures decoding, which it does not do"}
 
 
 def test_a_layer_ablation_selects_half_the_encoder_layers(tmp_path):
