@@ -71,6 +71,7 @@ def test_an_encoder_only_model_on_a_generation_task_is_refused_before_training(t
     config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=32)
     BertForMaskedLM(config).save_pretrained(tmp_path / "bert")
+    capsys.readouterr()  # save_pretrained's progress bar
     overrides = tiny_overrides(tmp_path / "out", models=(str(tmp_path / "bert"),),
                                extra=("tasks=[synthetic_data_to_text]",))
     assert main(["run", "-q", *overrides]) == 2
