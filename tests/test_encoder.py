@@ -116,3 +116,15 @@ def test_the_untuned_reference_rows_are_refused_on_an_encoder(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         "peftbench: error: model bert-tiny-random: method zero_shot runs the untuned model, whose "
         "classification head an encoder-only model has not trained (use majority as its reference)")
+
+
+def test_prompt_tuning_on_an_encoder_keeps_the_prompt_within_its_positions():
+    from peftbench.catalog.methods import apply_method
+    from peftbench.catalog.models import load_model
+    from peftbench.recipe.train import source_token_limit
+
+    def limit(method: str) -> int:
+        loaded = load_model("bert-tiny-random", labels=("a", "b"))
+        return source_token_limit(512, "encoder", apply_method(loaded.model, "encoder", method).model)
+
+    assert (limit("prompt"), limit("lora")) == (512 - 100, 512)  # 512 absolute positions, 100 virtual tokens

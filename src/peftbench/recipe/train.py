@@ -106,11 +106,22 @@ def prepare_cell(run: RunConfig, device_map: str | None = None) -> PreparedCell:
               "total": sum(p.numel() for p in {id(p): p for p in applied.model.parameters()}.values()),
               "selected_layers": applied.selected_layers or None}
     # Tokenise once per split (cached on disk across runs and processes).
+    max_source = source_token_limit(cfg.max_source_tokens, loaded.family, applied.model)
     encoded = {split: encode_cached(task, getattr(data, split), loaded.tokenizer, loaded.family,
-                                    cfg.max_source_tokens, cfg.max_target_tokens)
+                                    max_source, cfg.max_target_tokens)
                for split in ("train", "validation", "test")}
     return PreparedCell(task, data, loaded, applied.model, applied.trainable, params, encoded, max_epochs, load_s,
                         applied.after_optimizer_step)
+
+
+def source_token_limit(max_source_tokens: int, family: str, model: nn.Module) -> int:
+    """The prompt tokens a run keeps: ``max_source_tokens``, and on an encoder no more than its absolute
+    positions hold beside prompt learning's virtual tokens (MiniLM: 512 - 100 with prompt tuning)."""
+    if family != "encoder":
+        return max_source_tokens
+    peft_config = getattr(model, "active_peft_config", None)
+    virtual = peft_config.num_virtual_tokens if getattr(peft_config, "is_prompt_learning", False) else 0
+    return min(max_source_tokens, model.config.max_position_embeddings - virtual)
 
 
 @dataclass
