@@ -65,16 +65,18 @@ def test_params_with_one_method_skips_the_ablations_it_does_not_take(capsys):
     assert "Skipped LoRA (drop attention): not among the paper's lora ablations" in out
 
 
-def test_an_encoder_only_model_is_refused_before_training(tmp_path, capsys):
+def test_an_encoder_only_model_on_a_generation_task_is_refused_before_training(tmp_path, capsys):
     from transformers import BertConfig, BertForMaskedLM
 
     config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=32)
     BertForMaskedLM(config).save_pretrained(tmp_path / "bert")
-    overrides = tiny_overrides(tmp_path / "out", models=(str(tmp_path / "bert"),))
+    capsys.readouterr()  # save_pretrained's progress bar
+    overrides = tiny_overrides(tmp_path / "out", models=(str(tmp_path / "bert"),),
+                               extra=("tasks=[synthetic_data_to_text]",))
     assert main(["run", "-q", *overrides]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "bert is an encoder-only model" in err
+    assert err.count("\n") == 0 and "bert is an encoder-only classifier; it cannot generate text" in err
 
 
 def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(tmp_path, capfd):

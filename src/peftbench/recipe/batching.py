@@ -4,6 +4,7 @@ seq2seq: the prompt is the encoder input, the target (+ EOS) the decoder labels.
 causal:  one sequence ``prompt + " " + target + EOS``; only the target's tokens carry a loss (labels
          elsewhere are -100). Training pads on the right; generation pads on the left so that every
          prompt ends where decoding starts.
+encoder: the prompt alone; its one label is the index of the target among the task's label words.
 """
 
 from __future__ import annotations
@@ -36,10 +37,16 @@ def truncate_middle(ids: list[int], limit: int) -> list[int]:
     return ids[: limit - tail] + ids[len(ids) - tail:]
 
 
-def encode(examples: list[Example], tokenizer, family: str, max_source: int, max_target: int) -> list[Encoded]:
-    """Tokenise a split once (batched: fast tokenizers run in Rust)."""
+def encode(examples: list[Example], tokenizer, family: str, max_source: int, max_target: int,
+           classes: list[str] | None = None) -> list[Encoded]:
+    """Tokenise a split once (batched: fast tokenizers run in Rust). ``classes``: an encoder model's label
+    words, in class-index order."""
     prompts = tokenizer([e.prompt for e in examples], add_special_tokens=True)["input_ids"]
     eos = tokenizer.eos_token_id
+    if family == "encoder":
+        prompts = [truncate_middle(prompt, max_source) for prompt in prompts]
+        return [Encoded(prompt, [classes.index(e.target)], prompt) for e, prompt in zip(examples, prompts,
+                                                                                          strict=True)]
     if family == "seq2seq":
         targets = tokenizer([e.target for e in examples], add_special_tokens=True)["input_ids"]
         encoded = []

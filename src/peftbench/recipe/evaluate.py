@@ -62,9 +62,12 @@ def validation_batches(items: list[Encoded], family: str, batch_size: int, fuse:
 @torch.inference_mode()
 def generate(model, items: list[Encoded], tokenizer, family: str, max_new_tokens: int, batch_size: int,
              device: torch.device, autocast: AbstractContextManager) -> list[str]:
-    """Greedy, batched decoding with the KV cache; returns the decoded continuations."""
+    """Greedy, batched decoding with the KV cache; returns the decoded continuations (an encoder
+    classifier's: its predicted label words, ``classify``)."""
     model.eval()
     pad_id = tokenizer.pad_token_id
+    if family == "encoder":
+        return classify(model, items, pad_id, batch_size, device, autocast)
     # Longest prompts first: batches are tight and a memory problem shows up at once.
     order = sorted(range(len(items)), key=lambda i: -len(items[i].prompt_ids))
     outputs: dict[int, str] = {}
@@ -81,3 +84,18 @@ def generate(model, items: list[Encoded], tokenizer, family: str, max_new_tokens
         for index, text in zip(indices, texts, strict=True):
             outputs[index] = text.strip().split("\n")[0].strip() if family == "causal" else text.strip()
     return [outputs[i] for i in range(len(items))]
+
+
+@torch.inference_mode()
+def classify(model, items: list[Encoded], pad_id: int, batch_size: int, device: torch.device,
+             autocast: AbstractContextManager) -> list[str]:
+    """An encoder classifier's prediction for each item: the label word (``config.id2label``) of its
+    highest-scoring class."""
+    model.eval()
+    predictions: list[str] = []
+    for start in range(0, len(items), batch_size):
+        batch = collate_prompts(items[start: start + batch_size], pad_id, left=False)
+        with autocast:
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+        predictions += [model.config.id2label[i] for i in logits.argmax(dim=-1).tolist()]
+    return predictions

@@ -3,7 +3,7 @@
 The training step, the validation loss and rank classification all score target tokens here, through the
 run's speed-up plan (``speedups.forward.target_logits``), so the three measure the same function. A
 causal model's target is the answer after the prompt (labels are -100 elsewhere); a seq2seq model's, the
-decoder labels.
+decoder labels; an encoder classifier's, one class per row, scored by its head's logits.
 """
 
 from __future__ import annotations
@@ -18,7 +18,12 @@ def target_token_losses(model, batch: dict[str, torch.Tensor], speedups: Speedup
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy (fp32) of every target token of ``batch`` (host tensors from ``batching.collate``) and
     the batch row each one belongs to, in row-major order."""
-    logits, targets, rows = target_logits(speedups, model, batch)
+    if speedups.family == "encoder":  # the classification head's cross-entropy: one target per row
+        inputs = {k: batch[k].to(speedups.device) for k in ("input_ids", "attention_mask")}
+        logits, targets = model(**inputs).logits, batch["labels"][:, 0].to(speedups.device)
+        rows = torch.arange(len(targets), device=logits.device)
+    else:
+        logits, targets, rows = target_logits(speedups, model, batch)
     return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none"), rows
 
 

@@ -101,21 +101,25 @@ def check_models(sweep: SweepConfig) -> list[str]:
 
 
 def check_architectures(sweep: SweepConfig) -> None:
-    """Every model generates text (encoder-decoder or decoder-only): the recipe trains a model to write its
-    answer and scores what it writes, which an encoder-only model (BERT, RoBERTa, ...) cannot do."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    """An encoder-only model (BERT, RoBERTa, ...) classifies with a head over the label words and cannot
+    write text: a generation task on one is refused, and so are the reference rows that run the untuned
+    model (its head is untrained)."""
+    from peftbench.catalog.models import family_of, load_config
+    from peftbench.catalog.tasks import get_task
 
-    from peftbench.catalog.models import load_config
-
+    generation = [t for t in sweep.tasks if get_task(t).type != "classification"]
+    untuned = [m for m in sweep.methods if m in ("zero_shot", "in_context")]
     for model in sweep.models:
         try:
             config = load_config(model, sweep.trust_remote_code)
         except (OSError, ValueError):
             continue  # check_methods names the problem
-        if not config.is_encoder_decoder and config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
-            raise UserError(f"model {model}: {config.model_type} is an encoder-only model; peftbench fine-tunes "
-                            f"models that generate text (encoder-decoder such as T5, or decoder-only such as "
-                            f"Llama)")
+        if generation and family_of(config) == "encoder":
+            raise UserError(f"model {model}: {config.model_type} is an encoder-only classifier; it cannot "
+                            f"generate text for task {generation[0]} (encoder models run classification tasks)")
+        if untuned and family_of(config) == "encoder":
+            raise UserError(f"model {model}: method {untuned[0]} runs the untuned model, whose classification "
+                            f"head an encoder-only model has not trained (use majority as its reference)")
 
 
 def check_methods(sweep: SweepConfig) -> None:

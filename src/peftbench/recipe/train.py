@@ -89,7 +89,9 @@ def prepare_cell(run: RunConfig, device_map: str | None = None) -> PreparedCell:
     task = get_task(run.task)
     data = load_task_data(task, run.data_dir, run.scale, run.seed, cfg.eval_examples)
     load_started = time.perf_counter()
-    loaded = load_model(run.model, run.trust_remote_code, device_map, revision=run.model_revision)
+    classes = tuple(dict.fromkeys(task.label_words.values())) or None  # an encoder model's head classes
+    loaded = load_model(run.model, run.trust_remote_code, device_map, revision=run.model_revision, labels=classes,
+                        seed=run.seed)
     load_s = time.perf_counter() - load_started
     # Seed again: the first load in a process may draw random numbers (tiny models are built from seed 0),
     # and a run must not depend on whether an earlier run in the same process loaded the model already.
@@ -104,11 +106,22 @@ def prepare_cell(run: RunConfig, device_map: str | None = None) -> PreparedCell:
               "total": sum(p.numel() for p in {id(p): p for p in applied.model.parameters()}.values()),
               "selected_layers": applied.selected_layers or None}
     # Tokenise once per split (cached on disk across runs and processes).
+    max_source = source_token_limit(cfg.max_source_tokens, loaded.family, applied.model)
     encoded = {split: encode_cached(task, getattr(data, split), loaded.tokenizer, loaded.family,
-                                    cfg.max_source_tokens, cfg.max_target_tokens)
+                                    max_source, cfg.max_target_tokens)
                for split in ("train", "validation", "test")}
     return PreparedCell(task, data, loaded, applied.model, applied.trainable, params, encoded, max_epochs, load_s,
                         applied.after_optimizer_step)
+
+
+def source_token_limit(max_source_tokens: int, family: str, model: nn.Module) -> int:
+    """The prompt tokens a run keeps: ``max_source_tokens``, and on an encoder no more than its absolute
+    positions hold beside prompt learning's virtual tokens (MiniLM: 512 - 100 with prompt tuning)."""
+    if family != "encoder":
+        return max_source_tokens
+    peft_config = getattr(model, "active_peft_config", None)
+    virtual = peft_config.num_virtual_tokens if getattr(peft_config, "is_prompt_learning", False) else 0
+    return min(max_source_tokens, model.config.max_position_embeddings - virtual)
 
 
 @dataclass
@@ -219,7 +232,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
             "memory": memory.run_memory(accelerator.device, after_load_bytes, cell.trainable, optimizer,
                                         adapter["bytes"]),
             "adapter": adapter, "resumed_from_epoch": resumed_from,
-            "serving": serving.serve_stage(run, adapter), "speedups": speedups.record()}
+            "serving": serving.serve_stage(run, adapter) if cell.loaded.family != "encoder" else None, "speedups": speedups.record()}
 
 
 def _resume_or_start(loop: Loop) -> tuple[RunState, dict[str, torch.Tensor], int | None]:
@@ -255,7 +268,9 @@ def score_test_split(loop: Loop) -> Tested:
                                        cell.task.generation_budget, cfg.eval_batch_size, loop.accelerator.device,
                                        loop.autocast())
     tested = Tested(predictions, score(cell.task, predictions, cell.data.test), time.perf_counter() - started)
-    if cfg.rank_classification and cell.task.type == "classification":
+    if cfg.rank_classification and cell.loaded.family == "encoder":  # its prediction is already a ranking
+        tested.rank_accuracy, tested.rank_eval_s = tested.score, 0.0
+    elif cfg.rank_classification and cell.task.type == "classification":
         started = time.perf_counter()
         ranked = distributed.rank_classify(loop.model, cell.task, cell.data.test, cell.loaded.tokenizer,
                                            cell.loaded.family, cfg.max_source_tokens, cfg.max_target_tokens,

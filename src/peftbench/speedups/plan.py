@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from peftbench.catalog.methods.roles import feed_forward_networks
+from peftbench.catalog.models import family_of
 from peftbench.config import SpeedupsConfig
 from peftbench.speedups import freed_memory
 from peftbench.speedups.bf16_frozen_weights import store_frozen_linears_in
@@ -67,9 +68,9 @@ class SpeedupPlan:
         the run's mixed precision (accelerate's "bf16", "fp16" or "no")."""
         self.device = device
         config = getattr(model, "config", None)
-        self.family = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+        self.family = family_of(config) if config is not None else "causal"
         cpu = None if device.type == "cpu" else f"device {device.type}: measured and built for CPUs"
-        causal = "encoder-decoder model" if self.family == "seq2seq" else None
+        causal = {"seq2seq": "encoder-decoder model", "encoder": "encoder-only classifier"}.get(self.family)
         prompt = _prompt_learning(model)
         self.virtual_tokens = _virtual_tokens(model) if prompt else 0
         dropout = has_dropout(model)
@@ -80,7 +81,8 @@ class SpeedupPlan:
         self._decide("onednn_blocked_weights", lambda: _prepack_frozen_linears(
             model, cpu or bf16 or self._needs("frozen_weights_bf16")))
         self._decide("lm_head_on_targets", lambda: _first(
-            causal and f"{causal}: every decoder position predicts a target",
+            causal and f"{causal}: " + ("its head classifies the whole sequence" if self.family == "encoder"
+                                        else "every decoder position predicts a target"),
             _no_output_layer(model)))
         limited = "validation and ranking only: the model has dropout" if dropout else None
         self._decide("shared_prompt_prefix", lambda: _first(

