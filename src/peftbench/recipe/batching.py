@@ -14,6 +14,7 @@ import random
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from peftbench.catalog.tasks.data import Example
 
@@ -169,3 +170,13 @@ def collate_prompts(items: list[Encoded], pad_id: int, left: bool) -> dict[str, 
         input_ids[row, span] = torch.tensor(e.prompt_ids)
         attention[row, span] = 1
     return {"input_ids": input_ids, "attention_mask": attention}
+
+
+def source_token_limit(max_source_tokens: int, family: str, model: nn.Module) -> int:
+    """The prompt tokens a run keeps: ``max_source_tokens``, and on an encoder no more than its absolute
+    positions hold beside prompt learning's virtual tokens (MiniLM: 512 - 100 with prompt tuning)."""
+    if family != "encoder":
+        return max_source_tokens
+    peft_config = getattr(model, "active_peft_config", None)
+    virtual = peft_config.num_virtual_tokens if getattr(peft_config, "is_prompt_learning", False) else 0
+    return min(max_source_tokens, model.config.max_position_embeddings - virtual)

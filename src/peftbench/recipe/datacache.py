@@ -7,7 +7,7 @@ The cache key is a hash of everything the encoding depends on: the task (name, v
 words), the examples themselves (ids, prompts, targets: this covers the sample and the data files'
 content), the tokenizer (class, name, and its full serialisation or vocabulary), the model family, the
 length limits, and the source of ``peftbench.recipe.batching`` (a change to the encoding code is a new key).
-Files are safetensors of flat int32 arrays (no pickle), under ``models.cache_root()/tokenized/``,
+Files are safetensors of flat int32 arrays (no pickle), under ``embedded.cache_root()/tokenized/``,
 written atomically; an unreadable file counts as a miss and is rewritten.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save
 
-from peftbench.catalog.models import cache_root
+from peftbench.catalog.embedded import cache_root
 from peftbench.catalog.tasks import TaskSpec
 from peftbench.catalog.tasks.data import Example
 from peftbench.recipe import batching

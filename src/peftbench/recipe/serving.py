@@ -17,6 +17,11 @@ whole model for full tuning), after the test (``serve.enabled``) or later (``pef
 - the merge check, never assumed: the merged model's predictions against the unmerged one's, request by
   request (exact in fp32; in bf16 at most ``serve.bf16_tolerance`` of them may differ), and the largest
   difference of their next-token logits over the requests.
+
+An encoder classifier (family ``encoder``) answers a request with one forward pass and its head's highest
+class, not by decoding: its latency is that pass, its one "token" per request is the class (``tokens_per_s``
+reads requests per second), its prediction the class's label word, and the logits checked are the head's.
+Its base model is the untuned encoder under a head drawn as training drew it.
 """
 
 from __future__ import annotations
@@ -32,15 +37,14 @@ import peft
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-from peftbench.catalog.models import load_model
+from peftbench.catalog.models import auto_class, load_model
 from peftbench.catalog.peft_compat import cache_visible_to_peft
 from peftbench.catalog.tasks import get_task
 from peftbench.catalog.tasks.data import load_task_data
 from peftbench.config import RunConfig, ServeConfig
 from peftbench.errors import UserError
-from peftbench.recipe.batching import Encoded, collate_prompts, encode
+from peftbench.recipe.batching import Encoded, collate_prompts, encode, source_token_limit
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -76,15 +80,19 @@ def measure(run: RunConfig, adapter_dir: Path, settings: ServeConfig) -> dict[st
     """Every serving figure of the weights in ``adapter_dir`` (saved by ``run``), as recorded in ``serving``."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[settings.precision]
-    loaded = load_model(run.model, run.trust_remote_code)
     task = get_task(run.task)
-    requests = serving_requests(run, loaded.tokenizer, loaded.family, settings.requests)
-    new_tokens = settings.new_tokens or task.generation_budget
+    classes = tuple(dict.fromkeys(task.label_words.values())) or None  # an encoder model's head, as trained
+    loaded = load_model(run.model, run.trust_remote_code, revision=run.model_revision, labels=classes,
+                        seed=run.seed)
+    model, load_s = load_tuned(loaded.model.to(device, dtype), loaded.family, adapter_dir, device, dtype)
+    requests = serving_requests(run, loaded.tokenizer, loaded.family, settings.requests, model)
+    new_tokens = 1 if loaded.family == "encoder" else settings.new_tokens or task.generation_budget
 
     def logits_of(model: nn.Module) -> torch.Tensor:
         return next_token_logits(model, requests, loaded.tokenizer, loaded.family, device)
 
-    base = load_model(run.model, run.trust_remote_code).model.to(device, dtype)  # a copy of its own
+    base = load_model(run.model, run.trust_remote_code, revision=run.model_revision, labels=classes,
+                      seed=run.seed).model.to(device, dtype)  # a copy of its own
     decoded: dict[str, dict[int, Decoded]] = {"base": {}}
 
     def decode_beside_base(variant: str, model: nn.Module) -> dict[int, Decoded]:
@@ -98,7 +106,6 @@ def measure(run: RunConfig, adapter_dir: Path, settings: ServeConfig) -> dict[st
             decoded["base"][size] = side["base"] if earlier is None else earlier.pooled(side["base"])
         return {size: side[variant] for size, side in sides.items()}
 
-    model, load_s = load_tuned(loaded.model.to(device, dtype), loaded.family, adapter_dir, device, dtype)
     swap_s, swap_by = swap_seconds(model, adapter_dir, settings.swaps)
     peft_config = model.active_peft_config if isinstance(model, peft.PeftModel) else None
     decoded["unmerged"] = decode_beside_base("unmerged", model)
@@ -116,13 +123,18 @@ def measure(run: RunConfig, adapter_dir: Path, settings: ServeConfig) -> dict[st
     }
 
 
-def serving_requests(run: RunConfig, tokenizer, family: str, count: int) -> list[Encoded]:
-    """The first ``count`` prompts of the run's test split, tokenised as the test tokenised them."""
+def serving_requests(run: RunConfig, tokenizer, family: str, count: int,
+                     model: nn.Module | None = None) -> list[Encoded]:
+    """The first ``count`` prompts of the run's test split, tokenised as the test tokenised them (on an
+    encoder, cut to what the tuned ``model``'s positions hold: ``batching.source_token_limit``)."""
     task = get_task(run.task)
     data = load_task_data(task, run.data_dir, run.scale, run.seed, run.train.eval_examples)
     if not data.test:
         raise UserError(f"{run.run_id()}: the test split is empty: no requests to serve")
-    return encode(data.test[:count], tokenizer, family, run.train.max_source_tokens, run.train.max_target_tokens)
+    max_source = run.train.max_source_tokens if model is None else source_token_limit(
+        run.train.max_source_tokens, family, model)
+    classes = list(dict.fromkeys(task.label_words.values())) if family == "encoder" else None
+    return encode(data.test[:count], tokenizer, family, max_source, run.train.max_target_tokens, classes)
 
 
 def directory_bytes(path: Path) -> int:
@@ -143,8 +155,7 @@ def load_tuned(base: nn.Module, family: str, adapter_dir: Path, device: torch.de
     if (Path(adapter_dir) / "adapter_config.json").is_file():
         model = peft.PeftModel.from_pretrained(base, adapter_dir)
     else:
-        auto = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
-        model = auto.from_pretrained(adapter_dir, dtype=torch.float32, use_safetensors=True)
+        model = auto_class(family).from_pretrained(adapter_dir, dtype=torch.float32, use_safetensors=True)
     model = model.to(device, dtype).eval()
     _sync(device)
     return model, time.perf_counter() - started
@@ -249,19 +260,31 @@ def decode_side_by_side(models: dict[str, nn.Module], items: list[Encoded], toke
     batches = [items[start: start + batch_size] for start in range(0, len(items), batch_size)]
     for model in models.values():
         model.eval()
-        generate_new_tokens(model, batches[0], tokenizer, family, new_tokens, device)
+        respond(model, batches[0], tokenizer, family, new_tokens, device)
     decoded = {name: Decoded(batch_size, 0.0, 0, 0, []) for name in models}
     for batch in batches:
         for name, model in models.items():
             _sync(device)
             started = time.perf_counter()
-            new = generate_new_tokens(model, batch, tokenizer, family, new_tokens, device)
+            predictions, tokens = respond(model, batch, tokenizer, family, new_tokens, device)
             _sync(device)
             decoded[name].seconds += time.perf_counter() - started
             decoded[name].batches += 1
-            decoded[name].tokens += new.numel()
-            decoded[name].predictions += answers(new, tokenizer, family)
+            decoded[name].tokens += tokens
+            decoded[name].predictions += predictions
     return decoded
+
+
+def respond(model: nn.Module, items: list[Encoded], tokenizer, family: str, new_tokens: int,
+            device: torch.device) -> tuple[list[str], int]:
+    """The model's answers to one batch of requests and the tokens it produced: ``new_tokens`` greedy
+    tokens per request, or an encoder classifier's one class per request (its label word)."""
+    if family == "encoder":
+        batch = collate_prompts(items, tokenizer.pad_token_id, left=False)
+        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits  # [batch, classes]
+        return [model.config.id2label[i] for i in logits.argmax(dim=-1).tolist()], len(items)
+    new = generate_new_tokens(model, items, tokenizer, family, new_tokens, device)
+    return answers(new, tokenizer, family), new.numel()
 
 
 def generate_new_tokens(model: nn.Module, items: list[Encoded], tokenizer, family: str, new_tokens: int,
@@ -290,9 +313,12 @@ def answers(new: torch.Tensor, tokenizer, family: str) -> list[str]:
 @torch.inference_mode()
 def next_token_logits(model: nn.Module, items: list[Encoded], tokenizer, family: str,
                       device: torch.device) -> torch.Tensor:
-    """fp32 logits of each request's first answer token, [requests, vocab]."""
+    """fp32 logits of each request's first answer token, [requests, vocab] (an encoder classifier's head:
+    [requests, classes])."""
     batch = collate_prompts(items, tokenizer.pad_token_id, left=family == "causal")
     batch = {k: v.to(device) for k, v in batch.items()}
+    if family == "encoder":
+        return model(**batch).logits.float()
     if family == "seq2seq":
         start = model.config.decoder_start_token_id
         batch["decoder_input_ids"] = torch.full((len(items), 1), start, dtype=torch.long, device=device)

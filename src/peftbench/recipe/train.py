@@ -33,7 +33,7 @@ from peftbench.catalog.tasks import TaskSpec, get_task
 from peftbench.catalog.tasks.data import TaskData, load_task_data, scale_cap_and_epochs
 from peftbench.config import RunConfig, TrainConfig
 from peftbench.recipe import checkpoint, memory, run_state, serving, steps
-from peftbench.recipe.batching import Encoded, length_grouped_batches
+from peftbench.recipe.batching import Encoded, length_grouped_batches, source_token_limit
 from peftbench.recipe.datacache import encode_cached
 from peftbench.recipe.evaluate import score
 from peftbench.recipe.protocol import EarlyStopping, paper_lr_lambda, resolved_lr
@@ -112,16 +112,6 @@ def prepare_cell(run: RunConfig, device_map: str | None = None) -> PreparedCell:
                for split in ("train", "validation", "test")}
     return PreparedCell(task, data, loaded, applied.model, applied.trainable, params, encoded, max_epochs, load_s,
                         applied.after_optimizer_step)
-
-
-def source_token_limit(max_source_tokens: int, family: str, model: nn.Module) -> int:
-    """The prompt tokens a run keeps: ``max_source_tokens``, and on an encoder no more than its absolute
-    positions hold beside prompt learning's virtual tokens (MiniLM: 512 - 100 with prompt tuning)."""
-    if family != "encoder":
-        return max_source_tokens
-    peft_config = getattr(model, "active_peft_config", None)
-    virtual = peft_config.num_virtual_tokens if getattr(peft_config, "is_prompt_learning", False) else 0
-    return min(max_source_tokens, model.config.max_position_embeddings - virtual)
 
 
 @dataclass
@@ -232,7 +222,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
             "memory": memory.run_memory(accelerator.device, after_load_bytes, cell.trainable, optimizer,
                                         adapter["bytes"]),
             "adapter": adapter, "resumed_from_epoch": resumed_from,
-            "serving": serving.serve_stage(run, adapter) if cell.loaded.family != "encoder" else None, "speedups": speedups.record()}
+            "serving": serving.serve_stage(run, adapter), "speedups": speedups.record()}
 
 
 def _resume_or_start(loop: Loop) -> tuple[RunState, dict[str, torch.Tensor], int | None]:

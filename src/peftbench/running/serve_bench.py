@@ -77,8 +77,6 @@ def serve_bench(results_dir: Path, settings: ServeConfig, *, force: bool = False
 def _reason_to_skip(result: dict[str, Any], results_dir: Path, force: bool) -> str | None:
     if result["status"] != "ok":
         return f"status {result['status']}"
-    if (result.get("model") or {}).get("family") == "encoder":
-        return "an encoder classifier: serving measures decoding, which it does not do"
     if not (results_dir / result["run_id"] / ADAPTER_DIR).is_dir():
         return "no saved weights (train.save_adapter was off)"
     if not force and serving_of(result, results_dir):

@@ -187,7 +187,13 @@ def _caption(runs: list[dict[str, Any]]) -> str:
     return (f"Greedy decoding of {first['requests']} test prompts, each {first['new_tokens']} new tokens (end of "
             "sequence ignored, so variants decode alike); latency is seconds per batch. Load: the adapter onto a "
             "base model in memory (full tuning: the whole model). Swap: one switch between two adapters of one "
-            "base (full tuning: loading another model's weights). Served: merged where the method merges.")
+            "base (full tuning: loading another model's weights). Served: merged where the method merges."
+            + (" An encoder classifier answers a request with one forward pass and one class: its latency is "
+               "that pass, its tokens/s are requests/s." if any(_family(r) == "encoder" for r in runs) else ""))
+
+
+def _family(r: dict[str, Any]) -> str | None:
+    return (r.get("model") or {}).get("family")
 
 
 def _notes(runs: list[dict[str, Any]]) -> list[str]:
