@@ -88,6 +88,26 @@ def test_a_layer_ablation_selects_half_the_encoder_layers(tmp_path):
     assert result["params"]["selected_layers"] == {"encoder": [1]}
 
 
+@pytest.mark.parametrize(("method", "ablation", "trainable"), [
+    ("lora", "drop_query_output", 2 * 2 * (32 * 3 + 3 * 32) + 99),  # keys and values of both layers, the head
+    ("ia3", "drop_attention", 2 * (64 + 32) + 99),  # the feed-forward up (64) and down (32) scales, the head
+])
+def test_a_module_ablation_adapts_only_the_named_encoder_modules(tmp_path, method, ablation, trainable):
+    overrides = tiny_overrides(tmp_path, models=("bert-tiny-random",), methods=(method,), epochs=1,
+                               extra=("isolate_runs=false", f"ablation={ablation}"))
+    assert main(["run", "-q", *overrides]) == 0
+    (result,) = iter_results(tmp_path)
+    assert result["status"] == "ok" and result["params"]["trainable"] == trainable
+
+
+def test_dropping_all_a_methods_modules_is_refused_before_training(tmp_path, capsys):
+    overrides = tiny_overrides(tmp_path, models=("bert-tiny-random",), methods=("lora",), epochs=1,
+                               extra=("isolate_runs=false", "ablation=drop_self_attention"))
+    assert main(["run", "-q", *overrides]) == 2  # BERT's attention is all self-attention: LoRA would adapt nothing
+    assert "matches no linear layer of this bert model" in capsys.readouterr().err
+    assert list(iter_results(tmp_path)) == []
+
+
 def test_a_generation_task_on_the_tiny_bert_is_refused_in_one_line(tmp_path, capsys):
     overrides = tiny_overrides(tmp_path, models=("bert-tiny-random",), extra=("tasks=[synthetic_data_to_text]",))
     assert main(["run", "-q", *overrides]) == 2

@@ -78,6 +78,9 @@ def _half(stat: Stat | None, factor: float = 1.0) -> float:
     return 0.0 if stat is None or stat.half_width is None else stat.half_width * factor
 
 
+_NO_DATE = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}
+
+
 def _save(fig: Figure, footer: Sequence[str], stem: Path, formats: Sequence[str] = ("png",)) -> list[Path]:
     """Add the provenance footer below the axes and write ``stem.<format>`` for each format."""
     width_in, height_in = fig.get_size_inches()
@@ -89,8 +92,10 @@ def _save(fig: Figure, footer: Sequence[str], stem: Path, formats: Sequence[str]
     paths = []
     for fmt in formats:
         path = stem.with_suffix(f".{fmt}")
-        with matplotlib.rc_context({"svg.fonttype": "none"}):  # SVG text stays text: searchable, smaller
-            fig.savefig(path, format=fmt, dpi=110)
+        # SVG text stays text (searchable, smaller); no date and fixed ids, so the same results give the
+        # same bytes and a committed report can be checked by regenerating it.
+        with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "peftbench"}):
+            fig.savefig(path, format=fmt, dpi=110, metadata=_NO_DATE.get(fmt))
         paths.append(path)
     return paths
 

@@ -1,0 +1,55 @@
+"""The committed findings (findings/smollm2-135m-cpu, docs/findings.md): their report is what `peftbench report`
+makes of their result files, and `peftbench claims` gives a verdict with numbers for every claim."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from peftbench.cli import main
+
+FINDINGS = Path(__file__).resolve().parents[1] / "findings" / "smollm2-135m-cpu"
+TEXT_SUFFIXES = (".md", ".csv", ".tex", ".svg", ".html")
+
+
+def _result_files() -> list[Path]:
+    return sorted(FINDINGS.glob("*/result.json"))
+
+
+def test_the_bundle_holds_result_files_and_no_weights():
+    results = _result_files()
+    assert len(results) >= 60
+    statuses = {json.loads(p.read_text())["status"] for p in results}
+    assert statuses == {"ok"}
+    weights = [p for p in FINDINGS.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt")]
+    assert weights == []
+    assert sum(p.stat().st_size for p in FINDINGS.rglob("*") if p.is_file()) < 5 * 2**20
+
+
+def test_peftbench_report_regenerates_the_committed_report(tmp_path, capsys):
+    assert main(["report", str(FINDINGS), "--out", str(tmp_path)]) == 0
+    committed = {p.relative_to(FINDINGS / "report") for p in (FINDINGS / "report").rglob("*") if p.is_file()}
+    made = {p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()}
+    assert committed == made
+    for relative in sorted(committed):  # PNG pixels depend on the fonts installed; their text twins do not
+        if relative.suffix in TEXT_SUFFIXES:
+            assert (tmp_path / relative).read_text() == (FINDINGS / "report" / relative).read_text(), relative
+
+
+def test_peftbench_claims_gives_every_claim_a_verdict_with_both_sides_numbers(capsys):
+    assert main(["claims", str(FINDINGS)]) == 0
+    out = capsys.readouterr().out
+    verdicts = re.findall(r"^\[(holds|does not hold|inconclusive)\] ", out, flags=re.MULTILINE)
+    assert len(verdicts) >= 6
+    assert "no results to compare" not in out
+    comparisons = re.findall(r"^    (holds|does not hold|inconclusive): .*\d.*(?:<|>|vs).*\d", out, flags=re.MULTILINE)
+    assert len(comparisons) >= len(verdicts)
+
+
+@pytest.mark.parametrize("document", ["docs/findings.md", "README.md"])
+def test_the_findings_are_linked(document):
+    text = (Path(__file__).resolve().parents[1] / document).read_text()
+    assert "findings/smollm2-135m-cpu" in text
