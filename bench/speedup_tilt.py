@@ -72,7 +72,7 @@ def table(results: dict[tuple[str, str], dict], methods: list[str]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True, help="folder with <task>/<split>.jsonl (../shared/data)")
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default="smollm2-135m-q4")
     parser.add_argument("--task", default="cola")
     parser.add_argument("--scale", default="low")
     parser.add_argument("--seed", type=int, default=0)
