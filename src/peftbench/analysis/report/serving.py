@@ -184,8 +184,11 @@ def serving_tables(coll: Collection) -> list[Table]:
 
 def _caption(runs: list[dict[str, Any]]) -> str:
     first = runs[0]["serving"]
-    return (f"Greedy decoding of {first['requests']} test prompts, each {first['new_tokens']} new tokens (end of "
-            "sequence ignored, so variants decode alike); latency is seconds per batch. Load: the adapter onto a "
+    work = (f"One forward pass over each of {first['requests']} test prompts (encoder classifiers)"
+            if all(_family(r) == "encoder" for r in runs) else
+            f"Greedy decoding of {first['requests']} test prompts, each {first['new_tokens']} new tokens (end of "
+            "sequence ignored, so variants decode alike)")
+    return (f"{work}; latency is per batch. Load: the adapter onto a "
             "base model in memory (full tuning: the whole model). Swap: one switch between two adapters of one "
             "base (full tuning: loading another model's weights). Served: merged where the method merges."
             + (" An encoder classifier answers a request with one forward pass and one class: its latency is "
