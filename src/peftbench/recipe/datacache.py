@@ -48,7 +48,7 @@ def encode_cached(task: TaskSpec, examples: list[Example], tokenizer, family: st
     cached = _read(path, len(examples))
     if cached is not None:
         return cached
-    classes = list(dict.fromkeys(task.label_words.values())) if family == "encoder" else None
+    classes = list(task.classes) if family == "encoder" else None
     encoded = encode(examples, tokenizer, family, max_source, max_target, classes)
     with contextlib.suppress(OSError):  # a read-only or full cache only costs the next run the tokenising
         _write(path, encoded, task.name)

@@ -42,7 +42,7 @@ def target_log_likelihoods(model, items: list[Encoded], family: str, pad_id: int
 
 def label_words(task: TaskSpec) -> list[str]:
     """The task's distinct label words, in the order its YAML lists them (ties go to the first)."""
-    return list(dict.fromkeys(task.label_words.values()))
+    return list(task.classes)
 
 
 def rank_classify(model, task: TaskSpec, examples: list[Example], tokenizer, family: str, max_source: int,

@@ -109,7 +109,7 @@ def majority_answers(task: TaskSpec, data: TaskData, ranked: bool) -> Answers:
     """The training sample's most frequent label word for every test example; a tie goes to the word the
     task's YAML lists first. With ``ranked``, the label ranking is the same answer (always a label word)."""
     counts = Counter(example.target for example in data.train)
-    words = list(dict.fromkeys(task.label_words.values()))
+    words = list(task.classes)
     answer = max(words, key=lambda word: (counts[word], -words.index(word)))
     predictions = [answer] * len(data.test)
     return Answers(predictions, ranked=predictions if ranked else None,

@@ -81,7 +81,7 @@ def measure(run: RunConfig, adapter_dir: Path, settings: ServeConfig) -> dict[st
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[settings.precision]
     task = get_task(run.task)
-    classes = tuple(dict.fromkeys(task.label_words.values())) or None  # an encoder model's head, as trained
+    classes = task.classes or None  # an encoder model's head, as trained
     loaded = load_model(run.model, run.trust_remote_code, revision=run.model_revision, labels=classes,
                         seed=run.seed)
     model, load_s = load_tuned(loaded.model.to(device, dtype), loaded.family, adapter_dir, device, dtype)
@@ -133,7 +133,7 @@ def serving_requests(run: RunConfig, tokenizer, family: str, count: int,
         raise UserError(f"{run.run_id()}: the test split is empty: no requests to serve")
     max_source = run.train.max_source_tokens if model is None else source_token_limit(
         run.train.max_source_tokens, family, model)
-    classes = list(dict.fromkeys(task.label_words.values())) if family == "encoder" else None
+    classes = list(task.classes) if family == "encoder" else None
     return encode(data.test[:count], tokenizer, family, max_source, run.train.max_target_tokens, classes)
 
 

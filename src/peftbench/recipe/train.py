@@ -89,7 +89,7 @@ def prepare_cell(run: RunConfig, device_map: str | None = None) -> PreparedCell:
     task = get_task(run.task)
     data = load_task_data(task, run.data_dir, run.scale, run.seed, cfg.eval_examples)
     load_started = time.perf_counter()
-    classes = tuple(dict.fromkeys(task.label_words.values())) or None  # an encoder model's head classes
+    classes = task.classes or None  # an encoder model's head classes
     loaded = load_model(run.model, run.trust_remote_code, device_map, revision=run.model_revision, labels=classes,
                         seed=run.seed)
     load_s = time.perf_counter() - load_started

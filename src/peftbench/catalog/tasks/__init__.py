@@ -92,6 +92,12 @@ class TaskSpec:
         return self.label_words[key]
 
     @property
+    def classes(self) -> tuple[str, ...]:
+        """The distinct label words in the YAML's order (an encoder classifier's class i is classes[i]);
+        empty for a generation task."""
+        return tuple(dict.fromkeys(self.label_words.values()))
+
+    @property
     def generation_budget(self) -> int:
         """max_new_tokens for decoding, in tokens (label words are short; 8 covers any tokenizer)."""
         if self.max_new_tokens:
