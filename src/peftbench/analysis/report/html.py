@@ -1,8 +1,8 @@
 """One self-contained ``index.html``: every table (sortable), every figure (embedded), every run's details.
 
-The page makes no request of any kind: images are base64 data URIs, the style and the sorting script are
-inline, and a Content-Security-Policy forbids anything else, so it opens from disk with no server and no
-network. A small script also records on ``<body>`` how many tables became sortable and how many images
+The page makes no request of any kind: images are base64 data URIs (palette copies of figures/), the style
+and the sorting script are inline, and a Content-Security-Policy forbids anything else, so it opens from
+disk with no server and no network. A small script also records on ``<body>`` how many tables became sortable and how many images
 decoded, which the browser test reads back.
 """
 
@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import io
 from html import escape
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from peftbench.analysis.report import claims, references
 from peftbench.analysis.report import collect as c
@@ -118,8 +121,18 @@ def table_html(table: Table) -> str:
     return "\n".join(parts)
 
 
+def _page_png(path: Path) -> bytes:
+    """The figure as the page embeds it: a 256-colour palette PNG, about a third of the file's bytes, so a
+    report of many panels stays a page that opens quickly. The file in figures/ keeps full colour for print.
+    Matplotlib draws on an opaque background, so dropping the alpha channel loses nothing."""
+    with Image.open(path) as image:
+        buffer = io.BytesIO()
+        image.convert("RGB").quantize(256).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
 def figure_html(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    data = base64.b64encode(_page_png(path)).decode("ascii")
     name = escape(path.stem)
     return (
         f'<figure id="fig-{name}"><img alt="{name}" src="data:image/png;base64,{data}">'
