@@ -15,6 +15,7 @@ from peftbench.catalog.models import load_model
 from peftbench.catalog.tasks import get_task
 from peftbench.catalog.tasks.data import load_task_data
 from peftbench.config import load_sweep
+from peftbench.outcomes import read_outcomes
 from peftbench.recipe.batching import collate, encode
 from peftbench.recipe.label_ranking import label_words, rank_classify, target_log_likelihoods
 from peftbench.recipe.train import run_cell
@@ -68,9 +69,17 @@ def test_a_run_reports_rank_accuracy_by_default_as_its_own_metric_for_classifica
     runs = load_sweep(None, overrides).expand()
     by_task = {run.task: run_cell(run, tmp_path / run.run_id(), progress=False) for run in runs}
     classification = by_task["synthetic_classification"]
-    assert set(classification["metrics"]["test"]) == {"accuracy", "rank_accuracy"}
+    assert set(classification["metrics"]["test"]) == {"accuracy", "mcc", "macro_f1", "rank_accuracy", "rank_mcc",
+                                                      "rank_macro_f1"}
     assert 0.0 <= classification["metrics"]["test"]["rank_accuracy"] <= 1.0
+    rows = read_outcomes(tmp_path / runs[0].run_id(), classification["outcomes"])
+    assert len(rows) == classification["data"]["test_examples"] == classification["outcomes"]["examples"]
+    words = set(get_task("synthetic_classification").classes)
+    assert all(set(r["label_scores"]) == words and r["rank_prediction"] in words for r in rows)
+    ranked = sum(r["rank_prediction"] == r["references"][0] for r in rows) / len(rows)
+    assert ranked == pytest.approx(classification["metrics"]["test"]["rank_accuracy"])
     assert classification["metrics"]["score"] == classification["metrics"]["test"]["accuracy"]
     assert classification["time"]["rank_eval_s"] > 0
     generation = by_task["synthetic_data_to_text"]
+    assert set(generation["metrics"]["test"]) == {"rouge_l"}
     assert "rank_accuracy" not in generation["metrics"]["test"] and generation["time"]["rank_eval_s"] is None

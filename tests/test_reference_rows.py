@@ -51,7 +51,9 @@ def test_majority_answers_the_most_frequent_training_label_and_scores_exactly(tm
     task = _yes_no_task(tmp_path, train=[1, 0, 1, 0, 1], validation=[0, 1], test=[1, 0, 0, 1, 0])
     result = _run(tmp_path, "majority", task)
     assert result["reference"]["answer"] == "yes"
-    assert result["metrics"]["test"] == {"accuracy": 0.4, "rank_accuracy": 0.4}
+    # MCC is 0 for a constant answer; macro-F1 averages yes's F1 (2·2 / (5 + 2) = 4/7) and no's (0).
+    scores = {"accuracy": 0.4, "mcc": 0.0, "macro_f1": 2 / 7}
+    assert result["metrics"]["test"] == pytest.approx({**scores, **{f"rank_{k}": v for k, v in scores.items()}})
     assert result["metrics"]["score"] == 0.4
     assert result["method"] == {"name": "majority", "kind": "reference"}
     assert result["params"]["trainable"] == 0 and result["optimizer"] is None and result["epochs"] == 0
@@ -138,7 +140,8 @@ def test_in_context_shows_fewer_examples_where_the_prompt_would_pass_max_source_
 def test_in_context_run_records_k_and_options_are_checked(tmp_path):
     result = _run(tmp_path, "in_context", "synthetic_classification", k=3)
     assert result["reference"]["k"] == 3 and 0 < result["reference"]["shown_mean"] <= 3
-    assert set(result["metrics"]["test"]) == {"accuracy", "rank_accuracy"}
+    assert set(result["metrics"]["test"]) == {"accuracy", "mcc", "macro_f1", "rank_accuracy", "rank_mcc",
+                                              "rank_macro_f1"}
     with pytest.raises(UserError, match="unknown key 'kk'"):
         reference_options("in_context", {"kk": 3})
     with pytest.raises(UserError, match="unknown key 'k'"):

@@ -62,17 +62,72 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def run_id(self) -> str:
-        """A readable, stable id: the cell's coordinates plus a hash of the whole resolved config (less
-        ``trackers`` and ``serve``, which change what is recorded, not what is computed, and ``model_revision``
-        while unset, so adding these settings kept every id)."""
-        identity = {k: v for k, v in self.to_dict().items()
-                    if k not in ("trackers", "serve") and not (k == "model_revision" and v is None)}
-        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+        """A readable, stable id: the cell's coordinates plus a hash of what the run computes (``identity``)."""
+        digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:10]
         parts = [self.model, self.method, self.task, str(self.scale), f"s{self.seed}"]
         if self.ablation:
             parts.append(self.ablation)
         slug = "-".join(_slug(p) for p in parts)
         return f"{slug}-{digest}"
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the run's result, as the run id hashes it.
+
+        - The cell's coordinates, the task by name and version (a user task's YAML by its content, not its path).
+        - The data by content (``data_identity``): the same files reached by a relative or an absolute
+          ``data_dir`` give the same id; other files give another.
+        - Every setting that differs from ``ID_DEFAULTS``, the value it had when the setting was introduced.
+          A setting added with a default therefore leaves every id as it was, while changing a default
+          changes the ids of the runs it changes (they are not done). ``trackers`` and ``serve`` change what
+          is recorded, not what is computed, and are left out.
+        """
+        from peftbench.catalog.tasks.data import data_identity  # the data's content, read once per process
+
+        settings = _flatten({k: v for k, v in self.to_dict().items() if k not in _ID_COORDINATES})
+        unknown_settings = sorted(set(settings) - set(ID_DEFAULTS))
+        if unknown_settings:
+            raise RuntimeError(f"config setting(s) {', '.join(unknown_settings)} are not in config.ID_DEFAULTS: "
+                               f"add each with the default it is introduced with")
+        task, data = data_identity(self.task, self.data_dir)
+        return {"model": self.model, "method": self.method, "task": task, "scale": self.scale, "seed": self.seed,
+                "ablation": self.ablation, "data": data,
+                "settings": {k: v for k, v in settings.items() if v != ID_DEFAULTS[k]}}
+
+
+_ID_COORDINATES = ("model", "method", "task", "scale", "seed", "ablation", "data_dir", "trackers", "serve")
+"""RunConfig fields the id names directly (or, for trackers and serve, leaves out)."""
+
+# fmt: off
+ID_DEFAULTS: dict[str, Any] = {
+    # Each setting with the default it was introduced with; never edit a value here (that would make old
+    # results look done for runs that compute something else): a new setting adds its line.
+    "layers": None, "modules": None, "method_options": {}, "trust_remote_code": False, "model_revision": None,
+    "train.batch_size": 16, "train.grad_accum": 4, "train.max_epochs": None, "train.patience": 1,
+    "train.min_delta": 0.0, "train.warmup_fraction": 0.1, "train.lr_initial": None, "train.lr_peak": None,
+    "train.lr_final": None, "train.weight_decay": 0.0, "train.max_grad_norm": 1.0, "train.precision": "auto",
+    "train.max_source_tokens": 512, "train.max_target_tokens": 128, "train.eval_batch_size": 32,
+    "train.val_metric_examples": 200, "train.rank_classification": True, "train.eval_examples": 2500,
+    "train.group_by_length": True, "train.save_adapter": True, "train.checkpoint_every_epoch": True,
+    "train.checkpoint_interval_s": 60.0, "train.num_threads": None, "train.max_oom_retries": 4,
+    "train.test_examples": None,
+    "speedups.keep_freed_memory": True, "speedups.fused_adamw": True, "speedups.fused_passes": True,
+    "speedups.frozen_weights_bf16": True, "speedups.onednn_blocked_weights": True,
+    "speedups.lm_head_on_targets": True, "speedups.shared_prompt_prefix": True, "speedups.eager_attention": True,
+    "speedups.concatenated_rows": True, "speedups.unpadded_feed_forward": True, "speedups.bits_dropout": True,
+}
+# fmt: on
+
+
+def _flatten(config: dict[str, Any]) -> dict[str, Any]:
+    """``{"train": {"patience": 1}}`` → ``{"train.patience": 1}`` for every section (a mapping other than
+    ``method_options``, which is one setting)."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and key != "method_options":
+            flat.update({f"{key}.{name}": v for name, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
 
 
 def _slug(text: str) -> str:

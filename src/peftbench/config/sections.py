@@ -53,7 +53,12 @@ class TrainConfig:
     of the generated text (``accuracy``, the headline score). One forward pass per label word over the test
     set; generation tasks ignore it."""
     eval_examples: int = 2500
-    """Cap on validation + test examples together (the paper's 2,500), split evenly."""
+    """Cap on validation + test examples together (the paper's 2,500), split evenly, unless ``test_examples``
+    sets the test split's size; validation then takes half of this."""
+    test_examples: int | None = None
+    """Test examples per seed (None: half of ``eval_examples``), the same examples for every method of a cell.
+    Sized to the question: the test decides comparisons, the validation split only early stopping, which is
+    computed every epoch and so costs more per example."""
     group_by_length: bool = True
     """Batch examples of similar length together to cut padding (order is still seeded)."""
     save_adapter: bool = True
@@ -78,6 +83,8 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise UserError(f"train.{name} must be at least 1, got {value}")
+        if self.test_examples is not None and self.test_examples < 1:
+            raise UserError(f"train.test_examples must be at least 1 or null, got {self.test_examples}")
         if self.max_epochs is not None and self.max_epochs < 1:
             raise UserError(f"train.max_epochs must be at least 1, got {self.max_epochs}")
         if self.checkpoint_interval_s < 0:

@@ -14,19 +14,48 @@ from contextlib import AbstractContextManager
 
 import torch
 
-from peftbench.catalog.metrics import exact_match, normalize_answer, rouge_l  # noqa: F401 - re-exported
+from peftbench.catalog.metrics import CLASSIFICATION_METRICS, METRICS, exact_match, normalize_answer, rouge_l  # noqa: F401 - re-exported
 from peftbench.catalog.metrics import score as score_metric
 from peftbench.catalog.peft_compat import cache_visible_to_peft
 from peftbench.catalog.tasks import TaskSpec
 from peftbench.catalog.tasks.data import Example
+from peftbench.outcomes import example_id
 from peftbench.recipe.batching import FUSE_MAX_TOKENS, Encoded, collate, collate_prompts, fuse_batches
 from peftbench.recipe.loss import target_token_losses
 from peftbench.speedups import SpeedupPlan
 
 
 def score(task: TaskSpec, predictions: list[str], examples: list[Example]) -> float:
-    """The task's metric averaged over examples (one example per distinct input)."""
-    return score_metric(task.metric, predictions, [e.references for e in examples])
+    """The task's headline metric over the examples (one example per distinct input)."""
+    return score_metric(task.headline, predictions, [e.references for e in examples], task.classes)
+
+
+def score_test(task: TaskSpec, examples: list[Example], predictions: list[str], ranked: list[str] | None = None,
+               label_scores: list[dict[str, float]] | None = None) -> tuple[dict[str, float], list[dict]]:
+    """``metrics.test`` and the per-example outcome rows (``peftbench.outcomes``) of a test split.
+
+    Every metric of ``task.test_metrics`` is scored on the decoded ``predictions``; with ``ranked`` (the label
+    ranking's answers), each classification metric again as ``rank_<metric>``. ``label_scores`` (each
+    example's label-word log-likelihoods) go into the outcome rows.
+    """
+    references = [e.references for e in examples]
+    per_example = [m for m in task.test_metrics if METRICS.get(m).per_example is not None]
+    rows = []
+    for i, (example, prediction) in enumerate(zip(examples, predictions, strict=True)):
+        row = {"id": example_id(example.id, example.prompt, example.references), "source": example.id,
+               "prediction": prediction, "references": list(example.references),
+               "scores": {m: METRICS.get(m).per_example(prediction, example.references) for m in per_example}}
+        if ranked is not None:
+            row["rank_prediction"] = ranked[i]
+        if label_scores is not None:
+            row["label_scores"] = label_scores[i]
+        rows.append(row)
+    metrics = {m: sum(r["scores"][m] for r in rows) / len(rows) if m in per_example and rows
+               else score_metric(m, predictions, references, task.classes) for m in task.test_metrics}
+    if ranked is not None and task.type == "classification":
+        for m in CLASSIFICATION_METRICS:
+            metrics[f"rank_{m}"] = score_metric(m, ranked, references, task.classes)
+    return metrics, rows
 
 
 @torch.inference_mode()

@@ -45,10 +45,11 @@ def label_words(task: TaskSpec) -> list[str]:
     return list(task.classes)
 
 
-def rank_classify(model, task: TaskSpec, examples: list[Example], tokenizer, family: str, max_source: int,
-                  max_target: int, batch_size: int, speedups: SpeedupPlan,
-                  autocast: AbstractContextManager) -> list[str]:
-    """The most likely label word for each example (``target_log_likelihoods`` of every word as target)."""
+def rank_label_words(model, task: TaskSpec, examples: list[Example], tokenizer, family: str, max_source: int,
+                     max_target: int, batch_size: int, speedups: SpeedupPlan,
+                     autocast: AbstractContextManager) -> list[dict[str, float]]:
+    """Each example's ``{label word: summed log-likelihood (nats)}``, every word scored as the target
+    (``target_log_likelihoods``); ``best_word`` picks the prediction."""
     words = label_words(task)
     if not examples:
         return []
@@ -57,4 +58,17 @@ def rank_classify(model, task: TaskSpec, examples: list[Example], tokenizer, fam
                                              max_source, max_target),
                                family, tokenizer.pad_token_id, batch_size, speedups, autocast)
         for word in words], dim=1)  # [examples, words]
-    return [words[i] for i in scores.argmax(dim=1).tolist()]
+    return [dict(zip(words, row, strict=True)) for row in scores.tolist()]
+
+
+def best_word(label_scores: dict[str, float]) -> str:
+    """The most likely label word; a tie goes to the word listed first."""
+    return max(label_scores, key=label_scores.__getitem__)
+
+
+def rank_classify(model, task: TaskSpec, examples: list[Example], tokenizer, family: str, max_source: int,
+                  max_target: int, batch_size: int, speedups: SpeedupPlan,
+                  autocast: AbstractContextManager) -> list[str]:
+    """The most likely label word for each example (``rank_label_words``)."""
+    return [best_word(s) for s in rank_label_words(model, task, examples, tokenizer, family, max_source,
+                                                    max_target, batch_size, speedups, autocast)]

@@ -163,7 +163,8 @@ def check_data(sweep: SweepConfig) -> list[str]:
     notes = []
     for name in sweep.tasks:
         task = get_task(name)
-        data = load_task_data(task, sweep.data_dir, sweep.scales[0], sweep.seeds[0], sweep.train.eval_examples)
+        data = load_task_data(task, sweep.data_dir, sweep.scales[0], sweep.seeds[0], sweep.train.eval_examples,
+                              sweep.train.test_examples)
         available = data.info["available_train_examples"]
         for scale in sweep.scales:
             cap, _ = scale_cap_and_epochs(scale)

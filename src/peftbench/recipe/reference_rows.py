@@ -29,10 +29,12 @@ from peftbench.catalog.tasks import TaskSpec, get_task
 from peftbench.catalog.tasks.data import Example, TaskData, load_task_data
 from peftbench.config import RunConfig
 from peftbench.errors import UserError
+from peftbench.outcomes import write_outcomes
 from peftbench.recipe import memory
 from peftbench.recipe.batching import encode
-from peftbench.recipe.evaluate import score
-from peftbench.recipe.train import make_accelerator, seed_everything
+from peftbench.recipe.evaluate import score_test
+from peftbench.recipe.label_ranking import best_word
+from peftbench.recipe.train import make_accelerator, predictions_sample, seed_everything, task_record
 from peftbench.running import distributed, environment, results
 from peftbench.speedups import resolve as resolve_speedups
 
@@ -43,6 +45,8 @@ class Answers:
 
     predictions: list[str]
     ranked: list[str] | None = None
+    label_scores: list[dict[str, float]] | None = None
+    """Each test example's label-word log-likelihoods, where the row ranked them with a model."""
     model: dict[str, Any] = field(default_factory=dict)
     total_params: int | None = None
     load_s: float = 0.0
@@ -76,26 +80,24 @@ def run_reference_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     seed_everything(run.seed)
-    data = load_task_data(task, run.data_dir, run.scale, run.seed, cfg.eval_examples)
+    data = load_task_data(task, run.data_dir, run.scale, run.seed, cfg.eval_examples, cfg.test_examples)
     if run.method == "majority":
         answers = majority_answers(task, data, cfg.rank_classification)
     else:
         answers = model_answers(run, task, data, options, device_map)
-    tested = {task.metric: score(task, answers.predictions, data.test)}
-    if answers.ranked is not None:
-        tested["rank_accuracy"] = score(task, answers.ranked, data.test)
+    tested, rows = score_test(task, data.test, answers.predictions, answers.ranked, answers.label_scores)
+    outcomes = write_outcomes(Path(run_dir), rows) if distributed.is_main_process() else None
     elapsed = time.perf_counter() - started
     return {
         "status": "ok", "error": None, "seed": run.seed, "decoding_revision": results.DECODING_REVISION,
         "method": {"name": run.method, "kind": "reference"}, "reference": answers.details,
-        "task": {"name": task.name, "type": task.type, "metric": task.metric, "version": task.version},
+        "task": task_record(task),
         "model": {"name": run.model, "source": None, "family": None, "architecture": None, **answers.model},
         "data": {**data.info, "scale": run.scale}, "versions": environment.versions(),
         "params": {"trainable": 0, "total": answers.total_params, "selected_layers": None},
         "epochs": 0, "max_epochs": 0, "best_epoch": 0, "history": [], "optimizer": None,
-        "metrics": {"test": tested, "score": tested[task.metric], "validation": {}},
-        "predictions_sample": [{"prompt": e.prompt[-200:], "prediction": p, "references": list(e.references[:3])}
-                               for e, p in list(zip(data.test, answers.predictions, strict=True))[:5]],
+        "metrics": {"test": tested, "score": tested[task.headline], "headline": task.headline, "validation": {}},
+        "predictions_sample": predictions_sample(data.test, rows), "outcomes": outcomes,
         "throughput": {"train_tokens": 0, "train_tokens_per_s": None},
         "time": {"load_s": answers.load_s, "train_s": 0.0, "eval_s": answers.eval_s,
                  "rank_eval_s": answers.rank_eval_s, "total_s": elapsed - answers.load_s, "to_best_s": 0.0},
@@ -147,8 +149,10 @@ def model_answers(run: RunConfig, task: TaskSpec, data: TaskData, options: Any, 
                              "revision": run.model_revision, "provenance": loaded.provenance})
     if cfg.rank_classification and task.type == "classification":
         started = time.perf_counter()
-        answers.ranked = distributed.rank_classify(model, task, test, tokenizer, family, cfg.max_source_tokens,
-                                                   cfg.max_target_tokens, cfg.eval_batch_size, speedups, autocast)
+        answers.label_scores = distributed.rank_label_words(model, task, test, tokenizer, family,
+                                                            cfg.max_source_tokens, cfg.max_target_tokens,
+                                                            cfg.eval_batch_size, speedups, autocast)
+        answers.ranked = [best_word(s) for s in answers.label_scores]
         answers.rank_eval_s = time.perf_counter() - started
     return answers
 

@@ -128,7 +128,8 @@ def serving_requests(run: RunConfig, tokenizer, family: str, count: int,
     """The first ``count`` prompts of the run's test split, tokenised as the test tokenised them (on an
     encoder, cut to what the tuned ``model``'s positions hold: ``batching.source_token_limit``)."""
     task = get_task(run.task)
-    data = load_task_data(task, run.data_dir, run.scale, run.seed, run.train.eval_examples)
+    data = load_task_data(task, run.data_dir, run.scale, run.seed, run.train.eval_examples,
+                          run.train.test_examples)
     if not data.test:
         raise UserError(f"{run.run_id()}: the test split is empty: no requests to serve")
     max_source = run.train.max_source_tokens if model is None else source_token_limit(

@@ -32,10 +32,12 @@ from peftbench.catalog.models import LoadedModel, load_model
 from peftbench.catalog.tasks import TaskSpec, get_task
 from peftbench.catalog.tasks.data import TaskData, load_task_data, scale_cap_and_epochs
 from peftbench.config import RunConfig, TrainConfig
+from peftbench.outcomes import write_outcomes
 from peftbench.recipe import checkpoint, memory, run_state, serving, steps
 from peftbench.recipe.batching import Encoded, length_grouped_batches, source_token_limit
 from peftbench.recipe.datacache import encode_cached
-from peftbench.recipe.evaluate import score
+from peftbench.recipe.evaluate import score, score_test
+from peftbench.recipe.label_ranking import best_word
 from peftbench.recipe.protocol import EarlyStopping, paper_lr_lambda, resolved_lr
 from peftbench.recipe.run_state import RunState
 from peftbench.recipe.steps import Diverged, Interrupted, OutOfMemory  # noqa: F401 - the recipe's errors, raised in steps.py
@@ -87,7 +89,7 @@ def prepare_cell(run: RunConfig, device_map: str | None = None) -> PreparedCell:
     seed_everything(run.seed)
     # Identical splits for every method of a cell: they depend on task, scale and seed only.
     task = get_task(run.task)
-    data = load_task_data(task, run.data_dir, run.scale, run.seed, cfg.eval_examples)
+    data = load_task_data(task, run.data_dir, run.scale, run.seed, cfg.eval_examples, cfg.test_examples)
     load_started = time.perf_counter()
     classes = task.classes or None  # an encoder model's head classes
     loaded = load_model(run.model, run.trust_remote_code, device_map, revision=run.model_revision, labels=classes,
@@ -205,8 +207,9 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
             best_weights = train_until_stopped(loop, state, best_weights, progress, stop_requested, tracker)
         checkpoint.restore(cell.trainable, best_weights)  # the best epoch's weights are tested (the paper's protocol)
         tested = score_test_split(loop)
-        tracker.log_test({cell.task.metric: tested.score, "rank_accuracy": tested.rank_accuracy}, state.step)
+        tracker.log_test(tested.metrics, state.step)
     adapter = _save_adapter(accelerator.unwrap_model(model), cell.loaded.tokenizer, loop.run_dir, cfg.save_adapter)
+    outcomes = write_outcomes(loop.run_dir, tested.rows) if distributed.is_main_process() else None
     # The last checkpoint stays until the caller has written the result (sweep.execute_run removes it).
     # The model's read from disk (the first load in a process) or copy (later ones) is kept out of total_s,
     # so every run's compared time is measured alike whatever ran before it in the process.
@@ -221,7 +224,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
             "hardware": {**environment.hardware(accelerator.device), "device_map": device_map},
             "memory": memory.run_memory(accelerator.device, after_load_bytes, cell.trainable, optimizer,
                                         adapter["bytes"]),
-            "adapter": adapter, "resumed_from_epoch": resumed_from,
+            "adapter": adapter, "outcomes": outcomes, "resumed_from_epoch": resumed_from,
             "serving": serving.serve_stage(run, adapter), "speedups": speedups.record()}
 
 
@@ -240,34 +243,34 @@ def _resume_or_start(loop: Loop) -> tuple[RunState, dict[str, torch.Tensor], int
 
 @dataclass
 class Tested:
-    """The test split's predictions and scores, and the seconds they took."""
+    """The test split's scores (``metrics.test``), its per-example outcome rows and the seconds they took."""
 
-    predictions: list[str]
-    score: float
+    metrics: dict[str, float]
+    rows: list[dict]
     eval_s: float
-    rank_accuracy: float | None = None
     rank_eval_s: float | None = None
 
 
 def score_test_split(loop: Loop) -> Tested:
-    """Decode the test prompts and score them with the task's metric; with ``train.rank_classification``, a
+    """Decode the test prompts and score them with the task's metrics; with ``train.rank_classification``, a
     classification task's label words are also ranked (``label_ranking.py``)."""
     cell, cfg = loop.cell, loop.run.train
     started = time.perf_counter()
     predictions = distributed.generate(loop.model, cell.encoded["test"], cell.loaded.tokenizer, cell.loaded.family,
                                        cell.task.generation_budget, cfg.eval_batch_size, loop.accelerator.device,
                                        loop.autocast())
-    tested = Tested(predictions, score(cell.task, predictions, cell.data.test), time.perf_counter() - started)
+    eval_s = time.perf_counter() - started
+    ranked, label_scores, rank_eval_s = None, None, None
     if cfg.rank_classification and cell.loaded.family == "encoder":  # its prediction is already a ranking
-        tested.rank_accuracy, tested.rank_eval_s = tested.score, 0.0
+        ranked, rank_eval_s = predictions, 0.0
     elif cfg.rank_classification and cell.task.type == "classification":
         started = time.perf_counter()
-        ranked = distributed.rank_classify(loop.model, cell.task, cell.data.test, cell.loaded.tokenizer,
-                                           cell.loaded.family, cfg.max_source_tokens, cfg.max_target_tokens,
-                                           cfg.eval_batch_size, loop.speedups, loop.autocast())
-        tested.rank_accuracy = score(cell.task, ranked, cell.data.test)
-        tested.rank_eval_s = time.perf_counter() - started
-    return tested
+        label_scores = distributed.rank_label_words(loop.model, cell.task, cell.data.test, cell.loaded.tokenizer,
+                                                    cell.loaded.family, cfg.max_source_tokens, cfg.max_target_tokens,
+                                                    cfg.eval_batch_size, loop.speedups, loop.autocast())
+        ranked, rank_eval_s = [best_word(s) for s in label_scores], time.perf_counter() - started
+    metrics, rows = score_test(cell.task, cell.data.test, predictions, ranked, label_scores)
+    return Tested(metrics, rows, eval_s, rank_eval_s)
 
 
 def train_until_stopped(loop: Loop, state: RunState, best_weights: dict[str, torch.Tensor], progress: bool,
@@ -333,13 +336,10 @@ def _result(run: RunConfig, cell: PreparedCell, state: RunState, tested: Tested)
     """The result fields that describe the cell, its training and its test (``results.py``)."""
     task, loaded = cell.task, cell.loaded
     best_val_metric = state.history[state.stopper.best_epoch - 1]["val_metric"]
-    test_metrics = {task.metric: tested.score}
-    if tested.rank_accuracy is not None:
-        test_metrics["rank_accuracy"] = tested.rank_accuracy
     return {
         "status": "ok", "error": None, "seed": run.seed, "decoding_revision": results.DECODING_REVISION,
         "method": {"name": run.method, "kind": get_method(run.method).kind},
-        "task": {"name": task.name, "type": task.type, "metric": task.metric, "version": task.version},
+        "task": task_record(task),
         "model": {"name": loaded.name, "source": loaded.source, "family": loaded.family,
                   "architecture": loaded.architecture, "revision": run.model_revision,
                   "provenance": loaded.provenance},
@@ -348,13 +348,26 @@ def _result(run: RunConfig, cell: PreparedCell, state: RunState, tested: Tested)
         "versions": environment.versions(),
         "params": cell.params, "epochs": state.epoch, "max_epochs": cell.max_epochs,
         "best_epoch": state.stopper.best_epoch, "history": state.history,
-        "metrics": {"test": test_metrics, "score": tested.score, "validation": {task.metric: best_val_metric}},
-        "predictions_sample": [{"prompt": e.prompt[-200:], "prediction": p, "references": list(e.references[:3])}
-                               for e, p in list(zip(cell.data.test, tested.predictions, strict=True))[:5]],
+        "metrics": {"test": tested.metrics, "score": tested.metrics[task.headline], "headline": task.headline,
+                    "validation": {task.headline: best_val_metric}},
+        "predictions_sample": predictions_sample(cell.data.test, tested.rows),
         "throughput": {"train_tokens": state.train_tokens,
                        "train_tokens_per_s": state.train_tokens / state.train_seconds if state.train_seconds
                        else None},
     }
+
+
+def task_record(task: TaskSpec) -> dict[str, Any]:
+    """The result's ``task`` field."""
+    return {"name": task.name, "type": task.type, "metric": task.metric, "headline_metric": task.headline,
+            "version": task.version}
+
+
+def predictions_sample(examples: list, rows: list[dict], n: int = 5) -> list[dict[str, Any]]:
+    """The first ``n`` test examples' prompts (last 200 characters), predictions and references, to read at a
+    glance; every example's outcome is in the outcomes file."""
+    return [{"prompt": e.prompt[-200:], "prediction": r["prediction"], "references": r["references"][:3]}
+            for e, r in list(zip(examples, rows, strict=True))[:n]]
 
 
 def _validation_metric(loop: Loop, n: int) -> float:

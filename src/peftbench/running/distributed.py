@@ -296,21 +296,21 @@ def generate(model, items: list[Encoded], tokenizer, family: str, max_new_tokens
     return _gathered(mine, predictions, len(items))
 
 
-def rank_classify(model, task: TaskSpec, examples: list[Example], tokenizer, family: str, max_source: int,
-                  max_target: int, batch_size: int, speedups: SpeedupPlan,
-                  autocast: AbstractContextManager) -> list[str]:
-    """``label_ranking.rank_classify`` over a share of whole batches of the examples per process; every process
-    gets all predictions."""
+def rank_label_words(model, task: TaskSpec, examples: list[Example], tokenizer, family: str, max_source: int,
+                     max_target: int, batch_size: int, speedups: SpeedupPlan,
+                     autocast: AbstractContextManager) -> list[dict[str, float]]:
+    """``label_ranking.rank_label_words`` over a share of whole batches of the examples per process; every
+    process gets every example's label-word scores."""
     if _GROUP is None:
-        return label_ranking.rank_classify(model, task, examples, tokenizer, family, max_source, max_target,
-                                           batch_size, speedups, autocast)
+        return label_ranking.rank_label_words(model, task, examples, tokenizer, family, max_source, max_target,
+                                              batch_size, speedups, autocast)
     mine = _my_batches(list(range(len(examples))), batch_size)
-    predictions = label_ranking.rank_classify(model, task, [examples[i] for i in mine], tokenizer, family,
-                                              max_source, max_target, batch_size, speedups, autocast)
-    return _gathered(mine, predictions, len(examples))
+    scores = label_ranking.rank_label_words(model, task, [examples[i] for i in mine], tokenizer, family,
+                                            max_source, max_target, batch_size, speedups, autocast)
+    return _gathered(mine, scores, len(examples))
 
 
-def _gathered(mine: list[int], predictions: list[str], total: int) -> list[str]:
+def _gathered(mine: list[int], predictions: list[Any], total: int) -> list[Any]:
     """Every process's predictions for its indices ``mine``, put together in index order."""
     _check_peers()
     shares: list[Any] = [None] * _GROUP.world

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from peftbench.catalog.metrics import METRICS, TASK_TYPES
+from peftbench.catalog.metrics import CLASSIFICATION_METRICS, METRICS, TASK_TYPES
 from peftbench.config import from_dict
 from peftbench.errors import UserError, unknown
 from peftbench.registry import Registry
@@ -40,7 +40,7 @@ class TaskSpec:
     type: str
     """classification (exact match of the label word) or generation (ROUGE-L F)."""
     metric: str
-    """A metric registered in ``peftbench.catalog.metrics`` that scores this task type (accuracy, rouge_l)."""
+    """The paper's metric, registered in ``peftbench.catalog.metrics`` for this task type (accuracy, rouge_l)."""
     fields: list[str]
     """Fields every row must have."""
     template: str
@@ -64,15 +64,19 @@ class TaskSpec:
     synthetic: str | None = None
     """Name of a generator in peftbench.catalog.tasks.synthetic; the task then needs no data."""
     description: str = ""
+    headline_metric: str | None = None
+    """The metric tables, figures, flags and claims compare (None: ``metric``). CoLA's is MCC: 73 % of its
+    test sentences are acceptable, so accuracy rewards a constant answer that MCC scores 0."""
 
     def validate(self, where: str) -> None:
         if self.type not in TASK_TYPES:
             raise UserError(f"{where}: type must be one of {', '.join(TASK_TYPES)}, got {self.type!r}")
-        if self.metric not in METRICS:
-            raise UserError(f"{where}: {unknown('metric', self.metric, METRICS.names())}")
-        if self.type not in METRICS.get(self.metric).task_types:
-            valid = [name for name in METRICS if self.type in METRICS.get(name).task_types]
-            raise UserError(f"{where}: a {self.type} task is scored with {', '.join(valid)}, not {self.metric!r}")
+        for metric in (self.metric, self.headline):
+            if metric not in METRICS:
+                raise UserError(f"{where}: {unknown('metric', metric, METRICS.names())}")
+            if self.type not in METRICS.get(metric).task_types:
+                valid = [name for name in METRICS if self.type in METRICS.get(name).task_types]
+                raise UserError(f"{where}: a {self.type} task is scored with {', '.join(valid)}, not {metric!r}")
         if self.type == "classification" and (not self.label_field or not self.label_words):
             raise UserError(f"{where}: a classification task needs label_field and label_words")
         if self.type == "generation" and not self.target_field:
@@ -90,6 +94,17 @@ class TaskSpec:
             raise UserError(f"task {self.name}: label {value!r} is outside the label set "
                             f"{sorted(self.label_words)}")
         return self.label_words[key]
+
+    @property
+    def headline(self) -> str:
+        """The metric that comparisons use: ``headline_metric``, else the paper's ``metric``."""
+        return self.headline_metric or self.metric
+
+    @property
+    def test_metrics(self) -> tuple[str, ...]:
+        """Every metric a test records: the paper's first, then (classification) MCC and macro-F1."""
+        extra = CLASSIFICATION_METRICS if self.type == "classification" else ()
+        return tuple(dict.fromkeys((self.metric, self.headline, *extra)))
 
     @property
     def classes(self) -> tuple[str, ...]:

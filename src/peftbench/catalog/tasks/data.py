@@ -6,6 +6,7 @@ result file says exactly which rows it used (``info["sample_hash"]``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peftbench.catalog.tasks import SPLITS, TaskSpec
+from peftbench.catalog.tasks import SPLITS, TaskSpec, get_task
 from peftbench.catalog.tasks.synthetic import GENERATORS
 from peftbench.errors import UserError
 
@@ -54,19 +55,21 @@ class TaskData:
 
 
 def load_task_data(task: TaskSpec, data_dir: str | None, scale: str | int, seed: int,
-                   eval_examples: int = 2500) -> TaskData:
-    """The run's train/validation/test examples; see the module docstring for the guarantees."""
+                   eval_examples: int = 2500, test_examples: int | None = None) -> TaskData:
+    """The run's train/validation/test examples; see the module docstring for the guarantees. Validation
+    takes half of ``eval_examples``, the test split ``test_examples`` (None: the other half)."""
+    per_split = max(1, eval_examples // 2)
+    test_size = test_examples or per_split
     rows = {split: _read_split(task, split, data_dir) for split in SPLITS}
     rows = {split: r for split, r in rows.items() if r is not None}
-    carved = _carve_missing(task, rows, seed, eval_examples // 2)
+    carved = _carve_missing(task, rows, seed, max(per_split, test_size))
     for split in SPLITS:
         if not rows.get(split):
             raise UserError(f"task {task.name}: split {split!r} is empty or missing and no carve rule fills it")
     cap, _ = scale_cap_and_epochs(scale)
     train_rows = _sample(rows["train"], cap, random.Random(f"{task.name}/train/{seed}"))
-    per_split = max(1, eval_examples // 2)
     validation = _sample(_group(task, rows["validation"]), per_split, random.Random(f"{task.name}/val/{seed}"))
-    test = _sample(_group(task, rows["test"]), per_split, random.Random(f"{task.name}/test/{seed}"))
+    test = _sample(_group(task, rows["test"]), test_size, random.Random(f"{task.name}/test/{seed}"))
     data = TaskData(
         train=[_format(task, [row]) for row in train_rows],
         validation=[_format(task, group) for group in validation],
@@ -94,6 +97,48 @@ def data_source(task: TaskSpec, data_dir: str | None) -> str:
     if task.data_files:
         return os.path.commonpath([str(Path(path).parent) for path in task.data_files.values()])
     return data_dir or "huggingface-hub"
+
+
+def data_identity(task_name_or_path: str, data_dir: str | None) -> tuple[str, str]:
+    """(the task, its data) as a run id names them: the task by name and version (a user task also by its
+    YAML's content, not its path), the data by the content of the files it reads, so the same files reached
+    by another path name the same data. Hub data is named by dataset, configuration, revision and splits. A
+    missing file names itself ``<missing>`` (preflight reports it)."""
+    task = get_task(task_name_or_path)
+    name = f"{task.name}@v{task.version}"
+    if task_name_or_path.endswith((".yaml", ".yml")):
+        name += "#" + hashlib.sha256(Path(task_name_or_path).read_bytes()).hexdigest()[:12]
+    if task.synthetic:
+        return name, "synthetic"
+    if task.data_files:
+        files = dict(task.data_files)
+    elif data_dir is not None:
+        files = {split: Path(data_dir) / task.name / f"{stem}.jsonl" for split, stem in task.local_splits.items()}
+    else:
+        hub = task.hf
+        return name, "hub:" + json.dumps([hub.path, hub.name, hub.revision, hub.splits], sort_keys=True)
+    digest = hashlib.sha256()
+    for split in sorted(files):
+        digest.update(f"{split}:{_file_digest(Path(files[split]))};".encode())
+    return name, "sha256:" + digest.hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    try:
+        stat = path.resolve().stat()
+    except OSError:
+        return "<missing>"
+    return _content_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _content_digest(path: str, size: int, mtime_ns: int) -> str:
+    """A file's sha256, read once per process while its size and modification time stay the same."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # --- reading ------------------------------------------------------------------------------------------
