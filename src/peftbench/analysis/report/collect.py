@@ -66,7 +66,16 @@ def _number(value: Any) -> float | None:
 
 
 def score(r: dict[str, Any]) -> float | None:
-    return _number(_dig(r, "metrics", "score"))
+    """The task's headline metric (``metrics.test[task.headline_metric]``; a result from before headlines
+    recorded its paper metric as ``metrics.score``)."""
+    value = _dig(r, "metrics", "test", headline_metric(r.get("task") or {}))
+    return _number(_dig(r, "metrics", "score") if value is None else value)
+
+
+def headline_metric(task_info: dict[str, Any]) -> str:
+    """The metric a task's comparisons use, as its results recorded it (``task.headline_metric``, else the
+    paper's ``task.metric``)."""
+    return str(task_info.get("headline_metric") or task_info.get("metric") or "score")
 
 
 def trainable_params(r: dict[str, Any]) -> float | None:
@@ -275,11 +284,17 @@ class Collection:
         return order_methods(k.method for k in keys if not baseline_only or k.ablation is None)
 
     def task_info(self, task: str) -> dict[str, Any]:
-        """The task's {name, type, metric} as recorded by its runs (the first one that recorded it)."""
+        """The task's {name, type, metric, headline_metric} as recorded by its runs (the first one that
+        recorded it)."""
         for run in self.runs:
             if self.key(run).task == task and isinstance(run.get("task"), dict):
                 return run["task"]
         return {"name": task}
+
+    def headlines(self, task: str) -> list[str]:
+        """The headline metrics the task's runs recorded (more than one: results of two peftbench versions)."""
+        return sorted({headline_metric(run["task"]) for run in self.runs
+                       if self.key(run).task == task and isinstance(run.get("task"), dict)})
 
 
 def collect(results_dirs: Path | Sequence[Path]) -> Collection:

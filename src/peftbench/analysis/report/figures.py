@@ -368,7 +368,7 @@ def _tradeoff_panel(ax, coll: Collection, panel: tuple, quantity, factor: float,
     _cost_axis(ax, [x for x, _ in points])
     ax.set_title(f"{task_label(task, coll)} ({scale_label(scale)}), {model}", fontsize=9)
     ax.set_xlabel(xlabel, fontsize=8)
-    ax.set_ylabel(str(coll.task_info(task).get("metric", "score")), fontsize=8)
+    ax.set_ylabel(c.headline_metric(coll.task_info(task)), fontsize=8)
     if points:
         ax.legend(fontsize=6)
     return notes

@@ -252,5 +252,5 @@ def _latency_panel(ax, coll: Collection, panel: tuple) -> None:
         ax.axvline(sum(bases) / len(bases), color="black", linestyle="--", linewidth=0.8, label="base model")
     ax.set_title(f"{task_label(task)} ({scale_label(scale)}), {model}", fontsize=9)
     ax.set_xlabel("latency per batch of requests (ms)", fontsize=8)
-    ax.set_ylabel(str(coll.task_info(task).get("metric", "score")), fontsize=8)
+    ax.set_ylabel(c.headline_metric(coll.task_info(task)), fontsize=8)
     ax.legend(fontsize=6)

@@ -238,7 +238,15 @@ def _parameter_blocks(coll: Collection) -> list[TableBlock]:
 
 
 def _metric_note(coll: Collection) -> str:
-    metrics = [f"{task}: {coll.task_info(task).get('metric', 'score')}" for task in coll.tasks()]
+    metrics = []
+    for task in coll.tasks():
+        info, headlines = coll.task_info(task), coll.headlines(task) or ["score"]
+        note = f"{task}: {' / '.join(headlines)}"
+        if len(headlines) > 1:
+            note += " (results of different peftbench versions: each run shows its own)"
+        elif info.get("metric") and info.get("metric") != headlines[0]:
+            note += f" (the paper's {info['metric']} is in metrics.test)"
+        metrics.append(note)
     return "Metric per task: " + ", ".join(metrics) + "."
 
 
