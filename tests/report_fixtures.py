@@ -56,7 +56,8 @@ def make_result(
         "history": [{"epoch": i + 1, "train_loss": loss + 0.1, "val_loss": loss, "val_metric": 0.5, "seconds": 10.0}
                     for i, loss in enumerate(val_losses)],
         "metrics": {"test": {metric: score}, "score": score},
-        "time": {"train_s": total_s * 0.9, "eval_s": total_s * 0.1, "total_s": total_s, "to_best_s": total_s / 2},
+        # total_s is Table 4's time (to convergence): here the whole run trains to its best epoch.
+        "time": {"train_s": total_s, "train_to_best_s": total_s, "eval_s": total_s * 0.1, "total_s": total_s * 1.1},
         "throughput": {"train_tokens_per_s": 1000.0},
         "memory": {"peak_bytes": peak_bytes, "kind": "process_peak_rss"},
         "adapter": {"path": None, "bytes": 0},

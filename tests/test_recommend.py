@@ -128,7 +128,7 @@ def test_results_change_the_answer_and_cite_the_numbers(tmp_path):
     measured = recommend("classification", 50, "time", results)
     assert _ranked(measured) == ["lora", "ia3", "full"]  # failed BitFit and generation runs do not count
     assert measured[0].reason.startswith(
-        "Mean run time 12.3 min. lora: 0.81 accuracy on cola (low, 3 seeds), 12.3 min."
+        "Mean training time to the best epoch 12.3 min. lora: 0.81 accuracy on cola (low, 3 seeds), 12.3 min."
     )
     assert "would put Full Tuning first" in measured[0].reason and "say otherwise" in measured[0].reason
     assert measured[0].evidence["source"] == "results" and len(measured[0].evidence["runs"]) == 3

@@ -81,10 +81,14 @@ COLUMNS: tuple[Column, ...] = (
     # scores
     Column("task_type", str, at("task", "type")),
     Column("metric", str, at("task", "metric")),
+    Column("headline_metric", str, lambda r: at("task", "headline_metric")(r) or at("task", "metric")(r)),
     Column("score", float, at("metrics", "score")),
     Column("test_accuracy", float, at("metrics", "test", "accuracy")),
+    Column("test_mcc", float, at("metrics", "test", "mcc")),
+    Column("test_macro_f1", float, at("metrics", "test", "macro_f1")),
     Column("test_rouge_l", float, at("metrics", "test", "rouge_l")),
     Column("test_rank_accuracy", float, at("metrics", "test", "rank_accuracy")),
+    Column("test_rank_mcc", float, at("metrics", "test", "rank_mcc")),
     Column("validation_score", float, _validation_score),
     # times
     Column("time_total_s", float, at("time", "total_s")),
@@ -92,7 +96,10 @@ COLUMNS: tuple[Column, ...] = (
     Column("time_train_s", float, at("time", "train_s")),
     Column("time_eval_s", float, at("time", "eval_s")),
     Column("time_rank_eval_s", float, at("time", "rank_eval_s")),
-    Column("time_to_best_s", float, at("time", "to_best_s")),
+    Column("time_train_to_best_s", float,
+           lambda r: at("time", "train_to_best_s")(r) if at("time", "train_to_best_s")(r) is not None
+           else at("time", "to_best_s")(r)),  # schema 1 named it to_best_s
+    Column("time_val_metric_s", float, at("time", "val_metric_s")),
     Column("train_tokens_per_s", float, at("throughput", "train_tokens_per_s")),
     # memory
     Column("memory_peak_bytes", int, at("memory", "peak_bytes")),

@@ -255,7 +255,7 @@ def _measured_units(coll: c.Collection, task_type: str) -> dict[str | int, dict[
 
 def _describe(cell: c.Cell, metric: str, many_models: bool, constraint: str) -> str:
     key, n = cell.key, len(cell.ok_runs)
-    score, seconds = cell.stat(c.score), cell.stat(c.total_seconds)
+    score, seconds = cell.stat(c.score), cell.stat(c.train_to_best_seconds)
     model = f"{key.model}, " if many_models else ""
     text = f"{score.mean:.2f} {metric}" if score else "no score"
     text += f" on {key.task} ({model}{key.scale}, {n} seed{'s' if n > 1 else ''})"
@@ -278,7 +278,7 @@ def _measured_key(cells: list[c.Cell], constraint: str) -> tuple[float, float]:
         return _mean(stats) if stats else math.inf
 
     if constraint == "time":
-        return mean_of(c.total_seconds), 0.0
+        return mean_of(c.train_to_best_seconds), 0.0
     if constraint == "memory":
         return mean_of(c.peak_bytes), mean_of(c.trainable_params)
     score = mean_of(c.score)
@@ -290,7 +290,7 @@ def _criterion(cells: list[c.Cell], constraint: str, metric: str) -> str:
     if primary == math.inf:
         return f"no {constraint} measurement recorded"
     if constraint == "time":
-        return f"mean run time {primary / 60:.1f} min"
+        return f"mean training time to the best epoch {primary / 60:.1f} min"
     if constraint == "memory":
         return f"mean peak memory {primary / 2**30:.2f} GiB, {secondary:,.0f} trainable params"
     return f"mean {metric} {-primary:.4f}"

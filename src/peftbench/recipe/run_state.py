@@ -32,7 +32,11 @@ class RunState:
     stopper: EarlyStopping = field(default_factory=EarlyStopping)
     train_tokens: int = 0
     train_seconds: float = 0.0
+    """The paper's clock: optimiser steps and the per-epoch validation loss that early stopping needs."""
     to_best_s: float = 0.0
+    """``train_seconds`` at the end of the best epoch (``time.train_to_best_s``)."""
+    val_metric_seconds: float = 0.0
+    """Per-epoch decoding of ``val_metric_examples``: evaluation, off the training clock."""
     checkpointed_s: float = 0.0
     """``train_seconds`` when the last epoch checkpoint was taken."""
     batches_done: int = 0

@@ -56,7 +56,9 @@ from typing import Any
 
 from peftbench.running.redaction import redact
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: ``time.train_to_best_s`` (the paper's clock) replaces ``time.to_best_s``, evaluation has its own time
+fields; per-example outcomes; ``metrics.headline``. Readers accept 1."""
 RESULT_FILE = "result.json"
 STATUSES = ("ok", "failed", "diverged", "interrupted", "running")
 

@@ -99,6 +99,31 @@ def total_seconds(r: dict[str, Any]) -> float | None:
     return _number(_dig(r, "time", "total_s"))
 
 
+def train_to_best_seconds(r: dict[str, Any]) -> float | None:
+    """The paper's time to convergence: ``time.train_to_best_s``, the optimiser steps and per-epoch
+    validation loss up to the best epoch. Results of schema 1 recorded ``time.to_best_s``, which also
+    counted the per-epoch validation decoding."""
+    value = _dig(r, "time", "train_to_best_s")
+    return _number(_dig(r, "time", "to_best_s") if value is None else value)
+
+
+def train_seconds(r: dict[str, Any]) -> float | None:
+    """``time.train_s``: every epoch's optimiser steps and validation loss (the paper's clock, all epochs)."""
+    return _number(_dig(r, "time", "train_s"))
+
+
+EVALUATION_TIMES = ("val_metric_s", "eval_s", "rank_eval_s", "forgetting_s")
+"""Evaluation, off the training clock: per-epoch validation decoding, test decoding, label ranking and the
+general-text loss."""
+
+
+def evaluation_seconds(r: dict[str, Any]) -> float | None:
+    """The run's evaluation seconds (``EVALUATION_TIMES`` that it recorded); never part of a time ratio."""
+    values = [_number(_dig(r, "time", key)) for key in EVALUATION_TIMES]
+    values = [v for v in values if v is not None]
+    return sum(values) if values else None
+
+
 def best_epoch(r: dict[str, Any]) -> float | None:
     return _number(r.get("best_epoch"))
 
@@ -114,8 +139,8 @@ def score_per_100k_params(r: dict[str, Any]) -> float | None:
 
 
 def score_per_minute(r: dict[str, Any]) -> float | None:
-    """Table 6: score / (total run time in minutes)."""
-    s, t = score(r), total_seconds(r)
+    """Table 6: score / (training time to the best epoch in minutes, Table 4's time, as the paper divides)."""
+    s, t = score(r), train_to_best_seconds(r)
     return None if s is None or not t else s / (t / 60.0)
 
 
@@ -336,8 +361,8 @@ def method_options_note(coll: Collection) -> str | None:
 
 
 def speedups_note(runs: Iterable[dict[str, Any]]) -> str | None:
-    """A warning when the ok runs were made with different speed-up settings (``config.speedups``;
-    absent means unknown): their times are then not measured alike."""
+    """The speed-up setting of the ok runs (``config.speedups``; absent means unknown), which every time table
+    and figure names; a warning when they differ, since their times are then not measured alike."""
     counts: dict[str, int] = {}
     for run in runs:
         if run.get("status") != "ok":
@@ -351,8 +376,10 @@ def speedups_note(runs: Iterable[dict[str, Any]]) -> str | None:
         else:
             text = str(setting)
         counts[text] = counts.get(text, 0) + 1
-    if len(counts) < 2:
+    if not counts:
         return None
+    if len(counts) == 1:
+        return f"Speed-up setting of these runs: {next(iter(counts))}."
     found = "; ".join(f"{text} ({n} runs)" for text, n in sorted(counts.items()))
     return (f"Speed-up settings differ between these runs ({found}): their run times and memory were not "
             "measured alike and are compared here only with that caveat.")
