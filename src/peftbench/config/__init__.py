@@ -53,6 +53,9 @@ class RunConfig:
     trackers: list[str] = field(default_factory=list)
     """Experiment trackers the run logs to (``tracking.py``); where a run is watched, not what it computes,
     so not part of the run id."""
+    lr_search: list[float] | None = None
+    """Learning-rate factors to try (``lr_candidates``); the run trains and tests the one whose best
+    validation loss is lowest. None: the method's protocol learning rates, as the paper."""
     train: TrainConfig = field(default_factory=TrainConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     """Serving measurements after the test; they do not change what the run computes, nor its id."""
@@ -60,6 +63,14 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def lr_candidates(self) -> list[RunConfig]:
+        """The LR search's candidate runs: this run with its learning rates scaled by each factor of
+        ``lr_search``, trained and validated but never tested (``train.run_test`` false). Runs of their own,
+        resumed and skipped like any other; the results they leave are no cells of a table."""
+        return [dataclasses.replace(self, lr_search=None, trackers=[],
+                                    train=dataclasses.replace(self.train, lr_scale=factor, run_test=False))
+                for factor in self.lr_search or ()]
 
     def run_id(self) -> str:
         """A readable, stable id: the cell's coordinates plus a hash of what the run computes (``identity``)."""
@@ -109,7 +120,7 @@ ID_DEFAULTS: dict[str, Any] = {
     "train.val_metric_examples": 200, "train.rank_classification": True, "train.eval_examples": 2500,
     "train.group_by_length": True, "train.save_adapter": True, "train.checkpoint_every_epoch": True,
     "train.checkpoint_interval_s": 60.0, "train.num_threads": None, "train.max_oom_retries": 4,
-    "train.test_examples": None,
+    "train.test_examples": None, "train.lr_scale": 1.0, "train.run_test": True, "lr_search": None,
     "speedups.keep_freed_memory": True, "speedups.fused_adamw": True, "speedups.fused_passes": True,
     "speedups.frozen_weights_bf16": True, "speedups.onednn_blocked_weights": True,
     "speedups.lm_head_on_targets": True, "speedups.shared_prompt_prefix": True, "speedups.eager_attention": True,
@@ -183,6 +194,12 @@ class SweepConfig:
     trust_remote_code: bool = False
     model_revision: str | None = None
     """The hub models' branch, tag or commit; None: each model's default branch. Part of run ids when set."""
+    lr_search: list[float] | None = None
+    """Factors of each method's protocol learning rates (initial, peak, final scaled together) to try, e.g.
+    [0.1, 0.3, 1, 3]: each candidate trains and validates (``RunConfig.lr_candidates``), and the run tests
+    the one with the lowest best validation loss (the test split is never looked at to choose). Its result
+    records every candidate's validation curve (``lr_search``) and is a cell of its own ("tuned LR"), never
+    pooled with the fixed-LR runs of the method. Reference rows ignore it. None: the protocol's rates."""
     trackers: list[str] = field(default_factory=list)
     """Experiment trackers each run logs to, by accelerate's names: tensorboard (under
     ``<output_dir>/tensorboard``), mlflow (MLFLOW_TRACKING_URI), wandb, or any other accelerate tracker.
@@ -210,6 +227,8 @@ class SweepConfig:
             raise UserError("ray_num_cpus_per_run and ray_num_gpus_per_run must be at least 0, "
                             "max_retries at least -1")
         self._validate_method_ablations()
+        if self.lr_search is not None and (not self.lr_search or any(not f > 0 for f in self.lr_search)):
+            raise UserError(f"lr_search must be a list of factors above 0, got {self.lr_search}")
         self.train.validate()
         self.serve.validate()
         if self.serve.enabled and not self.train.save_adapter:
@@ -237,6 +256,8 @@ class SweepConfig:
     def expand(self) -> list[RunConfig]:
         """Every cell of the grid, in a stable order (seed outermost so partial sweeps cover all cells); a
         method that does not apply to a task's type (``not_applicable``) is left out."""
+        from peftbench.catalog.methods import METHODS
+
         skipped = {pair for pair, _ in self.not_applicable()}
         runs = []
         for seed in self.seeds:
@@ -245,7 +266,10 @@ class SweepConfig:
                     for scale in self.scales:
                         for method in (m for m in self.methods if (m, task) not in skipped):
                             for ablation in self.ablations_for(method):
-                                runs.append(self._run(model, method, task, scale, seed, ablation))
+                                run = self._run(model, method, task, scale, seed, ablation)
+                                if method in METHODS and METHODS.get(method).is_reference:
+                                    run.lr_search = None  # nothing trains: no learning rate to search
+                                runs += [*run.lr_candidates(), run]  # the candidates first: the run reads them
         return runs
 
     def not_applicable(self) -> list[tuple[tuple[str, str], str]]:
@@ -273,6 +297,7 @@ class SweepConfig:
             method_options=dict(self.method_options.get(method, {})),
             data_dir=self.data_dir, trust_remote_code=self.trust_remote_code,
             model_revision=self.model_revision, trackers=list(self.trackers),
+            lr_search=list(self.lr_search) if self.lr_search else None,
             train=dataclasses.replace(self.train), serve=dataclasses.replace(self.serve),
             speedups=dataclasses.replace(self.speedups),
         )

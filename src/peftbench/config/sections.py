@@ -33,6 +33,10 @@ class TrainConfig:
     """Learning rate at the end of warm-up; None takes the method family's (3e-4, 3e-3, 3e-1)."""
     lr_final: float | None = None
     """Learning rate at the last planned step; None takes the method family's (3e-5, 3e-4, 3e-2)."""
+    lr_scale: float = 1.0
+    """Multiplies the learning-rate triple (initial, peak, final) together; the LR search's candidates set it."""
+    run_test: bool = True
+    """False: train and validate only, with no test (the LR search's candidates); such a result is no cell."""
     weight_decay: float = 0.0
     """AdamW weight decay (the paper does not state one; 0 keeps adapters' init meaningful)."""
     max_grad_norm: float = 1.0
@@ -83,6 +87,8 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise UserError(f"train.{name} must be at least 1, got {value}")
+        if not self.lr_scale > 0:
+            raise UserError(f"train.lr_scale must be above 0, got {self.lr_scale}")
         if self.test_examples is not None and self.test_examples < 1:
             raise UserError(f"train.test_examples must be at least 1 or null, got {self.test_examples}")
         if self.max_epochs is not None and self.max_epochs < 1:

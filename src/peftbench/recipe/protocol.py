@@ -51,7 +51,7 @@ class EarlyStopping:
 
 
 def resolved_lr(train: TrainConfig, method: str) -> LRSchedule:
+    """The method's learning rates, each overridden by ``train``'s when set, all times ``train.lr_scale``."""
     default = get_method(method).lr
-    return LRSchedule(train.lr_initial if train.lr_initial is not None else default.initial,
-                      train.lr_peak if train.lr_peak is not None else default.peak,
-                      train.lr_final if train.lr_final is not None else default.final)
+    return LRSchedule(*(train.lr_scale * (own if own is not None else fallback) for own, fallback in (
+        (train.lr_initial, default.initial), (train.lr_peak, default.peak), (train.lr_final, default.final))))

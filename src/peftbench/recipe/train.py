@@ -14,7 +14,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from peftbench.catalog.tasks import TaskSpec, get_task
 from peftbench.catalog.tasks.data import TaskData, load_task_data, scale_cap_and_epochs
 from peftbench.config import RunConfig, TrainConfig
 from peftbench.outcomes import write_outcomes
-from peftbench.recipe import checkpoint, memory, run_state, serving, steps
+from peftbench.recipe import checkpoint, lr_search, memory, run_state, serving, steps
 from peftbench.recipe.batching import Encoded, length_grouped_batches, source_token_limit
 from peftbench.recipe.datacache import encode_cached
 from peftbench.recipe.evaluate import score, score_test
@@ -180,6 +180,11 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
 
         return run_reference_cell(run, run_dir, progress=progress, stop_requested=stop_requested,
                                   device_map=device_map)
+    if run.lr_search:  # train the factor its candidates' validation chose, and test it (lr_search.py)
+        search = lr_search.choose(run, Path(run_dir).parent)
+        chosen = replace(run, lr_search=None, train=replace(run.train, lr_scale=search["chosen"]))
+        return {**run_cell(chosen, run_dir, progress=progress, stop_requested=stop_requested,
+                           device_map=device_map), "lr_search": search}
     started = time.perf_counter()
     cfg = run.train
     if cfg.num_threads:
@@ -206,10 +211,11 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
         with writer:  # leaving it waits for the last write: the best weights are restored below
             best_weights = train_until_stopped(loop, state, best_weights, progress, stop_requested, tracker)
         checkpoint.restore(cell.trainable, best_weights)  # the best epoch's weights are tested (the paper's protocol)
-        tested = score_test_split(loop)
+        tested = score_test_split(loop) if cfg.run_test else Tested({}, [], None)  # an LR candidate: no test
         tracker.log_test(tested.metrics, state.step)
-    adapter = _save_adapter(accelerator.unwrap_model(model), cell.loaded.tokenizer, loop.run_dir, cfg.save_adapter)
-    outcomes = write_outcomes(loop.run_dir, tested.rows) if distributed.is_main_process() else None
+    adapter = _save_adapter(accelerator.unwrap_model(model), cell.loaded.tokenizer, loop.run_dir,
+                            cfg.save_adapter and cfg.run_test)
+    outcomes = write_outcomes(loop.run_dir, tested.rows) if cfg.run_test and distributed.is_main_process() else None
     # The last checkpoint stays until the caller has written the result (sweep.execute_run removes it).
     # The model's read from disk (the first load in a process) or copy (later ones) is kept out of total_s,
     # so every run's compared time is measured alike whatever ran before it in the process.
@@ -247,7 +253,7 @@ class Tested:
 
     metrics: dict[str, float]
     rows: list[dict]
-    eval_s: float
+    eval_s: float | None
     rank_eval_s: float | None = None
 
 
@@ -352,7 +358,7 @@ def _result(run: RunConfig, cell: PreparedCell, state: RunState, tested: Tested)
         "versions": environment.versions(),
         "params": cell.params, "epochs": state.epoch, "max_epochs": cell.max_epochs,
         "best_epoch": state.stopper.best_epoch, "history": state.history,
-        "metrics": {"test": tested.metrics, "score": tested.metrics[task.headline], "headline": task.headline,
+        "metrics": {"test": tested.metrics, "score": tested.metrics.get(task.headline), "headline": task.headline,
                     "validation": {task.headline: best_val_metric}},
         "predictions_sample": predictions_sample(cell.data.test, tested.rows),
         "throughput": {"train_tokens": state.train_tokens,
@@ -369,7 +375,9 @@ def task_record(task: TaskSpec) -> dict[str, Any]:
 
 def predictions_sample(examples: list, rows: list[dict], n: int = 5) -> list[dict[str, Any]]:
     """The first ``n`` test examples' prompts (last 200 characters), predictions and references, to read at a
-    glance; every example's outcome is in the outcomes file."""
+    glance; every example's outcome is in the outcomes file. None for a run that was not tested."""
+    if not rows:
+        return []
     return [{"prompt": e.prompt[-200:], "prediction": r["prediction"], "references": r["references"][:3]}
             for e, r in list(zip(examples, rows, strict=True))[:n]]
 

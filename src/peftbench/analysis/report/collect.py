@@ -18,7 +18,7 @@ from typing import Any
 
 from peftbench.analysis.stats import mean_ci, t_quantile_975  # noqa: F401 - re-exported
 from peftbench.catalog.ablations import ABLATIONS
-from peftbench.catalog.methods import method_family, method_label, method_order
+from peftbench.catalog.methods import TUNED_LR, method_family, method_label, method_order
 from peftbench.errors import UserError
 from peftbench.running.results import is_stale, iter_results
 
@@ -202,9 +202,14 @@ def cell_key(result: dict[str, Any], primary_options: str | None = None) -> Cell
         model=str(config.get("model")),
         task=str(config.get("task")),
         scale=scale,
-        method=str(config.get("method")),
+        method=str(config.get("method")) + (TUNED_LR if config.get("lr_search") else ""),
         ablation=config.get("ablation") or variant,
     )
+
+
+def is_lr_candidate(result: dict[str, Any]) -> bool:
+    """A run that trained and validated without a test (``train.run_test`` false): an LR-search candidate."""
+    return ((result.get("config") or {}).get("train") or {}).get("run_test") is False
 
 
 def options_key(options: dict[str, Any] | None) -> str:
@@ -279,6 +284,8 @@ class Collection:
     """Why each unreadable result file was left out."""
     primary: dict[tuple[str, str], str] = field(default_factory=dict)
     """``primary_options`` of the runs: which method options are the method itself."""
+    lr_candidates: list[dict[str, Any]] = field(default_factory=list)
+    """Results of LR-search candidates (``is_lr_candidate``): trained, never tested, so no cell's."""
 
     def key(self, run: dict[str, Any]) -> CellKey:
         config = run.get("config") or {}
@@ -342,7 +349,9 @@ def collect(results_dirs: Path | Sequence[Path]) -> Collection:
     # A stale result (results.is_stale: decoded before a fix that changes its score) is shown as "stale",
     # not as a number; `peftbench run` runs it again.
     runs = [{**run, "status": "stale"} if is_stale(run) else run for run in runs]
-    coll = Collection(dirs if several else dirs[0], runs, {}, skipped, primary_options(runs))
+    candidates = [run for run in runs if is_lr_candidate(run)]
+    runs = [run for run in runs if not is_lr_candidate(run)]
+    coll = Collection(dirs if several else dirs[0], runs, {}, skipped, primary_options(runs), candidates)
     for run in runs:
         key = coll.key(run)
         coll.cells.setdefault(key, Cell(key)).runs.append(run)

@@ -225,20 +225,34 @@ def declared_adapter_params(peft_model: peft.PeftModel) -> dict[str, nn.Paramete
     return declared
 
 
+TUNED_LR = "+lr_search"
+"""Suffix of a method's name in the cells of its runs with a searched learning rate (``lr_search``): a cell
+of its own, never pooled with the method's fixed-rate runs."""
+
+
+def base_method(name: str) -> str:
+    """``name`` without ``TUNED_LR``."""
+    return name.removesuffix(TUNED_LR)
+
+
 def method_label(name: str) -> str:
-    """The name a table prints for ``name``: its spec's label, else the name itself."""
-    return METHODS.get(name).display if name in METHODS else name
+    """The name a table prints for ``name``: its spec's label, else the name itself; "(tuned LR)" after it
+    for a cell of searched learning rates."""
+    base = base_method(name)
+    label = METHODS.get(base).display if base in METHODS else base
+    return f"{label} (tuned LR)" if name != base else label
 
 
 def method_order(name: str) -> tuple[int, str]:
-    """Sort key of ``name`` in tables: its spec's order, then the name."""
-    return (METHODS.get(name).order if name in METHODS else UNREGISTERED_ORDER, name)
+    """Sort key of ``name`` in tables: its spec's order (a tuned-LR cell right after its method), then the name."""
+    base = base_method(name)
+    return (METHODS.get(base).order if base in METHODS else UNREGISTERED_ORDER, name)
 
 
 def method_family(name: str) -> str:
     """The family (FAMILIES) of ``name``, or "adapter" for a name no longer resolvable."""
     try:
-        return get_method(name).family
+        return get_method(base_method(name)).family
     except UserError:
         return "adapter"
 
