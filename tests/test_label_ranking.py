@@ -17,7 +17,12 @@ from peftbench.catalog.tasks.data import load_task_data
 from peftbench.config import load_sweep
 from peftbench.outcomes import read_outcomes
 from peftbench.recipe.batching import collate, encode
-from peftbench.recipe.label_ranking import label_words, rank_classify, target_log_likelihoods
+from peftbench.recipe.label_ranking import (
+    label_words,
+    rank_classify,
+    shared_prompt_scores,
+    target_log_likelihoods,
+)
 from peftbench.recipe.train import run_cell
 
 MODELS = {"causal": "llama-tiny-random", "seq2seq": "t5-tiny-random"}
@@ -48,6 +53,19 @@ def test_target_log_likelihoods_are_the_models_summed_loss_per_example(family):
     want = [_one_at_a_time(model, item, family, tokenizer.pad_token_id) for item in items]
     assert got.dtype == torch.float64 and got.shape == (len(items),)
     assert got.tolist() == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("family", ["causal", "seq2seq"])
+def test_each_prompt_runs_once_and_scores_every_word_as_the_full_pass_does(family):
+    # shared_prompt_scores (prompt once, a cache or the encoder's output reused per word) against a full
+    # forward pass of prompt and target per word, on prompts of different lengths (padding differs).
+    model, tokenizer, task, examples = _model_and_examples(family, n=7)
+    candidates = [encode([replace(e, target=w) for e in examples], tokenizer, family, 512, 128)
+                  for w in label_words(task)]
+    shared = shared_prompt_scores(model, candidates, family, tokenizer.pad_token_id, 3, nullcontext())
+    full = [[_one_at_a_time(model, item, family, tokenizer.pad_token_id) for item in items] for items in candidates]
+    assert shared.shape == (7, 3)
+    assert shared.T.tolist() == [pytest.approx(row, rel=1e-4, abs=1e-4) for row in full]
 
 
 @pytest.mark.parametrize("family", ["causal", "seq2seq"])

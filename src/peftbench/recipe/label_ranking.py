@@ -8,12 +8,17 @@ model's EOS), summed over those tokens. The prediction is the label word with th
 answers outside the label set, so beside exact match it separates "knows the answer" from "learned the
 answer's format"; it is reported as its own metric, ``rank_accuracy`` (``train.rank_classification``).
 
-Cost: one forward pass per label word over the test prompts, in the batches and through the loss validation
-uses (length order, and the run's speed-ups: fused passes, a shared prompt prefix run once), and no decoding.
+Cost: each test prompt runs once (``shared_prompt_scores``): a causal model keeps the prompt's key/value
+cache and runs only each label word's tokens after it, a seq2seq model keeps the encoder's output and runs
+only the decoder per word; the first target token's log-likelihood comes from the prompt's own last
+position. Prompt learning (virtual tokens before the prompt) takes the general path instead: one forward pass
+per label word over the whole prompt and target, in the batches and through the loss validation uses
+(``target_log_likelihoods``). No decoding either way.
 """
 
 from __future__ import annotations
 
+import copy
 from contextlib import AbstractContextManager
 from dataclasses import replace
 
@@ -21,7 +26,7 @@ import torch
 
 from peftbench.catalog.tasks import TaskSpec
 from peftbench.catalog.tasks.data import Example
-from peftbench.recipe.batching import Encoded, collate, encode
+from peftbench.recipe.batching import Encoded, collate, collate_prompts, encode
 from peftbench.recipe.evaluate import validation_batches
 from peftbench.recipe.loss import target_token_losses
 from peftbench.speedups import SpeedupPlan
@@ -48,17 +53,91 @@ def label_words(task: TaskSpec) -> list[str]:
 def rank_label_words(model, task: TaskSpec, examples: list[Example], tokenizer, family: str, max_source: int,
                      max_target: int, batch_size: int, speedups: SpeedupPlan,
                      autocast: AbstractContextManager) -> list[dict[str, float]]:
-    """Each example's ``{label word: summed log-likelihood (nats)}``, every word scored as the target
-    (``target_log_likelihoods``); ``best_word`` picks the prediction."""
+    """Each example's ``{label word: summed log-likelihood (nats)}``, every word scored as the target,
+    its tokens encoded exactly as training encodes a target; ``best_word`` picks the prediction."""
     words = label_words(task)
     if not examples:
         return []
-    scores = torch.stack([
-        target_log_likelihoods(model, encode([replace(e, target=word) for e in examples], tokenizer, family,
-                                             max_source, max_target),
-                               family, tokenizer.pad_token_id, batch_size, speedups, autocast)
-        for word in words], dim=1)  # [examples, words]
+    candidates = [encode([replace(e, target=word) for e in examples], tokenizer, family, max_source, max_target)
+                  for word in words]  # [word][example]
+    if family in ("causal", "seq2seq") and not speedups.virtual_tokens:
+        scores = shared_prompt_scores(model, candidates, family, tokenizer.pad_token_id, batch_size, autocast)
+    else:
+        scores = torch.stack([target_log_likelihoods(model, items, family, tokenizer.pad_token_id, batch_size,
+                                                     speedups, autocast) for items in candidates], dim=1)
     return [dict(zip(words, row, strict=True)) for row in scores.tolist()]
+
+
+def _target_ids(item: Encoded, family: str) -> list[int]:
+    """The target tokens of an encoded candidate (after its prompt: causal; the decoder labels: seq2seq)."""
+    return item.input_ids[len(item.prompt_ids):] if family == "causal" else item.labels
+
+
+@torch.inference_mode()
+def shared_prompt_scores(model, candidates: list[list[Encoded]], family: str, pad_id: int, batch_size: int,
+                         autocast: AbstractContextManager) -> torch.Tensor:
+    """Summed target log-likelihoods [examples, words] (float64), each prompt run once for every word:
+    ``candidates[w][i]`` is example i with word w as its target (the same prompt for every w)."""
+    model.eval()
+    prompts = candidates[0]
+    device = next(model.parameters()).device
+    totals = torch.zeros(len(prompts), len(candidates), dtype=torch.float64)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].prompt_ids))  # similar lengths pad least
+    for start in range(0, len(order), batch_size):
+        rows = order[start: start + batch_size]
+        batch = {k: v.to(device) for k, v in collate_prompts([prompts[i] for i in rows], pad_id,
+                                                             left=family == "causal").items()}
+        targets = [[_target_ids(candidates[w][i], family) for i in rows] for w in range(len(candidates))]
+        with autocast:
+            scores = (_causal_scores if family == "causal" else _seq2seq_scores)(model, batch, targets, pad_id)
+        totals[rows] = scores.double().cpu()
+    return totals
+
+
+def _gathered_log_probs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ over positions of log p(target) where ``mask``: logits [rows, positions, vocab] → [rows]."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (log_probs * mask).sum(dim=1)
+
+
+def _padded(sequences: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences], device=device)
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=device)
+    return ids, mask
+
+
+def _causal_scores(model, batch: dict[str, torch.Tensor], targets: list[list[list[int]]], pad_id: int) -> torch.Tensor:
+    """[rows, words]: the left-padded prompts once with their key/value cache, then each word's tokens after it.
+    The prompt's last position predicts each word's first token; a word's own tokens predict the rest."""
+    mask = batch["attention_mask"]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions, use_cache=True,
+                logits_to_keep=1)
+    first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [rows, vocab]
+    scores = torch.zeros(mask.shape[0], len(targets), device=mask.device)
+    for w, word_targets in enumerate(targets):
+        ids, valid = _padded(word_targets, pad_id, mask.device)  # [rows, n]: the word's tokens and EOS
+        scores[:, w] = first.gather(-1, ids[:, :1]).squeeze(-1)
+        if ids.shape[1] > 1:  # the word's tokens but its last, fed after the prompt, predict the tokens after them
+            feed, steps = ids[:, :-1], ids.shape[1] - 1
+            cont = model(input_ids=feed, attention_mask=torch.cat([mask, valid[:, :-1]], dim=1),
+                         position_ids=positions[:, -1:] + torch.arange(1, steps + 1, device=mask.device),
+                         past_key_values=copy.deepcopy(out.past_key_values), use_cache=True)
+            scores[:, w] += _gathered_log_probs(cont.logits, ids[:, 1:], valid[:, 1:])
+    return scores
+
+
+def _seq2seq_scores(model, batch: dict[str, torch.Tensor], targets: list[list[list[int]]], pad_id: int) -> torch.Tensor:
+    """[rows, words]: the encoder once, the decoder once per word (teacher-forced on the word's tokens)."""
+    encoder_outputs = model.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    scores = torch.zeros(batch["input_ids"].shape[0], len(targets), device=batch["input_ids"].device)
+    for w, word_targets in enumerate(targets):
+        labels, valid = _padded(word_targets, pad_id, batch["input_ids"].device)
+        out = model(encoder_outputs=encoder_outputs, attention_mask=batch["attention_mask"],
+                    labels=labels.masked_fill(valid == 0, -100))
+        scores[:, w] = _gathered_log_probs(out.logits, labels, valid)
+    return scores
 
 
 def best_word(label_scores: dict[str, float]) -> str:
