@@ -39,9 +39,10 @@ def chosen_peak_lr(r: dict[str, Any]) -> float | None:
 
 
 def _tuned_keys(coll: Collection, model: str) -> list[c.CellKey]:
-    keys = [k for k in coll.cells if k.model == model and k.method.endswith(TUNED_LR) and coll.cells[k].ok_runs]
-    return sorted(keys, key=lambda k: (c.TASK_ORDER.index(k.task) if k.task in c.TASK_ORDER else 99, k.task,
-                                       str(k.scale), c.method_order(k.method)))
+    keys = [k for k, cell in coll.cells.items() if k.model == model and k.method.endswith(TUNED_LR) and cell.ok_runs]
+    task_rank = {task: i for i, task in enumerate(c.TASK_ORDER)}
+    return sorted(keys, key=lambda k: (task_rank.get(k.task, len(task_rank)), k.task, str(k.scale),
+                                       c.method_order(k.method)))
 
 
 def _ratio_to_full(coll: Collection, key: c.CellKey) -> Stat | None:
@@ -63,24 +64,23 @@ def _stat_cell(stat: Stat | None, render) -> TableCell:
     return TableCell(fmt_stat(stat, render), "ok", stat.mean, {"": repr(stat.mean), "ci95": repr(stat.half_width)})
 
 
+def _row(coll: Collection, key: c.CellKey) -> TableRow:
+    cell: Cell = coll.cells[key]
+    method = base_method(key.method)
+    seeds = sorted(cell.ok_runs, key=lambda r: r.get("seed", 0))
+    factors = ", ".join(f"{r['lr_search']['chosen']:g}" for r in seeds if r.get("lr_search"))
+    fixed = coll.cell(key.model, key.task, key.scale, method, key.ablation).stat(c.score)
+    ratio = _text_cell("1") if method == "full" else _stat_cell(_ratio_to_full(coll, key), lambda v: f"{v:.3g}")
+    cells = [_text_cell(factors or "missing"), _stat_cell(cell.stat(chosen_peak_lr), lambda v: f"{v:.2e}"), ratio,
+             _stat_cell(cell.stat(c.score), lambda v: f"{v:.4f}"), _stat_cell(fixed, lambda v: f"{v:.4f}")]
+    label = f"{method_label(key.method)} ({task_label(key.task, coll)}, {scale_label(key.scale)})"
+    return TableRow(label, key.method, str(key.scale), key.ablation or "", cells)
+
+
 def lr_table(coll: Collection) -> list[Table]:
     """Table 9, one row per tuned (method, task, scale); none when no run searched its learning rate."""
-    blocks = []
-    for model in coll.models():
-        rows = []
-        for key in _tuned_keys(coll, model):
-            cell: Cell = coll.cells[key]
-            factors = ", ".join(f"{r['lr_search']['chosen']:g}" for r in sorted(cell.ok_runs, key=lambda r: r.get("seed", 0))
-                                if r.get("lr_search"))
-            fixed = coll.cell(key.model, key.task, key.scale, base_method(key.method), key.ablation).stat(c.score)
-            ratio = None if base_method(key.method) == "full" else _ratio_to_full(coll, key)
-            cells = [_text_cell(factors or "missing"), _stat_cell(cell.stat(chosen_peak_lr), lambda v: f"{v:.2e}"),
-                     _stat_cell(ratio, lambda v: f"{v:.3g}") if base_method(key.method) != "full" else _text_cell("1"),
-                     _stat_cell(cell.stat(c.score), lambda v: f"{v:.4f}"), _stat_cell(fixed, lambda v: f"{v:.4f}")]
-            label = f"{method_label(key.method)} ({task_label(key.task, coll)}, {scale_label(key.scale)})"
-            rows.append(TableRow(label, key.method, str(key.scale), key.ablation or "", cells))
-        if rows:
-            blocks.append(TableBlock(model, [rows]))
+    blocks = [TableBlock(model, [[_row(coll, key) for key in keys]])
+              for model in coll.models() if (keys := _tuned_keys(coll, model))]
     if not blocks:
         return []
     columns = [("chosen_factor", "Chosen factor (per seed)"), ("chosen_lr_peak", "Chosen peak LR"),
@@ -121,8 +121,8 @@ def lr_sensitivity_figures(coll: Collection, out_dir: Path) -> list[Path]:
             ax.set_xlabel("peak learning rate", fontsize=8)
             ax.set_ylabel("best validation loss", fontsize=8)
             ax.legend(fontsize=7)
-        footer = [c.provenance(coll.runs), "Lines: mean over seeds of each candidate's best validation loss; "
-                  "markers: the LR chosen for each seed, labelled with that run's test score."]
+        footer = [c.provenance(coll.runs), "Lines: mean over seeds of each candidate's best validation "
+                  "loss; markers: the LR chosen for each seed, labelled with that run's test score."]
         written += _save(fig, footer, out_dir / f"lr_sensitivity_{slug(model)}", ("png", "svg"))
     return written
 
@@ -132,10 +132,12 @@ def _draw_method(ax, cell: Cell) -> None:
     if not points:
         return
     lrs = sorted(points)
-    line = ax.plot(lrs, [statistics.fmean(points[lr]) for lr in lrs], marker=".", label=method_label(cell.key.method))
+    means = [statistics.fmean(points[lr]) for lr in lrs]
+    line = ax.plot(lrs, means, marker=".", label=method_label(cell.key.method))
     for run in cell.ok_runs:
         lr, search, score = chosen_peak_lr(run), run.get("lr_search") or {}, c.score(run)
-        chosen = [x["best_val_loss"] for x in search.get("candidates", []) if x.get("factor") == search.get("chosen")]
+        chosen = [x["best_val_loss"] for x in search.get("candidates", [])
+                  if x.get("factor") == search.get("chosen")]
         if lr and chosen and chosen[0] is not None and score is not None and math.isfinite(score):
             ax.plot([lr], [chosen[0]], marker="o", color=line[0].get_color())
             ax.annotate(f"{score:.2f}", (lr, chosen[0]), fontsize=6, xytext=(3, 3), textcoords="offset points")
