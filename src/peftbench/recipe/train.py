@@ -368,7 +368,7 @@ def _validation_metric(loop: Loop, n: int) -> float:
 
 def _save_adapter(model, tokenizer, run_dir: Path, enabled: bool) -> dict[str, Any]:
     """The tested weights, with save_pretrained: the adapter for PEFT methods, the model for full tuning; the
-    tokenizer beside them, so the directory loads on its own (README: "Loading a run's weights")."""
+    tokenizer beside them, so the directory loads on its own (docs/usage.md: "loading the weights")."""
     if not enabled or not distributed.is_main_process():  # one writer
         return {"path": None, "bytes": None}
     target = run_dir / "adapter"

@@ -7,7 +7,7 @@ step's losses and token counts), so every process takes the identical step: the 
 single-process run's up to floating-point summation order (except for dropout's masks, see
 ``accumulate_step``). Validation and decoding deal whole batches likewise.
 
-Why not accelerate's own gradient synchronisation. Measured with ``bench/ddp_probe.py`` (two gloo
+Why not accelerate's own gradient synchronisation. Measured with a two-process probe (two gloo
 processes, a tiny Llama LoRA step through peftbench's loss, ``accelerator.prepare`` = DDP, ``no_sync`` on
 every backward but a process's last): whenever each process has at least one batch of the step, even
 unevenly (2 + 1), DDP's gradient times the process count equals the single-process gradient to the bit.
