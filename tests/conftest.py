@@ -11,6 +11,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+LANES = ("unit", "integration", "gpu")
+"""The lanes a test module declares with a module-level ``pytestmark`` (``slow`` and ``browser`` come on top of
+one): every test has one, so ``pytest -m "not slow"`` stays the quick lane as the suite grows."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a test with no lane, naming its module and the line that gives it one."""
+    unlaned = sorted({item.nodeid.split("::")[0] for item in items
+                      if not any(item.get_closest_marker(lane) for lane in LANES)})
+    if unlaned:
+        raise pytest.UsageError(f"tests without a lane (add `pytestmark = pytest.mark.unit`, `.integration` or "
+                                f"`.gpu` to the module): {', '.join(unlaned)}")
+
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

@@ -19,6 +19,8 @@ from peftbench.recipe.batching import collate, encode
 from peftbench.recipe.label_ranking import label_words, rank_classify, target_log_likelihoods
 from peftbench.recipe.train import run_cell
 
+pytestmark = pytest.mark.integration
+
 MODELS = {"causal": "llama-tiny-random", "seq2seq": "t5-tiny-random"}
 
 

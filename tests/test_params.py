@@ -21,6 +21,8 @@ from peftbench.catalog.params import (
 )
 from peftbench.errors import UserError
 
+pytestmark = pytest.mark.unit
+
 # FLAN-T5-XL: d_model 2048, inner attention width 32 heads × d_kv 64 = 2048, d_ff 5120, 24 + 24 blocks.
 XL_D, XL_INNER, XL_FF, XL_LAYERS, XL_VOCAB = 2048, 32 * 64, 5120, 24, 32128
 XL_ATTENTION_BLOCKS = XL_LAYERS + 2 * XL_LAYERS  # encoder self + decoder self + decoder cross = 72

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+pytestmark = pytest.mark.unit
+
 
 def moved(api: str, used_by: str, detail: str = "") -> str:
     return (f"private API moved: {api} (used by {used_by}){': ' + detail if detail else ''}. Adapt that code, "

@@ -22,6 +22,8 @@ from peftbench.running.redaction import redact, secret_values
 from peftbench.running.results import read_result, result_path
 from peftbench.running.sweep import run_sweep
 
+pytestmark = pytest.mark.integration
+
 SRC = Path(__file__).resolve().parents[1] / "src" / "peftbench"
 TINY_RUN = ["run", "methods=[lora]", "tasks=[synthetic_classification]", "scales=[8]"]
 
