@@ -110,7 +110,7 @@ def random_flan_t5(directory: Path) -> None:
         return
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, ByT5Tokenizer
 
-    data = json.loads((HERE.parent / "src/peftbench/model_configs/flan-t5-base.json").read_text())
+    data = json.loads((HERE.parent / "src/peftbench/catalog/model_configs/flan-t5-base.json").read_text())
     config = AutoConfig.for_model(data.pop("model_type"), **data)
     AutoModelForSeq2SeqLM.from_config(config).save_pretrained(directory, safe_serialization=True)
     ByT5Tokenizer().save_pretrained(directory)
