@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from peftbench import limit_openmp_spinning
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+limit_openmp_spinning()  # as the command line does, before any test imports torch (a shared machine's cores)
 
 LANES = ("unit", "integration", "gpu")
 """The lanes a test module declares with a module-level ``pytestmark`` (``slow`` and ``browser`` come on top of

@@ -13,12 +13,12 @@ import pytest
 from peftbench.catalog.models import load_config, tiny_llama_config, tiny_t5_config
 from peftbench.catalog.params import (
     PAPER_FLAN_T5_XL_TOTAL,
-    add_commands,
     build_meta_model,
     count_params,
     paper_total_note,
     unique_param_count,
 )
+from peftbench.catalog.params_command import add_commands
 from peftbench.errors import UserError
 
 pytestmark = pytest.mark.unit
