@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -37,3 +38,28 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real task data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def results_follow_the_schema(tmp_path_factory):
+    """After the session: every result.json a run wrote under the session's temporary directories (a run's
+    directory holds its config.json beside it; hand-made report fixtures do not) validates against
+    ``peftbench/result.schema.json``."""
+    yield
+    from jsonschema import Draft202012Validator
+
+    from peftbench.running.results import SCHEMA_FILE
+
+    validator = Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+    invalid = []
+    for path in sorted(tmp_path_factory.getbasetemp().rglob("result.json")):
+        if not (path.parent / "config.json").is_file():
+            continue
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a deliberately damaged file (tests of corrupt results)
+        invalid += [f"{path}: {'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
+                    for e in validator.iter_errors(result)]
+    assert not invalid, "result files that do not follow result.schema.json:\n" + "\n".join(invalid[:20])
+
