@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from peftbench.catalog.tasks.data import Example
+from peftbench.constants import IGNORE  # noqa: F401 - the label value cross-entropy skips, here for the recipe
 
-IGNORE = -100  # label value that cross-entropy skips
 _KEEP_TAIL = 16  # prompt tokens kept from the end when truncating: the template's answer cue lives there
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from peftbench.recipe.batching import IGNORE
+from peftbench.constants import IGNORE
 
 MIN_SHARED_TOKENS = 8
 """The shortest common prefix worth a separate pass (the pass's fixed cost is a few ms per layer)."""
