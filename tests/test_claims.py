@@ -17,6 +17,8 @@ from peftbench.analysis.report.cli import add_commands
 from peftbench.analysis.report.collect import Stat
 from peftbench.analysis.report.references import FLAG_NOTE, flags
 
+pytestmark = pytest.mark.unit
+
 MODEL = "smollm2-135m-q4"
 Cells = dict[tuple, dict[str, list]]
 

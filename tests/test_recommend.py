@@ -11,6 +11,8 @@ from peftbench.analysis.recommend import Recommendation, data_scale, format_reco
 from peftbench.analysis.report.cli import add_commands
 from peftbench.errors import UserError
 
+pytestmark = pytest.mark.unit
+
 TASK_TYPES = ("classification", "generation")
 
 
