@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("what", choices=["methods", "tasks", "models", "ablations", "suites"])
     lst.set_defaults(func=cmd_list)
 
-    for module in ("peftbench.catalog.params", "peftbench.analysis.report.cli", "peftbench.analysis.export", "peftbench.running.serve_bench"):
+    for module in ("peftbench.catalog.params", "peftbench.analysis.report.cli", "peftbench.analysis.export", "peftbench.running.serve_bench",
+                   "peftbench.running.decide"):
         try:
             __import__(module, fromlist=["add_commands"]).add_commands(sub)
         except ImportError:
