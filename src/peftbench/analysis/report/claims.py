@@ -61,6 +61,8 @@ class Comparison:
     """Non-inferiority: the one-sided p that a is worse than b by more than the margin."""
     p_adjusted: float = math.nan
     sides: str = ""
+    view: str = ""
+    """The example-level view (test-sample variance only), when both sides kept their outcomes."""
     digits: int = 4
     scale: float = 1.0
     """How the difference is shown: ``digits`` after the point, in the measure's unit × ``scale``."""
@@ -197,11 +199,9 @@ def compare_cells(coll: Collection, where: str, a: Cell, b: Cell, measure: Measu
         test = paired.paired_t(diffs, bounds)
     if notes:
         sides += f" ({'; '.join(notes)})"
-    if measure is SCORE:
-        view = example_view(coll, pairs)
-        sides += f"; {view}" if view else ""
+    view = (example_view(coll, pairs) or "") if measure is SCORE else ""
     return Comparison(where, sides, INCONCLUSIVE, test, expect, (a.key, b.key), diffs, seeds, measure.discrete,
-                      p_below, sides=sides, digits=measure.digits, scale=measure.scale)
+                      p_below, sides=sides, view=view, digits=measure.digits, scale=measure.scale)
 
 
 # ---- deciding a claim's comparisons ---------------------------------------------------------------------
@@ -225,7 +225,7 @@ def decide(comparisons: list[Comparison], alpha: float = ALPHA,
             x.verdict = HOLDS if (x.test.estimate < 0) == (x.expect == LOWER) else FAILS
         else:
             x.verdict = INCONCLUSIVE
-        x.text = f"{x.sides}; {describe(x, tests, alpha)}"
+        x.text = f"{x.sides}; {describe(x, tests, alpha)}" + (f"; {x.view}" if x.view else "")
     return comparisons
 
 
