@@ -86,9 +86,11 @@ def standings(coll: c.Collection, keys: set[c.CellKey], max_seeds: int, alpha: f
     found = []
     for claim, comparisons in comparisons_of(coll):
         ours = [x for x in comparisons if x.diffs and set(x.cells) <= keys]
-        ps = paired.holm([paired.anytime_p(x.diffs, x.discrete) for x in ours])
-        for x, p in zip(ours, ps, strict=True):
-            needed = paired.seeds_to_decide(x.diffs, alpha / len(ours), max_seeds, x.discrete)
+        # "at least as good as": the evidence is about a − b + margin (above 0: holds; below: fails)
+        shifted = [[d + x.margin for d in x.diffs] for x in ours]
+        ps = paired.holm([paired.anytime_p(d, x.discrete) for x, d in zip(ours, shifted, strict=True)])
+        for x, d, p in zip(ours, shifted, ps, strict=True):
+            needed = paired.seeds_to_decide(d, alpha / len(ours), max_seeds, x.discrete)
             found.append(Standing(claim.id, x, p, needed))
     return found
 
@@ -142,6 +144,8 @@ def decide(sweep: SweepConfig, budget_s: float, max_seeds: int = 10, *, progress
         step = next_step(coll, outcome.standings)
         if all(s.decided for s in outcome.standings):
             outcome.stopped = ALL_DECIDED
+        elif clock() - start >= budget_s:
+            outcome.stopped = BUDGET
         elif step is None:
             outcome.stopped = FUTILE
         elif clock() - start + 60 * _minutes_per_seed(coll, step.comparison.cells[:2]) > budget_s:

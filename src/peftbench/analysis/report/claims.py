@@ -59,6 +59,8 @@ class Comparison:
     discrete: bool = False
     p_below: float = math.nan
     """Non-inferiority: the one-sided p that a is worse than b by more than the margin."""
+    margin: float = 0.0
+    """Non-inferiority: the metric's smallest effect (the test is of a − b + margin)."""
     p_adjusted: float = math.nan
     sides: str = ""
     view: str = ""
@@ -190,9 +192,10 @@ def compare_cells(coll: Collection, where: str, a: Cell, b: Cell, measure: Measu
     sign = "<" if ma < mb else (">" if ma > mb else "=")
     sides = f"{side(a, values_a)} {sign} {side(b, values_b)}"
     bounds = paired.difference_bounds(measure.bounds(pairs[0][0]))
-    p_below = math.nan
+    p_below, margin = math.nan, 0.0
     if expect == AT_LEAST:
-        test, p_below = paired.non_inferiority(diffs, smallest_effect(pairs[0][0]), bounds)
+        margin = smallest_effect(pairs[0][0])
+        test, p_below = paired.non_inferiority(diffs, margin, bounds)
     elif measure.discrete:
         test = paired.sign_flip(diffs, bounds)
     else:
@@ -201,7 +204,7 @@ def compare_cells(coll: Collection, where: str, a: Cell, b: Cell, measure: Measu
         sides += f" ({'; '.join(notes)})"
     view = (example_view(coll, pairs) or "") if measure is SCORE else ""
     return Comparison(where, sides, INCONCLUSIVE, test, expect, (a.key, b.key), diffs, seeds, measure.discrete,
-                      p_below, sides=sides, view=view, digits=measure.digits, scale=measure.scale)
+                      p_below, margin, sides=sides, view=view, digits=measure.digits, scale=measure.scale)
 
 
 # ---- deciding a claim's comparisons ---------------------------------------------------------------------
