@@ -31,9 +31,11 @@ from peftbench.analysis.report import collect as c
 from peftbench.analysis.report.claims import Comparison, comparisons_of
 from peftbench.config import RunConfig, SweepConfig
 from peftbench.errors import UserError
-from peftbench.running.sweep import check_results_dir, run_if_pending
+from peftbench.running.sweep import StopFlag, check_results_dir, run_if_pending, stop_on_signals
 
-ALL_DECIDED, FUTILE, BUDGET, INTERRUPTED = "all decided", "futile", "budget", "interrupted"
+ALL_DECIDED, FUTILE, BUDGET = "all decided", "futile", "budget"
+INTERRUPTED = "interrupted"
+"""Also the status of a run stopped by a signal: the loop stops with it."""
 
 
 @dataclass
@@ -126,16 +128,36 @@ def _run_config(sweep: SweepConfig, key: c.CellKey, seed: int) -> RunConfig:
 
 
 def decide(sweep: SweepConfig, budget_s: float, max_seeds: int = 10, *, progress: bool = True,
-           run: Callable[..., str] = run_if_pending, clock: Callable[[], float] = time.monotonic,
+           run: Callable[..., str] | None = None, clock: Callable[[], float] = time.monotonic,
            say: Callable[[str], None] = lambda _text: None) -> DecideOutcome:
-    """Run ``sweep``, then add seeds as the module says until decided, futile, or ``budget_s`` is spent."""
+    """Run ``sweep``, then add seeds as the module says until decided, futile, or ``budget_s`` is spent.
+    ``run(config, results_dir, retry_failed, progress=...)`` runs one pending run and returns its status
+    (default: as ``peftbench run``'s local executor does, each in a worker process of its own)."""
+    if sweep.executor != "local":
+        raise UserError("decide adds seeds one run at a time: it runs with the local executor (executor=local)")
+    flag = StopFlag()
+    with stop_on_signals(flag):
+        return _decide(sweep, budget_s, max_seeds, progress, run or _local_runner(sweep, flag), clock, say)
+
+
+def _local_runner(sweep: SweepConfig, stop: StopFlag) -> Callable[..., str]:
+    def run(config: RunConfig, results_dir, retry_failed: bool, progress: bool = True) -> str:
+        if stop():
+            return INTERRUPTED
+        return run_if_pending(config, results_dir, retry_failed, progress=progress, stop_requested=stop,
+                              device_map=sweep.device_map, isolate=sweep.isolate_runs)
+    return run
+
+
+def _decide(sweep: SweepConfig, budget_s: float, max_seeds: int, progress: bool, run: Callable[..., str],
+            clock: Callable[[], float], say: Callable[[str], None]) -> DecideOutcome:
     start, outcome = clock(), DecideOutcome()
     results_dir = sweep.results_dir
     check_results_dir(results_dir)
     planned = sweep.expand()
     keys = {c.cell_key({"config": r.to_dict()}) for r in planned}
     for config in planned:
-        if run(config, results_dir, sweep.retry_failed, progress=progress) == "interrupted":
+        if run(config, results_dir, sweep.retry_failed, progress=progress) == INTERRUPTED:
             outcome.stopped = INTERRUPTED
             break
     while not outcome.stopped:
@@ -157,7 +179,7 @@ def decide(sweep: SweepConfig, budget_s: float, max_seeds: int = 10, *, progress
             for key in cells:
                 status = run(_run_config(sweep, key, seed), results_dir, True, progress=progress)
                 outcome.added.append((key, seed))
-                if status == "interrupted":
+                if status == INTERRUPTED:
                     outcome.stopped = INTERRUPTED
     outcome.elapsed_s = clock() - start
     return outcome
