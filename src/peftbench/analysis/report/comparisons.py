@@ -211,7 +211,9 @@ def describe(x: Comparison, tests: int, alpha: float = ALPHA) -> str:
     detectable, needed = paired.plan(x.diffs, x.discrete, level) if x.diffs else (t.detectable, t.needed)
     if t.n < 2 and not x.discrete:
         return text + "; one seed: no interval over seeds"
-    if paired.sign_flip_floor(t.n) > level and x.discrete:
+    if t.estimate == 0:
+        return text + "; no number of seeds decides a difference of zero"
+    if t.p_floor > level:
         return text + (f"; cannot reach p < {level:.3g} with {_n(t.n, 'seeds')} (smallest p "
                        f"{paired.sign_flip_floor(t.n):.3g}): needs at least {_count(needed)} seeds")
     return text + (f"; detects ±{abs(detectable * x.scale):.{digits}f} at 80% power with {_n(t.n, t.unit)}; "
