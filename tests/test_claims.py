@@ -230,6 +230,13 @@ def test_one_seed_cells_get_the_example_level_view_labelled_test_sample_only(tmp
             in verdict.comparisons[0].text)
 
 
+def test_an_undecided_example_level_view_states_the_test_examples_it_would_need(tmp_path):
+    cells = {_low("lora"): {"score": [0.75]}, _low("full"): {"score": [0.70]}}
+    runs = _with_outcomes(tmp_path, cells, {"lora": 75, "full": 70})
+    text = _verdict(tmp_path, {}, "peft-beats-full-low", runs=runs).comparisons[0].text
+    assert text.endswith("McNemar p 0.062, 100 test examples (80% power at this difference: 150 test examples)")
+
+
 def test_a_corpus_headline_is_resampled_whole_by_the_paired_bootstrap(tmp_path):
     cells = {_low("lora"): {"score": [0.8]}, _low("full"): {"score": [0.0]}}
     runs = _with_outcomes(tmp_path, cells, {"lora": 90, "full": 50}, metric="mcc")

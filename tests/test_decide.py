@@ -105,6 +105,15 @@ def test_budgets_read_as_durations():
         d.parse_duration("two hours")
 
 
+@pytest.mark.unit
+def test_peftbench_decide_is_a_command_with_run_s_arguments_and_a_budget():
+    from peftbench.cli import build_parser
+
+    args = build_parser().parse_args(["decide", "quickstart", "seeds=[0,1,2]", "--budget", "2h", "--max-seeds", "8"])
+    assert (args.config, args.overrides, args.budget, args.max_seeds) == ("quickstart", ["seeds=[0,1,2]"], "2h", 8)
+    assert args.func is d.cmd_decide
+
+
 @pytest.mark.integration
 def test_decide_trains_a_tiny_model_for_the_undecided_cells_only_and_stops_at_its_budget(tmp_path):
     """Seeds 0-5 are written by hand; the seed the loop adds is trained (t5-tiny-random, one epoch)."""

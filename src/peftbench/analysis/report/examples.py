@@ -117,5 +117,8 @@ def example_view(coll: Collection, pairs: list[tuple[dict, dict]]) -> str | None
     test = example_test(coll, pairs)
     if test is None:
         return None
-    return (f"test sample only: difference {test.estimate:+.4f} [{test.low:+.4f}, {test.high:+.4f}], "
+    text = (f"test sample only: difference {test.estimate:+.4f} [{test.low:+.4f}, {test.high:+.4f}], "
             f"{test.name} p {test.p:.3f}, {test.n} test examples")
+    if test.p >= paired.ALPHA and test.estimate and math.isfinite(test.needed):
+        text += f" (80% power at this difference: {int(test.needed)} test examples)"
+    return text
