@@ -18,7 +18,7 @@ pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ["peftbench.analysis", "peftbench.running", "peftbench.recipe", "peftbench.speedups", "peftbench.config",
-          "peftbench.catalog", "peftbench.registry", "peftbench.errors | peftbench.constants"]
+          "peftbench.catalog", "peftbench.registry", "peftbench.errors | peftbench.constants | peftbench.outcomes"]
 
 
 def _contract() -> dict:

@@ -164,6 +164,7 @@ COMMAND_MODULES = {
     "peftbench.analysis.report.cli": ("report", "claims", "recommend"),
     "peftbench.analysis.export": ("export",),
     "peftbench.running.serve_bench": ("serve-bench",),
+    "peftbench.analysis.decide": ("decide",),
 }
 """The modules that add commands of their own (``add_commands(subparsers)``), and the commands each adds."""
 
