@@ -18,7 +18,9 @@ Schema (``schema_version`` 1), the fields every consumer may rely on:
                                "requested_train_examples", "sample_hash", "splits": {...},
                                "source": "synthetic" | "huggingface-hub" | a local data folder}
     versions          dict    {"peftbench", "git_sha", "git_dirty", "python", "torch", "transformers", ...}
-    hardware          dict    {"device", "accelerator", "cpu_count", "platform", ...}
+    hardware          dict    {"device", "accelerator", "cpu_count", "platform", "instruction_set", "cpu_flags", ...,
+                               "peak": the matrix-product peak at the model's shapes, GFLOP/s per dtype, or
+                               None (recipe/peak.py)}
     params            dict    {"trainable", "total" (with what the method adds), "base" (the base model's,
                                before the method), "selected_layers"?}
     epochs            int     epochs actually run (early stopping may end before the maximum)
@@ -32,7 +34,8 @@ Schema (``schema_version`` 1), the fields every consumer may rely on:
                                "score": float (the task's metric, from ``metrics.METRICS``)}
     time              dict    {"train_s", "eval_s", "rank_eval_s" (None unless ranked), "load_s" (the model's
                                read or copy), "total_s" (the run's wall time without load_s), "to_best_s"}
-    throughput        dict    {"train_tokens_per_s", "train_tokens"}
+    throughput        dict    {"train_tokens_per_s", "train_tokens", "mfu" (training FLOP/s over hardware.peak
+                               in the run's precision; None without a peak; recipe/peak.py)}
     memory            dict    {"peak_bytes", "kind": "cuda_max_allocated" | "process_peak_rss",
                                "scope": "run" | "run_process" | "shared_process", "after_load_bytes",
                                "increment_bytes", "trainable_param_bytes", "optimizer_state_bytes",

@@ -1,0 +1,115 @@
+"""The measured matrix-product peak (recipe/peak.py): cached per machine and shape set, and the MFU computed
+from it. The rates are injected (a fake ``measure``), so nothing here is timed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from peftbench.recipe import peak
+from peftbench.recipe.peak import GemmShape
+
+pytestmark = pytest.mark.unit
+
+CPU = torch.device("cpu")
+MACHINE = {"device": "cpu", "processor": "Fake CPU", "flags": ["amx_bf16"], "threads": 2, "torch": "x"}
+SHAPES = [GemmShape(4, 2, 3, count=2), GemmShape(4, 4, 3, count=1)]  # 48 and 96 FLOPs: 96 FLOPs of each per token
+TINY = LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                   num_key_value_heads=1, head_dim=4)
+TINY_LINEARS = 8 * 8 + 8 * 4 + 8 * 4 + 4 * 2 * 8 + 8 * 16 * 2 + 16 * 8  # q, k, v, o, gate + up, down: in × out
+
+
+class FakeRates:
+    """A ``measure`` that returns fixed GFLOP/s per (shape inner size, dtype) and counts its calls."""
+
+    def __init__(self, rates: dict[tuple[int, str], float]):
+        self.rates, self.calls = rates, 0
+
+    def __call__(self, shape: GemmShape, dtype: str, device: torch.device) -> float:
+        self.calls += 1
+        return self.rates[shape.inner, dtype]
+
+
+def test_the_cache_is_keyed_by_machine_and_shapes(tmp_path):
+    fake = FakeRates({(2, "bf16"): 64.0, (4, "bf16"): 192.0, (2, "fp32"): 16.0, (4, "fp32"): 16.0})
+    first, cached = peak.measured_peak(SHAPES, CPU, root=tmp_path, machine=MACHINE, measure=fake)
+    assert not cached and fake.calls == 4  # 2 shapes × 2 dtypes
+    again, cached = peak.measured_peak(SHAPES, CPU, root=tmp_path, machine=MACHINE, measure=fake)
+    assert cached and fake.calls == 4 and again.gflops == first.gflops == {"bf16": [64.0, 192.0], "fp32": [16.0, 16.0]}
+
+    other_machine = {**MACHINE, "flags": ["avx512_bf16"]}
+    _, cached = peak.measured_peak(SHAPES, CPU, root=tmp_path, machine=other_machine, measure=fake)
+    assert not cached and fake.calls == 8
+    other_threads = {**MACHINE, "threads": 1}
+    _, cached = peak.measured_peak(SHAPES, CPU, root=tmp_path, machine=other_threads, measure=fake)
+    assert not cached and fake.calls == 12
+    more_rows = [GemmShape(8, s.inner, s.outer, s.count) for s in SHAPES]
+    _, cached = peak.measured_peak(more_rows, CPU, root=tmp_path, machine=MACHINE, measure=fake)
+    assert not cached and fake.calls == 16
+    _, cached = peak.measured_peak(SHAPES[:1], CPU, root=tmp_path, machine=MACHINE, measure=fake)
+    assert not cached and fake.calls == 18
+    _, cached = peak.measured_peak(SHAPES, CPU, root=tmp_path, machine=MACHINE, measure=fake, remeasure=True)
+    assert not cached and fake.calls == 22
+    assert len(list(tmp_path.rglob("*.json"))) == 5 and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_the_rate_at_the_model_shapes_weighs_each_shape_by_its_flops(tmp_path):
+    fake = FakeRates({(2, "bf16"): 64.0, (4, "bf16"): 192.0, (2, "fp32"): 16.0, (4, "fp32"): 16.0})
+    table, _ = peak.measured_peak(SHAPES + [GemmShape(64, 64, 64, count=0)], CPU, dtypes=("bf16",),
+                                  root=tmp_path, machine=MACHINE, measure=FakeRates({**fake.rates, (64, "bf16"): 1e6}))
+    # 96 FLOPs at 64 GFLOP/s and 96 at 192: 192 FLOPs in 1.5 + 0.5 units; the count-0 reference shape is no part
+    assert table.model_rate("bf16") == 96.0
+    record = table.record()
+    assert record["gflops"] == {"bf16": 96.0} and record["rows"] == 4
+    assert record["shapes"][1] == {"rows": 4, "in": 4, "out": 3, "count": 1, "bf16": 192.0}
+
+
+def test_gemm_shapes_are_the_body_linears_of_the_config():
+    shapes = peak.gemm_shapes(TINY, "causal", rows=128)
+    assert {(s.inner, s.outer): s.count for s in shapes} == {(8, 8): 2, (8, 4): 2, (8, 16): 2, (16, 8): 1}
+    assert all(s.rows == 128 for s in shapes)
+    assert (8, 32) in {(s.inner, s.outer) for s in peak.gemm_shapes(TINY, "causal", 128, head=True)}
+    assert [peak.pass_rows(t, b) for t, b in [(60_000, 64), (10, 64), (10**9, 1), (0, 0)]] == [1024, 16, 4096, 1024]
+
+
+def test_train_flops_per_token_follow_bench_flops():
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(TINY)
+    assert peak.train_flops_per_token(model) == 6 * TINY_LINEARS  # full tuning: forward and both gradients
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    model.model.layers[0].self_attn.q_proj.weight.requires_grad_(True)
+    assert peak.train_flops_per_token(model) == 4 * TINY_LINEARS + 2 * 64  # a frozen base, one weight trains
+
+
+def test_mfu_is_computed_from_the_cached_peak(tmp_path, monkeypatch):
+    monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path))
+    tokens, batches, seconds = 64 * 30, 64, 2.0  # 30 tokens per batch: measured at 32 rows
+    shapes = peak.gemm_shapes(TINY, "causal", peak.pass_rows(tokens, batches))
+    fake = FakeRates({(inner, dtype): rate for inner in (8, 16) for dtype, rate in (("bf16", 128.0), ("fp32", 32.0))})
+    peak.measured_peak(shapes, CPU, root=tmp_path / "peak", measure=fake)  # this machine's key, the injected rates
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(TINY)
+    record, mfu = peak.run_peak(True, model, TINY, "causal", CPU, "bf16", tokens, batches, seconds)
+    assert record["gflops"] == {"bf16": 128.0, "fp32": 32.0} and record["rows"] == 32
+    assert mfu == tokens / seconds * 6 * TINY_LINEARS / 128e9
+    _, fp32_mfu = peak.run_peak(True, model, TINY, "causal", CPU, "no", tokens, batches, seconds)
+    assert fp32_mfu == tokens / seconds * 6 * TINY_LINEARS / 32e9
+    assert fake.calls == 8  # only the seeding measured
+    assert peak.run_peak(False, model, TINY, "causal", CPU, "bf16", tokens, batches, seconds) == (None, None)
+    assert peak.mfu(None, 1.0, 1.0) is None and peak.mfu(1.0, None, 1.0) is None
+
+
+@pytest.mark.parametrize(("flags", "capability", "expected"), [
+    (["amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2"], "AVX512", "amx-bf16"),
+    (["avx512_bf16", "avx512f", "avx2"], "AVX512", "avx512-bf16"),
+    (["avx512f", "avx2"], "AVX512", "avx512"),
+    (["amx_bf16", "avx512_bf16", "avx512f", "avx2"], "AVX2", "avx2"),  # torch capped at AVX2 (ATEN_CPU_CAPABILITY)
+    ([], "DEFAULT", "default"),
+])
+def test_instruction_set_from_the_cpu_flags(monkeypatch, flags, capability, expected):
+    monkeypatch.setattr(peak, "matrix_flags", lambda: flags)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert peak.instruction_set(CPU) == expected
