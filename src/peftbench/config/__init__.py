@@ -89,12 +89,13 @@ class RunConfig:
           ``data_dir`` give the same id; other files give another.
         - Every setting that differs from ``ID_DEFAULTS``, the value it had when the setting was introduced.
           A setting added with a default therefore leaves every id as it was, while changing a default
-          changes the ids of the runs it changes (they are not done). ``trackers`` and ``serve`` change what
-          is recorded, not what is computed, and are left out.
+          changes the ids of the runs it changes (they are not done). ``trackers``, ``serve`` and
+          ``train.measure_peak`` change what is recorded, not what is computed, and are left out.
         """
         from peftbench.catalog.tasks.data import data_identity  # the data's content, read once per process
 
         settings = _flatten({k: v for k, v in self.to_dict().items() if k not in _ID_COORDINATES})
+        settings.pop("train.measure_peak")
         unknown_settings = sorted(set(settings) - set(ID_DEFAULTS))
         if unknown_settings:
             raise RuntimeError(f"config setting(s) {', '.join(unknown_settings)} are not in config.ID_DEFAULTS: "
