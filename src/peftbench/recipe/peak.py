@@ -49,7 +49,10 @@ PRECISION_DTYPE = {"bf16": "bf16", "fp16": "fp16", "no": "fp32"}
 MIN_ROWS, MAX_ROWS = 16, 4096
 """Bounds of the rows (tokens per pass) a run's peak is measured at."""
 SECONDS_PER_WINDOW, WINDOWS = 0.1, 3
-"""Each shape is timed in ``WINDOWS`` windows of at least ``SECONDS_PER_WINDOW`` s; the best window counts."""
+"""Each shape is timed in ``WINDOWS`` windows of at least ``SECONDS_PER_WINDOW`` s after one more to warm up; the
+best window counts."""
+MEASUREMENT = f"F.linear; 1 warm-up window, best of {WINDOWS} windows of {SECONDS_PER_WINDOW} s"
+"""How ``measure_rate`` measures, part of the cache key: a change to it measures again."""
 
 
 def cpu_model() -> str:
@@ -137,12 +140,12 @@ def pass_rows(tokens: int, batches: int) -> int:
 def measure_rate(shape: GemmShape, dtype: str, device: torch.device, seconds: float = SECONDS_PER_WINDOW,
                  windows: int = WINDOWS) -> float:
     """GFLOP/s of ``F.linear`` (x Wᵀ, as ``nn.Linear``) at ``shape`` in ``dtype``: the best of ``windows`` windows
-    of at least ``seconds`` each, after one warm-up call (kernel choice, page faults)."""
+    of at least ``seconds`` each, after one untimed window (kernel generation, page faults, and a process's first
+    bf16 product, which sets up oneDNN's AMX state: a single warm-up call left the first window 10× slow)."""
     x = torch.randn(shape.rows, shape.inner, device=device).to(DTYPES[dtype])
     weight = torch.randn(shape.outer, shape.inner, device=device).to(DTYPES[dtype])
-    F.linear(x, weight)
     best = 0.0
-    for _ in range(windows):
+    for window in range(windows + 1):
         calls, started = 0, time.perf_counter()
         while True:
             F.linear(x, weight)
@@ -152,7 +155,8 @@ def measure_rate(shape: GemmShape, dtype: str, device: torch.device, seconds: fl
             elapsed = time.perf_counter() - started
             if elapsed >= seconds:
                 break
-        best = max(best, shape.flops * calls / elapsed / 1e9)
+        if window:  # window 0 warms up
+            best = max(best, shape.flops * calls / elapsed / 1e9)
     return best
 
 
@@ -192,8 +196,7 @@ def cache_path(machine: dict[str, object], shapes: list[GemmShape], dtypes: tupl
                root: Path | None = None) -> Path:
     """``<root>/<machine digest>/<shape-set digest>.json``; root defaults to ``<cache_root>/peak``."""
     root = root if root is not None else cache_root() / "peak"
-    shape_set = {"shapes": [asdict(s) for s in shapes], "dtypes": list(dtypes),
-                 "windows": [SECONDS_PER_WINDOW, WINDOWS]}
+    shape_set = {"shapes": [asdict(s) for s in shapes], "dtypes": list(dtypes), "measurement": MEASUREMENT}
     return root / _digest(machine) / f"{_digest(shape_set)}.json"
 
 
