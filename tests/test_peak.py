@@ -113,3 +113,14 @@ def test_instruction_set_from_the_cpu_flags(monkeypatch, flags, capability, expe
     monkeypatch.setattr(peak, "matrix_flags", lambda: flags)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     assert peak.instruction_set(CPU) == expected
+
+
+def test_eager_attention_limits_follow_the_instruction_set():
+    from peftbench.speedups.eager_attention import eager_attention_pays
+
+    # without AMX, the limits measured on AVX-512 BF16: forward-only passes up to 600 tokens, training up to 320
+    assert [eager_attention_pays(w, False, "avx512-bf16") for w in (63, 64, 600, 601)] == [True, True, True, False]
+    # with AMX, forward-only passes from 64 tokens keep SDPA's flash kernel (its packed AMX forward)
+    assert [eager_attention_pays(w, False, "amx-bf16") for w in (63, 64, 600)] == [True, False, False]
+    for cpu in ("amx-bf16", "avx512-bf16", "avx2"):  # training passes: the same limit on every CPU
+        assert [eager_attention_pays(w, True, cpu) for w in (320, 321)] == [True, False]
