@@ -3,6 +3,8 @@ from it. The rates are injected (a fake ``measure``), so nothing here is timed."
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -17,6 +19,7 @@ MACHINE = {"device": "cpu", "processor": "Fake CPU", "flags": ["amx_bf16"], "thr
 SHAPES = [GemmShape(4, 2, 3, count=2), GemmShape(4, 4, 3, count=1)]  # 48 and 96 FLOPs: 96 FLOPs of each per token
 TINY = LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
                    num_key_value_heads=1, head_dim=4)
+QUIET = lambda: [0.0, 0.0, 0.0]  # noqa: E731 - the load average of an idle machine
 TINY_LINEARS = 8 * 8 + 8 * 4 + 8 * 4 + 4 * 2 * 8 + 8 * 16 * 2 + 16 * 8  # q, k, v, o, gate + up, down: in × out
 
 
@@ -33,31 +36,42 @@ class FakeRates:
 
 def test_the_cache_is_keyed_by_machine_and_shapes(tmp_path):
     fake = FakeRates({(2, "bf16"): 64.0, (4, "bf16"): 192.0, (2, "fp32"): 16.0, (4, "fp32"): 16.0})
-    first, cached = peak.measured_peak(SHAPES, CPU, root=tmp_path, machine=MACHINE, measure=fake)
+    first, cached = peak.measured_peak(SHAPES, CPU, root=tmp_path, machine=MACHINE, measure=fake, load=QUIET)
     assert not cached and fake.calls == 4  # 2 shapes × 2 dtypes
-    again, cached = peak.measured_peak(SHAPES, CPU, root=tmp_path, machine=MACHINE, measure=fake)
+    again, cached = peak.measured_peak(SHAPES, CPU, root=tmp_path, machine=MACHINE, measure=fake, load=QUIET)
     assert cached and fake.calls == 4 and again.gflops == first.gflops == {"bf16": [64.0, 192.0], "fp32": [16.0, 16.0]}
 
     other_machine = {**MACHINE, "flags": ["avx512_bf16"]}
-    _, cached = peak.measured_peak(SHAPES, CPU, root=tmp_path, machine=other_machine, measure=fake)
+    _, cached = peak.measured_peak(SHAPES, CPU, root=tmp_path, machine=other_machine, measure=fake, load=QUIET)
     assert not cached and fake.calls == 8
     other_threads = {**MACHINE, "threads": 1}
-    _, cached = peak.measured_peak(SHAPES, CPU, root=tmp_path, machine=other_threads, measure=fake)
+    _, cached = peak.measured_peak(SHAPES, CPU, root=tmp_path, machine=other_threads, measure=fake, load=QUIET)
     assert not cached and fake.calls == 12
     more_rows = [GemmShape(8, s.inner, s.outer, s.count) for s in SHAPES]
-    _, cached = peak.measured_peak(more_rows, CPU, root=tmp_path, machine=MACHINE, measure=fake)
+    _, cached = peak.measured_peak(more_rows, CPU, root=tmp_path, machine=MACHINE, measure=fake, load=QUIET)
     assert not cached and fake.calls == 16
-    _, cached = peak.measured_peak(SHAPES[:1], CPU, root=tmp_path, machine=MACHINE, measure=fake)
+    _, cached = peak.measured_peak(SHAPES[:1], CPU, root=tmp_path, machine=MACHINE, measure=fake, load=QUIET)
     assert not cached and fake.calls == 18
-    _, cached = peak.measured_peak(SHAPES, CPU, root=tmp_path, machine=MACHINE, measure=fake, remeasure=True)
+    _, cached = peak.measured_peak(SHAPES, CPU, root=tmp_path, machine=MACHINE, measure=fake, remeasure=True, load=QUIET)
     assert not cached and fake.calls == 22
     assert len(list(tmp_path.rglob("*.json"))) == 5 and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_measurement_on_an_oversubscribed_cpu_is_not_cached(tmp_path):
+    fake = FakeRates({(2, "bf16"): 64.0, (4, "bf16"): 192.0})
+    busy = lambda: [os.cpu_count() + 1.0, 1.0, 1.0]  # noqa: E731 - more runnable threads than cores
+    table, cached = peak.measured_peak(SHAPES, CPU, ("bf16",), root=tmp_path, machine=MACHINE, measure=fake, load=busy)
+    assert not cached and table.load_average == busy() and not list(tmp_path.rglob("*.json"))
+    _, cached = peak.measured_peak(SHAPES, CPU, ("bf16",), root=tmp_path, machine=MACHINE, measure=fake, load=QUIET)
+    assert not cached and fake.calls == 4 and len(list(tmp_path.rglob("*.json"))) == 1
+    _, cached = peak.measured_peak(SHAPES, CPU, ("bf16",), root=tmp_path, machine=MACHINE, measure=fake, load=busy)
+    assert cached and fake.calls == 4  # a table measured on a quiet machine serves a busy one
 
 
 def test_the_rate_at_the_model_shapes_weighs_each_shape_by_its_flops(tmp_path):
     fake = FakeRates({(2, "bf16"): 64.0, (4, "bf16"): 192.0, (2, "fp32"): 16.0, (4, "fp32"): 16.0})
     table, _ = peak.measured_peak(SHAPES + [GemmShape(64, 64, 64, count=0)], CPU, dtypes=("bf16",),
-                                  root=tmp_path, machine=MACHINE, measure=FakeRates({**fake.rates, (64, "bf16"): 1e6}))
+                                  root=tmp_path, machine=MACHINE, measure=FakeRates({**fake.rates, (64, "bf16"): 1e6}), load=QUIET)
     # 96 FLOPs at 64 GFLOP/s and 96 at 192: 192 FLOPs in 1.5 + 0.5 units; the count-0 reference shape is no part
     assert table.model_rate("bf16") == 96.0
     record = table.record()
@@ -88,7 +102,7 @@ def test_mfu_is_computed_from_the_cached_peak(tmp_path, monkeypatch):
     tokens, batches, seconds = 64 * 30, 64, 2.0  # 30 tokens per batch: measured at 32 rows
     shapes = peak.gemm_shapes(TINY, "causal", peak.pass_rows(tokens, batches))
     fake = FakeRates({(inner, dtype): rate for inner in (8, 16) for dtype, rate in (("bf16", 128.0), ("fp32", 32.0))})
-    peak.measured_peak(shapes, CPU, root=tmp_path / "peak", measure=fake)  # this machine's key, the injected rates
+    peak.measured_peak(shapes, CPU, root=tmp_path / "peak", measure=fake, load=QUIET)  # this machine's key, the injected rates
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(TINY)

@@ -200,12 +200,25 @@ def cache_path(machine: dict[str, object], shapes: list[GemmShape], dtypes: tupl
     return root / _digest(machine) / f"{_digest(shape_set)}.json"
 
 
+def load_average() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages (None where the platform has none)."""
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def oversubscribed(load: list[float] | None) -> bool:
+    """More threads wanted to run over the last minute than the machine has cores (a run's own threads count,
+    so a run alone on an idle machine is not)."""
+    return load is not None and load[0] > (os.cpu_count() or 1) + 0.5
+
+
 def measured_peak(shapes: list[GemmShape], device: torch.device, dtypes: tuple[str, ...] = ("bf16", "fp32"),
                   root: Path | None = None, machine: dict[str, object] | None = None, remeasure: bool = False,
-                  measure: Callable[[GemmShape, str, torch.device], float] = measure_rate) -> tuple[PeakTable, bool]:
+                  measure: Callable[[GemmShape, str, torch.device], float] = measure_rate,
+                  load: Callable[[], list[float] | None] = load_average) -> tuple[PeakTable, bool]:
     """The peak table of ``shapes`` on this machine (``machine`` overrides ``machine_key(device)``), from the
-    cache when it holds one (unless ``remeasure``), else measured with ``measure`` and cached; and whether it
-    came from the cache."""
+    cache when it holds one (unless ``remeasure``), else measured with ``measure``; and whether it came from the
+    cache. A measurement is cached unless the CPU was ``oversubscribed`` when it began (``load``): a loaded
+    machine's low rates are recorded with their load average, never kept for later runs."""
     machine = machine if machine is not None else machine_key(device)
     path = cache_path(machine, shapes, dtypes, root)
     if path.is_file() and not remeasure:
@@ -213,9 +226,11 @@ def measured_peak(shapes: list[GemmShape], device: torch.device, dtypes: tuple[s
         if stored["machine"] == machine:  # a digest collision reads as a miss
             return PeakTable(machine, [GemmShape(**s) for s in stored["shapes"]], stored["gflops"],
                              stored["measured_at"], stored["load_average"]), True
+    load_before = load()
     table = PeakTable(machine, list(shapes), {dtype: [measure(s, dtype, device) for s in shapes] for dtype in dtypes},
-                      datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None)
+                      datetime.now(timezone.utc).isoformat(timespec="seconds"), load_before)
+    if device.type == "cpu" and oversubscribed(load_before):
+        return table, False
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
         json.dump({"machine": machine, "shapes": [asdict(s) for s in shapes], "gflops": table.gflops,
