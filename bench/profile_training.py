@@ -1,6 +1,6 @@
 """Where a training step's time goes, by kind of work, and the step's share of the measured matrix-product peak.
 
-    python bench/profile_training.py [DATA_DIR] [--model smollm2-135m-q4] [--task ag_news] [--scale low]
+    python bench/profile_training.py [--data-dir ../shared/data] [--model smollm2-135m-q4] [--task ag_news] [--scale low]
         [--methods lora,full] [--warmup 2] [--steps 3] [--timed 5] [key=value ...]
 
 For each method, peftbench's own optimiser step (recipe/steps.optimizer_step: the passes as ``fused_passes``
@@ -162,7 +162,7 @@ def timed_mfu(cell: Cell, count: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data_dir", nargs="?", default="../shared/data")
+    parser.add_argument("--data-dir", default="../shared/data", help="folder with <task>/<split>.jsonl")
     parser.add_argument("--model", default="smollm2-135m-q4")
     parser.add_argument("--task", default="ag_news")
     parser.add_argument("--scale", default="low")

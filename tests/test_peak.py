@@ -138,3 +138,11 @@ def test_eager_attention_limits_follow_the_instruction_set():
     assert [eager_attention_pays(w, False, "amx-bf16") for w in (63, 64, 600)] == [True, False, False]
     for cpu in ("amx-bf16", "avx512-bf16", "avx2"):  # training passes: the same limit on every CPU
         assert [eager_attention_pays(w, True, cpu) for w in (320, 321)] == [True, False]
+
+
+def test_a_config_that_does_not_build_leaves_the_run_without_a_peak():
+    from transformers import T5Config
+
+    model = LlamaForCausalLM(TINY)
+    with pytest.warns(UserWarning, match="no matrix-product peak"):  # no causal-LM class for T5's config
+        assert peak.run_peak(True, model, T5Config(), "causal", CPU, "bf16", 100, 1, 1.0) == (None, None)
