@@ -1,7 +1,7 @@
 """Where a training step's time goes, by kind of work, and the step's share of the measured matrix-product peak.
 
-    python bench/profile_training.py [--data-dir ../shared/data] [--model smollm2-135m-q4] [--task ag_news] [--scale low]
-        [--methods lora,full] [--warmup 2] [--steps 3] [--timed 5] [key=value ...]
+    python bench/profile_training.py [--data-dir ../shared/data] [--model smollm2-135m-q4] [--task ag_news]
+        [--scale low] [--methods lora,full] [--warmup 2] [--steps 3] [--timed 5] [key=value ...]
 
 For each method, peftbench's own optimiser step (recipe/steps.optimizer_step: the passes as ``fused_passes``
 plans them, forward and backward under the run's autocast, gradient clipping, AdamW, with the speed-ups the
@@ -15,7 +15,8 @@ steps, torch.profiler records ``--steps`` steps; every operator's self time goes
 - loss: log-softmax and NLL over the vocabulary at the target positions
 - optimizer: AdamW's step and zeroing, gradient clipping (``_foreach_*`` kernels)
 - dtype copies and layout: ``aten::copy_``/``_to_copy`` (autocast's bf16 casts of weights and activations
-  and their fp32 gradients, ``contiguous``)
+  and their fp32 gradients, ``contiguous``), oneDNN's weight re-layout (onednn_weights.py's packing, once per
+  weight: a ``--warmup`` step keeps it out)
 - dispatch and Python: view and metadata operators, autograd's node wrappers, and the step's wall time that
   no operator covers (Python, the autograd engine, the dispatcher)
 - other: embedding, indexing, anything not named above
@@ -48,7 +49,8 @@ ATTENTION = ("scaled_dot_product", "flash_attention", "aten::bmm", "aten::baddbm
              "aten::softmax", "aten::_softmax_backward_data")
 LOSS = ("log_softmax", "nll_loss", "cross_entropy")
 COPIES = {"aten::copy_", "aten::_to_copy", "aten::to", "aten::clone", "aten::contiguous",
-          "aten::_autocast_to_reduced_precision", "aten::_autocast_to_full_precision"}
+          "aten::_autocast_to_reduced_precision", "aten::_autocast_to_full_precision",
+          "mkldnn::_reorder_linear_weight"}
 OPTIMIZER = ("aten::_foreach_", "aten::_fused_adam", "aten::linalg_vector_norm", "aten::clamp")
 DISPATCH = {"aten::view", "aten::reshape", "aten::_reshape_alias", "aten::_unsafe_view", "aten::transpose",
             "aten::t", "aten::permute", "aten::expand", "aten::as_strided", "aten::slice", "aten::select",
