@@ -89,12 +89,13 @@ class RunConfig:
           ``data_dir`` give the same id; other files give another.
         - Every setting that differs from ``ID_DEFAULTS``, the value it had when the setting was introduced.
           A setting added with a default therefore leaves every id as it was, while changing a default
-          changes the ids of the runs it changes (they are not done). ``trackers`` and ``serve`` change what
-          is recorded, not what is computed, and are left out.
+          changes the ids of the runs it changes (they are not done). ``trackers``, ``serve`` and
+          ``train.measure_peak`` change what is recorded, not what is computed, and are left out.
         """
         from peftbench.catalog.tasks.data import data_identity  # the data's content, read once per process
 
         settings = _flatten({k: v for k, v in self.to_dict().items() if k not in _ID_COORDINATES})
+        settings.pop("train.measure_peak")  # in ID_DEFAULTS like every setting, but recorded, not computed
         unknown_settings = sorted(set(settings) - set(ID_DEFAULTS))
         if unknown_settings:
             raise RuntimeError(f"config setting(s) {', '.join(unknown_settings)} are not in config.ID_DEFAULTS: "
@@ -121,6 +122,7 @@ ID_DEFAULTS: dict[str, Any] = {
     "train.group_by_length": True, "train.save_adapter": True, "train.checkpoint_every_epoch": True,
     "train.checkpoint_interval_s": 60.0, "train.num_threads": None, "train.max_oom_retries": 4,
     "train.test_examples": None, "train.lr_scale": 1.0, "train.run_test": True, "lr_search": None,
+    "train.measure_peak": None,
     "speedups.keep_freed_memory": True, "speedups.fused_adamw": True, "speedups.fused_passes": True,
     "speedups.frozen_weights_bf16": True, "speedups.onednn_blocked_weights": True,
     "speedups.lm_head_on_targets": True, "speedups.shared_prompt_prefix": True, "speedups.eager_attention": True,
