@@ -111,6 +111,10 @@ class SweepConfig:
     crash (out of memory, a signal) are its own. false runs them in this process, one after another (a
     debugger; models, tasks or methods registered at run time, which a new process would not know); every
     run's peak memory is then the process's highest so far. A multi-process launch always runs in-process."""
+    worker_timeout_s: float | None = 1800.0
+    """isolate_runs: a worker that sends no heartbeat (one per optimiser step and per evaluation batch; its
+    start counts as one, so loading the model must fit too) for this many seconds is taken for hung: stopped,
+    its checkpoint kept, its run interrupted, and the sweep goes on. null: never."""
     retry_failed: bool = False
     device_map: str | None = None
     """Model parallelism for models too big for one GPU: "auto" splits each run's model over all visible GPUs
@@ -154,6 +158,8 @@ class SweepConfig:
         if self.ray_num_cpus_per_run < 0 or (self.ray_num_gpus_per_run or 0) < 0 or self.max_retries < -1:
             raise UserError("ray_num_cpus_per_run and ray_num_gpus_per_run must be at least 0, "
                             "max_retries at least -1")
+        if self.worker_timeout_s is not None and self.worker_timeout_s <= 0:
+            raise UserError(f"worker_timeout_s must be positive or null, got {self.worker_timeout_s}")
         self._validate_method_ablations()
         self.train.validate()
         self.serve.validate()

@@ -22,7 +22,7 @@ import torch
 from peftbench.catalog.tasks import TaskSpec
 from peftbench.catalog.tasks.data import Example
 from peftbench.recipe.batching import Encoded, collate, encode
-from peftbench.recipe.evaluate import validation_batches
+from peftbench.recipe.evaluate import batch_done, validation_batches
 from peftbench.recipe.loss import target_token_losses
 from peftbench.speedups import SpeedupPlan
 
@@ -37,6 +37,7 @@ def target_log_likelihoods(model, items: list[Encoded], family: str, pad_id: int
         with autocast:
             losses, owners = target_token_losses(model, collate([items[i] for i in rows], family, pad_id), speedups)
         totals.index_add_(0, torch.tensor(rows)[owners.cpu()], -losses.double().cpu())
+        batch_done()
     return totals
 
 
