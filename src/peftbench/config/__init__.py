@@ -20,7 +20,7 @@ import yaml
 
 from peftbench.catalog.ablations import ABLATIONS
 from peftbench.config.sections import SPEEDUP_SETTINGS, ServeConfig, SpeedupsConfig, TrainConfig
-from peftbench.errors import UserError, did_you_mean, unknown
+from peftbench.errors import UserError, choices_text, did_you_mean, unknown
 
 __all__ = ["SPEEDUP_SETTINGS", "RunConfig", "Scale", "ServeConfig", "SpeedupsConfig", "SweepConfig", "TrainConfig",
            "canonical_model", "from_dict", "load_sweep", "parse_override"]
@@ -341,7 +341,8 @@ def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in hints:
-            raise UserError(f"{where}: unknown key {key!r}{did_you_mean(key, names)}; valid: {', '.join(names)}")
+            raise UserError(f"{where}: unknown key {key!r}{did_you_mean(key, names)}; "
+                            f"{choices_text(key, names, f'pydoc {cls.__module__}.{cls.__name__}')}")
         kwargs[key] = _coerce(hints[key], value, f"{where}: {key}")
     return cls(**kwargs)
 
