@@ -128,11 +128,12 @@ def worker_main(run: RunConfig, results_dir: str, progress: bool, device_map: st
             return flag()
 
         evaluate.BATCH_HOOKS.append(beat)
+        beat()  # the imports are done: the run's own time starts here
         with sweep.stop_on_signals(flag):
             sweep.execute_run(run, Path(results_dir), progress=progress, stop_requested=stop_requested,
                               device_map=device_map)
-    except results.Unwritable as exc:
-        _say(last_words, {"type": results.STORAGE_FAULT, "message": str(exc)})
+    except results.Unwritable as exc:  # the sweep process tries to write it
+        _say(last_words, results.storage_error(exc.cause, Path(results_dir) / run.run_id()))
     except Exception as exc:  # noqa: BLE001 - the sweep process records it; a traceback here helps no one
         _say(last_words, {"type": type(exc).__name__, "message": str(exc),
                           "traceback": traceback.format_exc(limit=20)})

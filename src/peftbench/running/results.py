@@ -84,7 +84,7 @@ class Unwritable(Exception):
     def __init__(self, folder: Path, cause: BaseException) -> None:
         number = storage_errno(cause)
         super().__init__(f"cannot write in {folder}: {os.strerror(number) if number else cause}")
-        self.folder = Path(folder)
+        self.folder, self.cause = Path(folder), cause
 
 
 def storage_errno(exc: BaseException) -> int | None:
