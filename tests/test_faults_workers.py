@@ -201,7 +201,7 @@ def test_a_silent_worker_is_stopped_its_run_interrupted_and_resumed(tmp_path, mo
     bitfit runs, and the same command resumes lora from epoch 1."""
     results_dir = tmp_path / "results"
     argv = sweep_argv(results_dir, ("lora", "bitfit"), ("t5-tiny-random",), "train.max_epochs=2",
-                      "worker_timeout_s=6")
+                      "worker_timeout_s=15")
     monkeypatch.setattr(isolation, "WORKER_SETUP",
                         in_worker_of("lora", fault_helpers.hang_at, "peftbench.recipe.steps:collate", 3))
     assert main(argv) == 1

@@ -112,9 +112,9 @@ class SweepConfig:
     debugger; models, tasks or methods registered at run time, which a new process would not know); every
     run's peak memory is then the process's highest so far. A multi-process launch always runs in-process."""
     worker_timeout_s: float | None = 1800.0
-    """isolate_runs: a worker that sends no heartbeat (one per optimiser step and per evaluation batch; its
-    start counts as one, so loading the model must fit too) for this many seconds is taken for hung: stopped,
-    its checkpoint kept, its run interrupted, and the sweep goes on. null: never."""
+    """isolate_runs: a worker that sends no heartbeat (one once its imports are done, so loading the model
+    must fit too; then one per optimiser step and per evaluation batch) for this many seconds is taken for
+    hung: stopped, its checkpoint kept, its run interrupted, and the sweep goes on. null: never."""
     retry_failed: bool = False
     device_map: str | None = None
     """Model parallelism for models too big for one GPU: "auto" splits each run's model over all visible GPUs

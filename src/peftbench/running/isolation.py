@@ -15,7 +15,8 @@ interpreters: a forked copy of a process whose OpenMP thread pool has run can de
   native code) has one written for it: interrupted if the sweep was asked to stop, else failed
   (``WorkerDied``, with its last measured peak memory and the machine's). Its checkpoint stays, so
   ``retry_failed`` continues from its last epoch.
-- A worker sends a heartbeat once per optimiser step and per evaluation batch. One silent for
+- A worker sends a heartbeat once its imports are done, then once per optimiser step and per evaluation
+  batch (the recipe's ``stop_requested`` and ``evaluate.BATCH_HOOKS``). One silent for
   ``worker_timeout_s`` is hung: sent SIGTERM (a slow step checkpoints and stops), then SIGKILL after the same
   time again at most; its run is interrupted (``NoHeartbeat``), its checkpoint kept, and the sweep goes on.
 - What escapes a run in the worker (a result the results folder refused, a bug) reaches the sweep process
@@ -55,7 +56,9 @@ def execute_in_worker(run: RunConfig, results_dir: Path, *, progress: bool, stop
     """Run ``run`` in a new worker process (the caller holds its lock); returns its result's status. Raises
     ``results.Unwritable`` when neither the worker nor this process could write it."""
     context = multiprocessing.get_context("spawn")
-    heartbeat = context.Value("d", time.monotonic(), lock=False)  # CLOCK_MONOTONIC: one clock for all processes
+    # time.monotonic() of the worker's last heartbeat (CLOCK_MONOTONIC: one clock for all processes); 0 until
+    # its first, once its imports are done (a loaded machine may take many seconds over them)
+    heartbeat = context.Value("d", 0.0, lock=False)
     last_words, sender = context.Pipe(duplex=False)
     worker = context.Process(target=worker_main, name=f"peftbench {run.run_id()}",
                              args=(run, str(results_dir), progress, device_map, os.getpid(), list(WORKER_SETUP),
@@ -95,7 +98,8 @@ class _Watch:
         if not self.stop_sent and stop_requested():
             os.kill(self.worker.pid, signal.SIGTERM)
             self.stop_sent = True
-        elif self.hung_after_s is None and self.timeout_s and now - self.heartbeat.value > self.timeout_s:
+        elif (self.hung_after_s is None and self.timeout_s and self.heartbeat.value
+              and now - self.heartbeat.value > self.timeout_s):
             self.hung_after_s, self.hung_at = now - self.heartbeat.value, now
             os.kill(self.worker.pid, signal.SIGTERM)  # a slow step still checkpoints; a hung one will not answer
         if self.hung_after_s is not None and now - self.hung_at > min(STOP_GRACE_S, self.timeout_s):
