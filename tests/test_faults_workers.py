@@ -237,8 +237,7 @@ def test_a_truncated_result_is_kept_aside_and_the_run_runs_again(tmp_path, capfd
     (kept,) = result_file.parent.glob("result.json.corrupt-*")
     assert kept.read_text() == text[: len(text) // 2]
     assert [line for line in captured.err.splitlines() if "warning" in line] == [
-        f"peftbench: warning: {result_file.parent.name}: its result file could not be read; kept as {kept}, "
-        f"the run runs again"]
+        f"peftbench: warning: {result_file.parent.name}: corrupt result kept as {kept}; the run runs again"]
     assert "\n1 ran, 0 already done, 0 not ok" in captured.err
     assert results.read_result(result_file)["status"] == "ok"
 

@@ -250,8 +250,7 @@ def run_if_pending(run: RunConfig, results_dir: Path, retry_failed: bool, *, pro
                 return distributed.share_decision(SKIPPED)
             if status == "corrupt":  # an earlier crash's half-written file: kept aside, the run runs again
                 kept = results.set_aside_corrupt(results_dir, run_id)
-                warnings.warn(f"{run_id}: its result file could not be read; kept as {kept}, the run runs again",
-                              stacklevel=1)
+                warnings.warn(f"{run_id}: corrupt result kept as {kept}; the run runs again", stacklevel=1)
             distributed.share_decision(distributed.RUN)
             return execute()
     except OSError as exc:  # the lock file or the corrupt result's rename: the folder takes no writes
@@ -301,10 +300,20 @@ def run_sweep(sweep: SweepConfig, *, progress: bool = True) -> SweepOutcome:
             outcome.record(run.run_id(), what)
             bar.set_postfix(last=f"{run.method}/{run.task} {what}")
             bar.update(1)
-            if what == "interrupted" and stop():  # a run that stopped for want of a heartbeat is no stop request
+            if what == "interrupted" and not _stopped_as_hung(results_dir, run.run_id()):
                 break
         bar.close()
     return outcome
+
+
+def _stopped_as_hung(results_dir: Path, run_id: str) -> bool:
+    """The run was interrupted because its worker sent no heartbeat (isolation.py), not by a stop request:
+    the sweep goes on."""
+    try:
+        result = results.read_result(results.result_path(results_dir, run_id))
+    except results.CorruptResult:
+        return False
+    return (result.get("error") or {}).get("type") == "NoHeartbeat"
 
 
 def check_results_dir(results_dir: Path) -> None:
