@@ -54,6 +54,13 @@ def test_storage_faults_are_recognised_however_worded(exc, number):
     assert results.storage_errno(exc) == number
 
 
+def test_a_denied_read_outside_the_run_is_no_storage_fault(tmp_path):
+    denied = PermissionError(errno.EACCES, "Permission denied", "/models/private/config.json")
+    assert not results.is_storage_fault(denied, tmp_path / "run")
+    assert results.is_storage_fault(PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "run" / "x")),
+                                    tmp_path / "run")
+
+
 def test_a_storage_fault_behind_another_error_is_found():
     try:
         try:

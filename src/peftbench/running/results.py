@@ -87,22 +87,30 @@ class Unwritable(Exception):
         self.folder, self.cause = Path(folder), cause
 
 
-def storage_errno(exc: BaseException) -> int | None:
+def storage_errno(exc: BaseException, folder: Path | None = None) -> int | None:
     """The errno of a write the filesystem refused (no space, over quota, read-only, no permission) behind
-    ``exc``, or None. Rust writers (safetensors, tokenizers) raise their own errors, saying "(os error 28)"."""
+    ``exc``, or None. Rust writers (safetensors, tokenizers) raise their own errors, saying "(os error 28)".
+    With ``folder``, a denied permission counts only for a file in it (not a model directory's file)."""
     while exc is not None:
         number = exc.errno if isinstance(exc, OSError) else None
         if number is None:
             found = _RUST_OS_ERROR.search(str(exc))
             number = int(found.group(1)) if found else None
-        if number in (*_FULL_ERRNOS, *_DENIED_ERRNOS):
+        if number in _FULL_ERRNOS or (number in _DENIED_ERRNOS and _inside(exc, folder)):
             return number
         exc = exc.__cause__ or exc.__context__
     return None
 
 
-def is_storage_fault(exc: BaseException) -> bool:
-    return storage_errno(exc) is not None
+def _inside(exc: BaseException, folder: Path | None) -> bool:
+    filename = getattr(exc, "filename", None)
+    if folder is None or not filename:
+        return True
+    return Path(os.path.abspath(filename)).is_relative_to(os.path.abspath(folder))
+
+
+def is_storage_fault(exc: BaseException, folder: Path | None = None) -> bool:
+    return storage_errno(exc, folder) is not None
 
 
 def storage_error(exc: BaseException, run_dir: Path) -> dict[str, Any]:

@@ -167,7 +167,7 @@ def execute_run(run: RunConfig, results_dir: Path, *, progress: bool = True,
 
 
 def _error_of(exc: Exception, run_dir: Path) -> dict:
-    if results.is_storage_fault(exc):
+    if results.is_storage_fault(exc, run_dir):
         _remove_partial_outputs(run_dir)
         return results.storage_error(exc, run_dir)
     return {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc(limit=20)}
