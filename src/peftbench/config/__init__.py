@@ -20,7 +20,7 @@ import yaml
 
 from peftbench.catalog.ablations import ABLATIONS
 from peftbench.config.sections import SPEEDUP_SETTINGS, ServeConfig, SpeedupsConfig, TrainConfig
-from peftbench.errors import UserError, did_you_mean, unknown
+from peftbench.errors import UserError, choices_text, did_you_mean, unknown
 
 __all__ = ["SPEEDUP_SETTINGS", "RunConfig", "Scale", "ServeConfig", "SpeedupsConfig", "SweepConfig", "TrainConfig",
            "canonical_model", "from_dict", "load_sweep", "parse_override"]
@@ -179,6 +179,10 @@ class SweepConfig:
     crash (out of memory, a signal) are its own. false runs them in this process, one after another (a
     debugger; models, tasks or methods registered at run time, which a new process would not know); every
     run's peak memory is then the process's highest so far. A multi-process launch always runs in-process."""
+    worker_timeout_s: float | None = 1800.0
+    """isolate_runs: a worker that sends no heartbeat (one once its imports are done, so loading the model
+    must fit too; then one per optimiser step and per evaluation batch) for this many seconds is taken for
+    hung: stopped, its checkpoint kept, its run interrupted, and the sweep goes on. null: never."""
     retry_failed: bool = False
     device_map: str | None = None
     """Model parallelism for models too big for one GPU: "auto" splits each run's model over all visible GPUs
@@ -228,6 +232,8 @@ class SweepConfig:
         if self.ray_num_cpus_per_run < 0 or (self.ray_num_gpus_per_run or 0) < 0 or self.max_retries < -1:
             raise UserError("ray_num_cpus_per_run and ray_num_gpus_per_run must be at least 0, "
                             "max_retries at least -1")
+        if self.worker_timeout_s is not None and self.worker_timeout_s <= 0:
+            raise UserError(f"worker_timeout_s must be positive or null, got {self.worker_timeout_s}")
         self._validate_method_ablations()
         if self.lr_search is not None and (not self.lr_search or any(not f > 0 for f in self.lr_search)):
             raise UserError(f"lr_search must be a list of factors above 0, got {self.lr_search}")
@@ -417,7 +423,8 @@ def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in hints:
-            raise UserError(f"{where}: unknown key {key!r}{did_you_mean(key, names)}; valid: {', '.join(names)}")
+            raise UserError(f"{where}: unknown key {key!r}{did_you_mean(key, names)}; "
+                            f"{choices_text(key, names, f'pydoc {cls.__module__}.{cls.__name__}')}")
         kwargs[key] = _coerce(hints[key], value, f"{where}: {key}")
     return cls(**kwargs)
 
