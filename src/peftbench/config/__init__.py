@@ -67,12 +67,19 @@ class RunConfig:
         while unset, so adding these settings kept every id)."""
         identity = {k: v for k, v in self.to_dict().items()
                     if k not in ("trackers", "serve") and not (k == "model_revision" and v is None)}
+        for name, unset in _TRAIN_FIELDS_OUT_OF_ID_AT.items():  # added later: ids kept while at their defaults
+            if identity["train"].get(name) == unset:
+                del identity["train"][name]
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
         parts = [self.model, self.method, self.task, str(self.scale), f"s{self.seed}"]
         if self.ablation:
             parts.append(self.ablation)
         slug = "-".join(_slug(p) for p in parts)
         return f"{slug}-{digest}"
+
+
+_TRAIN_FIELDS_OUT_OF_ID_AT = {"max_tokens_per_pass": None, "gradient_checkpointing": False}
+"""Train settings left out of the run id while at these values, so adding them changed no existing id."""
 
 
 def _slug(text: str) -> str:

@@ -91,7 +91,7 @@ def prepare_cell(run: RunConfig, device_map: str | None = None) -> PreparedCell:
     load_started = time.perf_counter()
     classes = task.classes or None  # an encoder model's head classes
     loaded = load_model(run.model, run.trust_remote_code, device_map, revision=run.model_revision, labels=classes,
-                        seed=run.seed)
+                        seed=run.seed, reuse=not memory.process_dedicated())  # one run's process: one copy
     load_s = time.perf_counter() - load_started
     # Seed again: the first load in a process may draw random numbers (tiny models are built from seed 0),
     # and a run must not depend on whether an earlier run in the same process loaded the model already.
@@ -183,7 +183,9 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     speedups = resolve_speedups(run.speedups)  # before the model loads: its freed buffers may serve activations
+    runtime_bytes = memory.runtime_bytes()  # the breakdown's runtime: the process before the model loads
     cell = prepare_cell(run, device_map)
+    memory.enable_gradient_checkpointing(cell.model, cfg.gradient_checkpointing)
     optimizer, scheduler, schedule = build_optimizer(cfg, run.method, cell.trainable, len(cell.encoded["train"]),
                                                      cell.max_epochs, fused=speedups.fused_adamw)
     # Checkpoints are written while training goes on (checkpoint.BackgroundWriter): no optimiser step may
@@ -193,7 +195,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     accelerator = make_accelerator(cfg.precision, cell.loaded.architecture)
     model, optimizer = distributed.prepare(accelerator, cell.model, optimizer)  # no DDP wrapper: distributed.py
     speedups.apply_to_model(model, accelerator.device, accelerator.mixed_precision)
-    after_load_bytes = memory.start_of_training(accelerator.device)
+    after_load_bytes = memory.start_of_training(accelerator.device, model)
     loop = Loop(run, Path(run_dir), cell, model, optimizer, scheduler, accelerator, writer, speedups)
 
     state, best_weights, resumed_from = _resume_or_start(loop)
@@ -220,7 +222,8 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     return {**_result(run, cell, state, tested), "optimizer": optimizer_info, "time": times,
             "hardware": {**environment.hardware(accelerator.device), "device_map": device_map},
             "memory": memory.run_memory(accelerator.device, after_load_bytes, cell.trainable, optimizer,
-                                        adapter["bytes"]),
+                                        adapter["bytes"], runtime=runtime_bytes, model=model,
+                                        gradient_checkpointing=cfg.gradient_checkpointing),
             "adapter": adapter, "resumed_from_epoch": resumed_from,
             "serving": serving.serve_stage(run, adapter), "speedups": speedups.record()}
 

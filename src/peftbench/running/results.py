@@ -4,7 +4,7 @@ One finished run is one ``result.json`` under ``<results_dir>/<run_id>/``. Every
 recommendation shows is read back from these files alone. Writes are atomic (temporary file, fsync,
 rename) so a crash leaves either the old file or the new one, never half of one.
 
-Schema (``schema_version`` 1), the fields every consumer may rely on:
+Schema (``schema_version`` 2), the fields every consumer may rely on:
 
     run_id            str     stable id derived from the resolved run config
     status            str     "ok" | "failed" | "diverged" | "interrupted" | "running"
@@ -35,8 +35,10 @@ Schema (``schema_version`` 1), the fields every consumer may rely on:
     throughput        dict    {"train_tokens_per_s", "train_tokens"}
     memory            dict    {"peak_bytes", "kind": "cuda_max_allocated" | "process_peak_rss",
                                "scope": "run" | "run_process" | "shared_process", "after_load_bytes",
-                               "increment_bytes", "trainable_param_bytes", "optimizer_state_bytes",
-                               "adapter_bytes"} (memory.py)
+                               "increment_bytes", "breakdown": {"runtime", "weights", "gradients",
+                               "optimizer_state", "activations", "overhead"}, "widest_pass",
+                               "gradient_checkpointing", "adapter_bytes"} (memory.py; schema 1 had
+                               "trainable_param_bytes" and "optimizer_state_bytes" instead of the breakdown)
     adapter           dict    {"path", "bytes"}
     serving           dict?   the serve stage's figures with ``serve.enabled`` (``serving.py``), else null
     speedups          dict    {"setting": "all"|"none"|"custom", "levers": {<lever>: {"status": "applied" |
@@ -56,7 +58,7 @@ from typing import Any
 
 from peftbench.running.redaction import redact
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RESULT_FILE = "result.json"
 STATUSES = ("ok", "failed", "diverged", "interrupted", "running")
 
