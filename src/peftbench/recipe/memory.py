@@ -46,6 +46,7 @@ Results of schema version 1 had ``trainable_param_bytes`` (now ``breakdown.gradi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import resource
 import sys
@@ -55,6 +56,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from peftbench.config import SpeedupsConfig
 from peftbench.speedups.onednn_weights import blocked_bytes
 
 _dedicated: list[bool] = []
@@ -142,6 +144,18 @@ def enable_gradient_checkpointing(model: nn.Module, enabled: bool) -> None:
         enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+PASS_ONLY_LEVERS = ("eager_attention", "bits_dropout")
+"""Speed-ups that switch attention or dropout around a pass's forward only: a layer recomputed in backward would
+run without them (another attention kernel, other dropout masks), so gradient checkpointing turns them off."""
+
+
+def speedups_for(config: SpeedupsConfig, gradient_checkpointing: bool) -> SpeedupsConfig:
+    """The speed-ups a run uses: ``config``, less ``PASS_ONLY_LEVERS`` under gradient checkpointing."""
+    if not gradient_checkpointing:
+        return config
+    return dataclasses.replace(config, **dict.fromkeys(PASS_ONLY_LEVERS, False))
 
 
 def start_of_training(device: torch.device, model: nn.Module | None = None) -> int | None:

@@ -103,7 +103,7 @@ def predict_run(run: RunConfig, runtime_bytes: int | None = None) -> Prediction:
         applied = apply_method(model, family, run.method, run.method_options, layers=layers, modules=modules,
                                seed=run.seed, total_steps=1)
         model, trainable = applied.model, applied.trainable
-        plan = resolve_speedups(run.speedups)
+        plan = resolve_speedups(memory.speedups_for(run.speedups, cfg.gradient_checkpointing))
         precision = _mixed_precision(cfg.precision)
         plan.apply_to_model(model, torch.device("cpu"), precision)
         memory.enable_gradient_checkpointing(model, cfg.gradient_checkpointing)

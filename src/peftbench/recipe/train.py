@@ -182,7 +182,8 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     cfg = run.train
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    speedups = resolve_speedups(run.speedups)  # before the model loads: its freed buffers may serve activations
+    # Before the model loads: its freed buffers may serve activations.
+    speedups = resolve_speedups(memory.speedups_for(run.speedups, cfg.gradient_checkpointing))
     runtime_bytes = memory.runtime_bytes()  # the breakdown's runtime: the process before the model loads
     cell = prepare_cell(run, device_map)
     memory.enable_gradient_checkpointing(cell.model, cfg.gradient_checkpointing)
@@ -234,7 +235,8 @@ def _resume_or_start(loop: Loop) -> tuple[RunState, dict[str, torch.Tensor], int
     cfg, trainable = loop.run.train, loop.cell.trainable
     resumed = run_state.resume_run(loop.run_dir, trainable, loop.optimizer, loop.scheduler, loop.accelerator.scaler)
     if resumed is None:
-        state, best_weights = RunState(stopper=EarlyStopping(cfg.patience, cfg.min_delta)), checkpoint.snapshot(trainable)
+        state = RunState(stopper=EarlyStopping(cfg.patience, cfg.min_delta))
+        best_weights = checkpoint.snapshot(trainable, loop.run_dir)  # full tuning's: on disk
     else:
         state, best_weights = resumed
     distributed.check_in_sync(trainable, state.epoch, state.step)
@@ -315,7 +317,7 @@ def _end_epoch(loop: Loop, state: RunState, best_weights: dict[str, torch.Tensor
     seconds = time.perf_counter() - epoch_started
     state.train_seconds += seconds
     if state.stopper.update(epoch, val_loss):
-        best_weights = checkpoint.snapshot(cell.trainable)
+        best_weights = checkpoint.snapshot(cell.trainable, loop.run_dir)  # full tuning's: on disk
         state.to_best_s = state.train_seconds
     state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_metric": val_metric,
                           "seconds": seconds, "steps": state.step, "lr": loop.scheduler.get_last_lr()[0]})
