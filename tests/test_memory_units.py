@@ -82,13 +82,13 @@ def _write(tmp_path, results):
 
 def test_table_9_shows_the_peak_and_its_parts_in_gib(tmp_path):
     new = make_result(method="full", task="cola", peak_bytes=sum(BREAKDOWN.values()))
-    new["memory"]["breakdown"] = BREAKDOWN
+    new["memory"].update(breakdown=BREAKDOWN, predicted={"peak_bytes": 2.5 * 2**30})
     old = make_result(method="lora", task="cola", peak_bytes=2**30)
     old["memory"].update(trainable_param_bytes=2**20, optimizer_state_bytes=2**21)
     table = memory_table(_write(tmp_path, [new, old]))
     cells = {row.method: row.cells[0] for row in table.rows()}
     assert table.number == 9 and table.columns == [("cola", "CoLA")]
-    assert cells["full"].text == "2.99 = 0.49 + 0.53 + 0.53 + 1.05 + 0.29 + 0.10"
+    assert cells["full"].text == "2.99 = 0.49 + 0.53 + 0.53 + 1.05 + 0.29 + 0.10 (predicted 2.50)"
     assert cells["lora"].text == "1.00 = ? + ? + 0.00 + 0.00 + ? + ?"
     assert cells["full"].csv["activations"] == str(300 * 2**20) and cells["lora"].csv["runtime"] == ""
 

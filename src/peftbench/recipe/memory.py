@@ -31,6 +31,8 @@
                                               temporaries, what loading left behind; None without runtime
     widest_pass            {"rows", "tokens"}: the training pass whose activations were measured
     gradient_checkpointing whether layers recomputed their activations in backward (``train.gradient_checkpointing``)
+    predicted              what ``--dry-run`` predicts for the run (``memory_estimate.py``), with the measured
+                           runtime: {"peak_bytes", "breakdown", "widest_pass"}; None where it could not be made
     adapter_bytes          bytes of the saved adapter (full tuning: the whole model); None when not saved
 
 The peak is a run's own only in a process of its own: a process's resident set never falls below what an

@@ -15,6 +15,7 @@ not predicted (0).
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -121,6 +122,20 @@ def predict_run(run: RunConfig, runtime_bytes: int | None = None) -> Prediction:
     parts = _extrapolate(measured, total_layers)
     runtime = runtime_bytes if runtime_bytes is not None else (memory.runtime_bytes() or 0)
     return Prediction({"runtime": runtime, **parts, "overhead": 0}, rows, tokens)
+
+
+def predicted_for_result(run: RunConfig, runtime_bytes: int | None) -> dict[str, object] | None:
+    """``memory.predicted`` of a finished run: the prediction with the run's measured runtime, so the report can
+    set it beside the measurement; None (with a warning) where it cannot be made. The random number streams are
+    left as they were."""
+    try:
+        with torch.random.fork_rng(devices=[]):
+            prediction = predict_run(run, runtime_bytes)
+    except Exception as exc:  # noqa: BLE001 - a prediction never costs a run its result
+        warnings.warn(f"memory not predicted: {type(exc).__name__}: {exc}", stacklevel=2)
+        return None
+    return {"peak_bytes": prediction.peak_bytes, "breakdown": prediction.breakdown,
+            "widest_pass": {"rows": prediction.rows, "tokens": prediction.tokens}}
 
 
 def widest_pass(items: list[Encoded], run: RunConfig, max_epochs: int, family: str, plan

@@ -32,7 +32,7 @@ from peftbench.catalog.models import LoadedModel, load_model
 from peftbench.catalog.tasks import TaskSpec, get_task
 from peftbench.catalog.tasks.data import TaskData, load_task_data, scale_cap_and_epochs
 from peftbench.config import RunConfig, TrainConfig
-from peftbench.recipe import checkpoint, memory, run_state, serving, steps
+from peftbench.recipe import checkpoint, memory, memory_estimate, run_state, serving, steps
 from peftbench.recipe.batching import Encoded, length_grouped_batches, source_token_limit
 from peftbench.recipe.datacache import encode_cached
 from peftbench.recipe.evaluate import score
@@ -222,9 +222,10 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
                       "precision": accelerator.mixed_precision}
     return {**_result(run, cell, state, tested), "optimizer": optimizer_info, "time": times,
             "hardware": {**environment.hardware(accelerator.device), "device_map": device_map},
-            "memory": memory.run_memory(accelerator.device, after_load_bytes, cell.trainable, optimizer,
-                                        adapter["bytes"], runtime=runtime_bytes, model=model,
-                                        gradient_checkpointing=cfg.gradient_checkpointing),
+            "memory": {**memory.run_memory(accelerator.device, after_load_bytes, cell.trainable, optimizer,
+                                           adapter["bytes"], runtime=runtime_bytes, model=model,
+                                           gradient_checkpointing=cfg.gradient_checkpointing),
+                       "predicted": memory_estimate.predicted_for_result(run, runtime_bytes)},  # after the peak
             "adapter": adapter, "resumed_from_epoch": resumed_from,
             "serving": serving.serve_stage(run, adapter), "speedups": speedups.record()}
 

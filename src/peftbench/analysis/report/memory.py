@@ -45,21 +45,31 @@ def part_bytes(part: str) -> Quantity:
     return quantity
 
 
+def predicted_peak(r: dict[str, Any]) -> float | None:
+    """``memory.predicted.peak_bytes``: what the dry run predicts for the run (None: not recorded)."""
+    predicted = (r.get("memory") or {}).get("predicted")
+    value = predicted.get("peak_bytes") if isinstance(predicted, dict) else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def _gib(value: float) -> str:
     return f"{value / GIB:.2f}"
 
 
 def _render_breakdown(stats: list[Stat | None]) -> str:
-    """"2.85 GiB = 0.50 + 0.54 + ..." in ``BREAKDOWN_PARTS`` order; "?" for a part not recorded."""
-    peak, *parts = stats
-    return f"{_gib(peak.mean)} = " + " + ".join("?" if s is None else _gib(s.mean) for s in parts)
+    """"2.85 = 0.50 + 0.54 + ..." in ``BREAKDOWN_PARTS`` order ("?": a part not recorded), then the predicted
+    peak where the runs recorded one: " (predicted 2.70)"."""
+    peak, *parts, predicted = stats
+    text = f"{_gib(peak.mean)} = " + " + ".join("?" if s is None else _gib(s.mean) for s in parts)
+    return text + (f" (predicted {_gib(predicted.mean)})" if predicted is not None else "")
 
 
 def memory_table(coll: Collection):
     """Table 9: each cell's mean peak and its parts (GiB), one row per method and scale, one column per task."""
     from peftbench.analysis.report import tables as t
 
-    quantities = [("peak", c.peak_bytes)] + [(part, part_bytes(part)) for part in BREAKDOWN_PARTS]
+    quantities = ([("peak", c.peak_bytes)] + [(part, part_bytes(part)) for part in BREAKDOWN_PARTS]
+                  + [("predicted_peak", predicted_peak)])
     blocks = []
     for model in coll.models():
         groups = []
@@ -74,7 +84,8 @@ def memory_table(coll: Collection):
     caption = (f"Peak memory and what it holds, GiB (mean over ok seeds): peak = {parts}. "
                "Runtime: the process before the model loads; activations: bytes saved for backward in the widest "
                "training pass; overhead: the peak beyond the other parts. '?': not recorded (results written "
-               "before the breakdown existed).")
+               "before the breakdown existed). Predicted: the peak `peftbench run --dry-run` predicts, with the "
+               "measured runtime (recipe/memory_estimate.py).")
     table = t.Table(MEMORY_TABLE_NUMBER, "Memory breakdown", caption, "PEFT/Dataset",
                     [(task, t.task_label(task, coll)) for task in coll.tasks()], blocks, [t.SEEDS_NOTE])
     if not table.rows():
@@ -114,8 +125,9 @@ def breakdown_figures(coll: Collection, out_dir: Path) -> list[Path]:
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     footer = [c.provenance(f._runs_of(coll, lambda key: True)),
-              "Bars: the parts of memory.breakdown, stacked (means over ok seeds); black tick: the mean peak. "
-              "Overhead below zero (parts overlapping in time) is drawn as none."]
+              "Bars: the parts of memory.breakdown, stacked (means over ok seeds); black tick: the mean peak; "
+              "dashed tick: the predicted peak (--dry-run). Overhead below zero (parts overlapping in time) is "
+              "drawn as none."]
     return f._save(fig, footer, out_dir / "memory_breakdown")
 
 
@@ -139,6 +151,9 @@ def _breakdown_panel(ax, coll: Collection, panel: tuple, f) -> None:
         peak = coll.cells[key].stat(c.peak_bytes)
         if peak is not None:
             ax.plot([x - 0.4, x + 0.4], [peak.mean / GIB] * 2, color="black", linewidth=1.2)
+        predicted = coll.cells[key].stat(predicted_peak)
+        if predicted is not None:
+            ax.plot([x - 0.4, x + 0.4], [predicted.mean / GIB] * 2, color="black", linewidth=1.0, linestyle="--")
     ax.set_xticks(range(len(keys)), labels, rotation=30, ha="right", fontsize=7)
     ax.set_ylabel("GiB", fontsize=8)
     ax.set_title(f"{f.task_label(task, coll)} ({f.scale_label(scale)}), {model}", fontsize=9)
