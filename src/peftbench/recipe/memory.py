@@ -26,7 +26,8 @@
                                               per trainable value, and a step count)
                              activations      the bytes autograd saved for backward in the widest training
                                               pass (most padded tokens), each storage once, parameters not
-                                              counted (saved-tensor hooks: ``ActivationProbe``)
+                                              counted (saved-tensor hooks: ``ActivationProbe``); autocast's
+                                              bf16 copies of trainable weights, saved for backward, count here
                              overhead         peak_bytes less all of the above: allocator retention,
                                               temporaries, what loading left behind; None without runtime
     widest_pass            {"rows", "tokens"}: the training pass whose activations were measured

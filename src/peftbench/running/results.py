@@ -37,7 +37,7 @@ Schema (``schema_version`` 2), the fields every consumer may rely on:
                                "scope": "run" | "run_process" | "shared_process", "after_load_bytes",
                                "increment_bytes", "breakdown": {"runtime", "weights", "gradients",
                                "optimizer_state", "activations", "overhead"}, "widest_pass",
-                               "gradient_checkpointing", "adapter_bytes"} (memory.py; schema 1 had
+                               "gradient_checkpointing", "predicted", "adapter_bytes"} (memory.py; schema 1 had
                                "trainable_param_bytes" and "optimizer_state_bytes" instead of the breakdown)
     adapter           dict    {"path", "bytes"}
     serving           dict?   the serve stage's figures with ``serve.enabled`` (``serving.py``), else null
