@@ -126,3 +126,29 @@ def test_large_best_weights_are_kept_on_disk_and_restored_from_there(tmp_path):
     assert torch.equal(trainable["a"], torch.arange(6.0).reshape(2, 3)) and torch.equal(trainable["b"], torch.ones(4))
     remove_checkpoint(tmp_path)
     assert not (tmp_path / BEST_FILE).exists()
+
+
+def test_the_new_train_settings_keep_every_run_id_while_at_their_defaults():
+    import hashlib
+    import json
+
+    from peftbench.config import RunConfig, TrainConfig
+
+    run = RunConfig(model="llama-tiny-random", method="lora", task="cola", scale="low")
+    identity = {k: v for k, v in run.to_dict().items() if k not in ("trackers", "serve", "model_revision")}
+    for name in ("max_tokens_per_pass", "gradient_checkpointing"):
+        del identity["train"][name]
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    assert run.run_id().endswith(f"-{digest}")  # the id the run had before these settings existed
+    for changed in (TrainConfig(max_tokens_per_pass=2048), TrainConfig(gradient_checkpointing=True)):
+        assert RunConfig(model="llama-tiny-random", method="lora", task="cola", scale="low",
+                         train=changed).run_id() != run.run_id()
+
+
+def test_a_token_budget_below_one_is_refused():
+    from peftbench.config import TrainConfig
+    from peftbench.errors import UserError
+
+    with pytest.raises(UserError, match="max_tokens_per_pass"):
+        TrainConfig(max_tokens_per_pass=0).validate()
+    TrainConfig(max_tokens_per_pass=1).validate()
