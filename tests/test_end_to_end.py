@@ -52,9 +52,9 @@ def test_one_cell_writes_a_complete_result(tmp_path, capsys, model):
     assert memory["peak_bytes"] >= memory["after_load_bytes"] > 0
     assert memory["increment_bytes"] == memory["peak_bytes"] - memory["after_load_bytes"]
     trainable = result["params"]["trainable"]
-    assert memory["trainable_param_bytes"] == 4 * trainable  # fp32
+    assert memory["breakdown"]["gradients"] == 4 * trainable  # fp32
     # AdamW: two fp32 moments per trainable value and a one-value step count per tensor (LoRA's A and B)
-    assert memory["optimizer_state_bytes"] == 8 * trainable + 4 * LORA_TENSORS[model]
+    assert memory["breakdown"]["optimizer_state"] == 8 * trainable + 4 * LORA_TENSORS[model]
     assert memory["adapter_bytes"] == result["adapter"]["bytes"]
     assert result["adapter"]["bytes"] > 0 and (tmp_path / result["run_id"] / "adapter").is_dir()
     assert result["data"]["train_examples"] == 32 and result["data"]["sample_hash"]

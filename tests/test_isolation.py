@@ -78,10 +78,10 @@ def test_each_run_of_a_sweep_records_its_own_peak(wide_llama, tmp_path, capsys):
     assert peak["lora"] + 8 * WIDE_PARAMS < peak["full"] and peak["ia3"] + 8 * WIDE_PARAMS < peak["full"]
     full = swept["full"]["memory"]
     assert swept["full"]["params"]["trainable"] == WIDE_PARAMS
-    assert full["trainable_param_bytes"] == 4 * WIDE_PARAMS
-    assert full["optimizer_state_bytes"] == 8 * WIDE_PARAMS + 4 * 38  # moments + a step count per tensor
+    assert full["breakdown"]["gradients"] == 4 * WIDE_PARAMS
+    assert full["breakdown"]["optimizer_state"] == 8 * WIDE_PARAMS + 4 * 38  # moments + a step count per tensor
     assert full["adapter_bytes"] == swept["full"]["adapter"]["bytes"] > 4 * WIDE_PARAMS  # the whole model
-    assert swept["lora"]["memory"]["optimizer_state_bytes"] < full["optimizer_state_bytes"] / 100
+    assert swept["lora"]["memory"]["breakdown"]["optimizer_state"] < full["breakdown"]["optimizer_state"] / 100
 
 
 def test_in_process_runs_report_the_process_peak(wide_llama, tmp_path):

@@ -40,14 +40,14 @@ def _page(report) -> str:
 
 def test_page_holds_every_table_figure_and_run(report):
     page = _page(report)
-    for number in (1, 2, 3, 4, 5, 6, 8):  # Table 7 (serving cost) only where runs were served
+    for number in (1, 2, 3, 4, 5, 6, 8, 12):  # Table 7 (serving cost) only where runs were served, 9 (LR) searched
         assert f'id="table{number}"' in page
     assert 'id="table7"' not in page
     pngs = [p for p in report["figures"] if p.suffix == ".png"]
     assert (
         page.count('src="data:image/png;base64,') == len(pngs) == 8
     )  # Figure 1, 4 loss curves, 3 trade-offs
-    assert page.count('<table class="sortable"') == 8  # seven tables (one model each) + the runs
+    assert page.count('<table class="sortable"') == 9  # eight tables (one model each) + the runs
     assert page.count("<details>") == 13  # one per run: config, versions, hardware
     text = html.unescape(page)
     assert '"accelerator": "Test CPU"' in text and '"torch": "test"' in text and '"method": "lora"' in text
@@ -105,9 +105,9 @@ def test_page_renders_in_chromium_without_console_errors(report, tmp_path):
     assert console == []
     # The page's script records what rendered: every table made sortable, every image decoded.
     body = re.search(r"<body[^>]*>", dom).group(0)
-    assert 'data-sortable-tables="8"' in body
+    assert 'data-sortable-tables="9"' in body
     assert 'data-images="8/8"' in body
-    assert dom.count("<table") == 8 and dom.count("<img") == 8
+    assert dom.count("<table") == 9 and dom.count("<img") == 8
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000
     if os.environ.get("PEFTBENCH_SCREENSHOT_DIR"):
         target = Path(os.environ["PEFTBENCH_SCREENSHOT_DIR"])

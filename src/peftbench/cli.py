@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. methods=[lora] train.max_epochs=2")
     run.add_argument("--retry-failed", action="store_true", help="re-run failed and diverged runs too")
     run.add_argument("--dry-run", action="store_true",
-                     help="print the grid, which runs are done and a time estimate from earlier results; run nothing")
+                     help="print the grid, which runs are done, a time estimate from earlier results and each run's "
+                          "predicted memory peak and breakdown; run nothing")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress output (bars or per-epoch lines)")
     run.set_defaults(func=cmd_run)
 

@@ -36,6 +36,14 @@ class Column:
     get: Callable[[dict[str, Any]], Any]
 
 
+def _breakdown(result: dict[str, Any], part: str) -> int | None:
+    """One part of ``memory.breakdown`` (schema-1 results: their trainable and optimiser-state bytes)."""
+    from peftbench.analysis.report.memory import breakdown_of
+
+    memory = result.get("memory")
+    return breakdown_of(memory).get(part) if isinstance(memory, dict) else None
+
+
 def at(*path: str) -> Callable[[dict[str, Any]], Any]:
     """The value at ``path`` in a result, None where any part of it is missing."""
     def get(result: dict[str, Any]) -> Any:
@@ -105,8 +113,10 @@ COLUMNS: tuple[Column, ...] = (
     Column("memory_peak_bytes", int, at("memory", "peak_bytes")),
     Column("memory_kind", str, at("memory", "kind")),
     Column("memory_scope", str, at("memory", "scope")),
-    Column("memory_trainable_param_bytes", int, at("memory", "trainable_param_bytes")),
-    Column("memory_optimizer_state_bytes", int, at("memory", "optimizer_state_bytes")),
+    Column("memory_trainable_param_bytes", int, lambda r: _breakdown(r, "gradients")),
+    Column("memory_optimizer_state_bytes", int, lambda r: _breakdown(r, "optimizer_state")),
+    *[Column(f"memory_{part}_bytes", int, lambda r, part=part: _breakdown(r, part))
+      for part in ("runtime", "weights", "activations", "overhead")],
     Column("adapter_bytes", int, at("adapter", "bytes")),
     # parameters, data, epochs
     Column("params_trainable", int, at("params", "trainable")),

@@ -239,6 +239,22 @@ def load_config(name: str, trust_remote_code: bool = False, revision: str | None
         raise _load_error(spec, revision, exc) from None
 
 
+def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | None = None):
+    """The model's tokenizer without its weights (a tiny model's is built with it), with a pad token."""
+    spec = _check_revision(resolve_source(name), revision)
+    if spec.build is not None:
+        tokenizer = spec.build()[1]
+    else:
+        source = EMBEDDED_DIRS[spec.name]() if spec.name in EMBEDDED_DIRS else spec.source
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
+        except (OSError, ValueError) as exc:
+            raise _load_error(spec, revision, exc) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def _check_revision(spec: ModelSpec, revision: str | None) -> ModelSpec:
     if revision is not None and (spec.build is not None or spec.name in EMBEDDED_DIRS or Path(spec.source).is_dir()):
         raise UserError(f"model_revision={revision} applies to Hugging Face Hub models only, not to {spec.name}")
@@ -270,21 +286,27 @@ def _load_pristine(name: str, trust_remote_code: bool, revision: str | None) -> 
 
 
 def load_model(name: str, trust_remote_code: bool = False, device_map: str | None = None,
-               revision: str | None = None, labels: tuple[str, ...] | None = None, seed: int = 0) -> LoadedModel:
+               revision: str | None = None, labels: tuple[str, ...] | None = None, seed: int = 0,
+               reuse: bool = True) -> LoadedModel:
     """A fresh, trainable copy of the model. Weights are read from disk once per process and copied.
 
     ``device_map`` ("auto" or "sequential") splits the copy's layers over the visible GPUs (see
     ``place_on_gpus``); None leaves it on the CPU for the trainer to move. ``revision``: a hub model's
     branch, tag or commit. ``labels``: an encoder model's classes, required for one; ``seed`` draws its
-    classification head (``with_classifier``).
+    classification head (``with_classifier``). ``reuse=False`` (a process that loads one model once: a run's
+    own worker) neither keeps the weights read for a later call nor copies them: the process holds one copy of
+    the model, not two (SmolLM2: 0.54 GB less).
     """
-    pristine = _load_pristine(resolve_source(name).name, trust_remote_code, revision)
+    key = (resolve_source(name).name, trust_remote_code, revision)
+    pristine = _load_pristine(*key) if reuse else _load_pristine.__wrapped__(*key)
     if pristine.family == "encoder":
         if not labels:
             raise UserError(f"model {name}: an encoder-only model needs a classification task's label words")
         model = with_classifier(pristine.model, tuple(labels), seed)
-    else:
+    elif reuse:
         model = copy.deepcopy(pristine.model)  # deepcopy keeps tied weights tied
+    else:
+        model = pristine.model  # nothing else holds it
     if device_map is not None:
         model = place_on_gpus(model, device_map)
     return LoadedModel(pristine.name, pristine.source, pristine.family, model, pristine.tokenizer,

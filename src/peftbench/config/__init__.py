@@ -122,7 +122,7 @@ ID_DEFAULTS: dict[str, Any] = {
     "train.group_by_length": True, "train.save_adapter": True, "train.checkpoint_every_epoch": True,
     "train.checkpoint_interval_s": 60.0, "train.num_threads": None, "train.max_oom_retries": 4,
     "train.test_examples": None, "train.lr_scale": 1.0, "train.run_test": True, "lr_search": None,
-    "train.measure_peak": None,
+    "train.measure_peak": None, "train.max_tokens_per_pass": None, "train.gradient_checkpointing": False,
     "speedups.keep_freed_memory": True, "speedups.fused_adamw": True, "speedups.fused_passes": True,
     "speedups.frozen_weights_bf16": True, "speedups.onednn_blocked_weights": True,
     "speedups.lm_head_on_targets": True, "speedups.shared_prompt_prefix": True, "speedups.eager_attention": True,

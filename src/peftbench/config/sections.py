@@ -83,6 +83,13 @@ class TrainConfig:
     max_oom_retries: int = 4
     """CUDA out-of-memory errors a run survives: each halves the micro-batch and doubles the accumulation
     (the effective batch, batch_size × grad_accum, is unchanged); 0 fails at the first. Never used on CPU."""
+    max_tokens_per_pass: int | None = None
+    """Padded tokens one forward/backward pass may hold (activation memory): a batch over it runs as micro-batches
+    within it, with the same gradient (each piece's mean loss weighted by its share of the batch's target
+    tokens); None: no budget. A row that alone exceeds it runs alone."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass instead of keeping them (less memory, ~1/3 more
+    compute; the paper did not use it)."""
 
     def validate(self) -> None:
         positive = {"batch_size": self.batch_size, "grad_accum": self.grad_accum,
@@ -101,6 +108,8 @@ class TrainConfig:
             raise UserError(f"train.checkpoint_interval_s must be at least 0, got {self.checkpoint_interval_s}")
         if self.max_oom_retries < 0:
             raise UserError(f"train.max_oom_retries must be at least 0, got {self.max_oom_retries}")
+        if self.max_tokens_per_pass is not None and self.max_tokens_per_pass < 1:
+            raise UserError(f"train.max_tokens_per_pass must be at least 1 or null, got {self.max_tokens_per_pass}")
         if self.patience < 1:
             raise UserError(f"train.patience must be at least 1, got {self.patience}")
         if not 0.0 <= self.warmup_fraction < 1.0:

@@ -97,29 +97,73 @@ FUSE_MAX_TOKENS = 2048
 
 
 def plan_passes(items: list[Encoded], group: list[list[int]], family: str, batch_size: int, splits: int,
-                fuse: bool, virtual_tokens: int = 0) -> list[list[tuple[int, list[int], int]]]:
-    """The forward/backward passes of one optimiser step: each a list of (batch position, rows, pieces of that
-    batch) segments.
+                fuse: bool, virtual_tokens: int = 0, max_tokens: int | None = None
+                ) -> list[list[tuple[int, list[int], float]]]:
+    """The forward/backward passes of one optimiser step: each a list of (batch position, rows, share of that
+    batch's target tokens) segments.
 
     With ``fuse`` (on CPU) and no micro-batch split, consecutive batches share a pass while it stays small
-    (``fuse_batches``). Every pass has a fixed cost that dominates small batches: autocast re-casts every
-    trainable weight, weight gradients are converted and accumulated, small GEMMs run below the CPU's peak
-    (one pass of 64 examples instead of 4 of 16 pays it once). Otherwise a batch
-    runs as ``splits`` micro-batches of ⌈batch_size / splits⌉. The gradient is the same either way: each
-    batch's mean loss over its target tokens, divided by the accumulation.
+    (``fuse_batches``, within ``max_tokens`` too). Every pass has a fixed cost that dominates small batches:
+    autocast re-casts every trainable weight, weight gradients are converted and accumulated, small GEMMs run
+    below the CPU's peak (one pass of 64 examples instead of 4 of 16 pays it once). Otherwise a batch runs as ``splits`` micro-batches of ⌈batch_size / splits⌉ rows, each further split
+    until it holds at most ``max_tokens`` padded tokens (``train.max_tokens_per_pass``; a single row over it
+    runs alone). The gradient is the same either way: each batch's mean loss over its target tokens (a
+    piece's mean weighted by its share of them), divided by the accumulation.
     """
     if fuse and splits == 1:
         passes, position = [], 0
-        for chunk in fuse_batches(items, group, family, FUSE_MAX_TOKENS, virtual_tokens=virtual_tokens):
-            passes.append([(position + k, batch, 1) for k, batch in enumerate(chunk)])
+        limit = min(FUSE_MAX_TOKENS, max_tokens or FUSE_MAX_TOKENS)
+        for chunk in fuse_batches(items, group, family, limit, virtual_tokens=virtual_tokens):
+            if len(chunk) == 1:  # alone: within the budget, or split to it
+                passes += batch_passes(items, position, chunk[0], family, batch_size, max_tokens, virtual_tokens)
+            else:
+                passes.append([(position + k, batch, 1.0) for k, batch in enumerate(chunk)])
             position += len(chunk)
         return passes
     micro = math.ceil(batch_size / splits)
-    passes = []
-    for position, batch in enumerate(group):
-        pieces = [batch[i: i + micro] for i in range(0, len(batch), micro)]
-        passes += [[(position, piece, len(pieces))] for piece in pieces]
-    return passes
+    return [one for position, batch in enumerate(group)
+            for one in batch_passes(items, position, batch, family, micro, max_tokens, virtual_tokens)]
+
+
+def batch_passes(items: list[Encoded], position: int, batch: list[int], family: str, micro: int,
+                 max_tokens: int | None, virtual_tokens: int = 0) -> list[list[tuple[int, list[int], float]]]:
+    """One batch's passes: micro-batches of ``micro`` rows, each split to ``max_tokens`` padded tokens, every
+    piece weighted by its share of the batch's target tokens (their sum: 1)."""
+    pieces = [piece for i in range(0, len(batch), micro)
+              for piece in split_to_budget(items, batch[i: i + micro], family, max_tokens, virtual_tokens)]
+    if len(pieces) == 1:
+        return [[(position, pieces[0], 1.0)]]
+    counts = [sum(target_count(items[row], family) for row in piece) for piece in pieces]
+    total = sum(counts)
+    return [[(position, piece, count / total if total else 1.0 / len(pieces))]
+            for piece, count in zip(pieces, counts, strict=True)]
+
+
+def split_to_budget(items: list[Encoded], rows: list[int], family: str, max_tokens: int | None,
+                    virtual_tokens: int = 0) -> list[list[int]]:
+    """``rows`` in consecutive pieces of at most ``max_tokens`` padded tokens each (None: one piece); a row
+    that alone exceeds the budget is a piece of its own."""
+    if max_tokens is None:
+        return [rows]
+    pieces: list[list[int]] = []
+    for row in rows:
+        if pieces and padded_size(items, [pieces[-1] + [row]], family, virtual_tokens) <= max_tokens:
+            pieces[-1].append(row)
+        else:
+            pieces.append([row])
+    return pieces
+
+
+def target_count(item: Encoded, family: str) -> int:
+    """Tokens of ``item`` that carry a loss (an encoder classifier's row: one)."""
+    return 1 if family == "encoder" else sum(label != IGNORE for label in item.labels)
+
+
+def widest_pass_tokens(items: list[Encoded], passes: list[list[tuple[int, list[int], float]]], family: str,
+                       virtual_tokens: int = 0) -> list[int]:
+    """The rows of the pass with the most padded tokens among ``passes``."""
+    rows = [[row for _, piece, _ in segments for row in piece] for segments in passes]
+    return max(rows, key=lambda r: padded_size(items, [r], family, virtual_tokens))
 
 
 def length_grouped_batches(items: list[Encoded], batch_size: int, seed: int, group_by_length: bool) -> list[list[int]]:

@@ -14,11 +14,13 @@ import random
 import shutil
 import threading
 import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 CHECKPOINT_DIR = "checkpoint"
@@ -53,7 +55,7 @@ def _on_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_checkpoint(run_dir: Path, trainable: dict[str, torch.Tensor], best: dict[str, torch.Tensor],
+def save_checkpoint(run_dir: Path, trainable: dict[str, torch.Tensor], best: Mapping[str, torch.Tensor],
                     state: dict[str, Any], best_is_trainable: bool = False) -> None:
     """Write the checkpoint. ``best_is_trainable``: the best weights are the current ones (the epoch just
     finished is the best so far), so ``best.safetensors`` is a hard link to ``trainable.safetensors``."""
@@ -64,6 +66,8 @@ def save_checkpoint(run_dir: Path, trainable: dict[str, torch.Tensor], best: dic
     save_file(_on_cpu(trainable), tmp / "trainable.safetensors")
     if best_is_trainable:
         _link_or_copy(tmp / "trainable.safetensors", tmp / "best.safetensors")
+    elif isinstance(best, WeightsOnDisk):  # already a file: linked, not read into memory
+        _link_or_copy(best.path, tmp / "best.safetensors")
     else:
         save_file(_on_cpu(best), tmp / "best.safetensors")
     torch.save(state, tmp / "state.pt")
@@ -159,11 +163,46 @@ def has_checkpoint_files(run_dir: Path) -> bool:
 def remove_checkpoint(run_dir: Path) -> None:
     for name in _ALL_DIRS:
         shutil.rmtree(Path(run_dir) / name, ignore_errors=True)
+    (Path(run_dir) / BEST_FILE).unlink(missing_ok=True)
 
 
-def snapshot(trainable: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
-    """A CPU copy of the trainable weights (the best epoch's, kept while training goes on)."""
-    return {name: p.detach().to("cpu", copy=True) for name, p in trainable.items()}
+SPILL_BYTES = 64 * 2**20
+"""Best weights this large or larger are kept on disk, not as a second copy in memory (full tuning of SmolLM2:
+0.54 GB); an adapter's stay in memory."""
+BEST_FILE = ".best_weights.safetensors"
+"""The best weights on disk, in the run directory (``remove_checkpoint`` removes it)."""
+
+
+class WeightsOnDisk(Mapping[str, torch.Tensor]):
+    """Weights in a safetensors file, read when asked for, the file mapped only while they are read."""
+
+    def __init__(self, path: Path, names: list[str]) -> None:
+        self.path, self.names = Path(path), list(names)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        with safe_open(self.path, framework="pt") as handle:
+            return handle.get_tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def snapshot(trainable: dict[str, torch.nn.Parameter], spill_dir: Path | None = None,
+             spill_bytes: int = SPILL_BYTES) -> Mapping[str, torch.Tensor]:
+    """A CPU copy of the trainable weights (the best epoch's, kept while training goes on); with ``spill_dir``,
+    weights of ``spill_bytes`` or more are written to ``spill_dir/BEST_FILE`` instead (replacing it whole) and
+    read back from there."""
+    if spill_dir is None or sum(p.nbytes for p in trainable.values()) < spill_bytes:
+        return {name: p.detach().to("cpu", copy=True) for name, p in trainable.items()}
+    path = Path(spill_dir) / BEST_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(_on_cpu(trainable), tmp)
+    os.replace(tmp, path)  # a new file: a checkpoint still linking or reading the old one keeps it
+    return WeightsOnDisk(path, list(trainable))
 
 
 @torch.no_grad()

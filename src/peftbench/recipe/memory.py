@@ -15,25 +15,52 @@
     increment_bytes        peak_bytes - after_load_bytes: what training, validation and testing added
                            (gradients, optimiser state, activations). On tiny models it shows the methods'
                            differences that the interpreter's and libraries' fixed footprint hides in the peak
-    trainable_param_bytes  bytes of the trainable parameters
-    optimizer_state_bytes  bytes of the optimiser's state tensors after training (AdamW: two moments per
-                           trainable value, and a step count)
+    breakdown              what the peak holds, in bytes (the same parts on CPU and CUDA):
+                             runtime          the process before the model loads (interpreter, libraries,
+                                              the data): resident set on CPU, allocated bytes on CUDA
+                             weights          the model's parameters and buffers, each storage once, with the
+                                              copies speed-ups keep (bf16 frozen linears, oneDNN's blocked
+                                              copies)
+                             gradients        one gradient per trainable parameter, of its size
+                             optimizer_state  the optimiser's state tensors after training (AdamW: two moments
+                                              per trainable value, and a step count)
+                             activations      the bytes autograd saved for backward in the widest training
+                                              pass (most padded tokens), each storage once, parameters not
+                                              counted (saved-tensor hooks: ``ActivationProbe``); autocast's
+                                              bf16 copies of trainable weights, saved for backward, count here
+                             overhead         peak_bytes less all of the above: allocator retention,
+                                              temporaries, what loading left behind; None without runtime
+    widest_pass            {"rows", "tokens"}: the training pass whose activations were measured
+    gradient_checkpointing whether layers recomputed their activations in backward (``train.gradient_checkpointing``)
+    predicted              what ``--dry-run`` predicts for the run (``memory_estimate.py``), with the measured
+                           runtime: {"peak_bytes", "breakdown", "widest_pass"}; None where it could not be made
     adapter_bytes          bytes of the saved adapter (full tuning: the whole model); None when not saved
 
 The peak is a run's own only in a process of its own: a process's resident set never falls below what an
 earlier run left in it (``speedups/freed_memory.py`` keeps freed memory in the process on purpose), so runs sharing a
 process would each report the highest peak so far. The local executor runs every run in its own worker
 process (``isolation.py``); Ray gives each run a fresh worker.
+
+Results of schema version 1 had ``trainable_param_bytes`` (now ``breakdown.gradients``) and
+``optimizer_state_bytes`` (now ``breakdown.optimizer_state``) instead of the breakdown;
+``analysis.report.memory.breakdown_of`` reads either.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import resource
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch import nn
+
+from peftbench.config import SpeedupsConfig
+from peftbench.speedups.onednn_weights import blocked_bytes
 
 _dedicated: list[bool] = []
 
@@ -43,8 +70,101 @@ def dedicate_process_to_run() -> None:
     _dedicated[:] = [True]
 
 
-def start_of_training(device: torch.device) -> int | None:
-    """Reset the CUDA peak statistics; the bytes in use now (``after_load_bytes``)."""
+def process_dedicated() -> bool:
+    """Whether this process was started for one run alone (``dedicate_process_to_run``)."""
+    return bool(_dedicated)
+
+
+def runtime_bytes() -> int | None:
+    """The bytes the process holds before the model loads (``breakdown.runtime``): allocated on the current
+    CUDA device where there is one, else the resident set."""
+    if torch.cuda.is_available():
+        return int(torch.cuda.memory_allocated())
+    return current_rss_bytes()
+
+
+def pass_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Padded tokens of a collated training batch (inputs and labels): what makes one pass wider than another."""
+    return int(batch["input_ids"].numel() + batch["labels"].numel())
+
+
+class ActivationProbe:
+    """The bytes autograd saves for backward in the widest pass so far: a pass wider than every earlier one
+    (``pass_tokens``) runs under saved-tensor hooks that add up each saved storage once; parameters (the
+    model's own tensors, not activations) and opaque tensors are left out. Narrower passes run unhooked."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self, model: nn.Module | None = None) -> None:
+        self.saved_bytes, self.tokens, self.rows = 0, 0, 0
+        self._parameters = {p.untyped_storage().data_ptr() for p in model.parameters()} if model is not None else set()
+
+    @contextlib.contextmanager
+    def measure(self, batch: dict[str, torch.Tensor]) -> Iterator[None]:
+        tokens = pass_tokens(batch)
+        if tokens <= self.tokens:
+            yield
+            return
+        seen: set[int] = set(self._parameters)
+        total = [0]
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            try:
+                storage = tensor.untyped_storage()
+            except (RuntimeError, NotImplementedError):  # oneDNN's blocked weights: opaque, and weights
+                return tensor
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total[0] += storage.nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            yield
+        self.saved_bytes, self.tokens, self.rows = total[0], tokens, int(batch["input_ids"].shape[0])
+
+
+ACTIVATIONS = ActivationProbe()
+"""The running process's probe: ``start_of_training`` resets it, ``steps.accumulate`` measures through it."""
+
+
+def weights_bytes(model: nn.Module) -> int:
+    """The model's parameters and buffers, each storage once, and the blocked copies oneDNN keeps."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in [*model.parameters(), *model.buffers()] if t.device.type != "meta"}
+    return sum(storages.values()) + blocked_bytes(model)
+
+
+def enable_gradient_checkpointing(model: nn.Module, enabled: bool) -> None:
+    """With ``enabled`` (``train.gradient_checkpointing``), every layer of the base model recomputes its
+    activations in backward instead of saving them (non-reentrant checkpointing: it works with frozen inputs,
+    as every PEFT method has)."""
+    if not enabled:
+        return
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    enable = getattr(base, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+PASS_ONLY_LEVERS = ("eager_attention", "bits_dropout")
+"""Speed-ups that switch attention or dropout around a pass's forward only: a layer recomputed in backward would
+run without them (another attention kernel, other dropout masks), so gradient checkpointing turns them off."""
+
+
+def speedups_for(config: SpeedupsConfig, gradient_checkpointing: bool) -> SpeedupsConfig:
+    """The speed-ups a run uses: ``config``, less ``PASS_ONLY_LEVERS`` under gradient checkpointing."""
+    if not gradient_checkpointing:
+        return config
+    return dataclasses.replace(config, **dict.fromkeys(PASS_ONLY_LEVERS, False))
+
+
+def start_of_training(device: torch.device, model: nn.Module | None = None) -> int | None:
+    """Reset the CUDA peak statistics and the activation probe (``model``: its parameters are not activations);
+    the bytes in use now (``after_load_bytes``)."""
+    ACTIVATIONS.reset(model)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return int(torch.cuda.memory_allocated(device))
@@ -52,18 +172,26 @@ def start_of_training(device: torch.device) -> int | None:
 
 
 def run_memory(device: torch.device, after_load_bytes: int | None, trainable: dict[str, torch.nn.Parameter],
-               optimizer: torch.optim.Optimizer | None, adapter_bytes: int | None) -> dict[str, object]:
-    """``result["memory"]`` at the end of a run (see the module docstring); a reference row has no optimiser."""
+               optimizer: torch.optim.Optimizer | None, adapter_bytes: int | None, *,
+               runtime: int | None = None, model: nn.Module | None = None,
+               gradient_checkpointing: bool = False) -> dict[str, object]:
+    """``result["memory"]`` at the end of a run (see the module docstring); a reference row has no optimiser.
+    ``runtime``: ``runtime_bytes()`` before the model loaded; ``model``: the trained model (its weights)."""
     if device.type == "cuda":
         peak, kind, scope = int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated", "run"
     else:
         peak, kind = peak_rss_bytes(), "process_peak_rss"
         scope = "run_process" if _dedicated else "shared_process"
+    parts = {"runtime": runtime, "weights": weights_bytes(model) if model is not None else 0,
+             "gradients": sum(p.nbytes for p in trainable.values()),
+             "optimizer_state": optimizer_state_bytes(optimizer) if optimizer is not None else 0,
+             "activations": ACTIVATIONS.saved_bytes}
+    known = [value for value in parts.values() if value is not None]
+    breakdown = {**parts, "overhead": peak - sum(known) if runtime is not None else None}
     return {"peak_bytes": peak, "kind": kind, "scope": scope, "after_load_bytes": after_load_bytes,
             "increment_bytes": peak - after_load_bytes if after_load_bytes is not None else None,
-            "trainable_param_bytes": sum(p.nbytes for p in trainable.values()),
-            "optimizer_state_bytes": optimizer_state_bytes(optimizer) if optimizer is not None else 0,
-            "adapter_bytes": adapter_bytes}
+            "breakdown": breakdown, "widest_pass": {"rows": ACTIVATIONS.rows, "tokens": ACTIVATIONS.tokens},
+            "gradient_checkpointing": gradient_checkpointing, "adapter_bytes": adapter_bytes}
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:

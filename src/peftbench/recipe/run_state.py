@@ -60,11 +60,13 @@ class RunState:
         values = {f.name: payload[f.name] for f in fields(cls) if f.name in payload}
         return cls(**{**values, "stopper": EarlyStopping(**payload["stopper"])})
 
-    def batch_plan(self, cfg: TrainConfig) -> dict[str, int]:
-        """The micro-batch actually used; micro_batch_size × grad_accum stays batch_size × cfg.grad_accum."""
+    def batch_plan(self, cfg: TrainConfig) -> dict[str, int | None]:
+        """The micro-batch actually used; micro_batch_size × grad_accum stays batch_size × cfg.grad_accum.
+        ``max_tokens_per_pass``: the token budget that may split a micro-batch further (None: none)."""
         return {"micro_batch_size": math.ceil(cfg.batch_size / self.micro_splits),
                 "grad_accum": cfg.grad_accum * self.micro_splits,
-                "effective_batch_size": cfg.batch_size * cfg.grad_accum, "oom_retries": self.oom_retries}
+                "effective_batch_size": cfg.batch_size * cfg.grad_accum, "oom_retries": self.oom_retries,
+                "max_tokens_per_pass": cfg.max_tokens_per_pass}
 
 
 

@@ -12,6 +12,7 @@ import math
 import torch
 
 from peftbench.config import TrainConfig
+from peftbench.recipe import memory
 from peftbench.recipe.batching import IGNORE, collate, plan_passes
 from peftbench.recipe.loss import segment_losses
 from peftbench.recipe.run_state import RunState
@@ -99,21 +100,22 @@ def accumulate(model, accelerator, items, group: list[list[int]], cfg: TrainConf
     """Forward and backward every batch of ``group`` in the passes ``batching.plan_passes`` plans (with the
     ``fused_passes`` speed-up: small batches share a pass).
 
-    Returns each batch's loss (the mean of its micro-batches') and the tokens processed; one host
-    synchronisation per optimiser step.
+    Returns each batch's loss (its pieces' means weighted by their shares of its target tokens) and the tokens
+    processed; one host synchronisation per optimiser step.
     """
     piece_losses: list[list[torch.Tensor]] = [[] for _ in group]
     tokens = 0
     for segments in plan_passes(items, group, family, cfg.batch_size, splits, fuse=speedups.fused_passes,
-                               virtual_tokens=speedups.virtual_tokens):
+                               virtual_tokens=speedups.virtual_tokens, max_tokens=cfg.max_tokens_per_pass):
         batch = collate([items[i] for _, piece, _ in segments for i in piece], family, pad_id)
-        with accelerator.autocast():
+        with accelerator.autocast(), memory.ACTIVATIONS.measure(batch):  # saved bytes, at the widest pass
             means = segment_losses(model, batch, segments, speedups)
-        weights = torch.tensor([1.0 / (cfg.grad_accum * pieces) for _, _, pieces in segments], device=means.device)
+        shares = [share for _, _, share in segments]  # of its batch's target tokens (1.0: the whole batch)
+        weights = torch.tensor([share / cfg.grad_accum for share in shares], device=means.device)
         accelerator.backward((means * weights).sum())
-        for (position, _, _), mean in zip(segments, means.detach(), strict=True):
-            piece_losses[position].append(mean)
+        for (position, _, _), share, mean in zip(segments, shares, means.detach(), strict=True):
+            piece_losses[position].append(mean * share if share != 1.0 else mean)
         tokens += int(batch["attention_mask"].sum())  # host tensors: no synchronisation
         if family == "seq2seq":
             tokens += int((batch["labels"] != IGNORE).sum())
-    return torch.stack([torch.stack(losses).mean() for losses in piece_losses]).tolist(), tokens
+    return torch.stack([torch.stack(losses).sum() for losses in piece_losses]).tolist(), tokens

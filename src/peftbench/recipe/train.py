@@ -33,7 +33,7 @@ from peftbench.catalog.tasks import TaskSpec, get_task
 from peftbench.catalog.tasks.data import TaskData, load_task_data, scale_cap_and_epochs
 from peftbench.config import RunConfig, TrainConfig
 from peftbench.outcomes import write_outcomes
-from peftbench.recipe import checkpoint, memory, peak, run_state, serving, steps
+from peftbench.recipe import checkpoint, memory, memory_estimate, peak, run_state, serving, steps
 from peftbench.recipe.batching import Encoded, length_grouped_batches, source_token_limit
 from peftbench.recipe.datacache import encode_cached
 from peftbench.recipe.evaluate import score, score_test
@@ -93,7 +93,7 @@ def prepare_cell(run: RunConfig, device_map: str | None = None) -> PreparedCell:
     load_started = time.perf_counter()
     classes = task.classes or None  # an encoder model's head classes
     loaded = load_model(run.model, run.trust_remote_code, device_map, revision=run.model_revision, labels=classes,
-                        seed=run.seed)
+                        seed=run.seed, reuse=not memory.process_dedicated())  # one run's process: one copy
     load_s = time.perf_counter() - load_started
     # Seed again: the first load in a process may draw random numbers (tiny models are built from seed 0),
     # and a run must not depend on whether an earlier run in the same process loaded the model already.
@@ -184,8 +184,11 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     cfg = run.train
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    speedups = resolve_speedups(run.speedups)  # before the model loads: its freed buffers may serve activations
+    # Before the model loads: its freed buffers may serve activations.
+    speedups = resolve_speedups(memory.speedups_for(run.speedups, cfg.gradient_checkpointing))
+    runtime_bytes = memory.runtime_bytes()  # the breakdown's runtime: the process before the model loads
     cell = prepare_cell(run, device_map)
+    memory.enable_gradient_checkpointing(cell.model, cfg.gradient_checkpointing)
     optimizer, scheduler, schedule = build_optimizer(cfg, run.method, cell.trainable, len(cell.encoded["train"]),
                                                      cell.max_epochs, fused=speedups.fused_adamw)
     # Checkpoints are written while training goes on (checkpoint.BackgroundWriter): no optimiser step may
@@ -195,7 +198,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     accelerator = make_accelerator(cfg.precision, cell.loaded.architecture)
     model, optimizer = distributed.prepare(accelerator, cell.model, optimizer)  # no DDP wrapper: distributed.py
     speedups.apply_to_model(model, accelerator.device, accelerator.mixed_precision)
-    after_load_bytes = memory.start_of_training(accelerator.device)
+    after_load_bytes = memory.start_of_training(accelerator.device, model)
     loop = Loop(run, Path(run_dir), cell, model, optimizer, scheduler, accelerator, writer, speedups)
 
     state, best_weights, resumed_from = _resume_or_start(loop)
@@ -231,8 +234,10 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     recorded["throughput"]["mfu"] = mfu
     return {**recorded, "optimizer": optimizer_info, "time": times,
             "hardware": {**environment.hardware(accelerator.device), "device_map": device_map, "peak": peak_record},
-            "memory": memory.run_memory(accelerator.device, after_load_bytes, cell.trainable, optimizer,
-                                        adapter["bytes"]),
+            "memory": {**memory.run_memory(accelerator.device, after_load_bytes, cell.trainable, optimizer,
+                                           adapter["bytes"], runtime=runtime_bytes, model=model,
+                                           gradient_checkpointing=cfg.gradient_checkpointing),
+                       "predicted": memory_estimate.predicted_for_result(run, runtime_bytes)},  # after the peak
             "adapter": adapter, "outcomes": outcomes, "resumed_from_epoch": resumed_from,
             "serving": serving.serve_stage(run, adapter), "speedups": speedups.record()}
 
@@ -243,7 +248,8 @@ def _resume_or_start(loop: Loop) -> tuple[RunState, dict[str, torch.Tensor], int
     cfg, trainable = loop.run.train, loop.cell.trainable
     resumed = run_state.resume_run(loop.run_dir, trainable, loop.optimizer, loop.scheduler, loop.accelerator.scaler)
     if resumed is None:
-        state, best_weights = RunState(stopper=EarlyStopping(cfg.patience, cfg.min_delta)), checkpoint.snapshot(trainable)
+        state = RunState(stopper=EarlyStopping(cfg.patience, cfg.min_delta))
+        best_weights = checkpoint.snapshot(trainable, loop.run_dir)  # full tuning's: on disk
     else:
         state, best_weights = resumed
     distributed.check_in_sync(trainable, state.epoch, state.step)
@@ -327,7 +333,7 @@ def _end_epoch(loop: Loop, state: RunState, best_weights: dict[str, torch.Tensor
     state.train_seconds += seconds
     state.val_metric_seconds += val_metric_s
     if state.stopper.update(epoch, val_loss):
-        best_weights = checkpoint.snapshot(cell.trainable)
+        best_weights = checkpoint.snapshot(cell.trainable, loop.run_dir)  # full tuning's: on disk
         state.to_best_s = state.train_seconds
     state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_metric": val_metric,
                           "seconds": seconds, "val_metric_s": val_metric_s, "steps": state.step,

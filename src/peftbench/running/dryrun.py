@@ -1,9 +1,12 @@
-"""``peftbench run ... --dry-run``: the grid a sweep would run, which runs are done, and how long the rest
-should take, judged from the results already in the same directory.
+"""``peftbench run ... --dry-run``: the grid a sweep would run, which runs are done, how long the rest
+should take, judged from the results already in the same directory, and each run's memory, predicted.
 
 The estimate of a pending run is the mean ``time.total_s + time.load_s`` of the ok results of the same
 (model, method, task, scale) in the directory; without one, of the same (model, method); without that,
-none. Nothing is trained, loaded or written.
+none. Each run's line is followed by its predicted memory peak and breakdown
+(``recipe/memory_estimate.py``: from the model's config, the method, the data's widest pass and the
+settings, on shallow copies of the model with random weights). Nothing is trained or written, and no
+model's weights are read.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from peftbench.config import RunConfig, SweepConfig
+from peftbench.recipe import memory
 from peftbench.running import results
 
 
@@ -59,6 +63,7 @@ def dry_run_report(sweep: SweepConfig) -> str:
     earlier = list(results.iter_results(results_dir, warn=False)) if results_dir.is_dir() else []
     estimator = Estimator(earlier)
     lines, pending, known, unknown = [], 0, 0.0, 0
+    runtime = memory.runtime_bytes()  # before any model is built: the runtime every prediction shares
     for run in sweep.expand():
         status = results.load_status(results_dir, run.run_id()) if results_dir.is_dir() else None
         will_run = _will_run(status, sweep.retry_failed)
@@ -69,14 +74,28 @@ def dry_run_report(sweep: SweepConfig) -> str:
             unknown += seconds is None
         state = ("will run" if status is None else f"will run again ({status})") if will_run else f"done ({status})"
         estimate = f"  ~{_duration(seconds)} ({basis})" if seconds is not None else (f"  ({basis})" if basis else "")
-        lines.append(f"{run.run_id()}  {state}{estimate}")
-    total = len(lines)
+        lines += [f"{run.run_id()}  {state}{estimate}", f"    memory: {memory_line(run, runtime)}"]
+    total = len(lines) // 2
     summary = f"{total} run(s) in the grid, {total - pending} done, {pending} to run"
     if pending:
         summary += f"; estimated {_duration(known)}" if known else "; no estimate"
         if unknown and known:
             summary += f" for {pending - unknown} of them ({unknown} without an earlier run to judge from)"
     return "\n".join([*lines, "", summary + f"; results in {results_dir}"])
+
+
+def memory_line(run: RunConfig, runtime: int | None) -> str:
+    """The run's predicted peak and breakdown, or why there is none."""
+    from peftbench.catalog.methods import get_method
+    from peftbench.errors import UserError
+    from peftbench.recipe.memory_estimate import describe, predict_run
+
+    if get_method(run.method).is_reference:
+        return "nothing trains (a reference row)"
+    try:
+        return describe(predict_run(run, runtime))
+    except (UserError, OSError, ValueError) as exc:  # no data, no config: the plan still prints
+        return f"not predicted ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
 
 
 def _will_run(status: str | None, retry_failed: bool) -> bool:

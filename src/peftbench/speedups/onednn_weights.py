@@ -138,3 +138,10 @@ def _frozen_bf16_on_cpu(linear: nn.Linear) -> bool:
     if weight.requires_grad or weight.dtype != torch.bfloat16 or weight.device.type != "cpu":
         return False
     return bias is None or (not bias.requires_grad and bias.dtype == torch.bfloat16)
+
+
+def blocked_bytes(model: nn.Module) -> int:
+    """Bytes of the blocked copies made so far (two per packed weight, of its own size: oneDNN's opaque
+    tensors do not report theirs)."""
+    return sum(2 * module.weight.nbytes for module in model.modules()
+               if isinstance(module, PackedFrozenLinear) and module._blocked.weight is not None)

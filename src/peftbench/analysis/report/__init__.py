@@ -23,7 +23,7 @@ def build_report(results_dir: Path | Sequence[Path], out_dir: Path | None = None
     Returns the files written, by kind. Raises UserError when a directory is absent or none holds a result.
     """
     # Imported here so that importing the package (e.g. for the CLI's --help) does not load matplotlib.
-    from peftbench.analysis.report import claims, figures, html, lr, render, serving, tables
+    from peftbench.analysis.report import claims, figures, html, lr, memory, render, serving, tables
     from peftbench.analysis.report.collect import collect
 
     coll = collect(results_dir)
@@ -36,6 +36,7 @@ def build_report(results_dir: Path | Sequence[Path], out_dir: Path | None = None
         figures.figure1(coll, figure_dir)
         + figures.val_loss_figures(coll, figure_dir)
         + figures.tradeoff_figures(coll, figure_dir)
+        + memory.breakdown_figures(coll, figure_dir)
         + serving.latency_figures(coll, figure_dir)
         + lr.lr_sensitivity_figures(coll, figure_dir)
     )

@@ -329,4 +329,6 @@ def build_tables(coll: Collection) -> list[Table]:
             table.notes.insert(0, "No runs of this kind in the results.")
         tables.append(table)
     references.mark_tables(tables, coll)  # † below majority, ‡ not above zero-shot
-    return tables + [references.rank_accuracy_table(coll)]
+    from peftbench.analysis.report.memory import memory_table
+
+    return tables + [references.rank_accuracy_table(coll), memory_table(coll)]
