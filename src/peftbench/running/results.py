@@ -31,7 +31,12 @@ Schema (``schema_version`` 1), the fields every consumer may rely on:
     metrics           dict    {"test": {<metric>: float, "rank_accuracy": float (classification, by default)},
                                "score": float (the task's metric, from ``metrics.METRICS``)}
     time              dict    {"train_s", "eval_s", "rank_eval_s" (None unless ranked), "load_s" (the model's
-                               read or copy), "total_s" (the run's wall time without load_s), "to_best_s"}
+                               read or copy), "total_s" (the run's wall time without load_s), "to_best_s",
+                               "forgetting_s" (the general-text passes, an evaluation time; absent in older
+                               results)}
+    forgetting        dict    {"loss", "reference_loss", "base_loss", "sample": {"source", "paragraphs", "tokens",
+                               "hash"}, "reason"} beside ``metrics.forgetting`` = loss − reference_loss (nats per
+                               token; None with the reason where not measured) (``recipe/forgetting.py``)
     throughput        dict    {"train_tokens_per_s", "train_tokens"}
     memory            dict    {"peak_bytes", "kind": "cuda_max_allocated" | "process_peak_rss",
                                "scope": "run" | "run_process" | "shared_process", "after_load_bytes",
