@@ -161,3 +161,16 @@ def test_a_zero_learning_rate_is_valid_only_throughout():
     with pytest.raises(UserError, match="lr_peak must be at least 0"):
         load_sweep(None, ["train.lr_peak=-1"])
     assert load_sweep(None, ["forgetting.tokens=64"]).expand()[0].forgetting.tokens == 64
+
+
+@pytest.mark.unit
+def test_offline_without_the_cached_hub_dataset_is_a_reason_at_once(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path))
+    monkeypatch.delenv("HF_DATASETS_CACHE", raising=False)
+    forgetting.read_paragraphs.cache_clear()
+    with pytest.raises(UserError, match="offline and Salesforce/wikitext is not cached: set forgetting.data_file"):
+        forgetting.read_paragraphs(None, "Salesforce/wikitext", "wikitext-2-raw-v1")

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -109,6 +110,7 @@ def read_paragraphs(path: Path | None, hub_dataset: str, hub_config: str) -> tup
             texts = [json.loads(line)["text"] for line in handle if line.strip()]
         source = str(path)
     else:
+        _check_reachable(hub_dataset)
         import datasets
 
         rows = datasets.load_dataset(hub_dataset, hub_config, split="test")["text"]
@@ -118,6 +120,20 @@ def read_paragraphs(path: Path | None, hub_dataset: str, hub_config: str) -> tup
               if t.split().count("<unk>") <= MAX_UNK_SHARE * len(t.split())]
     ordered = sorted(set(usable), key=lambda t: hashlib.sha256(t.encode()).hexdigest())
     return source, tuple(ordered)
+
+
+def _check_reachable(hub_dataset: str) -> None:
+    """Offline (``HF_HUB_OFFLINE``, ``HF_DATASETS_OFFLINE``) without the dataset in either cache: a UserError
+    at once, before ``datasets`` is imported and asks the Hub (seconds per run)."""
+    from huggingface_hub import constants
+
+    if not (constants.HF_HUB_OFFLINE or os.environ.get("HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes")):
+        return
+    hub_copy = Path(constants.HF_HUB_CACHE) / f"datasets--{hub_dataset.replace('/', '--')}"
+    datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE", Path(constants.HF_HOME) / "datasets"))
+    if not hub_copy.is_dir() and not (datasets_cache / hub_dataset.replace("/", "___")).is_dir():
+        raise UserError(f"offline and {hub_dataset} is not cached: set forgetting.data_file (or a data_dir "
+                        f"holding {DEFAULT_FILE})")
 
 
 def general_text(cfg: ForgettingConfig, data_dir: str | None, tokenizer, family: str) -> GeneralText:
