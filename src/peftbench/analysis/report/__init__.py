@@ -30,7 +30,7 @@ def build_report(results_dir: Path | Sequence[Path], out_dir: Path | None = None
     out_dir = Path(out_dir) if out_dir is not None else coll.directories[0] / "report"
     serving.attach_serving(coll)  # serve-bench's serving.json files
     table_list = tables.build_tables(coll) + serving.serving_tables(coll) + lr.lr_table(coll)
-    table_list += [forgetting.forgetting_table(coll), *datasize.crossover_table(coll)]
+    table_list += forgetting.forgetting_table(coll) + datasize.crossover_table(coll)
     written = {"tables": render.write_tables(table_list, out_dir / "tables")}
     figure_dir = out_dir / "figures"
     written["figures"] = (

@@ -4,8 +4,8 @@ Pareto front on (score, forgetting).
 
 Forgetting is ``metrics.forgetting`` (``recipe/forgetting.py``): the tuned model's mean cross-entropy on a
 fixed sample of general text (WikiText-2) minus the same method's at initialisation, in nats per token;
-lower is better, 0 is no change. Results without it (older runs, encoder classifiers, majority) show "not
-recorded".
+lower is better, 0 is no change. Both appear only when some run recorded it; a cell whose runs did not
+(older results, encoder classifiers, majority) shows "not recorded".
 """
 
 from __future__ import annotations
@@ -49,15 +49,14 @@ def _render(stats: list[c.Stat]) -> str:
     return fmt_nats(stat.mean) + ("" if stat.half_width is None else f" ± {stat.half_width:.4f}")
 
 
-def forgetting_table(coll: Collection) -> t.Table:
-    """Table 9: rows as Table 1's (method and scale), a column per task."""
+def forgetting_table(coll: Collection) -> list[t.Table]:
+    """Table 9 (rows as Table 1's, a column per task) when some run recorded forgetting; else nothing."""
+    if not any(forgetting(r) is not None for r in coll.runs if r.get("status") == "ok"):
+        return []
     columns = [(task, t.task_label(task, coll)) for task in coll.tasks()]
     blocks = t._method_scale_blocks(coll, [("", forgetting)], _render)
     notes = [_base_loss_note(coll), t.SEEDS_NOTE]
-    table = t.Table(TABLE_NUMBER, TITLE, CAPTION, "PEFT/Dataset", columns, blocks, [n for n in notes if n])
-    if not any(forgetting(r) is not None for r in coll.runs if r.get("status") == "ok"):
-        table.notes.insert(0, "No run recorded forgetting (metrics.forgetting).")
-    return table
+    return [t.Table(TABLE_NUMBER, TITLE, CAPTION, "PEFT/Dataset", columns, blocks, [n for n in notes if n])]
 
 
 def _base_loss_note(coll: Collection) -> str | None:
