@@ -161,7 +161,7 @@ class ForgettingConfig:
     hub_dataset: str = "Salesforce/wikitext"
     """The Hub dataset read when no file is given (its ``hub_config``, test split, ``text`` field)."""
     hub_config: str = "wikitext-2-raw-v1"
-    tokens: int = 8192
+    tokens: int = 4096
     """The sample's size: paragraphs are taken in a fixed order until their tokens reach this."""
     max_paragraph_tokens: int = 256
     """Tokens kept of each paragraph (its head), which bounds a forward pass's size."""

@@ -20,10 +20,13 @@ How it is scored, per family:
     encoder  not defined (a classifier has no language-model head): null, with the reason
 
 The passes are the validation loss's (``evaluate.validation_loss``, the run's speed-ups and precision), in
-batches of at most ``batching.FUSE_MAX_TOKENS`` padded tokens, forward only: a training pass holds as many
-tokens and their gradients, so scoring never sets the run's peak memory. Two passes per run (the reference
-before training, the tuned model after the test), a third when the base model's loss is not cached; their
-seconds are ``time.forgetting_s``, an evaluation time (not in ``train_s``).
+batches of at most ``PASS_TOKENS`` padded tokens, forward only (``inference_mode``: a layer's activations are
+freed as the next runs). Every token is scored, so a pass holds its logits (512 × 49,152 for SmolLM2: about
+100 MB in fp32, with the bf16 copy and the cross-entropy's about 250 MB), a quarter of what a training pass of
+``batching.FUSE_MAX_TOKENS`` tokens keeps for its backward: scoring does not set the run's peak memory. Two
+passes over the sample per run (the reference before training, the tuned model after the test), a third when
+the base model's loss is not cached; their seconds are ``time.forgetting_s``, an evaluation time (not in
+``train_s``). SmolLM2-135M, 4,096 tokens: about 1.1 TFLOP a pass.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from typing import Any
 from peftbench.catalog.embedded import cache_root
 from peftbench.config import ForgettingConfig
 from peftbench.errors import UserError
-from peftbench.recipe.batching import FUSE_MAX_TOKENS, IGNORE, Encoded
+from peftbench.recipe.batching import IGNORE, Encoded
 from peftbench.running import distributed
 
 SEQ2SEQ_PREFIX = "Text:"
@@ -50,6 +53,8 @@ MAX_UNK_SHARE = 0.05
 """Paragraphs with more ``<unk>`` words than this share are left out (WikiText-2's file marks 6.3 % of words)."""
 DEFAULT_FILE = Path("wikitext2") / "test.jsonl"
 """Where a data folder holds the general text."""
+PASS_TOKENS = 512
+"""Padded tokens (virtual tokens included) one forward pass over the sample holds; a longer row runs alone."""
 
 
 @dataclass(frozen=True)
@@ -163,10 +168,10 @@ def general_text(cfg: ForgettingConfig, data_dir: str | None, tokenizer, family:
 
 def text_loss(loop, text: GeneralText, model=None) -> float:
     """Mean cross-entropy per scored token (nats) of ``model`` (default the run's) over the sample, in forward
-    passes of at most ``FUSE_MAX_TOKENS`` padded tokens."""
+    passes of at most ``PASS_TOKENS`` padded tokens."""
     cell, speedups = loop.cell, loop.speedups
     width = max(len(e.input_ids) + (len(e.labels) if cell.loaded.family == "seq2seq" else 0) for e in text.items)
-    rows = max(1, FUSE_MAX_TOKENS // (width + speedups.virtual_tokens))
+    rows = max(1, PASS_TOKENS // (width + speedups.virtual_tokens))
     return distributed.validation_loss(model if model is not None else loop.model, text.items, cell.loaded.family,
                                        cell.loaded.tokenizer.pad_token_id, rows, speedups, loop.autocast())
 
