@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from matplotlib.ticker import NullFormatter
+
 from peftbench.analysis.report import collect as c
 from peftbench.analysis.report import figures as f
 from peftbench.analysis.report import tables as t
@@ -233,6 +235,9 @@ def data_size_figures(coll: Collection, out_dir: Path) -> list[Path]:
                     _plot_curve(ax, methods[method], quantity, factor, method, cap, dashed=number > 0,
                                 several_caps=len(by_cap) > 1)
             ax.set_xscale("log")
+            sizes = sorted({s for methods in by_cap.values() for s in _sizes(methods)})
+            ax.set_xticks(sizes, [str(s) for s in sizes])  # the sizes run, not log decades' 2 × 10¹
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel("training examples (log scale)", fontsize=8)
             ax.set_ylabel(label if quantity is not c.score else str(coll.task_info(task).get("metric", "score")),
                           fontsize=8)
