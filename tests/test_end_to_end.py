@@ -39,7 +39,9 @@ def test_one_cell_writes_a_complete_result(tmp_path, capsys, model):
     assert set(result["history"][0]) >= {"train_loss", "val_loss", "val_metric", "seconds"}
     assert 0.0 <= result["metrics"]["test"]["accuracy"] <= 1.0
     assert set(result["time"]) == {"train_s", "train_to_best_s", "val_metric_s", "eval_s", "rank_eval_s", "load_s",
-                                   "total_s"}
+                                   "total_s", "forgetting_s"}
+    # Forgetting: a number, or (offline without the general text, as in these tests) null with the reason.
+    assert (result["metrics"]["forgetting"] is None) == (result["forgetting"]["reason"] is not None)
     assert result["throughput"]["train_tokens_per_s"] > 0
     memory = result["memory"]
     assert memory["kind"] == "process_peak_rss" and memory["scope"] == "run_process"  # a worker of its own
