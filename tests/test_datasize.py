@@ -90,7 +90,7 @@ def test_a_single_scale_set_writes_neither(tmp_path):
     written = build_report(write_results(tmp_path / "results", runs), tmp_path / "report")
     names = [p.name for p in written["figures"] + written["tables"]]
     assert not [n for n in names if n.startswith(("data_size", "crossover"))]
-    assert not [n for n in names if n.startswith(("forgetting", "table9"))]  # nothing recorded forgetting
+    assert not [n for n in names if n.startswith(("forgetting", "table10"))]  # nothing recorded forgetting
 
 
 def test_forgetting_table_and_figure_show_intervals_and_the_pareto_front(tmp_path):

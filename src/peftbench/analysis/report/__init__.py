@@ -23,7 +23,17 @@ def build_report(results_dir: Path | Sequence[Path], out_dir: Path | None = None
     Returns the files written, by kind. Raises UserError when a directory is absent or none holds a result.
     """
     # Imported here so that importing the package (e.g. for the CLI's --help) does not load matplotlib.
-    from peftbench.analysis.report import claims, datasize, figures, forgetting, html, lr, render, serving, tables
+    from peftbench.analysis.report import (
+        claims,
+        datasize,
+        figures,
+        forgetting,
+        html,
+        lr,
+        render,
+        serving,
+        tables,
+    )
     from peftbench.analysis.report.collect import collect
 
     coll = collect(results_dir)

@@ -2,9 +2,9 @@
 
 A result set over several numeric scales (``scales=[25, 50, 100, 200, 400]``) gives, per (model, task):
 
-- ``figures/data_size_<model>_<task>.png``: score, time to convergence (``time.to_best_s``), peak memory and
+- ``figures/data_size_<model>_<task>.png``: score, time to convergence (``time.train_to_best_s``), peak memory and
   forgetting against training examples per method, log axis, 95% CI error bars over seeds;
-- Table 10 (``tables/crossover.*``): for each PEFT method against full tuning, the paired comparison of their
+- Table 11 (``tables/crossover.*``): for each PEFT method against full tuning, the paired comparison of their
   scores at every size (per-seed differences, paired t, Holm's correction over the sizes) and the crossover
   as a bracket: the largest size where full tuning is decidedly ahead, the smallest where the PEFT method is.
 
@@ -33,15 +33,10 @@ from peftbench.analysis.report.forgetting import forgetting
 
 ALPHA = 0.05
 """Family-wise error rate of one method pair's comparisons over the sizes (Holm)."""
-TABLE_NUMBER = 10
+TABLE_NUMBER = 11
 
 
-def to_best_seconds(r: dict[str, Any]) -> float | None:
-    """``time.to_best_s``: training seconds until the epoch whose weights were tested (time to convergence)."""
-    return c._number(c._dig(r, "time", "to_best_s"))
-
-
-PANELS = (("score", c.score, 1.0), ("time to convergence (s, time.to_best_s)", to_best_seconds, 1.0),
+PANELS = (("score", c.score, 1.0), ("time to convergence (s, time.train_to_best_s)", c.train_to_best_seconds, 1.0),
           ("peak memory (GiB)", c.peak_bytes, 1 / 2**30), ("forgetting (nats per token)", forgetting, 1.0))
 
 
@@ -277,7 +272,7 @@ def _cap_note(by_cap: dict[int | None, dict]) -> str:
 
 @dataclass
 class CrossoverTable(t.Table):
-    """Table 10, written as ``tables/crossover.*``."""
+    """Table 11, written as ``tables/crossover.*``."""
 
     @property
     def name(self) -> str:
@@ -290,7 +285,7 @@ COLUMNS = [("epochs", "Epoch cap"), ("full_ahead_up_to", "Full ahead up to"),
 
 
 def crossover_table(coll: Collection) -> list[t.Table]:
-    """Table 10 when the set holds a crossover; an empty list otherwise."""
+    """Table 11 when the set holds a crossover; an empty list otherwise."""
     found = crossovers(coll)
     if not found:
         return []

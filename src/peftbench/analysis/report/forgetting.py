@@ -1,4 +1,4 @@
-"""What tuning forgets, in the report: Table 9 (forgetting per method, task and scale, mean ± 95% CI over
+"""What tuning forgets, in the report: Table 10 (forgetting per method, task and scale, mean ± 95% CI over
 seeds) and a learning-vs-forgetting figure, score against forgetting per (model, task, scale) with the
 Pareto front on (score, forgetting).
 
@@ -19,7 +19,7 @@ from peftbench.analysis.report import figures as f
 from peftbench.analysis.report import tables as t
 from peftbench.analysis.report.collect import Collection
 
-TABLE_NUMBER = 9
+TABLE_NUMBER = 10
 TITLE = "Forgetting: change in general-text loss (nats per token)"
 CAPTION = ("The tuned model's mean cross-entropy on a fixed WikiText-2 sample minus the same method's at "
            "initialisation (recipe/forgetting.py); lower is better, 0 is no change. Zero-shot and in-context "
@@ -50,7 +50,7 @@ def _render(stats: list[c.Stat]) -> str:
 
 
 def forgetting_table(coll: Collection) -> list[t.Table]:
-    """Table 9 (rows as Table 1's, a column per task) when some run recorded forgetting; else nothing."""
+    """Table 10 (rows as Table 1's, a column per task) when some run recorded forgetting; else nothing."""
     if not any(forgetting(r) is not None for r in coll.runs if r.get("status") == "ok"):
         return []
     columns = [(task, t.task_label(task, coll)) for task in coll.tasks()]
