@@ -90,6 +90,11 @@ def test_disabled_forgetting_records_null(tmp_path, text_file):
     assert result["metrics"]["forgetting"] is None and result["forgetting"] == {"reason": "forgetting.enabled is false"}
 
 
+def test_a_learning_rate_candidate_is_not_tested_and_forgets_nothing_measured(tmp_path, text_file):
+    result = _run(tmp_path, "llama-tiny-random", "lora", text_file, run_test=False)
+    assert result["metrics"]["forgetting"] is None and "train.run_test false" in result["forgetting"]["reason"]
+
+
 @pytest.mark.parametrize(("method", "expected"), [("zero_shot", 0.0), ("majority", None)])
 def test_reference_rows_forget_nothing_or_have_no_model(tmp_path, method, expected):
     run = RunConfig(model="llama-tiny-random", method=method, task="synthetic_classification", scale=8,
