@@ -7,7 +7,6 @@ with the same hyperparameters, on the same rows, by construction.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -37,9 +36,3 @@ def write_record(path: str, record: dict) -> None:
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
-
-def probe_parser(doc: str) -> argparse.ArgumentParser:
-    """The command line of a probe script: its docstring's first line and an optional DATA_DIR."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("data_dir", nargs="?", default="../shared/data")
-    return parser

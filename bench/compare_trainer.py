@@ -29,7 +29,7 @@ from pathlib import Path
 
 from report import markdown_table, summarise
 
-import peftbench  # noqa: F401  (sets the OpenMP spin limit in os.environ; the children inherit it)
+from peftbench import limit_openmp_spinning
 
 HERE = Path(__file__).resolve().parent
 CELLS = {
@@ -78,8 +78,8 @@ def child_env(args: argparse.Namespace, side: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
-    # Importing peftbench set GOMP_SPINCOUNT here (unless the user set an OpenMP policy): the children inherit
-    # it, whatever they import first.
+    # main() set GOMP_SPINCOUNT here (unless the user set an OpenMP policy): the children inherit it, whatever
+    # they import first.
     if side == "trainer" and args.trainer_omp == "default" and "OMP_WAIT_POLICY" not in os.environ:
         env.pop("GOMP_SPINCOUNT", None)
     return env
@@ -110,7 +110,7 @@ def random_flan_t5(directory: Path) -> None:
         return
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, ByT5Tokenizer
 
-    data = json.loads((HERE.parent / "src/peftbench/model_configs/flan-t5-base.json").read_text())
+    data = json.loads((HERE.parent / "src/peftbench/catalog/model_configs/flan-t5-base.json").read_text())
     config = AutoConfig.for_model(data.pop("model_type"), **data)
     AutoModelForSeq2SeqLM.from_config(config).save_pretrained(directory, safe_serialization=True)
     ByT5Tokenizer().save_pretrained(directory)
@@ -130,6 +130,7 @@ def measure_peaks(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str]) -> None:
+    limit_openmp_spinning()  # as the peftbench command does: the children inherit it
     args = parse_args(argv)
     if args.summarise:
         return write_summary(Path(args.summarise), args, argv)

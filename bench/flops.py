@@ -24,8 +24,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from peftbench.recipe.batching import IGNORE
-
 _CROSS_KV = ("EncDecAttention.k", "EncDecAttention.v", "encoder_attn.k_proj", "encoder_attn.v_proj")
 
 
@@ -103,16 +101,6 @@ def example_flops(costs: LinearCosts, source_tokens: int, target_tokens: int, de
                  + costs.decoder_layers * (decoder_tokens * (decoder_tokens + 1) / 2 + decoder_tokens * source_tokens))
     return (costs.encoder * source_tokens + costs.cross_kv * source_tokens + costs.decoder * decoder_tokens
             + costs.head * decoder_tokens + pair * attention)
-
-
-def step_flops(costs: LinearCosts, batch: dict[str, torch.Tensor], prefix: int = 0) -> float:
-    """Training FLOPs of one causal pass over ``batch`` (right-padded; labels IGNORE off target): every row's
-    ``example_flops`` at its real length, with a ``prefix`` its rows share counted once."""
-    lengths = batch["attention_mask"].sum(dim=1).tolist()
-    targets = (batch["labels"][:, 1:] != IGNORE).sum(dim=1).tolist()
-    total = sum(example_flops(costs, n, t) for n, t in zip(lengths, targets, strict=True))
-    copies = len(lengths) - 1  # the prefix's tokens and (query, key) pairs, done once instead of per row
-    return total - copies * (costs.encoder * prefix + attention_pair_flops(costs) * costs.layers * prefix * (prefix + 1) / 2)
 
 
 def gemm_peak(device: str, dtype: torch.dtype, sizes: tuple[int, ...], seconds: float = 1.5) -> dict:

@@ -35,8 +35,10 @@ def make_result(
     peak_bytes: int = 2**30,
     val_losses: tuple[float, ...] = (1.0, 0.8, 0.7, 0.75),
     method_options: dict[str, Any] | None = None,
+    sample_hash: str | None = None,
 ) -> dict[str, Any]:
-    """One result dict in the schema of ``peftbench.running.results`` (version 1)."""
+    """One result dict in the schema of ``peftbench.running.results`` (version 1); ``sample_hash``:
+    ``data.sample_hash`` (default: one per task, scale and seed, as every method of a cell shares it)."""
     # fmt: off
     task_type, metric = TASKS.get(task, ("classification", "accuracy"))
     options = "_".join(f"{k}{v}" for k, v in sorted((method_options or {}).items())) or None
@@ -48,7 +50,8 @@ def make_result(
         "schema_version": 1, "run_id": run_id, "status": status, "config": config, "seed": seed,
         "task": {"name": task, "type": task_type, "metric": metric, "version": 1},
         "model": {"name": model, "source": "test", "family": "seq2seq", "architecture": "T5ForConditionalGeneration"},
-        "data": {"train_examples": 100, "validation_examples": 50, "test_examples": 50},
+        "data": {"train_examples": 100, "validation_examples": 50, "test_examples": 50,
+                 "sample_hash": sample_hash or f"{task}-{scale}-{seed}"},
         "versions": {"peftbench": "0.1.0", "python": "3.11", "torch": "test"},
         "hardware": dict(HARDWARE),
         "params": _params(method, trainable),
@@ -81,6 +84,21 @@ def write_results(results_dir: Path, results: list[dict[str, Any]]) -> Path:
     for result in results:
         atomic_write_json(result_path(results_dir, result["run_id"]), result)
     return results_dir
+
+
+def write_outcomes_of(results_dir: Path, result: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write ``rows`` as the result's per-example outcomes (``outcomes.jsonl.gz``) and record them in it;
+    returns the result (write it afterwards: its ``outcomes`` entry holds the file's hash)."""
+    from peftbench.outcomes import write_outcomes
+
+    result["outcomes"] = write_outcomes(Path(results_dir) / result["run_id"], rows)
+    return result
+
+
+def outcome_rows(predictions: list[str], references: list[str], metric: str = "accuracy") -> list[dict[str, Any]]:
+    """Outcome rows of a classification test set: example ``i`` has id ``ex<i>`` in every run."""
+    return [{"id": f"ex{i}", "source": f"test:{i}", "prediction": p, "references": [r],
+             "scores": {metric: float(p == r)}} for i, (p, r) in enumerate(zip(predictions, references, strict=True))]
 
 
 def paper_grid() -> list[dict[str, Any]]:

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from result_helpers import fake_ok_result
+
 KillPoint = tuple[str, str, int]
 
 
@@ -118,8 +120,7 @@ def fake_run_cell(run, run_dir, **_options) -> dict:
         with open(log, "a", encoding="utf-8") as handle:
             handle.write(f"{run.run_id()} {os.getpid()}\n")
     time.sleep(float(os.environ.get("FAKE_SECONDS", "0")))
-    return {"status": "ok", "error": None, "seed": run.seed, "metrics": {"score": 0.5 + run.seed / 10},
-            "task": {"metric": "accuracy"}, "params": {"trainable": 1}, "epochs": 1, "time": {"total_s": 0.0}}
+    return fake_ok_result(run, score=0.5 + run.seed / 10)
 
 
 def main() -> None:

@@ -17,6 +17,8 @@ from peftbench.cli import SUITES_DIR
 from peftbench.config import SweepConfig, load_sweep
 from peftbench.errors import UserError
 
+pytestmark = pytest.mark.integration
+
 SUITE = SUITES_DIR / "paper-ablations.yaml"
 XL_STACKS = {"encoder": 24, "decoder": 24}
 

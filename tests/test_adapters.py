@@ -21,6 +21,8 @@ from peftbench.recipe.evaluate import validation_loss
 from peftbench.running.sweep import run_sweep
 from peftbench.speedups import for_model
 
+pytestmark = pytest.mark.integration
+
 TASK = "synthetic_data_to_text"
 
 

@@ -20,6 +20,8 @@ from peftbench.cli import main
 from peftbench.config import load_sweep
 from peftbench.recipe.preflight import check_sweep
 
+pytestmark = pytest.mark.integration
+
 TASK_YAML = tiny_task_yaml()
 GOOD_ROWS = [{"text": f"example number {i}", "label": i % 2} for i in range(8)]
 

@@ -11,6 +11,8 @@ from peftbench.catalog.models import load_model
 from peftbench.speedups.bits_dropout import bits_dropout, cpu_dropout
 from peftbench.speedups.eager_attention import pass_attention
 
+pytestmark = pytest.mark.unit
+
 
 def test_keeps_each_element_with_probability_one_minus_p_and_scales_by_its_inverse():
     torch.manual_seed(0)

@@ -10,6 +10,8 @@ import torch
 from peftbench.recipe import checkpoint
 from peftbench.recipe.checkpoint import CHECKPOINT_DIR, BackgroundWriter, load_checkpoint, save_checkpoint
 
+pytestmark = pytest.mark.unit
+
 
 def test_best_weights_equal_to_the_current_ones_are_a_hard_link(tmp_path):
     weights = {"a": torch.arange(6.0).reshape(2, 3), "b": torch.ones(4)}

@@ -14,6 +14,8 @@ from peftbench.cli import main
 from peftbench.running.progress import PlainProgress, progress_bar, sweep_title
 from peftbench.running.results import iter_results
 
+pytestmark = pytest.mark.integration
+
 PEFT_NAMES = sorted(t.value.lower() for t in peft.PeftType)
 
 

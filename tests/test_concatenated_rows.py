@@ -20,6 +20,8 @@ from peftbench.recipe.loss import target_loss
 from peftbench.speedups.eager_attention import GROUPED_QUERY_EAGER, pass_attention
 from peftbench.speedups.shared_prompt_prefix import shared_prefix_length
 
+pytestmark = pytest.mark.integration
+
 
 def _setup(method: str = "lora", lora_dropout: float = 0.0):
     loaded = load_model("llama-tiny-random")

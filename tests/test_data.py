@@ -7,6 +7,8 @@ import pytest
 from peftbench.catalog.tasks import TASKS, get_task
 from peftbench.catalog.tasks.data import load_task_data
 
+pytestmark = pytest.mark.unit
+
 REAL_TASKS = ["ag_news", "cola", "e2e_nlg", "samsum"]
 
 

@@ -12,6 +12,8 @@ from peftbench.catalog.tasks.data import load_task_data
 from peftbench.recipe import datacache
 from peftbench.recipe.batching import encode
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def setting(tmp_path, monkeypatch):

@@ -37,21 +37,6 @@ def _multi_scale(epochs_at=lambda size: 5) -> list[dict]:
     return runs
 
 
-def test_paired_t_matches_student_t():
-    scipy_stats = pytest.importorskip("scipy.stats")
-    for differences in ([0.1, 0.12], [0.1, -0.05, 0.2], [0.3, 0.1, 0.2, 0.25], [1, 2, 3, 4, 5, 9], [0.1] * 6 + [0.2]):
-        mean, p = datasize.paired_t(differences)
-        expected = scipy_stats.ttest_1samp(differences, 0.0).pvalue
-        assert mean == pytest.approx(sum(differences) / len(differences)) and p == pytest.approx(expected, rel=1e-9)
-    assert datasize.paired_t([0.2]) == (0.2, None)  # one pair: no test
-    assert datasize.paired_t([0.1, 0.1]) == (0.1, 0.0) and datasize.paired_t([0.0, 0.0]) == (0.0, 1.0)
-
-
-def test_holm_steps_down_and_skips_the_untested():
-    assert datasize.holm([0.01, 0.04, None, 0.03]) == pytest.approx([0.03, 0.06, None, 0.06], nan_ok=True)
-    assert datasize.holm([0.5, 0.4]) == [0.8, 0.8]
-
-
 def test_a_multi_scale_set_writes_the_curves_and_the_crossover_bracket(tmp_path):
     coll = collect(write_results(tmp_path / "results", _multi_scale()))
     (crossover,) = datasize.crossovers(coll)

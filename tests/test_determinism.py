@@ -17,9 +17,12 @@ from task_helpers import tiny_task_yaml
 from peftbench.cli import main
 from peftbench.running.results import read_result
 
+pytestmark = pytest.mark.integration
+
 # Fields that measure the machine's speed rather than the run: wall-clock times, throughput, peak memory.
 # ``adapter.path`` names the results directory, which differs by construction here.
-EXCEPTED = ("time", "throughput.train_tokens_per_s", "memory", "history.*.seconds", "adapter.path")
+EXCEPTED = ("time", "throughput.train_tokens_per_s", "memory", "history.*.seconds", "history.*.val_metric_s",
+            "adapter.path")
 
 ROWS = [{"text": f"{word} number {i}", "label": i % 2} for i, word in enumerate(["alpha", "beta", "gamma"] * 4)]
 TASK_YAML = tiny_task_yaml("rows.jsonl", "rows.jsonl", "rows.jsonl")
@@ -52,6 +55,7 @@ def restore_threads():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_two_identical_runs_agree_field_by_field(tmp_path, restore_threads, monkeypatch):
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
     (tmp_path / "task.yaml").write_text(TASK_YAML, encoding="utf-8")

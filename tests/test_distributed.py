@@ -38,8 +38,9 @@ ALL_MODELS, ALL_METHODS = "models=[t5-tiny-random,llama-tiny-random]", "methods=
 # Environmental reasons a launch can fail here (no free port, no loopback networking): skip, do not fail.
 ENVIRONMENTAL = re.compile(r"Address already in use|EADDRINUSE|RendezvousConnectionError|Connection refused")
 
-pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                                 reason="torch.distributed with gloo is not available")]
 
 
 def overrides(out: Path, *grid: str) -> list[str]:
@@ -114,6 +115,7 @@ def accelerate_launched(tmp_path_factory, cache) -> tuple[Path, subprocess.Compl
     return out, launch(command, cache)
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path, cache, single):
     done = launch(torchrun([str(HELPER), "run", *overrides(tmp_path, ALL_MODELS, ALL_METHODS), "-q"]), cache,
                   DP_TEST_NO_DROPOUT="1")
@@ -127,6 +129,7 @@ def test_two_processes_train_like_one(tmp_path, cache, single):
         assert results[run_id]["hardware"]["processes"] == 2
 
 
+@pytest.mark.slow
 def test_accelerate_launch_of_the_cli_trains_like_one_process(accelerate_launched, single):
     out, done = accelerate_launched
     assert done.returncode == 0, done.stderr[-3000:]
@@ -136,6 +139,7 @@ def test_accelerate_launch_of_the_cli_trains_like_one_process(accelerate_launche
     assert_trained_alike(results[llama], single[llama])
 
 
+@pytest.mark.slow
 def test_a_failing_process_fails_the_run_everywhere_and_a_stop_resumes_exactly(tmp_path, cache, accelerate_launched,
                                                                              single):
     grid = ("models=[llama-tiny-random,t5-tiny-random]", ALL_METHODS)

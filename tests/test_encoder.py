@@ -20,6 +20,8 @@ from sweep_helpers import tiny_overrides
 from peftbench.cli import main
 from peftbench.running.results import iter_results
 
+pytestmark = pytest.mark.integration
+
 TRAINABLE = {"full": 1_011_459, "lora": 1_635, "ia3": 547, "bitfit": 547, "prompt": 3_299}
 
 
@@ -129,6 +131,7 @@ def test_the_head_is_drawn_from_the_run_seed_on_the_same_encoder_weights():
                        other.bert.encoder.layer[0].attention.self.query.weight)
 
 
+@pytest.mark.slow
 def test_minilm_records_the_package_file_it_was_read_from():
     import importlib.util
     from importlib import metadata

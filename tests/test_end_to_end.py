@@ -11,6 +11,8 @@ import pytest
 
 from peftbench.cli import main
 
+pytestmark = pytest.mark.integration
+
 REQUIRED = {
     "status", "error", "config", "seed", "versions", "hardware", "params", "epochs", "best_epoch", "history",
     "metrics", "time", "throughput", "memory", "adapter", "run_id", "task", "model", "data",

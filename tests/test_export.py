@@ -15,6 +15,8 @@ from peftbench.cli import main
 from peftbench.config import load_sweep
 from peftbench.running.sweep import run_sweep
 
+pytestmark = pytest.mark.integration
+
 pd = pytest.importorskip("pandas")
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "export.md"
 FAILED_RUN = "t5_tiny_random-prompt-synthetic_classification-8-s0-0000000000"

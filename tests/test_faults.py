@@ -23,6 +23,8 @@ from peftbench.recipe import batching, checkpoint, train
 from peftbench.running import results
 from peftbench.running.sweep import execute_run, run_sweep
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(autouse=True)
 def _own_cache(tmp_path, monkeypatch):
@@ -153,6 +155,7 @@ def wait_for_file(pattern: str, results_dir: Path, process: subprocess.Popen, ti
     return next(results_dir.glob(pattern))
 
 
+@pytest.mark.slow
 def test_sigterm_marks_the_run_interrupted_and_the_rerun_resumes(tmp_path, capsys):
     results_dir = tmp_path / "results"
     argv = [*SIGTERM_RUN, f"output_dir={results_dir}", "-q"]

@@ -11,6 +11,8 @@ import pytest
 
 from peftbench.cli import main
 
+pytestmark = pytest.mark.unit
+
 FINDINGS = Path(__file__).resolve().parents[1] / "findings" / "smollm2-135m-cpu"
 # Text the report writes the same for the same results. PNG pixels depend on the fonts installed (SVG text
 # stays text), and the HTML page embeds PNGs and the time it was made.

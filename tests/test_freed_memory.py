@@ -11,6 +11,8 @@ import pytest
 
 from peftbench.speedups import freed_memory
 
+pytestmark = pytest.mark.unit
+
 # What a training step does to the heap, with glibc's malloc itself: 20 blocks of 2 MiB allocated, written
 # and all freed, five times; the minor page faults of each round after the first (glibc's default trims the
 # freed heap, so every round faults its 10,240 pages in again).

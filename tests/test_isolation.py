@@ -22,6 +22,8 @@ from peftbench.catalog.models import tiny_llama_config
 from peftbench.cli import main
 from peftbench.running import isolation, results
 
+pytestmark = pytest.mark.integration
+
 WIDE_PARAMS = 13_046_272  # tied 384 × 512 embedding, 4 × (4 × 512² attention + 3 × 512 × 1408 MLP), norms
 RUN = ["run", "methods=[full,lora,ia3]", "tasks=[synthetic_classification]", "scales=[16]", "train.max_epochs=1",
        "train.batch_size=4", "train.grad_accum=1", "train.eval_examples=8", "train.eval_batch_size=4",
@@ -91,6 +93,7 @@ def test_in_process_runs_report_the_process_peak(wide_llama, tmp_path):
     assert swept["ia3"]["memory"]["peak_bytes"] >= swept["lora"]["memory"]["peak_bytes"]
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_a_failed_run_that_retry_resumes(tmp_path, monkeypatch):
     argv = ["run", "models=[t5-tiny-random]", "methods=[lora]", "tasks=[synthetic_classification]", "scales=[8]",
             "train.max_epochs=3", "train.batch_size=4", "train.grad_accum=1", "train.patience=5",

@@ -21,6 +21,8 @@ import pytest
 import sweep_helpers
 from sweep_helpers import comparable, read_results, tiny_overrides
 
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
 # Runs in sweep order: t5/lora, t5/bitfit, llama/lora, llama/bitfit; 3 epochs of 2 optimiser steps each.
 T5_LORA, T5_BITFIT, LLAMA_LORA = "t5_tiny_random-lora", "t5_tiny_random-bitfit", "llama_tiny_random-lora"
 

@@ -25,6 +25,8 @@ from peftbench.recipe.label_ranking import (
 )
 from peftbench.recipe.train import run_cell
 
+pytestmark = pytest.mark.integration
+
 MODELS = {"causal": "llama-tiny-random", "seq2seq": "t5-tiny-random"}
 
 

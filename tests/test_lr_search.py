@@ -13,7 +13,7 @@ from peftbench.catalog.methods import get_method
 from peftbench.config import load_sweep
 from peftbench.errors import UserError
 from peftbench.outcomes import OUTCOMES_FILE
-from peftbench.running import results
+from peftbench.running import lr_search, results
 from peftbench.running.sweep import run_sweep
 
 pytestmark = pytest.mark.integration
@@ -58,11 +58,9 @@ def test_the_run_tests_the_candidate_of_lowest_best_validation_loss(searched):
 
 
 def test_a_run_without_its_candidates_says_so(tmp_path):
-    from peftbench.recipe.train import run_cell
-
     run = load_sweep(None, tiny_overrides(tmp_path, methods=("lora",), extra=("lr_search=[0.5]",))).expand()[-1]
     with pytest.raises(UserError, match=r"candidate lr×0.5 \(.*\) is not run"):
-        run_cell(run, tmp_path / run.run_id(), progress=False)
+        lr_search.choose(run, tmp_path)
 
 
 def test_lr_search_is_its_own_cell_with_table_9_and_the_sensitivity_figure(searched, tmp_path):

@@ -14,6 +14,8 @@ from peftbench.catalog.models import load_model
 from peftbench.catalog.tasks.data import Example
 from peftbench.recipe.batching import collate, encode
 
+pytestmark = pytest.mark.integration
+
 # Tiny T5 (models.tiny_t5_config): d_model 32, inner attention dim 4 heads × 8 = 32, d_ff 64, gated
 # (wi_0, wi_1, wo), 2 encoder + 2 decoder blocks → 6 attention blocks (2 enc self, 2 dec self, 2 cross),
 # 4 feed-forwards; vocabulary 384; transformers ties lm_head to the shared embedding.

@@ -18,6 +18,8 @@ from peftbench.cli import main
 from peftbench.config import RunConfig, load_sweep
 from peftbench.errors import UserError
 
+pytestmark = pytest.mark.integration
+
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TINY_RUN = ["methods=[lora]", "tasks=[synthetic_classification]", "scales=[8]", "train.max_epochs=1",
             "train.batch_size=4", "train.grad_accum=1", "train.eval_examples=8", "train.val_metric_examples=0",
@@ -71,6 +73,7 @@ def hub_cache(tmp_path):
     return tmp_path / "hub"
 
 
+@pytest.mark.slow
 def test_a_cached_hub_model_trains_offline_and_its_result_names_the_revision_and_commit(hub_cache, tmp_path):
     env = {**os.environ, "HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1",
            "PEFTBENCH_CACHE": str(tmp_path / "cache")}
@@ -87,6 +90,7 @@ def test_a_cached_hub_model_trains_offline_and_its_result_names_the_revision_and
     assert result["run_id"] != unpinned.run_id()
 
 
+@pytest.mark.slow
 def test_the_embedded_models_provenance_is_hashed_once_per_package_version(tmp_path, monkeypatch):
     gguf = tmp_path / embedded.SMOLLM2_GGUF
     gguf.write_bytes(b"GGUF" + bytes(range(256)) * 4000)

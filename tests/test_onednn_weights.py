@@ -23,7 +23,8 @@ from peftbench.speedups import onednn_weights
 from peftbench.speedups.bf16_frozen_weights import store_frozen_linears_in
 from peftbench.speedups.onednn_weights import PackedFrozenLinear, pack_frozen_linears, why_not_packed
 
-pytestmark = pytest.mark.skipif(not onednn_weights.packing_supported(), reason="oneDNN without bf16 on this CPU")
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not onednn_weights.packing_supported(), reason="oneDNN without bf16 on this CPU")]
 
 
 def _lora_llama(pack: bool, bias: bool = False, store_bf16: bool = True) -> nn.Module:

@@ -13,13 +13,15 @@ import pytest
 from peftbench.catalog.models import load_config, tiny_llama_config, tiny_t5_config
 from peftbench.catalog.params import (
     PAPER_FLAN_T5_XL_TOTAL,
-    add_commands,
     build_meta_model,
     count_params,
     paper_total_note,
     unique_param_count,
 )
+from peftbench.catalog.params_command import add_commands
 from peftbench.errors import UserError
+
+pytestmark = pytest.mark.unit
 
 # FLAN-T5-XL: d_model 2048, inner attention width 32 heads × d_kv 64 = 2048, d_ff 5120, 24 + 24 blocks.
 XL_D, XL_INNER, XL_FF, XL_LAYERS, XL_VOCAB = 2048, 32 * 64, 5120, 24, 32128

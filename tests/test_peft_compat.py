@@ -13,6 +13,8 @@ from peftbench.catalog.tasks import get_task
 from peftbench.catalog.tasks.data import load_task_data
 from peftbench.recipe.batching import collate_prompts, encode
 
+pytestmark = pytest.mark.integration
+
 
 def _prompt_learning_model(kind: str):
     loaded = load_model("llama-tiny-random")

@@ -25,6 +25,8 @@ from peftbench.speedups.eager_attention import (
 )
 from peftbench.speedups.shared_prompt_prefix import shared_prefix_length
 
+pytestmark = pytest.mark.integration
+
 
 def causal_target_loss(model, batch, reduction="mean", prefix=None):
     """The loss with the levers that act inside one pass (the LM head at targets, the shared prefix, unpadded

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+pytestmark = pytest.mark.unit
+
 
 def moved(api: str, used_by: str, detail: str = "") -> str:
     return (f"private API moved: {api} (used by {used_by}){': ' + detail if detail else ''}. Adapt that code, "
@@ -27,7 +29,7 @@ def test_config_attn_implementation_internal_selects_the_attention_function():
     from transformers import LlamaConfig
 
     config = LlamaConfig()
-    api, user = "PretrainedConfig._attn_implementation_internal", "the per-pass attention choice (kernels.py, varlen.py)"
+    api, user = "PretrainedConfig._attn_implementation_internal", "the per-pass attention choice (speedups/eager_attention.py, concatenated_rows.py)"
     assert hasattr(config, "_attn_implementation_internal"), moved(api, user, "attribute gone")
     for name in ("eager", "sdpa"):
         config._attn_implementation_internal = name
@@ -38,7 +40,7 @@ def test_attention_and_mask_registries_accept_a_new_function():
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-    user = "the grouped-query and packed attention functions (kernels.py, varlen.py)"
+    user = "the grouped-query and concatenated-rows attention functions (speedups/eager_attention.py, concatenated_rows.py)"
     assert callable(getattr(AttentionInterface, "register", None)), moved("AttentionInterface.register", user)
     assert callable(getattr(AttentionMaskInterface, "register", None)), moved("AttentionMaskInterface.register", user)
     assert AttentionMaskInterface()["eager"] is eager_mask, \
@@ -52,7 +54,7 @@ def test_eager_attention_is_one_function_across_the_grouped_query_families():
     from transformers.models.qwen3 import modeling_qwen3
 
     api = "modeling_<family>.eager_attention_forward"
-    user = "grouped_query_eager, which recomputes it for llama/mistral/qwen2/qwen3 (kernels.py)"
+    user = "grouped_query_eager, which recomputes it for llama/mistral/qwen2/qwen3 (speedups/eager_attention.py)"
     reference = inspect.getsource(modeling_llama.eager_attention_forward)
     params = list(inspect.signature(modeling_llama.eager_attention_forward).parameters)
     assert params[:7] == ["module", "query", "key", "value", "attention_mask", "scaling", "dropout"], \
@@ -65,7 +67,7 @@ def test_eager_attention_is_one_function_across_the_grouped_query_families():
 def test_dynamic_cache_takes_a_config_and_repeats_its_rows():
     from transformers import DynamicCache, LlamaConfig
 
-    user = "the shared prompt prefix and packed passes (prefix.py, varlen.py)"
+    user = "the shared prompt prefix and concatenated rows (speedups/shared_prompt_prefix.py, concatenated_rows.py)"
     assert "config" in inspect.signature(DynamicCache).parameters, moved("DynamicCache(config=...)", user)
     cache = DynamicCache(config=LlamaConfig(num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                                            hidden_size=8))
@@ -76,6 +78,22 @@ def test_dynamic_cache_takes_a_config_and_repeats_its_rows():
     assert cache.get_seq_length() == 2, moved("DynamicCache.get_seq_length", user)
     assert cache.layers[0].keys.shape == (3, 1, 2, 2), moved("DynamicCache.batch_repeat_interleave", user,
                                                             "rows are not repeated")
+
+
+def test_auto_mappings_name_the_known_architectures_and_the_masked_lm_ones():
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    assert {"llama", "t5", "bert"} <= set(CONFIG_MAPPING.keys()), \
+        moved("transformers.models.auto.configuration_auto.CONFIG_MAPPING",
+              "refusing an unknown architecture before training (recipe/preflight.py)")
+    user = "telling an encoder-only model from a causal one (catalog/models.py family_of)"
+    assert "bert" in MODEL_FOR_MASKED_LM_MAPPING_NAMES, \
+        moved("transformers.models.auto.modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES", user, "no bert")
+    for causal in ("llama", "gpt2", "qwen2"):
+        assert causal not in MODEL_FOR_MASKED_LM_MAPPING_NAMES, \
+            moved("transformers.models.auto.modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES", user,
+                  f"{causal} is now a masked-LM architecture")
 
 
 def test_attention_functions_look_dropout_up_at_call_time(monkeypatch):
@@ -93,7 +111,7 @@ def test_attention_functions_look_dropout_up_at_call_time(monkeypatch):
     module.num_key_value_groups, module.training = 1, True
     q = torch.ones(1, 1, 2, 4)
     modeling_llama.eager_attention_forward(module, q, q, q, None, scaling=0.5, dropout=0.125)
-    user = "the CPU dropout masks swapped in as torch.nn.functional.dropout (dropout.py)"
+    user = "the CPU dropout masks swapped in as torch.nn.functional.dropout (speedups/bits_dropout.py)"
     assert calls == [0.25, 0.125], moved("torch.nn.functional.dropout looked up at call time by nn.Dropout and "
                                          "transformers' eager attention", user, f"calls seen: {calls}")
 
@@ -101,11 +119,11 @@ def test_attention_functions_look_dropout_up_at_call_time(monkeypatch):
 # --- torch -----------------------------------------------------------------------------------------------
 
 def test_mkldnn_prepacked_linear_multiplies_like_f_linear():
-    user = "prepacked frozen bf16 linears (packed.py)"
+    user = "prepacked frozen bf16 linears (speedups/onednn_weights.py)"
     for name in ("_linear_pointwise", "_reorder_linear_weight", "_is_mkldnn_bf16_supported"):
         assert hasattr(torch.ops.mkldnn, name), moved(f"torch.ops.mkldnn.{name}", user)
     if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
-        pytest.skip("this CPU has no oneDNN bf16: packed.py leaves linears alone here")
+        pytest.skip("this CPU has no oneDNN bf16: onednn_weights.py leaves linears alone here")
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(5, 256, generator=generator).bfloat16()
     weight = torch.randn(192, 256, generator=generator).bfloat16()
@@ -121,7 +139,7 @@ def test_tensor_version_counts_in_place_writes():
     before = weight._version
     weight.add_(1)
     assert weight._version == before + 1, moved("Tensor._version", "re-packing a frozen weight written in place "
-                                                "(packed.py)")
+                                                "(speedups/onednn_weights.py)")
 
 
 # --- accelerate ------------------------------------------------------------------------------------------
@@ -130,7 +148,7 @@ def test_accelerator_state_reset_lets_the_next_run_pick_its_precision():
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    api, user = "AcceleratorState._reset_state(reset_partial_state=True)", "each run's own precision (train.py)"
+    api, user = "AcceleratorState._reset_state(reset_partial_state=True)", "each run's own precision (recipe/train.py)"
     assert "reset_partial_state" in inspect.signature(AcceleratorState._reset_state).parameters, moved(api, user)
     AcceleratorState._reset_state(reset_partial_state=True)
     assert Accelerator(mixed_precision="bf16").mixed_precision == "bf16"
@@ -139,13 +157,23 @@ def test_accelerator_state_reset_lets_the_next_run_pick_its_precision():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
+def test_accelerate_maps_each_tracker_name_to_its_class():
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, GeneralTracker
+
+    api, user = "accelerate.tracking.LOGGER_TYPE_TO_CLASS", "trackers=[...] (running/tracking.py)"
+    assert isinstance(LOGGER_TYPE_TO_CLASS, dict), moved(api, user, "not a mapping")
+    for name in ("tensorboard", "mlflow", "wandb"):
+        assert name in LOGGER_TYPE_TO_CLASS, moved(api, user, f"no {name}")
+        assert issubclass(LOGGER_TYPE_TO_CLASS[name], GeneralTracker), moved(api, user, f"{name} is no tracker")
+
+
 # --- peft ------------------------------------------------------------------------------------------------
 
 def test_peft_prompt_learning_generation_internals():
     from peft import PeftModelForCausalLM, PromptTuningConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    user = "decoding with prompt learning on causal models (peft_compat.py)"
+    user = "decoding with prompt learning on causal models (catalog/peft_compat.py)"
     source = inspect.getsource(PeftModelForCausalLM.generate)
     for line in ("self.base_model.prepare_inputs_for_generation = self.prepare_inputs_for_generation",
                  "self.base_model_prepare_inputs_for_generation"):
@@ -164,15 +192,23 @@ def test_peft_prompt_learning_generation_internals():
 def test_peft_tuner_layers_declare_their_trainable_parameters():
     from peft import LoraConfig, PromptTuningConfig, get_peft_model
     from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import ModulesToSaveWrapper
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    user = "the declared trainable parameters of a PEFT method (methods/__init__.py)"
+    user = "the declared trainable parameters of a PEFT method (catalog/methods/__init__.py)"
     config = LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=1)
     lora = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=2, target_modules=["q_proj"]))
     layers = [m for m in lora.modules() if isinstance(m, BaseTunerLayer)]
     assert layers, moved("peft.tuners.tuners_utils.BaseTunerLayer", user, "LoRA layers are not instances")
     assert {"lora_A", "lora_B"} <= set(layers[0].adapter_layer_names), moved("BaseTunerLayer.adapter_layer_names", user)
+    head = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=2, target_modules=["q_proj"],
+                                                               modules_to_save=["lm_head"]))
+    wrappers = [m for m in head.modules() if isinstance(m, ModulesToSaveWrapper)]
+    assert wrappers, moved("peft.utils.other.ModulesToSaveWrapper", user, "modules_to_save are not wrapped in it")
+    trained = [p for attr in wrappers[0].adapter_layer_names for p in getattr(wrappers[0], attr).parameters()]
+    assert trained and all(p.requires_grad for p in trained), \
+        moved("ModulesToSaveWrapper.adapter_layer_names", user, "names no trained copy")
     prompt = get_peft_model(LlamaForCausalLM(config), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2))
     encoders = getattr(prompt, "prompt_encoder", None)
     assert isinstance(encoders, nn.ModuleDict) and "default" in encoders, moved("PeftModel.prompt_encoder", user)
@@ -181,9 +217,21 @@ def test_peft_tuner_layers_declare_their_trainable_parameters():
 def test_models_name_the_blocks_a_device_map_must_not_split():
     from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
-    user = "device_map=auto placement (models.py)"
+    user = "device_map=auto placement (catalog/models.py)"
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=1))
     t5 = T5ForConditionalGeneration(T5Config(vocab_size=32, d_model=8, d_ff=16, d_kv=4, num_heads=2, num_layers=1))
     assert "LlamaDecoderLayer" in llama._no_split_modules, moved("PreTrainedModel._no_split_modules", user)
     assert "T5Block" in t5._no_split_modules, moved("PreTrainedModel._no_split_modules", user)
+
+
+def test_every_file_named_here_exists():
+    """The ``used_by`` of each test names peftbench files; a file renamed or removed must be renamed here too."""
+    import re
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "src" / "peftbench"
+    sources = {path.relative_to(package).as_posix() for path in package.rglob("*.py")}
+    named = set(re.findall(r"\b((?:[a-z_]+/)*[a-z_]+\.py)\b", Path(__file__).read_text())) - {"tests/test_private_apis.py"}
+    missing = sorted(name for name in named if not any(s == name or s.endswith("/" + name) for s in sources))
+    assert named and not missing, f"{Path(__file__).name} names files that do not exist: {missing}"

@@ -13,6 +13,8 @@ from peftbench.catalog.tasks.data import Example, scale_cap_and_epochs
 from peftbench.recipe.evaluate import exact_match, rouge_l, score
 from peftbench.recipe.protocol import EarlyStopping, paper_lr_lambda
 
+pytestmark = pytest.mark.unit
+
 
 def _lrs(lr: LRSchedule, total: int, warmup: int) -> list[float]:
     param = nn.Parameter(nn.init.zeros_(nn.Linear(1, 1).weight))

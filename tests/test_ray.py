@@ -17,6 +17,8 @@ from peftbench.config import load_sweep  # noqa: E402
 from peftbench.running.executors import run_sweep_ray  # noqa: E402
 from peftbench.running.sweep import run_sweep  # noqa: E402
 
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
 
 @pytest.fixture(scope="module")
 def local_ray(tmp_path_factory):

@@ -23,6 +23,8 @@ from peftbench.recipe.reference_rows import with_demonstrations
 from peftbench.recipe.train import run_cell
 from peftbench.speedups import for_model
 
+pytestmark = pytest.mark.integration
+
 CPU = torch.device("cpu")
 FP32 = TrainConfig(eval_examples=16, eval_batch_size=4, precision="fp32", num_threads=1)
 

@@ -16,6 +16,8 @@ from peftbench.analysis.report import collect as c
 from peftbench.analysis.report.cli import add_commands
 from peftbench.errors import UserError
 
+pytestmark = pytest.mark.unit
+
 
 def _tables(results_dir: Path) -> dict[int, tables.Table]:
     return {t.number: t for t in tables.build_tables(c.collect(results_dir))}

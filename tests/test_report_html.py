@@ -14,6 +14,8 @@ from report_fixtures import make_result, paper_grid, write_results
 
 from peftbench.analysis.report import build_report
 
+pytestmark = pytest.mark.unit
+
 CHROMIUM = shutil.which("chromium")
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not on PATH (apt-get install chromium)"

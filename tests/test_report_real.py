@@ -22,6 +22,8 @@ from peftbench.analysis.report.figures import figure1_figure
 from peftbench.catalog.methods import method_label
 from peftbench.cli import main
 
+pytestmark = pytest.mark.integration
+
 QUICKSTART_METHODS = ("full", "lora", "ia3", "prompt", "bitfit")
 USER_METHODS = ("full", "lora")
 

@@ -13,6 +13,8 @@ from peftbench.recipe import run_state
 from peftbench.recipe.checkpoint import load_checkpoint
 from peftbench.recipe.train import Interrupted, run_cell
 
+pytestmark = pytest.mark.integration
+
 
 class Crash(RuntimeError):
     """Stands for a process dying mid-epoch: nothing after the last epoch checkpoint survives."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from report_fixtures import make_result, write_results
+from result_helpers import fake_ok_result
 from transformers import AutoModelForSeq2SeqLM
 
 from peftbench.catalog.models import load_model, tiny_t5_config
@@ -21,6 +22,8 @@ from peftbench.recipe import train
 from peftbench.running.redaction import redact, secret_values
 from peftbench.running.results import read_result, result_path
 from peftbench.running.sweep import run_sweep
+
+pytestmark = pytest.mark.integration
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "peftbench"
 TINY_RUN = ["run", "methods=[lora]", "tasks=[synthetic_classification]", "scales=[8]"]
@@ -42,8 +45,7 @@ IN_PROCESS = "isolate_runs=false"  # the runs stay in this process, where traini
 def fake_run_cell(run, run_dir, **_options) -> dict:
     """Training replaced by a constant result (these tests are about what is written, not learned)."""
     fake_run_cell.calls += 1
-    return {"status": "ok", "error": None, "seed": run.seed, "metrics": {"score": 0.5},
-            "task": {"metric": "accuracy"}, "params": {"trainable": 1}, "epochs": 1, "time": {"total_s": 0.0}}
+    return fake_ok_result(run)
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ from peftbench.errors import UserError
 from peftbench.recipe.train import run_cell
 from peftbench.running.sweep import run_sweep
 
+pytestmark = pytest.mark.integration
+
 
 def test_device_map_is_an_execution_setting_not_part_of_the_run(tmp_path, monkeypatch):
     monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path / "cache"))

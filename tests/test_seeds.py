@@ -12,6 +12,8 @@ from peftbench.config import load_sweep
 from peftbench.running import results
 from peftbench.running.summary import results_table
 
+pytestmark = pytest.mark.unit
+
 
 def test_mean_ci_of_three_seeds():
     # mean 0.72; squared deviations 0.0004 + 0 + 0.0004 over n - 1 = 2 → sd 0.02;

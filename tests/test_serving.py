@@ -20,6 +20,8 @@ from peftbench.running.results import iter_results
 from peftbench.running.serve_bench import SERVING_FILE, serve_bench, settings_from
 from peftbench.running.sweep import run_sweep
 
+pytestmark = pytest.mark.integration
+
 METHODS = ("full", "lora", "ia3", "prompt", "bitfit")
 MERGE_STATUS = {"full": "not_applicable", "lora": "merged", "ia3": "merged", "prompt": "impossible",
                 "bitfit": "merged"}

@@ -20,6 +20,8 @@ from peftbench.speedups.shared_prompt_prefix import (
     supports_prefix_sharing,
 )
 
+pytestmark = pytest.mark.integration
+
 
 def _batch(task: str = "synthetic_classification", n: int = 8):
     loaded = load_model("llama-tiny-random")

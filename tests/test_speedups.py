@@ -14,6 +14,8 @@ from peftbench.errors import UserError
 from peftbench.recipe.train import run_cell
 from peftbench.speedups import for_model
 
+pytestmark = pytest.mark.integration
+
 LEVERS = SpeedupsConfig.levers()
 CPU_ONLY = ["fused_passes", "onednn_blocked_weights", "eager_attention", "concatenated_rows",
             "unpadded_feed_forward", "bits_dropout"]

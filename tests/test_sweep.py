@@ -25,6 +25,8 @@ from peftbench.config import load_sweep
 from peftbench.running import results
 from peftbench.running.sweep import run_lock, run_sweep, should_run
 
+pytestmark = pytest.mark.integration
+
 HELPERS = Path(sweep_helpers.__file__)
 
 
@@ -152,6 +154,7 @@ def test_atomic_write_leaves_the_old_file_whole_when_the_rename_fails(tmp_path, 
     assert sorted(p.name for p in path.parent.iterdir()) == ["result.json"]
 
 
+@pytest.mark.slow
 def test_two_sweeps_on_one_directory_run_each_run_exactly_once(tmp_path):
     overrides = ["models=[t5-tiny-random]", "methods=[lora,bitfit,ia3,prompt]", "tasks=[cola]", "scales=[low]",
                  "seeds=[0,1]", f"output_dir={tmp_path / 'results'}", "isolate_runs=false"]

@@ -13,6 +13,8 @@ from peftbench.errors import UserError
 from peftbench.running.sweep import run_sweep
 from peftbench.running.tracking import check_trackers, hyperparameters
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory):

@@ -9,6 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from peftbench import limit_openmp_spinning
 from peftbench.errors import UserError, did_you_mean, unknown
 from peftbench.running.redaction import redact
 
@@ -147,12 +148,36 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("what", choices=["methods", "tasks", "models", "ablations", "suites"])
     lst.set_defaults(func=cmd_list)
 
-    for module in ("peftbench.catalog.params", "peftbench.analysis.report.cli", "peftbench.analysis.export", "peftbench.running.serve_bench"):
+    for module, commands in COMMAND_MODULES.items():
         try:
-            __import__(module, fromlist=["add_commands"]).add_commands(sub)
-        except ImportError:
+            add_commands = __import__(module, fromlist=["add_commands"]).add_commands
+        except ImportError as exc:  # a broken install: the commands stay, and say why they cannot run
+            for command in commands:
+                _add_unavailable(sub, command, module, exc)
             continue
+        add_commands(sub)
     return parser
+
+
+COMMAND_MODULES = {
+    "peftbench.catalog.params_command": ("params",),
+    "peftbench.analysis.report.cli": ("report", "claims", "recommend"),
+    "peftbench.analysis.export": ("export",),
+    "peftbench.running.serve_bench": ("serve-bench",),
+    "peftbench.analysis.decide": ("decide",),
+}
+"""The modules that add commands of their own (``add_commands(subparsers)``), and the commands each adds."""
+
+
+def _add_unavailable(sub, command: str, module: str, exc: ImportError) -> None:
+    """``command``, whose module failed to import: running it is a one-line error naming the failed import."""
+    def refuse(_args: argparse.Namespace) -> int:
+        raise UserError(f"`peftbench {command}` is unavailable: importing {module} failed: {exc} "
+                        f"(reinstall peftbench: pip install -e .)")
+
+    parser = sub.add_parser(command, help=f"unavailable: importing {module} failed ({exc})")
+    parser.add_argument("args", nargs=argparse.REMAINDER)
+    parser.set_defaults(func=refuse)
 
 
 def _quiet_libraries() -> None:
@@ -178,6 +203,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
+    limit_openmp_spinning()  # before anything imports torch; the worker processes inherit it
     try:
         args = build_parser().parse_args(argv)
         if not args.verbose:

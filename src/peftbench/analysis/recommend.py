@@ -16,10 +16,10 @@ from typing import Any
 
 from peftbench.analysis.report import collect as c
 from peftbench.catalog.methods import method_label
+from peftbench.constants import SCALES, TASK_TYPES
 from peftbench.errors import UserError, unknown
 
 CONSTRAINTS = ("time", "memory", "performance")
-TASK_TYPES = ("classification", "generation")
 PAPER = "Pu et al. (2023)"
 PAPER_METHODS = ("full", "ia3", "lora", "bitfit")
 """Methods the framework ranks; prompt tuning is excluded as the paper does (§A.5)."""
@@ -79,8 +79,8 @@ class Recommendation:
 
 
 def data_scale(examples: int) -> str:
-    """The paper's data scales (§3.1): low ≤ 100 examples, medium ≤ 1,000, high beyond."""
-    return "low" if examples <= 100 else "medium" if examples <= 1000 else "high"
+    """The paper's data scales (§3.1, ``constants.SCALES``): low ≤ 100 examples, medium ≤ 1,000, high beyond."""
+    return next((name for name, (cap, _) in SCALES.items() if examples <= cap), "high")
 
 
 def recommend(

@@ -26,8 +26,6 @@ from rouge_score import rouge_scorer
 
 from peftbench.registry import Registry
 
-TASK_TYPES = ("classification", "generation")
-
 
 @dataclass(frozen=True)
 class Metric:

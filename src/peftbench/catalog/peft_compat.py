@@ -4,8 +4,8 @@ transformers 5 hands the key/value cache to ``prepare_inputs_for_generation`` an
 PEFT (0.21) looks for it under its transformers 4 name, ``past_key_values``. Not finding it, PEFT's
 ``PeftModelForCausalLM.prepare_inputs_for_generation`` takes every decoding step for the first: prompt tuning
 prepends its virtual tokens again at each step, so the cache fills with copies of the soft prompt and
-the continuation is conditioned on them (other text than decoding without a cache, and 4× slower on
-SmolLM2 with 20 virtual tokens); prefix tuning's keys and values would be built again at each step.
+the continuation is conditioned on them (other text than decoding without a cache, and slower, the cache
+growing by the virtual tokens at every step); prefix tuning's keys and values would be built again at each step.
 
 ``cache_visible_to_peft`` shows PEFT the cache under the name it reads and gives the model the cache PEFT
 chose under the name transformers reads, for the length of one ``generate`` call. Greedy decoding then

@@ -181,49 +181,51 @@ class SpeedupsConfig:
     """Speed-ups that keep what a run computes (the same loss and gradients up to floating-point reordering,
     or the same distribution): one switch per lever. ``speedups=all`` / ``speedups=none`` set them all;
     ``speedups.<lever>=false`` one. Part of the run id. Each run records per lever whether it was
-    ``applied``, ``not_applicable`` (with the reason) or ``off`` (``speedups/``). Gains: SmolLM2-135M on
-    2 CPU cores, bf16 autocast, bench/RESULTS.md's levers table."""
+    ``applied``, ``not_applicable`` (with the reason) or ``off`` (``speedups/``). Each lever's measured gain,
+    with the command that measures it: bench/RESULTS.md, "Each lever, before and after"."""
 
     keep_freed_memory: bool = True
     """glibc's malloc keeps freed memory in the process (``mallopt``), so training steps stop page-faulting.
-    Linux with glibc's malloc, process-wide (once on, a process keeps it). Tiny T5 step 1.16×, SmolLM2
-    LoRA step 0.99×; the process then holds its peak heap (peak RSS 0-3 % higher)."""
+    Linux with glibc's malloc, process-wide (once on, a process keeps it). Pays where a step allocates many
+    mid-sized tensors (T5's attention maps); the process then holds its peak heap."""
     fused_adamw: bool = True
     """AdamW's update as one fused kernel over all tensors (``fused=True``) instead of ``foreach``. Any
-    device; favours full tuning (most tensors): 135M-weight AdamW step 4.25× (0.192 → 0.045 s)."""
+    device; gains most for full tuning, which updates the most tensors."""
     fused_passes: bool = True
     """An optimiser step's small batches (and validation's) run as one forward/backward pass while it stays
-    under ``batching.FUSE_MAX_TOKENS`` padded tokens. CPU only. LoRA step of 4 × 16 CoLA rows 1.16×, full
-    tuning 1.05×, validation 1.06×."""
+    under ``batching.FUSE_MAX_TOKENS`` padded tokens. CPU only: fewer, larger matrix multiplications keep
+    the cores busier than four small passes."""
     frozen_weights_bf16: bool = True
     """Frozen ``nn.Linear`` weights stored in bf16 once instead of cast by autocast at every call. bf16
-    precision, methods with frozen linears (not full tuning). Training step 1.00×, decoding 1.12×."""
+    precision, methods with frozen linears (not full tuning). Saves the casts, which matter most in
+    decoding, where each call's matrix work is small."""
     onednn_blocked_weights: bool = True
     """Frozen bf16 linears multiplied through oneDNN's prepacked (blocked) weight layout. CPU with bf16
-    oneDNN kernels, after ``frozen_weights_bf16``, when the copies fit in a quarter of the free memory.
-    LoRA step 1.03× (within noise), validation and decoding 1.01-1.05×; peak RSS 2.66 → 3.09 GB."""
+    oneDNN kernels, after ``frozen_weights_bf16``, when the copies fit in a quarter of the free memory
+    (the prepacked copies raise the peak resident set)."""
     lm_head_on_targets: bool = True
-    """A causal model's LM head runs only at the positions that predict a target token. Causal models.
-    LoRA step 1.22× (CoLA), 1.23× (SAMSum)."""
+    """A causal model's LM head runs only at the positions that predict a target token. Causal models: the
+    vocabulary projection is the largest matrix, and the prompt positions never need it."""
     shared_prompt_prefix: bool = True
     """The prompt tokens every row of a causal batch shares (a task's instruction) run once, their
     keys/values repeated over the rows. Causal models without prompt learning (prompt tuning's virtual
-    tokens come first), not while training with dropout. LoRA step 1.55×, full 1.53×, validation 1.58×."""
+    tokens come first), not while training with dropout. Pays in proportion to the shared share of a row."""
     eager_attention: bool = True
     """transformers' eager attention (grouped-query form for the Llama family) instead of SDPA's CPU
-    kernels for passes up to 320 (training) / 600 (forward only) tokens. CPU, models on SDPA. CoLA LoRA
-    step 1.05× (+1.06× grouped-query), SAMSum 1.10×, validation 1.04-1.07×."""
+    kernels for passes up to 320 (training) / 600 (forward only) tokens. CPU, models on SDPA: at these
+    lengths SDPA's CPU kernels (flash's backward, math's fp32 upcasts) cost more than eager's."""
     concatenated_rows: bool = True
     """A padded batch's real tokens run as one concatenated sequence (variable-length rows); attention alone
     sees the rows. CPU, Llama-family causal models without prompt learning, with ``eager_attention`` and
-    ``lm_head_on_targets``. 1.10× over ``unpadded_feed_forward`` on a CoLA LoRA step, 1.04× on SAMSum."""
+    ``lm_head_on_targets``; it replaces ``unpadded_feed_forward``, unpadding the projections too."""
     unpadded_feed_forward: bool = True
     """Feed-forward networks run on a padded pass's real tokens only. CPU, causal models whose role map
-    names the feed-forward module, without prompt learning. CoLA LoRA step 1.15×, SAMSum 1.03×."""
+    names the feed-forward module, without prompt learning: padding is skipped where most of a layer's
+    matrix work is."""
     bits_dropout: bool = True
     """Dropout masks drawn from 16 random bits per element instead of ``bernoulli_`` (the same rate to
-    2⁻¹⁶, another random stream). CPU training of models with dropout (T5; not SmolLM2). Tiny T5 step
-    1.27×, FLAN-T5-base-shaped step 1.19×."""
+    2⁻¹⁶, another random stream). CPU training of models with dropout (T5; not SmolLM2): drawing 32-bit
+    uniforms for every mask element is a visible part of a small model's step."""
 
     @classmethod
     def from_setting(cls, setting: str) -> SpeedupsConfig:

@@ -79,10 +79,9 @@ class BackgroundWriter:
     """Writes checkpoints on a background thread while training goes on; at most one write is in flight.
 
     A checkpoint of full tuning is 12 bytes per parameter (weights and AdamW's two moments; 1.6 GB for
-    135M): 2-3.5 s to write on the 2-core development machine. Training computes meanwhile. There, copying
-    into the page cache competes with training for the two cores, and the overlap saves about 0.8 s per
-    checkpoint (bench/RESULTS.md); where the CPU idles while a GPU trains, more of it can hide (not
-    measured). The tensors handed to ``save`` are written as they are, not copied, so nothing may change
+    135M), seconds to write on a CPU machine. Training computes meanwhile. On a small CPU machine copying
+    into the page cache competes with training for the cores, so only part of the write hides (measured:
+    bench/RESULTS.md); where the CPU idles while a GPU trains, more of it can hide (not measured). The tensors handed to ``save`` are written as they are, not copied, so nothing may change
     them until ``wait`` returns: the recipe registers ``wait`` as an optimiser step pre-hook and leaves the
     ``with`` block before it restores the best weights. A failed write is raised by the next ``wait``.
     """

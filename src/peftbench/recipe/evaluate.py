@@ -4,7 +4,7 @@ Predictions are scored with the task's metric from ``metrics.py``'s registry.
 
 Forward-only passes (validation loss, decoding, rank scoring) run under ``torch.inference_mode``: autograd
 keeps no version counters or view records, a per-operation cost that matters on models of small
-operations (tiny T5: validation and decoding 1.08× against ``no_grad``, SmolLM2 1.00×; bench/RESULTS.md).
+operations such as the tiny T5 and less on larger ones (measured against ``no_grad``: bench/RESULTS.md).
 Nothing they create is kept for training.
 """
 
@@ -78,8 +78,7 @@ def validation_batches(items: list[Encoded], family: str, batch_size: int, fuse:
     """Indices of ``items`` in batches of ``batch_size`` drawn in length order (the summed loss does not depend
     on the order; similar lengths pad least). With ``fuse`` (CPU), consecutive batches share one forward pass
     while it stays small, as training's do (``batching.fuse_batches``): a pass's fixed cost (a shared prefix's
-    own pass, every layer's small operations) is paid once. SmolLM2 on CoLA's 100 validation examples: 2
-    passes, not 4 (1.06× faster, bench/RESULTS.md)."""
+    own pass, every layer's small operations) is paid once (measured: bench/RESULTS.md)."""
     order = sorted(range(len(items)), key=lambda i: (len(items[i].input_ids), len(items[i].labels)))
     batches = [order[start: start + batch_size] for start in range(0, len(order), batch_size)]
     if not fuse:

@@ -41,11 +41,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from peftbench.catalog.embedded import cache_root
 from peftbench.config import ForgettingConfig
 from peftbench.errors import UserError
 from peftbench.recipe.batching import IGNORE, Encoded
-from peftbench.running import distributed
+from peftbench.recipe.evaluate import validation_loss
 
 SEQ2SEQ_PREFIX = "Text:"
 """A seq2seq model's encoder input while its decoder is scored on the paragraph."""
@@ -172,8 +174,9 @@ def text_loss(loop, text: GeneralText, model=None) -> float:
     cell, speedups = loop.cell, loop.speedups
     width = max(len(e.input_ids) + (len(e.labels) if cell.loaded.family == "seq2seq" else 0) for e in text.items)
     rows = max(1, PASS_TOKENS // (width + speedups.virtual_tokens))
-    return distributed.validation_loss(model if model is not None else loop.model, text.items, cell.loaded.family,
-                                       cell.loaded.tokenizer.pad_token_id, rows, speedups, loop.autocast())
+    # Every process scores the whole sample (no sharding): the same number everywhere, a few passes more.
+    return validation_loss(model if model is not None else loop.model, text.items, cell.loaded.family,
+                           cell.loaded.tokenizer.pad_token_id, rows, speedups, loop.autocast())
 
 
 @dataclass
@@ -254,7 +257,7 @@ def _cached_base_loss(loop, text: GeneralText) -> float:
             loss = text_loss(loop, text, model)
     else:
         loss = text_loss(loop, text, model)
-    if distributed.is_main_process():
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:  # one writer
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(f".{id(key)}.tmp")
         temporary.write_text(json.dumps({**key, "provenance": str(loaded.provenance), "base_loss": loss}))

@@ -14,7 +14,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from peftbench.catalog.tasks import TaskSpec, get_task
 from peftbench.catalog.tasks.data import TaskData, load_task_data, scale_cap_and_epochs
 from peftbench.config import RunConfig, TrainConfig
 from peftbench.outcomes import write_outcomes
-from peftbench.recipe import checkpoint, forgetting, lr_search, memory, run_state, serving, steps
+from peftbench.recipe import checkpoint, forgetting, memory, run_state, serving, steps
 from peftbench.recipe.batching import Encoded, length_grouped_batches, source_token_limit
 from peftbench.recipe.datacache import encode_cached
 from peftbench.recipe.evaluate import score, score_test
@@ -180,11 +180,6 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
 
         return run_reference_cell(run, run_dir, progress=progress, stop_requested=stop_requested,
                                   device_map=device_map)
-    if run.lr_search:  # train the factor its candidates' validation chose, and test it (lr_search.py)
-        search = lr_search.choose(run, Path(run_dir).parent)
-        chosen = replace(run, lr_search=None, train=replace(run.train, lr_scale=search["chosen"]))
-        return {**run_cell(chosen, run_dir, progress=progress, stop_requested=stop_requested,
-                           device_map=device_map), "lr_search": search}
     started = time.perf_counter()
     cfg = run.train
     if cfg.num_threads:
@@ -395,7 +390,7 @@ def _validation_metric(loop: Loop, n: int) -> float:
 
 def _save_adapter(model, tokenizer, run_dir: Path, enabled: bool) -> dict[str, Any]:
     """The tested weights, with save_pretrained: the adapter for PEFT methods, the model for full tuning; the
-    tokenizer beside them, so the directory loads on its own (README: "Loading a run's weights")."""
+    tokenizer beside them, so the directory loads on its own (docs/usage.md: "loading the weights")."""
     if not enabled or not distributed.is_main_process():  # one writer
         return {"path": None, "bytes": None}
     target = run_dir / "adapter"

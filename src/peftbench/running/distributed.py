@@ -7,10 +7,10 @@ step's losses and token counts), so every process takes the identical step: the 
 single-process run's up to floating-point summation order (except for dropout's masks, see
 ``accumulate_step``). Validation and decoding deal whole batches likewise.
 
-Why not accelerate's own gradient synchronisation. Measured with ``bench/ddp_probe.py`` (two gloo
-processes, a tiny Llama LoRA step through peftbench's loss, ``accelerator.prepare`` = DDP, ``no_sync`` on
-every backward but a process's last): whenever each process has at least one batch of the step, even
-unevenly (2 + 1), DDP's gradient times the process count equals the single-process gradient to the bit.
+Why not accelerate's own gradient synchronisation. Measured with a probe (``bench/ddp_probe.py`` of commit
+ba00b58: two gloo processes, a tiny Llama LoRA step through peftbench's loss, ``accelerator.prepare`` = DDP,
+``no_sync`` on every backward but a process's last): whenever each process has at least one batch of the step,
+even unevenly (2 + 1), DDP's gradient times the process count equals the single-process gradient to the bit.
 It fails on two things this recipe does:
 - A step with fewer batches than processes (an epoch's short last group; more processes than
   ``grad_accum``): the process with a batch waits in DDP's backward all-reduce until the collective

@@ -4,49 +4,10 @@ One finished run is one ``result.json`` under ``<results_dir>/<run_id>/``. Every
 recommendation shows is read back from these files alone. Writes are atomic (temporary file, fsync,
 rename) so a crash leaves either the old file or the new one, never half of one.
 
-Schema (``schema_version`` 1), the fields every consumer may rely on:
-
-    run_id            str     stable id derived from the resolved run config
-    status            str     "ok" | "failed" | "diverged" | "interrupted" | "running"
-    error             dict?   {"type", "message", "step"?} when status is not ok
-    config            dict    the resolved RunConfig (model, method, task, scale, seed, layers, modules, ...)
-    seed              int
-    task              dict    {"name", "type": "classification"|"generation", "metric", "version"}
-    model             dict    {"name", "source", "family": "seq2seq"|"causal", "architecture", "revision",
-                               "provenance": {"kind": "hub"|"gguf"|"directory"|"built", ...}} (models.py)
-    data              dict    {"train_examples", "validation_examples", "test_examples",
-                               "requested_train_examples", "sample_hash", "splits": {...},
-                               "source": "synthetic" | "huggingface-hub" | a local data folder}
-    versions          dict    {"peftbench", "git_sha", "git_dirty", "python", "torch", "transformers", ...}
-    hardware          dict    {"device", "accelerator", "cpu_count", "platform", ...}
-    params            dict    {"trainable", "total" (with what the method adds), "base" (the base model's,
-                               before the method), "selected_layers"?}
-    epochs            int     epochs actually run (early stopping may end before the maximum)
-    best_epoch        int     1-based epoch whose checkpoint was tested
-    history           list    per epoch {"epoch", "train_loss", "val_loss", "val_metric", "seconds", "steps"}
-    method            dict    {"name", "kind": "fine_tuning" | "reference"} (reference rows: majority, zero_shot,
-                              in_context; they train nothing: params.trainable 0, epochs 0, optimizer None)
-    reference         dict    reference rows only: {"answer", "train_counts"} (majority), {"k", "shown_mean"}
-                              (in_context), {} (zero_shot)
-    metrics           dict    {"test": {<metric>: float, "rank_accuracy": float (classification, by default)},
-                               "score": float (the task's metric, from ``metrics.METRICS``)}
-    time              dict    {"train_s", "eval_s", "rank_eval_s" (None unless ranked), "load_s" (the model's
-                               read or copy), "total_s" (the run's wall time without load_s), "to_best_s",
-                               "forgetting_s" (the general-text passes, an evaluation time; absent in older
-                               results)}
-    forgetting        dict    {"loss", "reference_loss", "base_loss", "sample": {"source", "paragraphs", "tokens",
-                               "hash"}, "reason"} beside ``metrics.forgetting`` = loss − reference_loss (nats per
-                               token; None with the reason where not measured) (``recipe/forgetting.py``)
-    throughput        dict    {"train_tokens_per_s", "train_tokens"}
-    memory            dict    {"peak_bytes", "kind": "cuda_max_allocated" | "process_peak_rss",
-                               "scope": "run" | "run_process" | "shared_process", "after_load_bytes",
-                               "increment_bytes", "trainable_param_bytes", "optimizer_state_bytes",
-                               "adapter_bytes"} (memory.py)
-    adapter           dict    {"path", "bytes"}
-    serving           dict?   the serve stage's figures with ``serve.enabled`` (``serving.py``), else null
-    speedups          dict    {"setting": "all"|"none"|"custom", "levers": {<lever>: {"status": "applied" |
-                              "not_applicable" | "off", "reason": str?}}} (``speedups/plan.py``)
-    decoding_revision int     ``DECODING_REVISION`` of the code that decoded the test (absent before 2)
+The file's fields, their types and which a consumer may rely on are defined once, as a JSON Schema:
+``peftbench/result.schema.json`` (``SCHEMA_FILE``; described for readers in docs/results.md). The tests validate
+every result a test run writes against it. ``SCHEMA_VERSION`` is raised when a listed field changes meaning
+or type (adding a field does not); ``read_result`` reads every version up to it and refuses newer ones.
 """
 
 from __future__ import annotations
@@ -64,6 +25,7 @@ from peftbench.running.redaction import redact
 SCHEMA_VERSION = 2
 """2: ``time.train_to_best_s`` (the paper's clock) replaces ``time.to_best_s``, evaluation has its own time
 fields; per-example outcomes; ``metrics.headline``. Readers accept 1."""
+SCHEMA_FILE = Path(__file__).resolve().parents[1] / "result.schema.json"
 RESULT_FILE = "result.json"
 STATUSES = ("ok", "failed", "diverged", "interrupted", "running")
 
@@ -133,6 +95,9 @@ def read_result(path: Path) -> dict[str, Any]:
         raise CorruptResult(f"{path}: missing field(s) {', '.join(missing)}")
     if payload["status"] not in STATUSES:
         raise CorruptResult(f"{path}: unknown status {payload['status']!r}")
+    if isinstance(payload.get("schema_version"), int) and payload["schema_version"] > SCHEMA_VERSION:
+        raise CorruptResult(f"{path}: schema_version {payload['schema_version']} is newer than this peftbench "
+                            f"reads (up to {SCHEMA_VERSION}): upgrade peftbench")
     return payload
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from peftbench.config import RunConfig, SweepConfig
 from peftbench.errors import UserError
 from peftbench.recipe import checkpoint
-from peftbench.running import distributed, results
+from peftbench.running import distributed, lr_search, results
 from peftbench.running.progress import progress_bar, sweep_title
 
 LOCK_FILE = ".lock"
@@ -128,8 +128,10 @@ def execute_run(run: RunConfig, results_dir: Path, *, progress: bool = True,
         results.atomic_write_json(results.result_path(results_dir, run_id),
                                   {**base, "status": "running", "error": None, "started_at": time.time()})
     try:
-        result = {**base, **run_cell(run, run_dir, progress=progress, stop_requested=stop_requested,
-                                     device_map=device_map)}
+        search = lr_search.choose(run, Path(results_dir)) if run.lr_search else None  # the factor to train
+        trained = lr_search.chosen_run(run, search) if search else run
+        result = {**base, **run_cell(trained, run_dir, progress=progress, stop_requested=stop_requested,
+                                     device_map=device_map), **({"lr_search": search} if search else {})}
     except Diverged as exc:
         result = {**base, "status": "diverged", "error": {"type": "Diverged", "message": str(exc), "step": exc.step}}
     except (Interrupted, KeyboardInterrupt) as exc:

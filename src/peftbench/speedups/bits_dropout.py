@@ -9,8 +9,8 @@ threshold of p and converted to the scaled mask: a Bernoulli(1 - p) keep mask wi
 (T5's 0.1 becomes 6,554 / 65,536 = 0.100006; FlashAttention's CUDA kernels resolve the keep probability
 to 1/255), the 1 / (1 - p) of that p as the scale, rounded to the input's dtype as torch rounds its own,
 reproducible from ``torch.manual_seed``, but another random stream than torch's: a run keeps its
-distribution, not its bit-for-bit masks. Drawing 16 bits rather than 32 made the mask of one 16 × 4 × 145
-× 145 attention map 1.34× faster and the tiny T5 step 1.08× (bench/RESULTS.md).
+distribution, not its bit-for-bit masks. Drawing 16 bits rather than 32 halves the random bits a mask
+costs (its gain: bench/RESULTS.md).
 
 The swap is ``torch.nn.functional.dropout`` itself (process-wide), for one training forward pass (``cpu_dropout``):
 ``nn.Dropout`` modules and transformers' attention functions look it up there at call time. Autograd

@@ -9,9 +9,8 @@ needs the rows: in each layer, ``concatenated_attention`` scatters the queries, 
 ``[rows, heads, width, dim]`` layout, computes ``eager_attention.grouped_attention`` there with the pass's causal
 and padding mask (and a shared prefix's keys and values, computed once for all rows), and gathers the
 real tokens' outputs back. Every real token gets the value it had in the padded pass, so the loss and
-the gradients are the same up to floating-point reordering (tests/test_concatenated_rows.py). On SmolLM2's 64-row
-CoLA LoRA step: 1.10× over the feed-forward-only unpadding (unpadded_feed_forward.py) it replaces, 1.04× on a 16-row
-SAMSum step, 1.02× on validation passes (bench/RESULTS.md).
+the gradients are the same up to floating-point reordering (tests/test_concatenated_rows.py). It replaces the
+feed-forward-only unpadding (unpadded_feed_forward.py) where it applies; its gain: bench/RESULTS.md.
 
 Applied where the pass would run ``eager_attention.GROUPED_QUERY_EAGER`` (CPU, a width where eager attention pays,
 the Llama family's attention), with at least ``MIN_PADDING_SHARE`` padding, to models that

@@ -2,14 +2,13 @@
 
 transformers runs attention through PyTorch's scaled-dot-product attention ("sdpa") by default, and on CPU
 SDPA picks its flash kernel, which is built for long sequences: on SmolLM2 LoRA training passes of up to
-~300 tokens its backward is the slow part (64 × 31 CoLA tokens: 2.84 s a step against 2.14 s). SDPA's
+~300 tokens its backward is the slow part. SDPA's
 other CPU kernel ("math") upcasts bf16 inputs to fp32 and runs both batched matmuls there. transformers'
 own "eager" attention, under bf16 autocast, runs the two matmuls in bf16 (fp32 accumulation) and the
-softmax in fp32, the way these models computed attention before SDPA: on the same step 1.09× faster
-than the math kernel, and on forward-only (validation) passes 1.05-1.16× faster than either SDPA kernel
-up to at least 554 tokens. Longer training passes keep flash, whose blocking pays off there (8 × 554
-SAMSum tokens: 11.8 s against 13.4 s eager), and so does decoding with the key/value cache (a one-token
-query: eager is slower). GPUs keep their defaults (the speed-up plan applies this on CPU only).
+softmax in fp32, the way these models computed attention before SDPA: faster than either SDPA kernel on
+short training passes and on forward-only (validation) passes of up to several hundred tokens. Longer
+training passes keep flash, whose blocking pays off there, and so does decoding with the key/value cache
+(a one-token query: eager is slower). The thresholds and the measurements behind them: bench/RESULTS.md. GPUs keep their defaults (the speed-up plan applies this on CPU only).
 
 The choice is ``config._attn_implementation`` of the model's modules (an encoder-decoder's stacks hold
 copies of the config), switched for the pass only; the backward uses whatever its forward ran (peftbench
@@ -20,9 +19,8 @@ For architectures with grouped-query attention whose eager attention is transfor
 ``eager_attention_forward`` of the Llama modeling file, copied unchanged into Mistral's, Qwen2's and
 Qwen3's), the pass runs ``grouped_query_eager`` instead, registered with transformers' ``AttentionInterface``:
 the same arithmetic, but each key/value head meets its group of query heads in one batched matmul rather
-than being copied once per query head (``repeat_kv``), whose backward sums the copies again. SmolLM2 (9
-query heads on 3 key/value heads): 1.02-1.06× on LoRA training steps, 0.99-1.04× on validation passes, the
-same loss (bench/RESULTS.md).
+than being copied once per query head (``repeat_kv``), whose backward sums the copies again; the loss is the
+same (SmolLM2: 9 query heads on 3 key/value heads; its gain: bench/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from contextlib import ExitStack, contextmanager, nullcontext
 import torch
 from torch import nn
 
-from peftbench.recipe.batching import IGNORE
+from peftbench.constants import IGNORE
 from peftbench.speedups.bits_dropout import cpu_dropout
 from peftbench.speedups.concatenated_rows import concatenates_rows, forward_concatenated
 from peftbench.speedups.eager_attention import pass_attention

@@ -4,15 +4,15 @@ glibc's malloc serves a large request (above a threshold that starts at 128 KiB 
 are freed, to at most 32 MiB) with a fresh ``mmap`` and returns it to the kernel when it is freed; it also
 gives the top of its heap back once more than twice that threshold is free there. A training step frees
 almost every activation it allocated, so the next step gets fresh pages and touches each one for the first
-time: a minor page fault per 4 KiB, which the kernel serves by zeroing the page. The tiny T5 cell's
-optimiser step (its attention maps are 16 × 4 × 145 × 145 fp32, 5.4 MB) took a median 11,336 such faults
-and 0.208 s; with memory kept, 66 faults and 0.180 s (1.16×). A SmolLM2 LoRA step's faults fell from
-19,002 to 614 without changing its time (0.99×): beside its matrix work they cost little.
+time: a minor page fault per 4 KiB, which the kernel serves by zeroing the page. That costs most where a
+step allocates many mid-sized tensors beside little matrix work (the tiny T5 cell's attention maps, 16 × 4
+× 145 × 145 fp32, 5.4 MB each); beside a larger model's matrix work the faults cost little. Faults and
+times before and after: bench/RESULTS.md.
 
 ``keep_freed_memory`` fixes both thresholds (``mallopt``): requests up to ``HEAP_MAX_REQUEST_BYTES`` come
 from the heap, and the heap is never trimmed below 2 GiB of free top. The process then keeps its peak
-heap for its lifetime, as jemalloc and tcmalloc configured for PyTorch do; peak RSS was 0-3 % higher
-(fragmentation) on the benchmark's cells. It is skipped where another allocator is preloaded, where the
+heap for its lifetime, as jemalloc and tcmalloc configured for PyTorch do, so its peak resident set can
+rise a little (fragmentation). It is skipped where another allocator is preloaded, where the
 user tuned glibc's malloc through the environment, and off glibc (macOS, musl). The switch is
 ``speedups.keep_freed_memory``; it is process-wide, so a process that kept freed memory for one run keeps
 it for the next.

@@ -5,13 +5,12 @@ weight the layout never changes, so ``pack_frozen_linears`` makes it once: each 
 keeps a blocked copy of W [out, in] for the forward (x Wᵀ) and one of Wᵀ for the gradient of its input
 (g W), and multiplies through ``torch.ops.mkldnn._linear_pointwise``, the prepacked linear that inductor
 uses for frozen CPU graphs. The products are the same, bit for bit, as ``F.linear`` under bf16 autocast
-(tests/test_onednn_weights.py). Measured on the SmolLM2 LoRA step of 64 CoLA rows: its large GEMMs 7-12 % faster
-under the profiler, but the step within noise (1.03× over 20 paired steps, quartiles 0.95-1.11; 0.97×
-in separate processes); validation and decoding passes 1.01-1.05×.
+(tests/test_onednn_weights.py). The large GEMMs gain; a whole step gains less, since the GEMMs are only
+part of it (measured: bench/RESULTS.md).
 
-The costs: making the copies (0.56 s for SmolLM2's 211 frozen linears, once per run), and memory, two
-blocked copies per frozen weight (SmolLM2 LoRA on CoLA: peak RSS 2.66 → 3.09 GB); nothing
-is packed where they would take more than a quarter of the memory available.
+The costs: making the copies (once per run), and memory, two blocked copies per frozen weight, which raise
+the peak resident set; nothing is packed where they would take more than a quarter of the memory
+available.
 The plain weight stays the module's parameter, so state dicts, adapter saving and merging see nothing
 new; the copies are rebuilt when the weight is replaced or changed in place, and a deep copy or pickle
 of the model carries none. The switch is ``speedups.onednn_blocked_weights``.
@@ -25,7 +24,7 @@ from torch import nn
 
 MIN_PACKED_ELEMENTS = 128 * 128
 """Smallest weight (in × out) worth packing: below it the call's fixed cost is most of a product, and the
-blocked path is no faster (64 × 64: 0.7× at 16 rows; the tiny T5 cell's d_model 32 step: 0.90×)."""
+blocked path is no faster (bench/RESULTS.md)."""
 MAX_SHARE_OF_AVAILABLE_MEMORY = 0.25
 """Largest share of the memory available at packing time that the blocked copies may take."""
 

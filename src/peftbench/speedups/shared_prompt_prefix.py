@@ -5,8 +5,8 @@ grammatically acceptable or unacceptable?\\nSentence:" is 14 of SmolLM2's ~30 to
 causal model a position attends only to earlier ones, so the hidden states (and the keys and values) of a
 prefix common to all rows do not depend on the rest of the row: computing them for one row and repeating
 its key/value cache across the batch gives the same function, the same loss, and (through the repeat,
-whose backward sums over rows) the same gradients, up to floating-point reordering. On a 64 × 31 CoLA
-pass of SmolLM2 LoRA it cuts the forward/backward time by a third (bench/RESULTS.md).
+whose backward sums over rows) the same gradients, up to floating-point reordering. The work saved is the
+prefix's share of each row (its gain: bench/RESULTS.md).
 
 Not applied where it would change the computation: encoder-decoder models (the encoder attends both ways),
 prompt-learning methods (PEFT prepends the virtual tokens itself), training with dropout (the rows would
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from peftbench.recipe.batching import IGNORE
+from peftbench.constants import IGNORE
 
 MIN_SHARED_TOKENS = 8
 """The shortest common prefix worth a separate pass (the pass's fixed cost is a few ms per layer)."""

@@ -7,8 +7,8 @@ three quarters of its linear FLOPs) maps each token's hidden state alone. Gather
 one (tokens, features) matrix, running the network there and scattering its output back gives every real
 token the value it had; padded positions get zeros, which no real token reads (attention masks padded
 keys, and the loss and the LM head skip them). So the loss and the gradients are the same, up to
-floating-point reordering. On that step: 1.15× (bench/RESULTS.md). The attention projections are left
-padded: their gathers cost about what they save (in a probe, 1.09× with them against 1.12× without).
+floating-point reordering (its gain: bench/RESULTS.md). The attention projections are left padded: their
+gathers cost about what they save.
 
 Applied to CPU passes with at least ``MIN_PADDING_SHARE`` padding, for architectures whose role map names
 the feed-forward module (methods/roles.py), where ``concatenated_rows`` does not run the whole pass as one

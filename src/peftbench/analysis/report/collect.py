@@ -19,6 +19,7 @@ from typing import Any
 from peftbench.analysis.stats import mean_ci, t_quantile_975  # noqa: F401 - re-exported
 from peftbench.catalog.ablations import ABLATIONS
 from peftbench.catalog.methods import TUNED_LR, method_family, method_label, method_order
+from peftbench.constants import SCALES
 from peftbench.errors import UserError
 from peftbench.running.results import is_stale, iter_results
 
@@ -28,7 +29,7 @@ TASK_ORDER = ("ag_news", "cola", "e2e_nlg", "samsum", "synthetic_classification"
 SCALE_ORDER = ("low", "medium", "high")
 ABLATION_ORDER = tuple(ABLATIONS.names())  # the registry's order is Table 2's
 # Nominal training-set sizes of the named scales (§3.1), used to find "the closest scale".
-SCALE_EXAMPLES = {"low": 100, "medium": 1000, "high": 10000}
+SCALE_EXAMPLES = {name: cap for name, (cap, _) in SCALES.items()}
 
 @dataclass(frozen=True)
 class Stat:

@@ -18,72 +18,26 @@ A set with fewer than two numeric sizes for a (model, task) writes neither.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from matplotlib.ticker import NullFormatter
 
+from peftbench.analysis import paired
 from peftbench.analysis.report import collect as c
 from peftbench.analysis.report import figures as f
 from peftbench.analysis.report import tables as t
 from peftbench.analysis.report.collect import Collection, Stat
 from peftbench.analysis.report.forgetting import forgetting
 
-ALPHA = 0.05
+ALPHA = paired.ALPHA
 """Family-wise error rate of one method pair's comparisons over the sizes (Holm)."""
 TABLE_NUMBER = 11
 
 
 PANELS = (("score", c.score, 1.0), ("time to convergence (s, time.train_to_best_s)", c.train_to_best_seconds, 1.0),
           ("peak memory (GiB)", c.peak_bytes, 1 / 2**30), ("forgetting (nats per token)", forgetting, 1.0))
-
-
-# ---- the paired comparison ----------------------------------------------------------------------------
-
-
-def paired_t(differences: Sequence[float]) -> tuple[float, float | None]:
-    """The paired t test over per-seed differences (a − b for each seed both ran): (mean difference, two-sided
-    p-value); p is None with fewer than two pairs. Equal differences give p 0 (all ≠ 0) or 1 (all 0)."""
-    n = len(differences)
-    mean = sum(differences) / n if n else math.nan
-    if n < 2:
-        return mean, None
-    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
-    if sd == 0:
-        return mean, 0.0 if mean != 0 else 1.0
-    return mean, _t_two_sided_p(abs(mean) / (sd / math.sqrt(n)), n - 1)
-
-
-def _t_two_sided_p(t_value: float, df: int) -> float:
-    """P(|T| ≥ t) for Student's t with integer ``df`` (Abramowitz & Stegun 26.7.3-4, exact)."""
-    theta = math.atan(t_value / math.sqrt(df))
-    cos2 = math.cos(theta) ** 2
-    if df % 2:  # odd: 2/π (θ + sinθ cosθ (1 + 2/3 cos² + 2·4/(3·5) cos⁴ + ...)), ν − 3 powers
-        term, series = 1.0, 1.0 if df > 1 else 0.0
-        for k in range(1, (df - 1) // 2):
-            term *= cos2 * (2 * k) / (2 * k + 1)
-            series += term
-        inside = 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * series)
-    else:  # even: sinθ (1 + 1/2 cos² + 1·3/(2·4) cos⁴ + ...), ν − 2 powers
-        term, series = 1.0, 1.0
-        for k in range(1, df // 2):
-            term *= cos2 * (2 * k - 1) / (2 * k)
-            series += term
-        inside = math.sin(theta) * series
-    return min(1.0, max(0.0, 1.0 - inside))
-
-
-def holm(p_values: Sequence[float | None]) -> list[float | None]:
-    """Holm's step-down adjusted p-values (None stays None and is not counted among the tests)."""
-    tested = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
-    adjusted: list[float | None] = [None] * len(p_values)
-    running = 0.0
-    for rank, (p, i) in enumerate(tested):
-        running = max(running, min(1.0, (len(tested) - rank) * p))
-        adjusted[i] = running
-    return adjusted
 
 
 # ---- curves and crossovers ------------------------------------------------------------------------------
@@ -184,6 +138,10 @@ def curves(coll: Collection) -> dict[tuple[str, str], dict[int | None, dict[str,
     return found
 
 
+def _or_none(p: float) -> float | None:
+    return None if math.isnan(p) else p
+
+
 def _sizes(methods: dict[str, dict[int, list[dict]]]) -> set[int]:
     return {s for sizes in methods.values() for s in sizes}
 
@@ -207,11 +165,12 @@ def _crossover(coll: Collection, model: str, task: str, cap: int | None, full: d
         by_seed = {r.get("seed"): c.score(r) for r in full[size]}
         diffs = [s - by_seed[r.get("seed")] for r in peft[size]
                  if (s := c.score(r)) is not None and by_seed.get(r.get("seed")) is not None]
-        if diffs:
-            mean, p = paired_t(diffs)
-            rows.append((size, len(diffs), mean, p))
-    adjusted = holm([p for *_, p in rows])
-    comparisons = [SizeComparison(size, n, mean, p, q) for (size, n, mean, p), q in zip(rows, adjusted, strict=True)]
+        if diffs:  # the claims' paired t over per-seed differences (sd 0: its exact sign-flip test)
+            test = paired.paired_t(diffs)
+            rows.append((size, len(diffs), test.estimate, test.p))
+    adjusted = paired.holm([p for *_, p in rows])
+    comparisons = [SizeComparison(size, n, mean, _or_none(p), _or_none(q))
+                   for (size, n, mean, p), q in zip(rows, adjusted, strict=True)]
     return Crossover(model, task, coll.task_info(task).get("type"), method, cap, comparisons)
 
 

@@ -16,6 +16,7 @@ import peft
 from torch import nn
 
 from peftbench.catalog.methods.roles import select_modules
+from peftbench.constants import TASK_TYPES
 from peftbench.errors import UserError, did_you_mean
 from peftbench.registry import Registry
 
@@ -34,7 +35,6 @@ ADAPTER_LR = LRSchedule(3e-4, 3e-3, 3e-4)
 PROMPT_LR = LRSchedule(3e-3, 3e-1, 3e-2)
 
 
-TASK_TYPES = ("classification", "generation")
 FAMILIES = ("full", "adapter", "prompt", "reference")
 """What a method trains: every weight, modules added to the layers, virtual tokens before the input, or nothing
 (a reference row: majority, zero_shot, in_context, run by ``reference_rows.py`` beside the methods so that their
@@ -171,11 +171,6 @@ def _generic_peft(name: str, peft_type: peft.PeftType) -> MethodSpec:
 
     return MethodSpec(name, f"PEFT {config_cls.__name__}", PROMPT_LR if prompt_like else ADAPTER_LR, build,
                       selectable=not prompt_like, family="prompt" if prompt_like else "adapter")
-
-
-def applies_to(method: str, task_type: str) -> bool:
-    """Whether ``method`` (registered or any PEFT method) can run on a task of ``task_type``."""
-    return method not in METHODS or task_type in METHODS.get(method).task_types
 
 
 def apply_method(model: nn.Module, family: str, method: str, options: dict[str, Any] | None = None, *,

@@ -18,6 +18,7 @@ from typing import Any
 
 from peftbench.catalog.methods import METHODS, MethodContext, MethodSpec
 from peftbench.config import from_dict
+from peftbench.constants import TASK_TYPES
 from peftbench.errors import UserError
 
 
@@ -54,7 +55,7 @@ def _nothing_to_apply(ctx: MethodContext) -> None:
 
 
 def _register(name: str, label: str, order: int, description: str,
-              task_types: tuple[str, ...] = ("classification", "generation")) -> None:
+              task_types: tuple[str, ...] = TASK_TYPES) -> None:
     METHODS.register(name, MethodSpec(name, description, None, _nothing_to_apply, selectable=False, label=label,
                                       order=order, family="reference", task_types=task_types))
 

@@ -12,8 +12,9 @@ from typing import Any
 
 import yaml
 
-from peftbench.catalog.metrics import CLASSIFICATION_METRICS, METRICS, TASK_TYPES
+from peftbench.catalog.metrics import CLASSIFICATION_METRICS, METRICS
 from peftbench.config import from_dict
+from peftbench.constants import TASK_TYPES
 from peftbench.errors import UserError, unknown
 from peftbench.registry import Registry
 

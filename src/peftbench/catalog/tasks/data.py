@@ -17,10 +17,8 @@ from typing import Any
 
 from peftbench.catalog.tasks import SPLITS, TaskSpec, get_task
 from peftbench.catalog.tasks.synthetic import GENERATORS
+from peftbench.constants import SCALES
 from peftbench.errors import UserError
-
-# Paper §3.1: at most 100 / 1,000 / 10,000 training examples, at most 10 / 5 / 1 epochs.
-SCALES: dict[str, tuple[int, int]] = {"low": (100, 10), "medium": (1000, 5), "high": (10000, 1)}
 
 
 def scale_cap_and_epochs(scale: str | int) -> tuple[int, int]:

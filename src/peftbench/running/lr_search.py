@@ -1,4 +1,5 @@
-"""The learning-rate search: which of a run's candidate learning rates it trains and tests.
+"""The learning-rate search: which of a run's candidate learning rates it trains and tests (``sweep.execute_run``
+asks before it runs the recipe).
 
 The paper uses one fixed learning-rate triple per method family (§A.3), tuned for FLAN-T5. Whether a method
 loses because it is worse or because its learning rate does not suit the model cannot be told from one
@@ -16,6 +17,7 @@ keep none): the training is the same computation, and the cost is one more train
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,11 @@ from peftbench.errors import UserError
 from peftbench.running import results
 
 CRITERION = "lowest best validation loss (mean cross-entropy per target token)"
+
+
+def chosen_run(run: RunConfig, search: dict[str, Any]) -> RunConfig:
+    """What the run trains and tests: its config with the chosen factor (and no search left to do)."""
+    return replace(run, lr_search=None, train=replace(run.train, lr_scale=search["chosen"]))
 
 
 def choose(run: RunConfig, results_dir: Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The before/after pairs of bench/levers.py: each case maps "what is timed" to {"before": f, "after": f}.
+"""The before/after pairs of bench/levers/levers.py: each case maps "what is timed" to {"before": f, "after": f}.
 
 Also the child processes of the OpenMP case: ``--omp-child`` (times a training step and a decode) and
 ``--hog`` (a competing 2-thread torch loop, like another user's job on a shared machine).

@@ -1,6 +1,6 @@
 """Each performance lever of peftbench measured before and after, in one process, interleaved.
 
-    python bench/levers.py --data-dir ../shared/data [--levers all|name,name] [--repeats 5]
+    python bench/levers/levers.py --data-dir ../shared/data [--levers all|name,name] [--repeats 5]
 
 Every lever is timed as "before" and "after" on the same inputs, alternating the two repeatedly in this
 process, so a change in the machine's load hits both; the medians and their ratio are printed and written
@@ -8,6 +8,10 @@ to ``bench/results/levers-<time>.{json,md}``. SmolLM2-135M LoRA (full tuning whe
 and SAMSum rows of ``load_task_data``; bf16 autocast as the runs use it. ``omp_spin`` runs child processes
 (libgomp reads its settings when it loads) beside a competing 2-thread process, as a shared machine has;
 ``keep_freed_memory`` runs child processes too (glibc's malloc settings hold for a process's life).
+
+The cases live here, not in ``peftbench.speedups``: each drives the recipe's data, model, method and loss
+around one lever, so inside the package they would import the recipe from the layer beside it, and they
+ship to no user.
 """
 
 from __future__ import annotations
@@ -100,7 +104,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--levers", default="all", help=f"comma-separated, or all: {', '.join(CASES)}, omp_spin, keep_freed_memory")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out-dir", default=str(HERE / "results"))
+    parser.add_argument("--out-dir", default=str(HERE.parent / "results"))
     args = parser.parse_args(argv)
     names = [*CASES, "omp_spin", "keep_freed_memory"] if args.levers == "all" else args.levers.split(",")
     setup = Setup(str(Path(args.data_dir).resolve()))

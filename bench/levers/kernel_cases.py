@@ -1,4 +1,4 @@
-"""Before/after pairs of bench/levers.py for the CPU kernel levers: which attention runs a pass, passes over
+"""Before/after pairs of bench/levers/levers.py for the CPU kernel levers: which attention runs a pass, passes over
 real tokens only (concatenated rows, or the feed-forward networks alone), and dropout masks from random
 bits (same format as lever_cases.py); and the child process of its keep_freed_memory case
 (``--allocator-child DATA_DIR STEP keep|default``).

@@ -1,0 +1,45 @@
+"""The command line keeps every command: one whose module fails to import says which import failed."""
+
+from __future__ import annotations
+
+import pytest
+
+from peftbench import cli
+
+pytestmark = pytest.mark.unit
+
+
+def test_a_command_whose_module_fails_to_import_names_the_failed_import(monkeypatch, capsys):
+    monkeypatch.setitem(cli.COMMAND_MODULES, "peftbench.no_such_module", ("ghost",))
+    assert cli.main(["ghost", "anything", "--flag"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("peftbench: error: `peftbench ghost` is unavailable: importing peftbench.no_such_module failed: "
+                   "No module named 'peftbench.no_such_module' (reinstall peftbench: pip install -e .)")
+
+
+def test_every_command_module_imports_and_adds_its_commands():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for module, commands in cli.COMMAND_MODULES.items():
+        for command in commands:
+            assert command in sub.choices, f"{module} did not add {command}"
+            assert "unavailable" not in (sub.choices[command].description or ""), command
+    assert all(not (h.help or "").startswith("unavailable") for h in sub._choices_actions)
+
+
+def test_importing_peftbench_leaves_the_environment_and_the_command_caps_openmp_spinning():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, os, peftbench, peftbench.cli; before = os.environ.get('GOMP_SPINCOUNT'); "
+            "peftbench.cli.main(['list', 'suites']); print(json.dumps([before, os.environ.get('GOMP_SPINCOUNT')]))")
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         check=True).stdout.splitlines()[-1]
+    assert json.loads(out) == [None, "10000"]
+    env["GOMP_SPINCOUNT"] = "5"  # a user's own setting is left alone
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         check=True).stdout.splitlines()[-1]
+    assert json.loads(out) == ["5", "5"]
