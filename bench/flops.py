@@ -13,7 +13,10 @@ The FLOPs counted are those a target-token loss *needs*, the same formula for bo
   key/value projections, which run over the encoder's output for every decoder layer.
 
 Embedding lookups, norms and activations are not counted (they are not FLOPs-bound). The result is a
-lower bound on the work done, so MFU is never flattered.
+lower bound on the work done, so MFU is never flattered. A run's recorded ``throughput.mfu``
+(src/peftbench/recipe/peak.py) counts per token the same linears, by the same rule (``linear_train_flops``),
+without the head and the attention scores, against the peak measured at the model's own shapes
+(bench/gemm_peak.py prints it); ``gemm_peak`` here is the square-matrix peak.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from peftbench.recipe.peak import linear_train_flops
 
 _CROSS_KV = ("EncDecAttention.k", "EncDecAttention.v", "encoder_attn.k_proj", "encoder_attn.v_proj")
 
@@ -45,14 +50,6 @@ class LinearCosts:
     decoder_layers: int = 0
 
 
-def _train_flops(linear: nn.Linear, any_trainable: bool) -> float:
-    """Forward, input-gradient and (when the weight trains) weight-gradient FLOPs per row of input."""
-    per_pass = 2.0 * linear.in_features * linear.out_features
-    grad_input = per_pass if any_trainable else 0.0
-    grad_weight = per_pass if linear.weight.requires_grad else 0.0
-    return per_pass + grad_input + grad_weight
-
-
 def linear_costs(model: nn.Module) -> LinearCosts:
     config = model.config
     inner = getattr(model, "get_base_model", lambda: model)()
@@ -62,7 +59,7 @@ def linear_costs(model: nn.Module) -> LinearCosts:
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear):
             continue
-        flops = _train_flops(module, any_trainable)
+        flops = linear_train_flops(module, any_trainable)
         if module is head:
             costs.head += flops
         elif any(part in name for part in _CROSS_KV):

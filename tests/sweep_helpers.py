@@ -88,8 +88,8 @@ def run_child(overrides: list[str], point: KillPoint | None = None) -> None:
 
 
 # Fields that legitimately differ between two runs of the same config: clocks, memory, where it ran.
-VOLATILE = ("time", "throughput.train_tokens_per_s", "memory", "versions", "hardware", "resumed_from_epoch",
-            "resumed_from_step", "adapter.path")
+VOLATILE = ("time", "throughput.train_tokens_per_s", "throughput.mfu", "memory", "versions", "hardware",
+            "resumed_from_epoch", "resumed_from_step", "adapter.path")
 
 
 def comparable(result: dict[str, Any]) -> dict[str, Any]:

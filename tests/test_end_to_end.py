@@ -45,6 +45,10 @@ def test_one_cell_writes_a_complete_result(tmp_path, capsys, model):
     # Forgetting: a number, or (offline without the general text, as in these tests) null with the reason.
     assert (result["metrics"]["forgetting"] is None) == (result["forgetting"]["reason"] is not None)
     assert result["throughput"]["train_tokens_per_s"] > 0
+    # the matrix-product peak where it ran (recipe/peak.py); seq2seq tokens have no one FLOPs count: no MFU
+    assert result["hardware"]["instruction_set"] and result["hardware"]["peak"]["gflops"]["bf16"] > 0
+    mfu = result["throughput"]["mfu"]
+    assert mfu is None if model == "t5-tiny-random" else 0 < mfu < 1
     memory = result["memory"]
     assert memory["kind"] == "process_peak_rss" and memory["scope"] == "run_process"  # a worker of its own
     assert memory["peak_bytes"] >= memory["after_load_bytes"] > 0

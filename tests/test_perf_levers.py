@@ -134,7 +134,9 @@ def _attention_choices(model) -> set[str]:
     return {m.config._attn_implementation for m in model.modules() if hasattr(m, "config")}
 
 
-def test_pass_attention_runs_eager_for_short_passes_only():  # CPU only: tests/test_speedups.py
+def test_pass_attention_runs_eager_for_short_passes_only(monkeypatch):  # CPU only: tests/test_speedups.py
+    # the limits of a CPU without AMX (with AMX, forward-only passes keep flash sooner: tests/test_peak.py)
+    monkeypatch.setattr("peftbench.speedups.eager_attention._this_cpu", lambda: "avx512-bf16")
     model, _, _ = _setup("lora")
     assert _attention_choices(model) == {"sdpa"}
     with pass_attention(model, EAGER_TRAINING_MAX_TOKENS, training=True):

@@ -39,7 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from peftbench.recipe.preflight import check_sweep
     from peftbench.running.distributed import check_launch, is_main_process
     from peftbench.running.progress import sweep_title
-    from peftbench.running.summary import results_table
+    from peftbench.running.summary import failure_lines, results_table
     from peftbench.running.sweep import run_sweep
 
     config, overrides = args.config, list(args.overrides)
@@ -69,23 +69,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         outcome = run_sweep(sweep, progress=not args.quiet)
     say(redact(results_table(runs, sweep.results_dir)))
-    for run_id in outcome.failed:  # why each run is not ok, one line each (the result file has the rest)
-        say(redact(_failure_line(sweep.results_dir, run_id)), file=sys.stderr)
+    for line in failure_lines(outcome, sweep.results_dir):  # why each run is not ok, one line each
+        say(redact(line), file=sys.stderr)
     say(redact(f"\n{len(outcome.ran)} ran, {len(outcome.skipped)} already done, {len(outcome.failed)} not ok, "
                f"{len(outcome.locked)} held by another process; results in {sweep.results_dir}"), file=sys.stderr)
-    return 1 if outcome.failed else 0
-
-
-def _failure_line(results_dir: Path, run_id: str) -> str:
-    from peftbench.running.results import CorruptResult, read_result, result_path
-
-    try:
-        result = read_result(result_path(results_dir, run_id))
-    except CorruptResult as exc:
-        return f"peftbench: {run_id}: {exc}"
-    error = result.get("error") or {}
-    message = (str(error.get("message") or "").splitlines() or [""])[0]
-    return f"peftbench: {result['status']}: {run_id}: {error.get('type', '?')}: {message}"
+    if outcome.stopped:  # the results folder took no writes at all
+        say(redact(f"peftbench: error: {outcome.stopped}"), file=sys.stderr)
+    return 1 if outcome.failed or outcome.stopped else 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -41,7 +41,26 @@ def edit_distance(a: str, b: str) -> int:
     return rows[-1][-1]
 
 
+MAX_CHOICES = 10
+"""An error line lists at most this many valid choices: the ones closest to the bad value."""
+LIST_COMMANDS = {"method": "methods", "task": "tasks", "model": "models", "ablation": "ablations", "suite": "suites"}
+"""What ``peftbench list WHAT`` lists, by the kind of name ``unknown`` was given."""
+
+
+def choices_text(name: str, choices: Iterable[str], rest: str | None = None) -> str:
+    """'valid: a, b, c'; of more than ``MAX_CHOICES``, the closest to ``name`` (by difflib, shown sorted) and
+    where to find all of them (``rest``, e.g. "peftbench list methods"), so the line stays short."""
+    choices = sorted({str(c) for c in choices})
+    if len(choices) <= MAX_CHOICES:
+        return f"valid: {', '.join(choices)}"
+    closest = sorted(choices, key=lambda c: (-difflib.SequenceMatcher(None, str(name), c).ratio(), c))
+    where = f": {rest}" if rest else ""
+    return f"valid: {', '.join(sorted(closest[:MAX_CHOICES]))}, … ({len(choices)} in all{where})"
+
+
 def unknown(kind: str, name: str, choices: Iterable[str]) -> UserError:
-    """The error for a failed lookup: names the bad value, the closest match and every valid choice."""
-    choices = sorted(str(c) for c in choices)
-    return UserError(f"unknown {kind} {name!r}{did_you_mean(name, choices)}; valid: {', '.join(choices)}")
+    """The error for a failed lookup: names the bad value, the closest match and a few valid choices (all of
+    them where they are few; else where to list them)."""
+    choices = [str(c) for c in choices]
+    rest = f"peftbench list {LIST_COMMANDS[kind]}" if kind in LIST_COMMANDS else None
+    return UserError(f"unknown {kind} {name!r}{did_you_mean(name, choices)}; {choices_text(name, choices, rest)}")

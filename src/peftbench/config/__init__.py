@@ -26,7 +26,7 @@ from peftbench.config.sections import (
     SpeedupsConfig,
     TrainConfig,
 )
-from peftbench.errors import UserError, did_you_mean, unknown
+from peftbench.errors import UserError, choices_text, did_you_mean, unknown
 
 __all__ = ["SPEEDUP_SETTINGS", "ForgettingConfig", "RunConfig", "Scale", "ServeConfig", "SpeedupsConfig",
            "SweepConfig", "TrainConfig", "canonical_model", "from_dict", "load_sweep", "parse_override"]
@@ -97,12 +97,13 @@ class RunConfig:
           ``data_dir`` give the same id; other files give another.
         - Every setting that differs from ``ID_DEFAULTS``, the value it had when the setting was introduced.
           A setting added with a default therefore leaves every id as it was, while changing a default
-          changes the ids of the runs it changes (they are not done). ``trackers`` and ``serve`` change what
-          is recorded, not what is computed, and are left out.
+          changes the ids of the runs it changes (they are not done). ``trackers``, ``serve`` and
+          ``train.measure_peak`` change what is recorded, not what is computed, and are left out.
         """
         from peftbench.catalog.tasks.data import data_identity  # the data's content, read once per process
 
         settings = _flatten({k: v for k, v in self.to_dict().items() if k not in _ID_COORDINATES})
+        settings.pop("train.measure_peak")  # in ID_DEFAULTS like every setting, but recorded, not computed
         unknown_settings = sorted(set(settings) - set(ID_DEFAULTS))
         if unknown_settings:
             raise RuntimeError(f"config setting(s) {', '.join(unknown_settings)} are not in config.ID_DEFAULTS: "
@@ -129,6 +130,7 @@ ID_DEFAULTS: dict[str, Any] = {
     "train.group_by_length": True, "train.save_adapter": True, "train.checkpoint_every_epoch": True,
     "train.checkpoint_interval_s": 60.0, "train.num_threads": None, "train.max_oom_retries": 4,
     "train.test_examples": None, "train.lr_scale": 1.0, "train.run_test": True, "lr_search": None,
+    "train.measure_peak": None,
     "speedups.keep_freed_memory": True, "speedups.fused_adamw": True, "speedups.fused_passes": True,
     "speedups.frozen_weights_bf16": True, "speedups.onednn_blocked_weights": True,
     "speedups.lm_head_on_targets": True, "speedups.shared_prompt_prefix": True, "speedups.eager_attention": True,
@@ -187,6 +189,10 @@ class SweepConfig:
     crash (out of memory, a signal) are its own. false runs them in this process, one after another (a
     debugger; models, tasks or methods registered at run time, which a new process would not know); every
     run's peak memory is then the process's highest so far. A multi-process launch always runs in-process."""
+    worker_timeout_s: float | None = 1800.0
+    """isolate_runs: a worker that sends no heartbeat (one once its imports are done, so loading the model
+    must fit too; then one per optimiser step and per evaluation batch) for this many seconds is taken for
+    hung: stopped, its checkpoint kept, its run interrupted, and the sweep goes on. null: never."""
     retry_failed: bool = False
     device_map: str | None = None
     """Model parallelism for models too big for one GPU: "auto" splits each run's model over all visible GPUs
@@ -238,6 +244,8 @@ class SweepConfig:
         if self.ray_num_cpus_per_run < 0 or (self.ray_num_gpus_per_run or 0) < 0 or self.max_retries < -1:
             raise UserError("ray_num_cpus_per_run and ray_num_gpus_per_run must be at least 0, "
                             "max_retries at least -1")
+        if self.worker_timeout_s is not None and self.worker_timeout_s <= 0:
+            raise UserError(f"worker_timeout_s must be positive or null, got {self.worker_timeout_s}")
         self._validate_method_ablations()
         if self.lr_search is not None and (not self.lr_search or any(not f > 0 for f in self.lr_search)):
             raise UserError(f"lr_search must be a list of factors above 0, got {self.lr_search}")
@@ -428,7 +436,8 @@ def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in hints:
-            raise UserError(f"{where}: unknown key {key!r}{did_you_mean(key, names)}; valid: {', '.join(names)}")
+            raise UserError(f"{where}: unknown key {key!r}{did_you_mean(key, names)}; "
+                            f"{choices_text(key, names, f'pydoc {cls.__module__}.{cls.__name__}')}")
         kwargs[key] = _coerce(hints[key], value, f"{where}: {key}")
     return cls(**kwargs)
 

@@ -76,6 +76,10 @@ class TrainConfig:
     0: at every epoch end."""
     num_threads: int | None = None
     """torch intra-op threads on CPU; None leaves torch's default."""
+    measure_peak: bool | None = None
+    """Record the machine's matrix-product peak at the model's shapes (``hardware.peak``) and the run's share of
+    it (``throughput.mfu``), measured after training in a few seconds and cached per machine and model
+    (recipe/peak.py). None: on in single-process runs, off when several processes train together."""
     max_oom_retries: int = 4
     """CUDA out-of-memory errors a run survives: each halves the micro-batch and doubles the accumulation
     (the effective batch, batch_size × grad_accum, is unchanged); 0 fails at the first. Never used on CPU."""

@@ -10,6 +10,7 @@ Nothing they create is kept for training.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 import torch
@@ -23,6 +24,15 @@ from peftbench.outcomes import example_id
 from peftbench.recipe.batching import FUSE_MAX_TOKENS, Encoded, collate, collate_prompts, fuse_batches
 from peftbench.recipe.loss import target_token_losses
 from peftbench.speedups import SpeedupPlan
+
+BATCH_HOOKS: list[Callable[[], object]] = []
+"""Called after every evaluation batch: a sweep's worker process sends its heartbeat here (isolation.py), so
+a long evaluation is never taken for a hang."""
+
+
+def batch_done() -> None:
+    for hook in BATCH_HOOKS:
+        hook()
 
 
 def score(task: TaskSpec, predictions: list[str], examples: list[Example]) -> float:
@@ -70,6 +80,7 @@ def validation_loss(model, items: list[Encoded], family: str, pad_id: int, batch
             losses, _ = target_token_losses(model, collate([items[i] for i in rows], family, pad_id), speedups)
         total += losses.double().sum().cpu()
         count += losses.numel()
+        batch_done()
     return float(total / max(count, 1))
 
 
@@ -111,6 +122,7 @@ def generate(model, items: list[Encoded], tokenizer, family: str, max_new_tokens
         texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
         for index, text in zip(indices, texts, strict=True):
             outputs[index] = text.strip().split("\n")[0].strip() if family == "causal" else text.strip()
+        batch_done()
     return [outputs[i] for i in range(len(items))]
 
 
@@ -126,4 +138,5 @@ def classify(model, items: list[Encoded], pad_id: int, batch_size: int, device: 
         with autocast:
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
         predictions += [model.config.id2label[i] for i in logits.argmax(dim=-1).tolist()]
+        batch_done()
     return predictions

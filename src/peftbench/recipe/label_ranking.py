@@ -27,7 +27,7 @@ import torch
 from peftbench.catalog.tasks import TaskSpec
 from peftbench.catalog.tasks.data import Example
 from peftbench.recipe.batching import Encoded, collate, collate_prompts, encode
-from peftbench.recipe.evaluate import validation_batches
+from peftbench.recipe.evaluate import batch_done, validation_batches
 from peftbench.recipe.loss import target_token_losses
 from peftbench.speedups import SpeedupPlan
 
@@ -42,6 +42,7 @@ def target_log_likelihoods(model, items: list[Encoded], family: str, pad_id: int
         with autocast:
             losses, owners = target_token_losses(model, collate([items[i] for i in rows], family, pad_id), speedups)
         totals.index_add_(0, torch.tensor(rows)[owners.cpu()], -losses.double().cpu())
+        batch_done()
     return totals
 
 
@@ -91,6 +92,7 @@ def shared_prompt_scores(model, candidates: list[list[Encoded]], family: str, pa
         with autocast:
             scores = (_causal_scores if family == "causal" else _seq2seq_scores)(model, batch, targets, pad_id)
         totals[rows] = scores.double().cpu()
+        batch_done()
     return totals
 
 

@@ -33,7 +33,7 @@ from peftbench.catalog.tasks import TaskSpec, get_task
 from peftbench.catalog.tasks.data import TaskData, load_task_data, scale_cap_and_epochs
 from peftbench.config import RunConfig, TrainConfig
 from peftbench.outcomes import write_outcomes
-from peftbench.recipe import checkpoint, forgetting, memory, run_state, serving, steps
+from peftbench.recipe import checkpoint, forgetting, memory, peak, run_state, serving, steps
 from peftbench.recipe.batching import Encoded, length_grouped_batches, source_token_limit
 from peftbench.recipe.datacache import encode_cached
 from peftbench.recipe.evaluate import score, score_test
@@ -219,12 +219,20 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     times = {"train_s": state.train_seconds, "train_to_best_s": state.to_best_s,
              "val_metric_s": state.val_metric_seconds, "eval_s": tested.eval_s, "rank_eval_s": tested.rank_eval_s,
              "load_s": cell.load_s, "total_s": time.perf_counter() - started - cell.load_s}
+    measure = cfg.measure_peak
+    if measure is None:
+        measure = peak.measures_by_default(distributed.launched_world_size())
+    peak_record, mfu = peak.run_peak(measure, model, cell.loaded.model.config, cell.loaded.family, accelerator.device,
+                                     accelerator.mixed_precision, state.train_tokens, state.step * cfg.grad_accum,
+                                     state.train_seconds)  # after the times are taken: no part of the run's time
     optimizer_info = {"name": "AdamW", "lr_initial": schedule.lr.initial, "lr_peak": schedule.lr.peak,
                       "lr_final": schedule.lr.final, "total_steps": schedule.total_steps,
                       "warmup_steps": schedule.warmup_steps, "steps_done": state.step,
                       "precision": accelerator.mixed_precision}
-    return forgetting.record({**_result(run, cell, state, tested), "optimizer": optimizer_info, "time": times,
-            "hardware": {**environment.hardware(accelerator.device), "device_map": device_map},
+    recorded = _result(run, cell, state, tested)
+    recorded["throughput"]["mfu"] = mfu
+    return forgetting.record({**recorded, "optimizer": optimizer_info, "time": times,
+            "hardware": {**environment.hardware(accelerator.device), "device_map": device_map, "peak": peak_record},
             "memory": memory.run_memory(accelerator.device, after_load_bytes, cell.trainable, optimizer,
                                         adapter["bytes"]),
             "adapter": adapter, "outcomes": outcomes, "resumed_from_epoch": resumed_from,

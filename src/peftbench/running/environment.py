@@ -1,4 +1,5 @@
-"""What a result records about where it ran: versions, git state, hardware (memory: ``memory.py``)."""
+"""What a result records about where it ran: versions, git state, hardware (memory: ``memory.py``; the measured
+matrix-product peak: ``recipe/peak.py``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
+
+from peftbench.recipe import peak
 
 _PACKAGES = ("peftbench", "torch", "transformers", "peft", "accelerate", "datasets", "rouge-score", "numpy")
 
@@ -38,9 +41,13 @@ def git_state() -> dict[str, object]:
 
 
 def hardware(device: torch.device) -> dict[str, object]:
+    """The machine, its threads and its matrix instructions (``instruction_set``: AMX, AVX-512 BF16, ... or the
+    CUDA capability; ``cpu_flags``: the /proc/cpuinfo flags behind it)."""
     info: dict[str, object] = {
         "device": device.type, "platform": platform.platform(), "machine": platform.machine(),
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "processor": _cpu_model(),
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "processor": peak.cpu_model(),
+        "cpu_flags": peak.matrix_flags(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "instruction_set": peak.instruction_set(device),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -50,12 +57,3 @@ def hardware(device: torch.device) -> dict[str, object]:
         info["accelerator"] = None
     return info
 
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"

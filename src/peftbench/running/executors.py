@@ -148,8 +148,12 @@ def _worker_lost(ray, exc: Exception) -> bool:
 def _write_failure(run: RunConfig, results_dir: Path, error: dict[str, Any]) -> None:
     """Mark a run failed after Ray's retries, unless its result says otherwise (someone else ran it)."""
     run_id = run.run_id()
-    with run_lock(results_dir / run_id) as acquired:
-        if not acquired or results.load_status(results_dir, run_id) in ("ok", "failed", "diverged"):
-            return
-        results.atomic_write_json(results.result_path(results_dir, run_id),
-                                  {**result_base(run), "status": "failed", "error": error})
+    try:
+        with run_lock(results_dir / run_id) as acquired:
+            if not acquired or results.load_status(results_dir, run_id) in ("ok", "failed", "diverged"):
+                return
+            results.atomic_write_json(results.result_path(results_dir, run_id),
+                                      {**result_base(run), "status": "failed", "error": error})
+    except OSError as exc:  # the results folder takes no writes: the run stays unfinished, re-run next time
+        if not results.is_storage_fault(exc):
+            raise

@@ -80,3 +80,22 @@ def _rank_text(ok: list[dict]) -> str:
     """The mean ``rank_accuracy`` of the ok seeds that report one, or "-"."""
     values = [r["metrics"]["test"]["rank_accuracy"] for r in ok if "rank_accuracy" in r["metrics"].get("test", {})]
     return f"{statistics.fmean(values):.4f}" if values else "-"
+
+
+def failure_lines(outcome, results_dir: Path) -> list[str]:
+    """Why each run of ``outcome`` (a ``sweep.SweepOutcome``) is not ok, one short line each (the result file
+    has the rest, a traceback included)."""
+    lines = []
+    for run_id in outcome.failed:
+        if run_id in outcome.unrecorded:
+            lines.append(f"peftbench: failed: {run_id}: {outcome.unrecorded[run_id]}")
+            continue
+        try:
+            result = results.read_result(results.result_path(results_dir, run_id))
+        except results.CorruptResult as exc:
+            lines.append(f"peftbench: {run_id}: {exc}")
+            continue
+        error = result.get("error") or {}
+        message = (str(error.get("message") or "").splitlines() or [""])[0]
+        lines.append(f"peftbench: {result['status']}: {run_id}: {error.get('type', '?')}: {message}")
+    return lines

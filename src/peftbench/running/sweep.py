@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,10 +41,21 @@ class SweepOutcome:
     skipped: list[str] = field(default_factory=list)
     locked: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    stopped: str | None = None
+    """Why the sweep stopped before its last run (``results.Unwritable``'s line), or None."""
+    unrecorded: dict[str, str] = field(default_factory=dict)
+    """run id → the one-line error of a run whose result could not be written."""
 
     def record(self, run_id: str, what: str) -> None:
         """File a run under ran (ok), skipped, locked, or failed (any other result status)."""
         {"ok": self.ran, SKIPPED: self.skipped, LOCKED: self.locked}.get(what, self.failed).append(run_id)
+
+    def record_unwritable(self, run_id: str, exc: results.Unwritable) -> None:
+        """The sweep stops: ``run_id`` ended but nothing about it could be written."""
+        self.failed.append(run_id)
+        self.unrecorded[run_id] = f"{exc}; its result is not recorded"
+        self.stopped = (f"{exc}; the sweep stopped there. Once the folder takes writes again, run the same "
+                        f"command: it resumes")
 
 
 class StopFlag:
@@ -115,19 +127,24 @@ def result_base(run: RunConfig) -> dict:
 
 def execute_run(run: RunConfig, results_dir: Path, *, progress: bool = True,
                 stop_requested: Callable[[], bool] = lambda: False, device_map: str | None = None) -> dict:
-    """Run one cell and write its result file (whatever happens); returns the result. Hold the run's lock."""
+    """Run one cell and write its result file (whatever happens); returns the result. Hold the run's lock.
+
+    A write the results folder refuses (disk full, read-only) fails the run with a ``STORAGE_FAULT`` (its
+    partial outputs removed, its checkpoint kept); when not even that failure can be written, raises
+    ``results.Unwritable``.
+    """
     from peftbench.recipe.train import Diverged, Interrupted, run_cell  # heavy imports only when running
 
     run_id = run.run_id()
     run_dir = Path(results_dir) / run_id
     base = result_base(run)
     writer = distributed.is_main_process()  # in a multi-process launch the other processes only train
-    if writer:
-        _remove_partial_writes(run_dir)
-        results.atomic_write_json(run_dir / CONFIG_FILE, base["config"])
-        results.atomic_write_json(results.result_path(results_dir, run_id),
-                                  {**base, "status": "running", "error": None, "started_at": time.time()})
     try:
+        if writer:
+            _remove_partial_writes(run_dir)
+            results.atomic_write_json(run_dir / CONFIG_FILE, base["config"])
+            results.atomic_write_json(results.result_path(results_dir, run_id),
+                                      {**base, "status": "running", "error": None, "started_at": time.time()})
         search = lr_search.choose(run, Path(results_dir)) if run.lr_search else None  # the factor to train
         trained = lr_search.chosen_run(run, search) if search else run
         result = {**base, **run_cell(trained, run_dir, progress=progress, stop_requested=stop_requested,
@@ -139,17 +156,53 @@ def execute_run(run: RunConfig, results_dir: Path, *, progress: bool = True,
     except UserError as exc:
         result = {**base, "status": "failed", "error": {"type": "UserError", "message": str(exc)}}
     except Exception as exc:  # noqa: BLE001 - a sweep goes on; the error is kept in the result
-        result = {**base, "status": "failed", "error": {
-            "type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc(limit=20)}}
+        result = {**base, "status": "failed", "error": _error_of(exc, run_dir)}
     result = distributed.agree_outcome(result, base)  # a failure in any process fails the run in all
     if not writer:
         return result
-    results.atomic_write_json(results.result_path(results_dir, run_id), result)
+    result = _write_result(results_dir, run_id, result)
     if result["status"] == "ok":
         # Only now: a crash before the result is durable resumes from the last epoch instead of epoch 0.
         # A failed run keeps its checkpoint, so that --retry-failed continues from its last epoch.
         checkpoint.remove_checkpoint(run_dir)
     return result
+
+
+def _error_of(exc: Exception, run_dir: Path) -> dict:
+    if results.is_storage_fault(exc, run_dir):
+        _remove_partial_outputs(run_dir)
+        return results.storage_error(exc, run_dir)
+    return {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc(limit=20)}
+
+
+def _write_result(results_dir: Path, run_id: str, result: dict) -> dict:
+    """Write the run's result; when the folder refuses it, the storage fault in its place (smaller, and with
+    the partial outputs removed first, it may fit); when that fails too, ``results.Unwritable``."""
+    path = results.result_path(results_dir, run_id)
+    try:
+        results.atomic_write_json(path, result)
+        return result
+    except OSError as exc:
+        if not results.is_storage_fault(exc):
+            raise
+        _remove_partial_outputs(path.parent)
+        result = {**result_base_of(result), "status": "failed", "error": results.storage_error(exc, path.parent)}
+    results.write_or_raise(path, result)
+    return result
+
+
+def result_base_of(result: dict) -> dict:
+    """The ``result_base`` fields of a result."""
+    return {key: result[key] for key in ("schema_version", "run_id", "config", "seed")}
+
+
+def _remove_partial_outputs(run_dir: Path) -> None:
+    """What a run that could not write leaves half-written: its adapter folder and an unfinished checkpoint.
+    Its last complete checkpoint stays, so the run resumes from it."""
+    import shutil
+
+    for partial in (run_dir / "adapter", run_dir / f".{checkpoint.CHECKPOINT_DIR}.tmp"):
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def _remove_partial_writes(run_dir: Path) -> None:
@@ -162,19 +215,21 @@ def _remove_partial_writes(run_dir: Path) -> None:
 
 def run_if_pending(run: RunConfig, results_dir: Path, retry_failed: bool, *, progress: bool = True,
                    stop_requested: Callable[[], bool] = lambda: False, device_map: str | None = None,
-                   isolate: bool = False) -> str:
+                   isolate: bool = False, worker_timeout_s: float | None = None) -> str:
     """Run ``run`` unless it is done or another process holds it: its result status, SKIPPED or LOCKED.
 
     Every executor goes through here, so the skip rules and the lock are the same for all of them. In a
     multi-process launch the main process decides (and holds the lock) and tells the others. ``isolate``
-    runs it in a worker process of its own (isolation.py) while this process holds the lock.
+    runs it in a worker process of its own (isolation.py) while this process holds the lock, stopped when it
+    sends no heartbeat for ``worker_timeout_s``. Raises ``results.Unwritable`` when the results folder takes
+    no writes at all.
     """
     def execute() -> str:
         if isolate:
             from peftbench.running.isolation import execute_in_worker
 
             return execute_in_worker(run, results_dir, progress=progress, stop_requested=stop_requested,
-                                     device_map=device_map)
+                                     device_map=device_map, timeout_s=worker_timeout_s)
         return execute_run(run, results_dir, progress=progress, stop_requested=stop_requested,
                            device_map=device_map)["status"]
 
@@ -182,28 +237,40 @@ def run_if_pending(run: RunConfig, results_dir: Path, retry_failed: bool, *, pro
         decision = distributed.share_decision(None)
         return execute() if decision == distributed.RUN else decision
     run_id = run.run_id()
-    status = results.load_status(results_dir, run_id)
+    status = results.load_status(results_dir, run_id, warn=False)
     if not should_run(status, retry_failed):
         if status == "ok":
             _tidy_finished(Path(results_dir) / run_id)
         return distributed.share_decision(SKIPPED)
-    with run_lock(Path(results_dir) / run_id) as acquired:
-        if not acquired:
-            return distributed.share_decision(LOCKED)
-        # Re-check under the lock: another sweep may have finished it meanwhile.
-        if not should_run(results.load_status(results_dir, run_id), retry_failed):
-            return distributed.share_decision(SKIPPED)
-        distributed.share_decision(distributed.RUN)
-        return execute()
+    try:
+        with run_lock(Path(results_dir) / run_id) as acquired:
+            if not acquired:
+                return distributed.share_decision(LOCKED)
+            # Re-check under the lock: another sweep may have finished it meanwhile.
+            status = results.load_status(results_dir, run_id, warn=False)
+            if not should_run(status, retry_failed):
+                return distributed.share_decision(SKIPPED)
+            if status == "corrupt":  # an earlier crash's half-written file: kept aside, the run runs again
+                kept = results.set_aside_corrupt(results_dir, run_id)
+                warnings.warn(f"{run_id}: corrupt result kept as {kept}; the run runs again", stacklevel=1)
+            distributed.share_decision(distributed.RUN)
+            return execute()
+    except OSError as exc:  # the lock file or the corrupt result's rename: the folder takes no writes
+        if not results.is_storage_fault(exc):
+            raise
+        raise results.Unwritable(results_dir, exc) from None
 
 
 def _tidy_finished(run_dir: Path) -> None:
     """Remove the checkpoint a process killed right after writing an ok result left behind."""
     if not checkpoint.has_checkpoint_files(run_dir):
         return
-    with run_lock(run_dir) as acquired:
-        if acquired:
-            checkpoint.remove_checkpoint(run_dir)
+    try:
+        with run_lock(run_dir) as acquired:
+            if acquired:
+                checkpoint.remove_checkpoint(run_dir)
+    except OSError:  # a read-only folder: the leftover checkpoint waits for a later sweep
+        pass
 
 
 def run_sweep(sweep: SweepConfig, *, progress: bool = True) -> SweepOutcome:
@@ -225,15 +292,30 @@ def run_sweep(sweep: SweepConfig, *, progress: bool = True) -> SweepOutcome:
         for run in runs:
             if stop():  # a stop that came after the last run's final step: start nothing new
                 break
-            what = run_if_pending(run, results_dir, sweep.retry_failed, progress=progress, stop_requested=stop,
-                                  device_map=sweep.device_map, isolate=isolate)
+            try:
+                what = run_if_pending(run, results_dir, sweep.retry_failed, progress=progress,
+                                      stop_requested=stop, device_map=sweep.device_map, isolate=isolate,
+                                      worker_timeout_s=sweep.worker_timeout_s)
+            except results.Unwritable as exc:  # not even a failure can be written: no later run could be
+                outcome.record_unwritable(run.run_id(), exc)
+                break
             outcome.record(run.run_id(), what)
             bar.set_postfix(last=f"{run.method}/{run.task} {what}")
             bar.update(1)
-            if what == "interrupted":
+            if what == "interrupted" and not _stopped_as_hung(results_dir, run.run_id()):
                 break
         bar.close()
     return outcome
+
+
+def _stopped_as_hung(results_dir: Path, run_id: str) -> bool:
+    """The run was interrupted because its worker sent no heartbeat (isolation.py), not by a stop request:
+    the sweep goes on."""
+    try:
+        result = results.read_result(results.result_path(results_dir, run_id))
+    except results.CorruptResult:
+        return False
+    return (result.get("error") or {}).get("type") == "NoHeartbeat"
 
 
 def check_results_dir(results_dir: Path) -> None:

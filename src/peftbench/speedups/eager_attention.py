@@ -10,6 +10,13 @@ short training passes and on forward-only (validation) passes of up to several h
 training passes keep flash, whose blocking pays off there, and so does decoding with the key/value cache
 (a one-token query: eager is slower). The thresholds and the measurements behind them: bench/RESULTS.md. GPUs keep their defaults (the speed-up plan applies this on CPU only).
 
+Those limits were measured on a CPU without AMX (AMD EPYC, AVX-512 BF16). On a CPU with AMX, the flash
+kernel's forward multiplies through AMX tiles with key and value packed for them once both lengths reach 64
+tokens (PyTorch's FlashAttentionKernel.cpp, ``need_pack``; with few threads), a path eager's batched
+matmuls lack, so there forward-only passes from ``AMX_FLASH_FORWARD_MIN_TOKENS`` keep flash (the limit stays
+at the non-AMX one until measured). Its backward has
+no such path: training passes keep the limit above on every CPU (bench/RESULTS.md: to re-measure).
+
 The choice is ``config._attn_implementation`` of the model's modules (an encoder-decoder's stacks hold
 copies of the config), switched for the pass only; the backward uses whatever its forward ran (peftbench
 does not recompute activations in the backward). Configs whose implementation is not "sdpa" (a user's
@@ -25,6 +32,7 @@ same (SmolLM2: 9 query heads on 3 key/value heads; its gain: bench/RESULTS.md).
 
 from __future__ import annotations
 
+import functools
 import weakref
 from contextlib import contextmanager
 
@@ -33,10 +41,16 @@ from torch import nn
 from transformers import AttentionInterface, PretrainedConfig
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
+from peftbench.speedups.cpu import instruction_set
+
 EAGER_TRAINING_MAX_TOKENS = 320
 """Widest training pass (padded tokens per row) that runs eager attention on CPU; wider ones keep flash."""
 EAGER_FORWARD_MAX_TOKENS = 600
-"""Widest forward-only pass (validation loss) that runs eager attention on CPU."""
+"""Widest forward-only pass (validation loss) that runs eager attention on a CPU without AMX."""
+AMX_FLASH_FORWARD_MIN_TOKENS = EAGER_FORWARD_MAX_TOKENS + 1
+"""Narrowest forward-only pass that keeps SDPA's flash kernel on a CPU with AMX (its packed AMX forward). The
+same limit as without AMX until it is measured on an idle AMX machine (bench/RESULTS.md): 64 is where the
+kernel starts to pack, and a change of limit changes the validation loss's rounding, so early stopping too."""
 GROUPED_QUERY_EAGER = "peftbench_grouped_query_eager"
 """The name ``grouped_query_eager`` is registered under (with eager attention's additive float mask)."""
 GROUPED_QUERY_EAGER_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
@@ -44,9 +58,18 @@ GROUPED_QUERY_EAGER_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3
 ``eager_attention_forward`` of modeling_llama.py, identical in these models' modeling files."""
 
 
-def eager_attention_pays(width: int, training: bool) -> bool:
-    """Whether a CPU pass of ``width`` tokens per row runs faster with eager attention."""
-    return width <= (EAGER_TRAINING_MAX_TOKENS if training else EAGER_FORWARD_MAX_TOKENS)
+def eager_attention_pays(width: int, training: bool, cpu: str | None = None) -> bool:
+    """Whether a CPU pass of ``width`` tokens per row runs faster with eager attention; ``cpu``: the matrix
+    instruction set (``speedups.cpu.instruction_set``), this CPU's when None."""
+    if training:
+        return width <= EAGER_TRAINING_MAX_TOKENS
+    amx = (cpu or _this_cpu()) == "amx-bf16"
+    return width < AMX_FLASH_FORWARD_MIN_TOKENS if amx else width <= EAGER_FORWARD_MAX_TOKENS
+
+
+@functools.cache
+def _this_cpu() -> str:
+    return instruction_set()  # reads /proc/cpuinfo: once per process
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from torch import nn
 
 from peftbench.catalog.methods.roles import select_modules
 from peftbench.constants import TASK_TYPES
-from peftbench.errors import UserError, did_you_mean
+from peftbench.errors import UserError, did_you_mean, unknown
 from peftbench.registry import Registry
 
 
@@ -145,8 +145,7 @@ def get_method(name: str) -> MethodSpec:
     if name in peft_names:
         return _generic_peft(name, peft_names[name])
     choices = METHODS.names() + sorted(n for n in peft_names if n not in METHODS)
-    raise UserError(f"unknown method {name!r}{did_you_mean(name, choices)}; registered: "
-                    f"{', '.join(METHODS.names())}; any PEFT method by name: {', '.join(sorted(peft_names))}")
+    raise unknown("method", name, choices)  # registered ones and any PEFT method by its PEFT name
 
 
 PAPER_VIRTUAL_TOKENS = 100
