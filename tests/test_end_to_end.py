@@ -41,7 +41,9 @@ def test_one_cell_writes_a_complete_result(tmp_path, capsys, model):
     assert set(result["history"][0]) >= {"train_loss", "val_loss", "val_metric", "seconds"}
     assert 0.0 <= result["metrics"]["test"]["accuracy"] <= 1.0
     assert set(result["time"]) == {"train_s", "train_to_best_s", "val_metric_s", "eval_s", "rank_eval_s", "load_s",
-                                   "total_s"}
+                                   "total_s", "forgetting_s"}
+    # Forgetting: a number, or (offline without the general text, as in these tests) null with the reason.
+    assert (result["metrics"]["forgetting"] is None) == (result["forgetting"]["reason"] is not None)
     assert result["throughput"]["train_tokens_per_s"] > 0
     # the matrix-product peak where it ran (recipe/peak.py); seq2seq tokens have no one FLOPs count: no MFU
     assert result["hardware"]["instruction_set"] and result["hardware"]["peak"]["gflops"]["bf16"] > 0

@@ -191,3 +191,36 @@ def test_recommend_command(tmp_path, capsys):
     )
     assert args.func(args) == 0
     assert "1. LoRA (lora)" in capsys.readouterr().out
+
+
+def _multi_scale(tmp_path):
+    """Full tuning and LoRA on AG News at five sizes, three seeds, one epoch cap: full decidedly ahead up to
+    50 examples, LoRA from 200 (test_datasize's set)."""
+    from test_datasize import _multi_scale as runs
+
+    return write_results(tmp_path, runs())
+
+
+@pytest.mark.parametrize(("examples", "first", "verdict"), [
+    (40, "full", "at 40 examples Full Tuning is ahead"), (120, None, "at 120 examples no method is decidedly ahead"),
+    (300, "lora", "at 300 examples LoRA is ahead")])
+def test_results_over_several_sizes_use_the_measured_crossover(tmp_path, examples, first, verdict):
+    measured = recommend("classification", examples, "performance", _multi_scale(tmp_path))
+    threshold = measured[0].evidence["threshold"]
+    assert threshold["source"] == "measured crossover"
+    assert threshold["crossovers"] == [{"model": "flan-t5-xl", "task": "ag_news", "method": "lora", "epochs": 5,
+                                        "full_ahead_up_to": 50, "peft_ahead_from": 200}]
+    assert threshold["ahead"] == first and verdict in threshold["text"]
+    if first is not None:
+        assert _ranked(measured)[0] == first and "First by the measured crossover" in measured[0].reason
+    text = format_recommendations(measured)
+    assert ("Data-size threshold: the measured crossover (flan-t5-xl on ag_news, full tuning vs lora (5 epochs "
+            "max): between 50 and 200 examples)") in " ".join(text.split())
+    assert "Used instead of the paper's fixed data-size thresholds" in " ".join(text.split())
+
+
+def test_results_at_named_scales_say_they_use_the_papers_thresholds(tmp_path):
+    runs = [make_result(method=m, task="cola", scale="low", seed=s) for m in ("full", "lora") for s in (0, 1)]
+    measured = recommend("classification", 50, "performance", write_results(tmp_path, runs))
+    assert measured[0].evidence["threshold"]["source"] == "paper"
+    assert "no measured crossover for classification tasks" in format_recommendations(measured)

@@ -312,6 +312,10 @@ def measured_recommendations(
     metric = "/".join(sorted({str(coll.task_info(t).get("metric", "score")) for t in tasks}))
     many_models = len({cell.key.model for cells in by_method.values() for cell in cells}) > 1
     ranked = sorted(by_method, key=lambda m: (_measured_key(by_method[m], constraint), m))
+    threshold = measured_threshold(coll, task_type, examples)
+    if constraint == "performance" and threshold["ahead"] in by_method:  # the crossover decides at this size
+        ranked.remove(threshold["ahead"])
+        ranked.insert(0, threshold["ahead"])
     paper_first = paper_recommendations(task_type, examples, constraint)[0].method
     recommendations = []
     for rank, method in enumerate(ranked, start=1):
@@ -322,7 +326,9 @@ def measured_recommendations(
         reason += "; ".join(_describe(cell, metric, many_models, constraint) for cell in cells) + "."
         if len(covered) < len(tasks):
             reason += f" Measured on {len(covered)} of the {len(tasks)} {task_type} tasks only."
-        if rank == 1 and method != paper_first:
+        if rank == 1 and constraint == "performance" and method == threshold["ahead"]:
+            reason += f" First by the measured crossover: {threshold['text']}"
+        elif rank == 1 and method != paper_first:
             reason += (
                 f" The paper's §3.2 framework would put {method_label(paper_first)} first for "
                 f"{data_scale(examples)}-resource data; "
@@ -341,9 +347,36 @@ def measured_recommendations(
             "scale": scale,
             "requested_scale": data_scale(examples),
             "runs": [r["run_id"] for cl in cells for r in cl.ok_runs],
+            "threshold": threshold,
         }
         recommendations.append(Recommendation(method, rank, reason, evidence))
     return recommendations
+
+
+PAPER_THRESHOLDS = "the paper's fixed data-size thresholds (low ≤ 100, medium ≤ 1,000 examples)"
+
+
+def measured_threshold(coll: c.Collection, task_type: str, examples: int) -> dict[str, Any]:
+    """The data-size threshold the answer uses: the measured crossovers of ``task_type``'s tasks
+    (``report/datasize.py``: full tuning against each PEFT method over numeric scales) where the results hold
+    any, else the paper's fixed thresholds. ``ahead``: the method the crossovers put ahead at ``examples``
+    when they agree (None: undecided, or no crossover); ``text`` says which threshold was used."""
+    from peftbench.analysis.report.datasize import crossovers
+
+    found = [x for x in crossovers(coll) if x.task_type == task_type and x.comparisons]
+    if not found:
+        return {"source": "paper", "ahead": None, "crossovers": [],
+                "text": f"no measured crossover for {task_type} tasks in these results: {PAPER_THRESHOLDS}."}
+    verdicts = {x.ahead_at(examples) for x in found} - {None}
+    ahead = verdicts.pop() if len(verdicts) == 1 else None
+    named = "; ".join(f"{x.model} on {x.task}, full tuning vs {x.method} ({x.epochs} epochs max): {x.bracket()}"
+                      for x in found)
+    verdict = (f"at {examples} examples {method_label(ahead)} is ahead" if ahead
+               else f"at {examples} examples no method is decidedly ahead")
+    records = [{"model": x.model, "task": x.task, "method": x.method, "epochs": x.epochs,
+                "full_ahead_up_to": x.full_ahead_up_to, "peft_ahead_from": x.peft_ahead_from} for x in found]
+    return {"source": "measured crossover", "ahead": ahead, "crossovers": records,
+            "text": f"the measured crossover ({named}); {verdict}. Used instead of {PAPER_THRESHOLDS}."}
 
 
 def format_recommendations(recommendations: list[Recommendation]) -> str:
@@ -361,6 +394,9 @@ def format_recommendations(recommendations: list[Recommendation]) -> str:
         f"{context.get('examples', '?')} examples ({context.get('requested_scale', context.get('scale'))}"
         f"-resource), based on {source}:"
     ]
+    if "threshold" in context:
+        lines.append(textwrap.fill(f"Data-size threshold: {context['threshold']['text']}", width=100,
+                                   subsequent_indent="    "))
     for rec in sorted(recommendations, key=lambda r: (r.rank is None, r.rank or 0)):
         head = f"{rec.rank}." if rec.rank is not None else "excluded:"
         body = textwrap.fill(rec.reason, width=100, initial_indent="    ", subsequent_indent="    ")

@@ -19,11 +19,17 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from peftbench.catalog.ablations import ABLATIONS
-from peftbench.config.sections import SPEEDUP_SETTINGS, ServeConfig, SpeedupsConfig, TrainConfig
+from peftbench.config.sections import (
+    SPEEDUP_SETTINGS,
+    ForgettingConfig,
+    ServeConfig,
+    SpeedupsConfig,
+    TrainConfig,
+)
 from peftbench.errors import UserError, choices_text, did_you_mean, unknown
 
-__all__ = ["SPEEDUP_SETTINGS", "RunConfig", "Scale", "ServeConfig", "SpeedupsConfig", "SweepConfig", "TrainConfig",
-           "canonical_model", "from_dict", "load_sweep", "parse_override"]
+__all__ = ["SPEEDUP_SETTINGS", "ForgettingConfig", "RunConfig", "Scale", "ServeConfig", "SpeedupsConfig",
+           "SweepConfig", "TrainConfig", "canonical_model", "from_dict", "load_sweep", "parse_override"]
 
 Scale = str | int
 
@@ -60,6 +66,8 @@ class RunConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)
     """Serving measurements after the test; they do not change what the run computes, nor its id."""
     speedups: SpeedupsConfig = field(default_factory=SpeedupsConfig)
+    forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
+    """The general-text loss after the test (``recipe/forgetting.py``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -127,6 +135,8 @@ ID_DEFAULTS: dict[str, Any] = {
     "speedups.frozen_weights_bf16": True, "speedups.onednn_blocked_weights": True,
     "speedups.lm_head_on_targets": True, "speedups.shared_prompt_prefix": True, "speedups.eager_attention": True,
     "speedups.concatenated_rows": True, "speedups.unpadded_feed_forward": True, "speedups.bits_dropout": True,
+    "forgetting.enabled": True, "forgetting.data_file": None, "forgetting.hub_dataset": "Salesforce/wikitext",
+    "forgetting.hub_config": "wikitext-2-raw-v1", "forgetting.tokens": 4096, "forgetting.max_paragraph_tokens": 256,
 }
 # fmt: on
 
@@ -214,6 +224,8 @@ class SweepConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)
     speedups: SpeedupsConfig = field(default_factory=SpeedupsConfig)
     """Speed-up levers (``speedups=all``, ``speedups=none`` or ``speedups.<lever>=false``)."""
+    forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
+    """The general-text loss after each test (``forgetting.enabled=false`` skips it)."""
 
     def validate(self) -> None:
         for name in ("models", "methods", "tasks", "scales", "seeds", "ablations"):
@@ -239,6 +251,7 @@ class SweepConfig:
             raise UserError(f"lr_search must be a list of factors above 0, got {self.lr_search}")
         self.train.validate()
         self.serve.validate()
+        self.forgetting.validate()
         if self.serve.enabled and not self.train.save_adapter:
             raise UserError("serve.enabled measures the saved weights: it needs train.save_adapter=true")
 
@@ -307,7 +320,7 @@ class SweepConfig:
             model_revision=self.model_revision, trackers=list(self.trackers),
             lr_search=list(self.lr_search) if self.lr_search else None,
             train=dataclasses.replace(self.train), serve=dataclasses.replace(self.serve),
-            speedups=dataclasses.replace(self.speedups),
+            speedups=dataclasses.replace(self.speedups), forgetting=dataclasses.replace(self.forgetting),
         )
 
 

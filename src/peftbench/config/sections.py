@@ -104,6 +104,9 @@ class TrainConfig:
             raise UserError(f"train.test_examples must be at least 1 or null, got {self.test_examples}")
         if self.max_epochs is not None and self.max_epochs < 1:
             raise UserError(f"train.max_epochs must be at least 1, got {self.max_epochs}")
+        for name in ("lr_initial", "lr_peak", "lr_final"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise UserError(f"train.{name} must be at least 0 or null, got {getattr(self, name)}")
         if self.checkpoint_interval_s < 0:
             raise UserError(f"train.checkpoint_interval_s must be at least 0, got {self.checkpoint_interval_s}")
         if self.max_oom_retries < 0:
@@ -153,6 +156,33 @@ class ServeConfig:
                             f"{did_you_mean(self.precision, ['fp32', 'bf16'])}")
         if not 0.0 <= self.bf16_tolerance < 1.0:
             raise UserError(f"serve.bf16_tolerance must be in [0, 1), got {self.bf16_tolerance}")
+
+
+@dataclass
+class ForgettingConfig:
+    """What tuning costs the model elsewhere (``recipe/forgetting.py``): after the test, the tuned model's mean
+    cross-entropy on a fixed sample of general text minus that of the same method at initialisation
+    (``metrics.forgetting``, nats per token; 0 for a run whose weights never moved). Causal and seq2seq
+    models; an encoder classifier records null with the reason."""
+
+    enabled: bool = True
+    """Measure forgetting after the test (two forward passes over the sample per run)."""
+    data_file: str | None = None
+    """A JSONL file of general text, one paragraph a row in a ``text`` field (WikiText's tokenised spacing
+    is undone). None: ``<data_dir>/wikitext2/test.jsonl`` when the run's ``data_dir`` holds it, else the
+    Hub dataset ``hub_dataset``."""
+    hub_dataset: str = "Salesforce/wikitext"
+    """The Hub dataset read when no file is given (its ``hub_config``, test split, ``text`` field)."""
+    hub_config: str = "wikitext-2-raw-v1"
+    tokens: int = 4096
+    """The sample's size: paragraphs are taken in a fixed order until their tokens reach this."""
+    max_paragraph_tokens: int = 256
+    """Tokens kept of each paragraph (its head), which bounds a forward pass's size."""
+
+    def validate(self) -> None:
+        for name in ("tokens", "max_paragraph_tokens"):
+            if getattr(self, name) < 1:
+                raise UserError(f"forgetting.{name} must be at least 1, got {getattr(self, name)}")
 
 
 SPEEDUP_SETTINGS = ("all", "none")

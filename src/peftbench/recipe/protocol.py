@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from peftbench.catalog.methods import LRSchedule, get_method
 from peftbench.config import TrainConfig
+from peftbench.errors import UserError
 
 
 def paper_lr_lambda(lr: LRSchedule, total_steps: int, warmup_steps: int):
@@ -23,7 +24,7 @@ def paper_lr_lambda(lr: LRSchedule, total_steps: int, warmup_steps: int):
         else:
             progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
             value = lr.peak + (lr.final - lr.peak) * progress
-        return value / lr.peak
+        return value / lr.peak if lr.peak else 0.0  # a zero peak (initial and final 0 too): no step moves
     return multiplier
 
 
@@ -51,7 +52,13 @@ class EarlyStopping:
 
 
 def resolved_lr(train: TrainConfig, method: str) -> LRSchedule:
-    """The method's learning rates, each overridden by ``train``'s when set, all times ``train.lr_scale``."""
+    """The method's learning rates, each overridden by ``train``'s when set, all times ``train.lr_scale``. A peak
+    of 0 (the optimiser's own rate, which the schedule scales) holds every step's rate at 0, so it needs initial
+    and final 0 too: a run whose optimiser steps leave the weights as they started (its forgetting is 0)."""
     default = get_method(method).lr
-    return LRSchedule(*(train.lr_scale * (own if own is not None else fallback) for own, fallback in (
+    lr = LRSchedule(*(train.lr_scale * (own if own is not None else fallback) for own, fallback in (
         (train.lr_initial, default.initial), (train.lr_peak, default.peak), (train.lr_final, default.final))))
+    if lr.peak == 0 and (lr.initial or lr.final):
+        raise UserError(f"train.lr_peak=0 scales every step's rate to 0: set train.lr_initial=0 and "
+                        f"train.lr_final=0 too (resolved: initial {lr.initial}, final {lr.final})")
+    return lr

@@ -30,7 +30,7 @@ from peftbench.catalog.tasks.data import Example, TaskData, load_task_data
 from peftbench.config import RunConfig
 from peftbench.errors import UserError
 from peftbench.outcomes import write_outcomes
-from peftbench.recipe import memory
+from peftbench.recipe import forgetting, memory
 from peftbench.recipe.batching import encode
 from peftbench.recipe.evaluate import score_test
 from peftbench.recipe.label_ranking import best_word
@@ -88,7 +88,7 @@ def run_reference_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, 
     tested, rows = score_test(task, data.test, answers.predictions, answers.ranked, answers.label_scores)
     outcomes = write_outcomes(Path(run_dir), rows) if distributed.is_main_process() else None
     elapsed = time.perf_counter() - started
-    return {
+    return forgetting.reference_row({
         "status": "ok", "error": None, "seed": run.seed, "decoding_revision": results.DECODING_REVISION,
         "method": {"name": run.method, "kind": "reference"}, "reference": answers.details,
         "task": task_record(task),
@@ -105,7 +105,7 @@ def run_reference_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, 
         "hardware": {**environment.hardware(answers.device), "device_map": device_map, "peak": None},
         "memory": memory.run_memory(answers.device, answers.after_load_bytes, {}, None, None), "adapter": {"path": None, "bytes": None},
         "resumed_from_epoch": None, "speedups": answers.speedups,
-    }
+    }, run.method)
 
 
 def majority_answers(task: TaskSpec, data: TaskData, ranked: bool) -> Answers:

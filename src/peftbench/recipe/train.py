@@ -33,7 +33,7 @@ from peftbench.catalog.tasks import TaskSpec, get_task
 from peftbench.catalog.tasks.data import TaskData, load_task_data, scale_cap_and_epochs
 from peftbench.config import RunConfig, TrainConfig
 from peftbench.outcomes import write_outcomes
-from peftbench.recipe import checkpoint, memory, memory_estimate, peak, run_state, serving, steps
+from peftbench.recipe import checkpoint, forgetting, memory, memory_estimate, peak, run_state, serving, steps
 from peftbench.recipe.batching import Encoded, length_grouped_batches, source_token_limit
 from peftbench.recipe.datacache import encode_cached
 from peftbench.recipe.evaluate import score, score_test
@@ -200,6 +200,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     speedups.apply_to_model(model, accelerator.device, accelerator.mixed_precision)
     after_load_bytes = memory.start_of_training(accelerator.device, model)
     loop = Loop(run, Path(run_dir), cell, model, optimizer, scheduler, accelerator, writer, speedups)
+    general_text = forgetting.measure_reference(loop)  # the method at initialisation, before any step
 
     state, best_weights, resumed_from = _resume_or_start(loop)
     if cell.after_optimizer_step is not None:  # after optimizer.step(), before the gradients are cleared
@@ -211,6 +212,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
         checkpoint.restore(cell.trainable, best_weights)  # the best epoch's weights are tested (the paper's protocol)
         tested = score_test_split(loop) if cfg.run_test else Tested({}, [], None)  # an LR candidate: no test
         tracker.log_test(tested.metrics, state.step)
+    forgot = forgetting.after_test(loop, general_text)
     adapter = _save_adapter(accelerator.unwrap_model(model), cell.loaded.tokenizer, loop.run_dir,
                             cfg.save_adapter and cfg.run_test)
     outcomes = write_outcomes(loop.run_dir, tested.rows) if cfg.run_test and distributed.is_main_process() else None
@@ -232,14 +234,14 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
                       "precision": accelerator.mixed_precision}
     recorded = _result(run, cell, state, tested)
     recorded["throughput"]["mfu"] = mfu
-    return {**recorded, "optimizer": optimizer_info, "time": times,
+    return forgetting.record({**recorded, "optimizer": optimizer_info, "time": times,
             "hardware": {**environment.hardware(accelerator.device), "device_map": device_map, "peak": peak_record},
             "memory": {**memory.run_memory(accelerator.device, after_load_bytes, cell.trainable, optimizer,
                                            adapter["bytes"], runtime=runtime_bytes, model=model,
                                            gradient_checkpointing=cfg.gradient_checkpointing),
                        "predicted": memory_estimate.predicted_for_result(run, runtime_bytes)},  # after the peak
             "adapter": adapter, "outcomes": outcomes, "resumed_from_epoch": resumed_from,
-            "serving": serving.serve_stage(run, adapter), "speedups": speedups.record()}
+            "serving": serving.serve_stage(run, adapter), "speedups": speedups.record()}, forgot)
 
 
 def _resume_or_start(loop: Loop) -> tuple[RunState, dict[str, torch.Tensor], int | None]:

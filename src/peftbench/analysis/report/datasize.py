@@ -1,0 +1,281 @@
+"""Data-size curves and crossovers: where a PEFT method overtakes full tuning as training data grows.
+
+A result set over several numeric scales (``scales=[25, 50, 100, 200, 400]``) gives, per (model, task):
+
+- ``figures/data_size_<model>_<task>.png``: score, time to convergence (``time.train_to_best_s``), peak memory and
+  forgetting against training examples per method, log axis, 95% CI error bars over seeds;
+- Table 11 (``tables/crossover.*``): for each PEFT method against full tuning, the paired comparison of their
+  scores at every size (per-seed differences, paired t, Holm's correction over the sizes) and the crossover
+  as a bracket: the largest size where full tuning is decidedly ahead, the smallest where the PEFT method is.
+
+A numeric scale takes the epoch cap of the named scale that holds it (10 up to 100 examples, 5 up to 1,000)
+unless ``train.max_epochs`` sets one: a jump where the crossover may sit. A curve therefore joins only the
+sizes run under one epoch cap (``result["max_epochs"]``); sizes under another cap are another curve, drawn
+dashed, and every figure and table row states its cap. Named scales (low, medium, high) are not on the curves.
+A set with fewer than two numeric sizes for a (model, task) writes neither.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matplotlib.ticker import NullFormatter
+
+from peftbench.analysis import paired
+from peftbench.analysis.report import collect as c
+from peftbench.analysis.report import figures as f
+from peftbench.analysis.report import tables as t
+from peftbench.analysis.report.collect import Collection, Stat
+from peftbench.analysis.report.forgetting import forgetting
+
+ALPHA = paired.ALPHA
+"""Family-wise error rate of one method pair's comparisons over the sizes (Holm)."""
+TABLE_NUMBER = 11
+
+
+PANELS = (("score", c.score, 1.0), ("time to convergence (s, time.train_to_best_s)", c.train_to_best_seconds, 1.0),
+          ("peak memory (GiB)", c.peak_bytes, 1 / 2**30), ("forgetting (nats per token)", forgetting, 1.0))
+
+
+# ---- curves and crossovers ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SizeComparison:
+    """One size of a crossover: the PEFT method's score minus full tuning's, over the seeds both ran."""
+
+    size: int
+    pairs: int
+    mean_difference: float
+    p: float | None
+    p_holm: float | None
+
+    @property
+    def ahead(self) -> str | None:
+        """"peft" or "full" when decided (Holm-adjusted p below ``ALPHA``), else None."""
+        if self.p_holm is None or self.p_holm >= ALPHA:
+            return None
+        return "peft" if self.mean_difference > 0 else "full"
+
+
+@dataclass(frozen=True)
+class Crossover:
+    """Full tuning against one PEFT method on one (model, task), over the sizes run under one epoch cap."""
+
+    model: str
+    task: str
+    task_type: str | None
+    method: str
+    epochs: int | None
+    comparisons: list[SizeComparison] = field(default_factory=list)
+
+    @property
+    def full_ahead_up_to(self) -> int | None:
+        sizes = [s.size for s in self.comparisons if s.ahead == "full"]
+        return max(sizes) if sizes else None
+
+    @property
+    def peft_ahead_from(self) -> int | None:
+        sizes = [s.size for s in self.comparisons if s.ahead == "peft"]
+        return min(sizes) if sizes else None
+
+    def bracket(self) -> str:
+        """The crossover in words: between the two sizes, or which side no size decided."""
+        full, peft, name = self.full_ahead_up_to, self.peft_ahead_from, self.method
+        if full is None and peft is None:
+            return "no size decided"
+        if peft is None:
+            return f"full tuning ahead up to {full} examples; {name} ahead at no size measured"
+        if full is None:
+            return f"{name} ahead from {peft} examples; full tuning ahead at no size measured"
+        if full < peft:
+            return f"between {full} and {peft} examples"
+        return f"not ordered: full tuning ahead at {full}, {name} at {peft} examples"
+
+    def ahead_at(self, examples: int) -> str | None:
+        """Who the crossover puts ahead at ``examples``: "full", the PEFT method, or None (in the bracket)."""
+        if self.full_ahead_up_to is not None and examples <= self.full_ahead_up_to and (
+                self.peft_ahead_from is None or self.full_ahead_up_to < self.peft_ahead_from):
+            return "full"
+        if self.peft_ahead_from is not None and examples >= self.peft_ahead_from and (
+                self.full_ahead_up_to is None or self.full_ahead_up_to < self.peft_ahead_from):
+            return self.method
+        return None
+
+
+def _trained(coll: Collection, model: str, task: str) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """(method, size) → ok runs of the baseline variant at numeric sizes (reference rows left out)."""
+    from peftbench.analysis.report.references import is_reference
+
+    found: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for key, cell in coll.cells.items():
+        if (key.model, key.task) == (model, task) and isinstance(key.scale, int) and key.ablation is None:
+            runs = [r for r in cell.ok_runs if not is_reference(r)]
+            if runs:
+                found[(key.method, key.scale)] = runs
+    return found
+
+
+def curves(coll: Collection) -> dict[tuple[str, str], dict[int | None, dict[str, dict[int, list[dict]]]]]:
+    """(model, task) → epoch cap → method → size → ok runs, for each (model, task) whose runs span at least
+    two numeric sizes under one cap."""
+    found = {}
+    for model in coll.models():
+        for task in coll.tasks(model):
+            by_cap: dict[int | None, dict[str, dict[int, list[dict]]]] = {}
+            for (method, size), runs in _trained(coll, model, task).items():
+                for run in runs:
+                    cap = c._number(run.get("max_epochs"))
+                    by_cap.setdefault(None if cap is None else int(cap), {}).setdefault(method, {}).setdefault(
+                        size, []).append(run)
+            spanning = {cap: methods for cap, methods in by_cap.items()
+                        if len({s for sizes in methods.values() for s in sizes}) >= 2}
+            if spanning:
+                found[(model, task)] = dict(sorted(spanning.items(), key=lambda kv: -len(_sizes(kv[1]))))
+    return found
+
+
+def _or_none(p: float) -> float | None:
+    return None if math.isnan(p) else p
+
+
+def _sizes(methods: dict[str, dict[int, list[dict]]]) -> set[int]:
+    return {s for sizes in methods.values() for s in sizes}
+
+
+def crossovers(coll: Collection) -> list[Crossover]:
+    """Every PEFT method against full tuning on every (model, task, epoch cap) curve both ran."""
+    found = []
+    for (model, task), by_cap in curves(coll).items():
+        for cap, methods in by_cap.items():
+            if "full" not in methods:
+                continue
+            for method in c.order_methods(m for m in methods if m != "full"):
+                found.append(_crossover(coll, model, task, cap, methods["full"], methods[method], method))
+    return found
+
+
+def _crossover(coll: Collection, model: str, task: str, cap: int | None, full: dict[int, list[dict]],
+               peft: dict[int, list[dict]], method: str) -> Crossover:
+    rows = []
+    for size in sorted(set(full) & set(peft)):
+        by_seed = {r.get("seed"): c.score(r) for r in full[size]}
+        diffs = [s - by_seed[r.get("seed")] for r in peft[size]
+                 if (s := c.score(r)) is not None and by_seed.get(r.get("seed")) is not None]
+        if diffs:  # the claims' paired t over per-seed differences (sd 0: its exact sign-flip test)
+            test = paired.paired_t(diffs)
+            rows.append((size, len(diffs), test.estimate, test.p))
+    adjusted = paired.holm([p for *_, p in rows])
+    comparisons = [SizeComparison(size, n, mean, _or_none(p), _or_none(q))
+                   for (size, n, mean, p), q in zip(rows, adjusted, strict=True)]
+    return Crossover(model, task, coll.task_info(task).get("type"), method, cap, comparisons)
+
+
+# ---- the figure -----------------------------------------------------------------------------------------
+
+
+def data_size_figures(coll: Collection, out_dir: Path) -> list[Path]:
+    """``figures/data_size_<model>_<task>.png`` for each (model, task) with a curve; none otherwise."""
+    paths = []
+    for (model, task), by_cap in curves(coll).items():
+        fig = f._new_figure(10, 8.2)
+        axes = fig.subplots(2, 2, squeeze=False).ravel()
+        for ax, (label, quantity, factor) in zip(axes, PANELS, strict=True):
+            for number, (cap, methods) in enumerate(by_cap.items()):
+                for method in c.order_methods(methods):
+                    _plot_curve(ax, methods[method], quantity, factor, method, cap, dashed=number > 0,
+                                several_caps=len(by_cap) > 1)
+            ax.set_xscale("log")
+            sizes = sorted({s for methods in by_cap.values() for s in _sizes(methods)})
+            ax.set_xticks(sizes, [str(s) for s in sizes])  # the sizes run, not log decades' 2 × 10¹
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel("training examples (log scale)", fontsize=8)
+            ax.set_ylabel(label if quantity is not c.score else str(coll.task_info(task).get("metric", "score")),
+                          fontsize=8)
+            ax.tick_params(labelsize=7)
+        axes[0].legend(fontsize=6)
+        fig.suptitle(f"{t.task_label(task, coll)}, {model}: against training examples", fontsize=10)
+        runs = [r for methods in by_cap.values() for sizes in methods.values() for rs in sizes.values() for r in rs]
+        footer = [c.provenance(runs), _cap_note(by_cap) + " Error bars: 95% CI over seeds."]
+        paths += f._save(fig, footer, out_dir / f"data_size_{f.slug(model)}_{f.slug(task)}")
+    return paths
+
+
+def _plot_curve(ax, sizes: dict[int, list[dict]], quantity, factor: float, method: str, cap: int | None,
+                dashed: bool, several_caps: bool) -> None:
+    points = [(size, Stat.of(values)) for size in sorted(sizes)
+              if (values := [v for r in sizes[size] if (v := quantity(r)) is not None])]
+    if not points:
+        return
+    label = f.method_label(method) + (f", {cap} epochs max" if several_caps else "")
+    ax.errorbar([s for s, _ in points], [st.mean * factor for _, st in points],
+                yerr=[f._half(st, factor) for _, st in points], color=f.method_color(method), marker="o",
+                markersize=3, capsize=2, linestyle="--" if dashed else "-", linewidth=1, label=label)
+
+
+def _cap_note(by_cap: dict[int | None, dict]) -> str:
+    if len(by_cap) == 1:
+        (cap,) = by_cap
+        return f"Epoch cap: {cap} at every size (one cap for the whole curve)."
+    shown = "; ".join(f"{cap} epochs max at {', '.join(map(str, sorted(_sizes(m))))} examples"
+                      for cap, m in by_cap.items())
+    return (f"Epoch caps differ ({shown}): each cap is its own curve (solid: the cap with most sizes, "
+            "dashed: the others); set train.max_epochs for one cap at every size.")
+
+
+# ---- the table ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CrossoverTable(t.Table):
+    """Table 11, written as ``tables/crossover.*``."""
+
+    @property
+    def name(self) -> str:
+        return "crossover"
+
+
+COLUMNS = [("epochs", "Epoch cap"), ("full_ahead_up_to", "Full ahead up to"),
+           ("peft_ahead_from", "PEFT ahead from"), ("crossover", "Crossover"),
+           ("per_size", "PEFT − full per size (pairs, Holm p)")]
+
+
+def crossover_table(coll: Collection) -> list[t.Table]:
+    """Table 11 when the set holds a crossover; an empty list otherwise."""
+    found = crossovers(coll)
+    if not found:
+        return []
+    blocks = []
+    for model in dict.fromkeys(x.model for x in found):
+        groups = [[_row(x) for x in found if x.model == model and x.task == task]
+                  for task in dict.fromkeys(x.task for x in found if x.model == model)]
+        blocks.append(t.TableBlock(model, groups))
+    caption = ("Each PEFT method's test score against full tuning's at every training-set size: the mean of the "
+               "per-seed differences (PEFT − full), a paired t test over the seeds both ran, Holm's correction "
+               f"over the sizes; decided where the adjusted p is below {ALPHA}. The crossover lies between the "
+               "largest size where full tuning is decidedly ahead and the smallest where the PEFT method is.")
+    notes = ["Sizes with fewer than two paired seeds are never decided.", _caps_wording()]
+    return [CrossoverTable(TABLE_NUMBER, "Crossover: where a PEFT method overtakes full tuning", caption,
+                           "PEFT method vs full (task)", COLUMNS, blocks, notes)]
+
+
+def _caps_wording() -> str:
+    return ("A row joins only sizes run under one epoch cap (result max_epochs); a numeric scale otherwise takes "
+            "the cap of the named scale that holds it (10 up to 100 examples, 5 up to 1,000).")
+
+
+def _row(x: Crossover) -> t.TableRow:
+    per_size = "; ".join(
+        f"{s.size}: {s.mean_difference:+.4f} ({s.pairs}, "
+        f"{'-' if s.p_holm is None else format(s.p_holm, '.3g')}{'*' if s.ahead else ''})" for s in x.comparisons)
+    values = {"epochs": str(x.epochs), "full_ahead_up_to": _size_text(x.full_ahead_up_to),
+              "peft_ahead_from": _size_text(x.peft_ahead_from), "crossover": x.bracket(), "per_size": per_size}
+    cells = [t.TableCell(values[key], "ok", None, {"": values[key]}) for key, _ in COLUMNS]
+    return t.TableRow(f"{f.method_label(x.method)} vs full ({t.task_label(x.task)})", x.method, "numeric", "", cells)
+
+
+def _size_text(size: int | None) -> str:
+    return "-" if size is None else str(size)

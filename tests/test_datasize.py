@@ -1,0 +1,105 @@
+"""Data-size curves and crossovers (report/datasize.py) and the forgetting table and figure
+(report/forgetting.py), on hand-made result files."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from report_fixtures import make_result, write_results
+
+from peftbench.analysis.report import build_report, datasize, render
+from peftbench.analysis.report import forgetting as report_forgetting
+from peftbench.analysis.report.collect import collect
+
+pytestmark = pytest.mark.unit
+
+SIZES = (25, 50, 100, 200, 400)
+# LoRA − full per seed: full decidedly ahead at 25 and 50, nothing decided at 100, LoRA ahead at 200 and 400.
+DIFFERENCES = {25: (-0.10, -0.11, -0.12), 50: (-0.05, -0.06, -0.07), 100: (0.01, -0.02, 0.005),
+               200: (0.04, 0.05, 0.06), 400: (0.08, 0.09, 0.10)}
+
+
+def _run(method: str, size: int, seed: int, score: float, epochs: int = 5, forgetting: float | None = None) -> dict:
+    result = make_result(method=method, scale=size, seed=seed, score=score, total_s=size * 2.0, peak_bytes=2**30)
+    result["max_epochs"] = epochs
+    result["metrics"]["forgetting"] = forgetting
+    return result
+
+
+def _multi_scale(epochs_at=lambda size: 5) -> list[dict]:
+    runs = []
+    for size in SIZES:
+        for seed, difference in enumerate(DIFFERENCES[size]):
+            full = 0.5 + 0.1 * math.log10(size) + 0.01 * seed
+            runs.append(_run("full", size, seed, full, epochs_at(size), forgetting=0.20 + 0.01 * seed))
+            runs.append(_run("lora", size, seed, full + difference, epochs_at(size), forgetting=0.05))
+    return runs
+
+
+def test_a_multi_scale_set_writes_the_curves_and_the_crossover_bracket(tmp_path):
+    coll = collect(write_results(tmp_path / "results", _multi_scale()))
+    (crossover,) = datasize.crossovers(coll)
+    assert (crossover.method, crossover.epochs, crossover.task_type) == ("lora", 5, "classification")
+    assert [s.ahead for s in crossover.comparisons] == ["full", "full", None, "peft", "peft"]
+    assert (crossover.full_ahead_up_to, crossover.peft_ahead_from) == (50, 200)
+    assert crossover.bracket() == "between 50 and 200 examples"
+    assert [crossover.ahead_at(n) for n in (10, 50, 100, 200, 1000)] == ["full", "full", None, "lora", "lora"]
+    first = crossover.comparisons[0]  # differences -0.10, -0.11, -0.12: t = 19.05 on 2 df, five sizes
+    assert first.mean_difference == pytest.approx(-0.11) and first.p == pytest.approx(0.002744, rel=1e-3)
+    assert first.p_holm == pytest.approx(5 * first.p)
+
+    written = build_report(tmp_path / "results", tmp_path / "report")
+    names = {p.name for p in written["figures"] + written["tables"]}
+    assert {"data_size_flan-t5-xl_ag_news.png", "crossover.md", "crossover.csv", "crossover.tex"} <= names
+    table = (tmp_path / "report" / "tables" / "crossover.md").read_text()
+    assert "| LoRA vs full (AG News) | 5 | 50 | 200 | between 50 and 200 examples |" in table
+    assert "25: -0.1100 (3, 0.0137*)" in table
+    assert 'id="crossover"' in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_sizes_under_different_epoch_caps_are_separate_curves(tmp_path):
+    coll = collect(write_results(tmp_path, _multi_scale(epochs_at=lambda size: 10 if size <= 100 else 5)))
+    (curve,) = datasize.curves(coll).values()
+    assert {cap: sorted(methods["lora"]) for cap, methods in curve.items()} == {10: [25, 50, 100], 5: [200, 400]}
+    crossovers = datasize.crossovers(coll)
+    assert [(x.epochs, x.bracket()) for x in crossovers] == [
+        (10, "full tuning ahead up to 50 examples; lora ahead at no size measured"),
+        (5, "lora ahead from 200 examples; full tuning ahead at no size measured")]
+    assert "Epoch caps differ (10 epochs max at 25, 50, 100 examples; 5 epochs max at 200, 400" in \
+        datasize._cap_note(curve)
+
+
+def test_a_single_scale_set_writes_neither(tmp_path):
+    runs = [make_result(method=m, scale="low", seed=s) for m in ("full", "lora") for s in (0, 1)]
+    written = build_report(write_results(tmp_path / "results", runs), tmp_path / "report")
+    names = [p.name for p in written["figures"] + written["tables"]]
+    assert not [n for n in names if n.startswith(("data_size", "crossover"))]
+    assert not [n for n in names if n.startswith(("forgetting", "table10"))]  # nothing recorded forgetting
+
+
+def test_forgetting_table_and_figure_show_intervals_and_the_pareto_front(tmp_path):
+    runs = _multi_scale()
+    for run in runs:
+        run["forgetting"] = {"base_loss": 3.25}
+    coll = collect(write_results(tmp_path / "results", runs))
+    (table,) = map(render.to_markdown, report_forgetting.forgetting_table(coll))
+    # Full tuning's 0.20, 0.21, 0.22 over three seeds: mean 0.21, half-width t(0.975, 2) · 0.01 / √3 = 0.0248.
+    assert "| Full Tuning (25 ex.) | +0.2100 ± 0.0248 |" in table and "| LoRA (400 ex.) | +0.0500 ± 0.0000 |" in table
+    assert "flan-t5-xl: 3.2500" in table
+    # At 25 examples full tuning scores higher and forgets more: both on the front.
+    assert report_forgetting.pareto_methods(coll, ("flan-t5-xl", "ag_news", 25)) == ["LoRA", "Full Tuning"]
+    # At 400 LoRA scores higher and forgets less: it alone.
+    assert report_forgetting.pareto_methods(coll, ("flan-t5-xl", "ag_news", 400)) == ["LoRA"]
+    (figure,) = report_forgetting.forgetting_figures(coll, tmp_path / "figures")
+    assert figure.name == "forgetting.png" and figure.stat().st_size > 10_000
+
+
+def test_the_shipped_data_size_suite_uses_one_epoch_cap_at_five_sizes():
+    from peftbench.cli import SUITES_DIR
+    from peftbench.config import load_sweep
+
+    sweep = load_sweep(SUITES_DIR / "data-size-smollm2.yaml", ["data_dir=../shared/data"])
+    runs = sweep.expand()
+    assert len(runs) == 75 and {r.scale for r in runs} == {25, 50, 100, 200, 400}
+    assert {r.train.max_epochs for r in runs} == {3} and all(r.forgetting.enabled for r in runs)
