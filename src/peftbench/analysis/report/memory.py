@@ -1,4 +1,4 @@
-"""What each run's memory peak holds: Table 9 (the breakdown per method, scale and task) and a stacked bar
+"""What each run's memory peak holds: Table 12 (the breakdown per method, scale and task) and a stacked bar
 figure per (model, task, scale), so a reader sees what is the method's (gradients, optimiser state,
 activations) and what is the runtime's (the process before the model loads) or the implementation's
 (overhead).
@@ -65,7 +65,7 @@ def _render_breakdown(stats: list[Stat | None]) -> str:
 
 
 def memory_table(coll: Collection):
-    """Table 9: each cell's mean peak and its parts (GiB), one row per method and scale, one column per task."""
+    """Table 12: each cell's mean peak and its parts (GiB), one row per method and scale, one column per task."""
     from peftbench.analysis.report import tables as t
 
     quantities = ([("peak", c.peak_bytes)] + [(part, part_bytes(part)) for part in BREAKDOWN_PARTS]
