@@ -55,6 +55,9 @@ MAX_UNK_SHARE = 0.05
 """Paragraphs with more ``<unk>`` words than this share are left out (WikiText-2's file marks 6.3 % of words)."""
 DEFAULT_FILE = Path("wikitext2") / "test.jsonl"
 """Where a data folder holds the general text."""
+CACHE_PROCEDURE = 1
+"""Raised when how the base model's loss is computed changes, so that cached losses are computed again (bf16
+sums differ with the passes' batching by about 1e-3 nats)."""
 PASS_TOKENS = 512
 """Padded tokens (virtual tokens included) one forward pass over the sample holds; a longer row runs alone."""
 
@@ -252,12 +255,12 @@ def reference_row(result: dict[str, Any], method: str) -> dict[str, Any]:
 
 def _cached_base_loss(loop, text: GeneralText) -> float:
     """The base model's loss on the sample: cached under the model's identity, the sample's hash, the
-    precision and the device type; measured with the method's adapters disabled (PEFT models) or on the
+    precision, the device type and the scoring procedure (``PASS_TOKENS``, ``CACHE_PROCEDURE``); measured with the method's adapters disabled (PEFT models) or on the
     model as it is (full tuning, BitFit: before training nothing has changed yet)."""
     loaded = loop.cell.loaded
     key = {"model": loaded.name, "source": loaded.source, "revision": loop.run.model_revision,
            "provenance": loaded.provenance, "sample": text.hash, "precision": loop.accelerator.mixed_precision,
-           "device": loop.accelerator.device.type}
+           "device": loop.accelerator.device.type, "pass_tokens": PASS_TOKENS, "procedure": CACHE_PROCEDURE}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
     path = cache_root() / "forgetting" / f"{digest}.json"
     if path.is_file():
