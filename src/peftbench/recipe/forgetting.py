@@ -19,9 +19,9 @@ How it is scored, per family:
     seq2seq  ``SEQ2SEQ_PREFIX`` as the encoder input, the paragraph as the decoder target
     encoder  not defined (a classifier has no language-model head): null, with the reason
 
-The passes are the validation loss's (``evaluate.validation_loss``, the run's speed-ups and precision), in
-batches of at most ``PASS_TOKENS`` padded tokens, forward only (``inference_mode``: a layer's activations are
-freed as the next runs). Every token is scored, so a pass holds its logits (512 × 49,152 for SmolLM2: about
+The passes score as the validation loss does (``loss.target_token_losses``, the run's speed-ups and
+precision), in batches of at most ``PASS_TOKENS`` padded tokens (never fused into larger passes), forward
+only (``inference_mode``: a layer's activations are freed as the next runs). Every token is scored, so a pass holds its logits (512 × 49,152 for SmolLM2: about
 100 MB in fp32, with the bf16 copy and the cross-entropy's about 250 MB), a quarter of what a training pass of
 ``batching.FUSE_MAX_TOKENS`` tokens keeps for its backward: scoring does not set the run's peak memory. Two
 passes over the sample per run (the reference before training, the tuned model after the test), a third when
@@ -46,8 +46,8 @@ import torch
 from peftbench.catalog.embedded import cache_root
 from peftbench.config import ForgettingConfig
 from peftbench.errors import UserError
-from peftbench.recipe.batching import IGNORE, Encoded
-from peftbench.recipe.evaluate import validation_loss
+from peftbench.recipe.batching import IGNORE, Encoded, collate
+from peftbench.recipe.loss import target_token_losses
 
 SEQ2SEQ_PREFIX = "Text:"
 """A seq2seq model's encoder input while its decoder is scored on the paragraph."""
@@ -55,6 +55,9 @@ MAX_UNK_SHARE = 0.05
 """Paragraphs with more ``<unk>`` words than this share are left out (WikiText-2's file marks 6.3 % of words)."""
 DEFAULT_FILE = Path("wikitext2") / "test.jsonl"
 """Where a data folder holds the general text."""
+CACHE_PROCEDURE = 1
+"""Raised when how the base model's loss is computed changes, so that cached losses are computed again (bf16
+sums differ with the passes' batching by about 1e-3 nats)."""
 PASS_TOKENS = 512
 """Padded tokens (virtual tokens included) one forward pass over the sample holds; a longer row runs alone."""
 
@@ -168,15 +171,26 @@ def general_text(cfg: ForgettingConfig, data_dir: str | None, tokenizer, family:
     return GeneralText(items, source, len(chosen), total, digest)
 
 
+@torch.inference_mode()
 def text_loss(loop, text: GeneralText, model=None) -> float:
-    """Mean cross-entropy per scored token (nats) of ``model`` (default the run's) over the sample, in forward
-    passes of at most ``PASS_TOKENS`` padded tokens."""
+    """Mean cross-entropy per scored token (nats) of ``model`` (default the run's) over the sample, scored as
+    the validation loss is (``loss.target_token_losses``, the run's speed-ups and autocast) but in passes of at
+    most ``PASS_TOKENS`` padded tokens, never fused into larger ones. Every process scores the whole sample."""
     cell, speedups = loop.cell, loop.speedups
+    model = model if model is not None else loop.model
+    model.eval()
     width = max(len(e.input_ids) + (len(e.labels) if cell.loaded.family == "seq2seq" else 0) for e in text.items)
     rows = max(1, PASS_TOKENS // (width + speedups.virtual_tokens))
-    # Every process scores the whole sample (no sharding): the same number everywhere, a few passes more.
-    return validation_loss(model if model is not None else loop.model, text.items, cell.loaded.family,
-                           cell.loaded.tokenizer.pad_token_id, rows, speedups, loop.autocast())
+    order = sorted(range(len(text.items)), key=lambda i: len(text.items[i].input_ids))  # least padding
+    total, count = torch.zeros((), dtype=torch.float64), 0
+    for start in range(0, len(order), rows):
+        batch = collate([text.items[i] for i in order[start: start + rows]], cell.loaded.family,
+                        cell.loaded.tokenizer.pad_token_id)
+        with loop.autocast():
+            losses, _ = target_token_losses(model, batch, speedups)
+        total += losses.double().sum().cpu()
+        count += losses.numel()
+    return float(total / max(count, 1))
 
 
 @dataclass
@@ -241,12 +255,12 @@ def reference_row(result: dict[str, Any], method: str) -> dict[str, Any]:
 
 def _cached_base_loss(loop, text: GeneralText) -> float:
     """The base model's loss on the sample: cached under the model's identity, the sample's hash, the
-    precision and the device type; measured with the method's adapters disabled (PEFT models) or on the
+    precision, the device type and the scoring procedure (``PASS_TOKENS``, ``CACHE_PROCEDURE``); measured with the method's adapters disabled (PEFT models) or on the
     model as it is (full tuning, BitFit: before training nothing has changed yet)."""
     loaded = loop.cell.loaded
     key = {"model": loaded.name, "source": loaded.source, "revision": loop.run.model_revision,
            "provenance": loaded.provenance, "sample": text.hash, "precision": loop.accelerator.mixed_precision,
-           "device": loop.accelerator.device.type}
+           "device": loop.accelerator.device.type, "pass_tokens": PASS_TOKENS, "procedure": CACHE_PROCEDURE}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
     path = cache_root() / "forgetting" / f"{digest}.json"
     if path.is_file():
