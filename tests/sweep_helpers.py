@@ -93,7 +93,7 @@ VOLATILE = ("time", "throughput.train_tokens_per_s", "throughput.mfu", "memory",
 
 
 def comparable(result: dict[str, Any]) -> dict[str, Any]:
-    """A result without its volatile fields (and without each epoch's seconds)."""
+    """A result without its volatile fields (and without each epoch's timings)."""
     kept = copy.deepcopy(result)
     for dotted in VOLATILE:
         *parents, leaf = dotted.split(".")
@@ -103,6 +103,7 @@ def comparable(result: dict[str, Any]) -> dict[str, Any]:
         node.pop(leaf, None)
     for epoch in kept.get("history", []):
         epoch.pop("seconds", None)
+        epoch.pop("val_metric_s", None)
     return kept
 
 
