@@ -244,9 +244,12 @@ def test_fused_passes_give_the_same_step_as_one_batch_at_a_time():
     group = [list(range(0, 4)), list(range(4, 8)), list(range(8, 12)), list(range(12, 14))]
     fused = plan_passes(items, group, "causal", 4, 1, fuse=True)
     assert len(fused) < len(group) and [s[0] for p in fused for s in p] == [0, 1, 2, 3]
-    assert plan_passes(items, group, "causal", 4, 2, fuse=True) == [  # halved micro-batches: never fused
-        [(0, [0, 1], 2)], [(0, [2, 3], 2)], [(1, [4, 5], 2)], [(1, [6, 7], 2)], [(2, [8, 9], 2)], [(2, [10, 11], 2)],
-        [(3, [12, 13], 1)]]
+    halved = plan_passes(items, group, "causal", 4, 2, fuse=True)  # halved micro-batches: never fused
+    assert [(p, rows) for (p, rows, _), in halved] == [(0, [0, 1]), (0, [2, 3]), (1, [4, 5]), (1, [6, 7]),
+                                                      (2, [8, 9]), (2, [10, 11]), (3, [12, 13])]
+    targets = [sum(label != -100 for label in item.labels[1:]) for item in items]  # tokens each row is scored on
+    for (position, rows, share), in halved:  # each piece weighs its share of its batch's target tokens
+        assert share == pytest.approx(sum(targets[i] for i in rows) / sum(targets[i] for i in group[position]))
     for model_name, method in (("llama-tiny-random", "lora"), ("t5-tiny-random", "full")):
         one_losses, one_tokens, one_grads = _gradients_and_losses(model_name, method, False)
         fused_losses, fused_tokens, fused_grads = _gradients_and_losses(model_name, method, True)

@@ -256,5 +256,7 @@ def test_run_reports_and_reruns_a_truncated_result(tmp_path, fake_training, caps
     err = capsys.readouterr().err
     assert fake_training.calls == 2  # ran again, not skipped
     assert read_result(result_file)["status"] == "ok"
-    assert (f"peftbench: warning: corrupt result, the run counts as unfinished: {result_file}: cannot be read "
-            f"as JSON") in err
+    # The broken file is set aside, not lost, and the run runs again.
+    (kept,) = result_file.parent.glob("result.json.corrupt-*")
+    assert len(kept.read_text()) == 40  # the truncated bytes, as they were
+    assert f"peftbench: warning: {result_file.parent.name}: corrupt result kept as {kept}; the run runs again" in err

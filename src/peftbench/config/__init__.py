@@ -108,7 +108,10 @@ class RunConfig:
         if unknown_settings:
             raise RuntimeError(f"config setting(s) {', '.join(unknown_settings)} are not in config.ID_DEFAULTS: "
                                f"add each with the default it is introduced with")
-        task, data = data_identity(self.task, self.data_dir)
+        try:
+            task, data = data_identity(self.task, self.data_dir)
+        except UserError:  # an unknown task: preflight refuses the sweep with its own message
+            task, data = self.task, self.data_dir
         return {"model": self.model, "method": self.method, "task": task, "scale": self.scale, "seed": self.seed,
                 "ablation": self.ablation, "data": data,
                 "settings": {k: v for k, v in settings.items() if v != ID_DEFAULTS[k]}}
