@@ -115,8 +115,10 @@ CLAIM_CASES = {  # claim id → (cells where it holds, cells where it does not, 
         (0, 1, 2),
     ),
     "peft-beats-full-low": (
-        {_low("full"): {"score": [0.60, 0.50, 0.71]}, _low("lora"): {"score": [0.80, 0.70, 0.90]}},
-        {_low("full"): {"score": [0.80, 0.70, 0.90]}, _low("lora"): {"score": [0.60, 0.50, 0.71]}},
+        {_low("full"): {"score": [0.60, 0.50, 0.71]}, _low("lora"): {"score": [0.80, 0.70, 0.90]},
+         _low("bitfit"): {"score": [0.81, 0.72, 0.90]}},
+        {_low("full"): {"score": [0.80, 0.70, 0.90]}, _low("lora"): {"score": [0.60, 0.50, 0.71]},
+         _low("bitfit"): {"score": [0.61, 0.52, 0.71]}},
         (0, 1, 2),
     ),
     "lora-matches-full-low-generation": (  # non-inferiority with ROUGE-L's smallest effect, 0.01
@@ -166,12 +168,13 @@ def test_each_claim_holds_fails_and_is_inconclusive_on_results_built_for_it(tmp_
 
 
 def test_consistent_paired_differences_decide_although_the_per_seed_intervals_overlap(tmp_path):
-    cells = {_low("lora"): {"score": [0.50, 0.70, 0.90]}, _low("full"): {"score": [0.45, 0.64, 0.86]}}
+    cells = {_low("lora"): {"score": [0.50, 0.70, 0.90]}, _low("full"): {"score": [0.45, 0.64, 0.86]},
+             _low("bitfit"): {"score": [0.50, 0.70, 0.90]}}
     verdict = _verdict(tmp_path, cells, "peft-beats-full-low")
     assert verdict.verdict == HOLDS
     assert verdict.comparisons[0].text == (
         "lora score 0.7000 ± 0.4968 (3 seeds) > full score 0.6500 ± 0.5097 (3 seeds); "
-        "difference +0.0500 [+0.0252, +0.0748], paired t p 0.013, 3 seeds")
+        "difference +0.0500 [+0.0252, +0.0748], paired t p 0.013 (Holm 0.026), 3 seeds")
 
 
 def test_an_undecided_comparison_states_what_it_can_detect_and_the_seeds_it_needs(tmp_path):

@@ -103,11 +103,15 @@ def _pair(coll: Collection, panel: tuple, a: str, b: str, measure: Measure, expe
 
 
 def _against_others(coll: Collection, scales: tuple, first: tuple[str, ...], measure: Measure, expect: str,
-                    others: Callable[[str], bool], extra: Measure | None = None, task_type: str | None = None):
-    """Each method of ``first`` the model ran, against each other fine-tuned method ``others`` accepts."""
+                    others: Callable[[str], bool], extra: Measure | None = None, task_type: str | None = None,
+                    required: tuple[str, ...] = ()):
+    """Each method of ``first`` the model ran (in any panel), against each other fine-tuned method ``others``
+    accepts, in every panel. The methods a claim names (``required``) are compared whether or not they ran, and
+    a method run in some panels is compared in all: a claim never holds because a side is missing, which that
+    comparison says ("missing: ...")."""
     found = []
     for panel in _panels(coll, scales, task_type):
-        methods = _fine_tuned(coll, panel[0])
+        methods = list(dict.fromkeys([*_fine_tuned(coll, panel[0]), *required]))
         for a in (m for m in first if m in methods):
             found += [_pair(coll, panel, a, b, measure, expect, extra) for b in methods if b != a and others(b)]
     return found
@@ -121,12 +125,13 @@ def _full_converges_first(coll: Collection) -> list[Comparison]:
 
 
 def _peft_beats_full_low(coll: Collection) -> list[Comparison]:
-    return _against_others(coll, ("low",), ("lora", "bitfit"), SCORE, HIGHER, lambda m: m == "full")
+    return _against_others(coll, ("low",), ("lora", "bitfit"), SCORE, HIGHER, lambda m: m == "full",
+                           required=("full", "lora", "bitfit"))
 
 
 def _lora_at_least_full(coll: Collection) -> list[Comparison]:
     return _against_others(coll, ("low",), ("lora",), SCORE, AT_LEAST, lambda m: m == "full",
-                           task_type="generation")
+                           task_type="generation", required=("full", "lora"))
 
 
 def _ia3_bitfit_least_memory(coll: Collection) -> list[Comparison]:
