@@ -10,15 +10,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any
 
 import yaml
 
 from peftbench.catalog.ablations import ABLATIONS
+from peftbench.config.parsing import from_dict
+from peftbench.config.run_ids import _ID_COORDINATES, ID_DEFAULTS, _flatten, changed_settings  # noqa: F401
 from peftbench.config.sections import (
     SPEEDUP_SETTINGS,
     ForgettingConfig,
@@ -26,7 +27,7 @@ from peftbench.config.sections import (
     SpeedupsConfig,
     TrainConfig,
 )
-from peftbench.errors import UserError, choices_text, did_you_mean, unknown
+from peftbench.errors import UserError, did_you_mean, unknown
 
 __all__ = ["SPEEDUP_SETTINGS", "ForgettingConfig", "RunConfig", "Scale", "ServeConfig", "SpeedupsConfig",
            "SweepConfig", "TrainConfig", "canonical_model", "from_dict", "load_sweep", "parse_override"]
@@ -102,58 +103,12 @@ class RunConfig:
         """
         from peftbench.catalog.tasks.data import data_identity  # the data's content, read once per process
 
-        settings = _flatten({k: v for k, v in self.to_dict().items() if k not in _ID_COORDINATES})
-        settings.pop("train.measure_peak")  # in ID_DEFAULTS like every setting, but recorded, not computed
-        unknown_settings = sorted(set(settings) - set(ID_DEFAULTS))
-        if unknown_settings:
-            raise RuntimeError(f"config setting(s) {', '.join(unknown_settings)} are not in config.ID_DEFAULTS: "
-                               f"add each with the default it is introduced with")
         try:
             task, data = data_identity(self.task, self.data_dir)
         except UserError:  # an unknown task: preflight refuses the sweep with its own message
             task, data = self.task, self.data_dir
         return {"model": self.model, "method": self.method, "task": task, "scale": self.scale, "seed": self.seed,
-                "ablation": self.ablation, "data": data,
-                "settings": {k: v for k, v in settings.items() if v != ID_DEFAULTS[k]}}
-
-
-_ID_COORDINATES = ("model", "method", "task", "scale", "seed", "ablation", "data_dir", "trackers", "serve")
-"""RunConfig fields the id names directly (or, for trackers and serve, leaves out)."""
-
-# fmt: off
-ID_DEFAULTS: dict[str, Any] = {
-    # Each setting with the default it was introduced with; never edit a value here (that would make old
-    # results look done for runs that compute something else): a new setting adds its line.
-    "layers": None, "modules": None, "method_options": {}, "trust_remote_code": False, "model_revision": None,
-    "train.batch_size": 16, "train.grad_accum": 4, "train.max_epochs": None, "train.patience": 1,
-    "train.min_delta": 0.0, "train.warmup_fraction": 0.1, "train.lr_initial": None, "train.lr_peak": None,
-    "train.lr_final": None, "train.weight_decay": 0.0, "train.max_grad_norm": 1.0, "train.precision": "auto",
-    "train.max_source_tokens": 512, "train.max_target_tokens": 128, "train.eval_batch_size": 32,
-    "train.val_metric_examples": 200, "train.rank_classification": True, "train.eval_examples": 2500,
-    "train.group_by_length": True, "train.save_adapter": True, "train.checkpoint_every_epoch": True,
-    "train.checkpoint_interval_s": 60.0, "train.num_threads": None, "train.max_oom_retries": 4,
-    "train.test_examples": None, "train.lr_scale": 1.0, "train.run_test": True, "lr_search": None,
-    "train.measure_peak": None, "train.max_tokens_per_pass": None, "train.gradient_checkpointing": False,
-    "speedups.keep_freed_memory": True, "speedups.fused_adamw": True, "speedups.fused_passes": True,
-    "speedups.frozen_weights_bf16": True, "speedups.onednn_blocked_weights": True,
-    "speedups.lm_head_on_targets": True, "speedups.shared_prompt_prefix": True, "speedups.eager_attention": True,
-    "speedups.concatenated_rows": True, "speedups.unpadded_feed_forward": True, "speedups.bits_dropout": True,
-    "forgetting.enabled": True, "forgetting.data_file": None, "forgetting.hub_dataset": "Salesforce/wikitext",
-    "forgetting.hub_config": "wikitext-2-raw-v1", "forgetting.tokens": 4096, "forgetting.max_paragraph_tokens": 256,
-}
-# fmt: on
-
-
-def _flatten(config: dict[str, Any]) -> dict[str, Any]:
-    """``{"train": {"patience": 1}}`` → ``{"train.patience": 1}`` for every section (a mapping other than
-    ``method_options``, which is one setting)."""
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and key != "method_options":
-            flat.update({f"{key}.{name}": v for name, v in value.items()})
-        else:
-            flat[key] = value
-    return flat
+                "ablation": self.ablation, "data": data, "settings": changed_settings(self.to_dict())}
 
 
 def _slug(text: str) -> str:
@@ -428,53 +383,3 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
             raise UserError(f"override {key}: {part} is not a section")
         node = child
     node[leaf] = value
-
-
-def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
-    """Build dataclass ``cls`` from ``data``: unknown keys and wrong types are UserErrors naming the key."""
-    if not isinstance(data, dict):
-        raise UserError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        if key not in hints:
-            raise UserError(f"{where}: unknown key {key!r}{did_you_mean(key, names)}; "
-                            f"{choices_text(key, names, f'pydoc {cls.__module__}.{cls.__name__}')}")
-        kwargs[key] = _coerce(hints[key], value, f"{where}: {key}")
-    return cls(**kwargs)
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value or {}, where)
-    origin, args = get_origin(hint), get_args(hint)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(option, value, where)
-            except UserError:
-                continue
-        raise UserError(f"{where}: {value!r} is not a valid {_type_name(hint)}")
-    if origin is list:
-        if not isinstance(value, list):
-            value = [value]  # a scalar where a list is expected: a one-element grid axis
-        return [_coerce(args[0], item, where) for item in value] if args else value
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"{where}: expected a mapping, got {value!r}")
-        return {str(k): _coerce(args[1], v, f"{where}.{k}") if args else v for k, v in value.items()}
-    if hint is Any:
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, float, str, bool) and not (isinstance(value, hint) and not
-                                               (hint is int and isinstance(value, bool))):
-        raise UserError(f"{where}: expected {hint.__name__}, got {value!r}")
-    return value
-
-
-def _type_name(hint: Any) -> str:
-    return str(hint).replace("typing.", "").replace("NoneType", "null")
