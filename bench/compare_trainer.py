@@ -13,7 +13,7 @@ the test score, with the ratios trainer / peftbench.
 Protocol: the paper's (batch 16 × 4, the scale's max epochs, early stopping with patience 1, the best
 epoch tested), except the evaluation size: ``train.eval_examples=200`` (100 validation, 100 test) and
 no per-epoch validation decoding (``train.val_metric_examples=0``; the Trainer script computes the loss
-only). ``--quick`` also caps training at 2 epochs and evaluation at 64 examples: a smoke test of the bench.
+only), and neither label ranking nor the forgetting measurement, which the Trainer script does not do. ``--quick`` also caps training at 2 epochs and evaluation at 64 examples: a smoke test of the bench.
 """
 
 from __future__ import annotations
@@ -45,9 +45,13 @@ GPU_CELLS = {
     "flant5base-lora-samsum": ["model={models}/flan-t5-base-random", "methods=[lora]", "tasks=[samsum]",
                                "scales=[low]"],
 }
-PROTOCOL = ["train.eval_examples=200", "train.val_metric_examples=0"]
-QUICK = ["train.eval_examples=64", "train.val_metric_examples=0", "train.max_epochs=2"]
-SIDES = {"peftbench": HERE / "peftbench_side.py", "trainer": HERE / "trainer_baseline.py"}
+# What the Trainer script does not do is off on both sides: label ranking and the forgetting measurement.
+SAME_WORK = ["train.rank_classification=false", "forgetting.enabled=false"]
+PROTOCOL = ["train.eval_examples=200", "train.val_metric_examples=0", *SAME_WORK]
+QUICK = ["train.eval_examples=64", "train.val_metric_examples=0", "train.max_epochs=2", *SAME_WORK]
+SIDES = {"peftbench": (HERE / "peftbench_side.py", []),  # the default (fair) speed-up levers
+         "peftbench-all": (HERE / "peftbench_side.py", ["speedups=all"]),  # every lever on
+         "trainer": (HERE / "trainer_baseline.py", [])}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -60,7 +64,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1, help="runs of each cell and seed (timing noise)")
     parser.add_argument("--seeds", default="0",
                         help="comma-separated run seeds: each cell runs once per seed (score noise)")
-    parser.add_argument("--sides", default="peftbench,trainer")
+    parser.add_argument("--sides", default="peftbench,trainer",
+                        help=f"comma-separated, of {', '.join(SIDES)} (peftbench-all: speedups=all)")
     parser.add_argument("--out-dir", default=str(HERE / "results"))
     parser.add_argument("--trainer-omp", choices=["same", "default"], default="same",
                         help="same: the trainer script gets the OpenMP spin limit peftbench sets for itself "
@@ -91,14 +96,15 @@ def run_side(side: str, cell: str, overrides: list[str], out_dir: Path, env: dic
     load_before = [round(x, 2) for x in os.getloadavg()]
     started = time.perf_counter()
     with log.open("w") as handle:
-        code = subprocess.call([sys.executable, str(SIDES[side]), str(out), *overrides], env=env,
+        script, extra = SIDES[side]
+        code = subprocess.call([sys.executable, str(script), str(out), *overrides, *extra], env=env,
                                stdout=handle, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - started
     if code != 0 or not out.is_file():
         print(f"  {side:9s} FAILED (exit {code}); see {log}", flush=True)
         return {"side": side, "cell": cell, "failed": True, "exit_code": code, "log": str(log)}
     record = json.loads(out.read_text())
-    record.update(cell=cell, process_wall_s=wall, load_before=load_before, repeat=repeat)
+    record.update(side=side, cell=cell, process_wall_s=wall, load_before=load_before, repeat=repeat)
     print(f"  {side:9s} {record['time_to_result_s']:8.1f} s to result, {record['epochs']} epochs, "
           f"score {record['score']:.4f}, load {load_before[0]}", flush=True)
     return record
@@ -141,6 +147,8 @@ def main(argv: list[str]) -> None:
     if unknown:
         raise SystemExit(f"unknown cell(s) {unknown}; choose from {', '.join(every)}")
     sides = args.sides.split(",")
+    if set(sides) - set(SIDES):
+        raise SystemExit(f"unknown side(s) {sorted(set(sides) - set(SIDES))}; choose from {', '.join(SIDES)}")
     out_dir = Path(args.out_dir) / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True)
     protocol = (QUICK if args.quick else PROTOCOL) + [f"data_dir={Path(args.data_dir).resolve()}", *args.set]

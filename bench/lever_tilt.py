@@ -12,6 +12,13 @@ validation pass, tilts the comparison: it belongs off by default (config/section
 
     .venv/bin/python bench/lever_tilt.py --data-dir ../shared/data [--tasks cola,ag_news] [--repeats 3]
 
+A lever that needs another (``onednn_blocked_weights`` needs ``frozen_weights_bf16``, ``concatenated_rows``
+needs ``eager_attention``) is measured with its prerequisite on, against the prerequisite alone. Levers that
+apply to no method of the model (``bits_dropout`` on a model without dropout) are not measured. A setting
+may also name several levers joined by ``+`` (``--settings none,fused_adamw+lm_head_on_targets``) to check
+that a default set's tilts do not add up, and ``#k`` repeats a setting in a fresh process: ``--settings none#2``
+measures the noise floor, the "tilt" of changing nothing.
+
 Each (task, setting) runs in a process of its own (``keep_freed_memory`` holds for a process's life), which
 loads the model once and copies it per method. Times are medians over ``--repeats`` epochs after one warm-up
 epoch; run it on an otherwise idle machine.
@@ -30,6 +37,37 @@ import time
 from pathlib import Path
 
 METHODS = ("full", "lora", "ia3", "bitfit", "prompt")
+PREREQUISITES = {"onednn_blocked_weights": ("frozen_weights_bf16",), "concatenated_rows": ("eager_attention",)}
+
+
+def lever_settings(applicable: set[str]) -> dict[str, str]:
+    """Each measured setting (levers joined by ``+``) → the setting it is compared with."""
+    from peftbench.config import SpeedupsConfig
+
+    settings = {}
+    for lever in (name for name in SpeedupsConfig.levers() if name in applicable):
+        baseline = "+".join(PREREQUISITES.get(lever, ())) or "none"
+        settings[baseline] = settings.get(baseline, "none")
+        settings["+".join((*PREREQUISITES.get(lever, ()), lever))] = baseline
+    return {"none": "none", **settings}
+
+
+def applicable_levers(task: str, args) -> set[str]:
+    """The levers that apply to at least one method of ``args.model`` (every lever on)."""
+    from peftbench.config import SpeedupsConfig, load_sweep
+    from peftbench.recipe.train import make_accelerator, prepare_cell
+    from peftbench.speedups import APPLIED, resolve
+
+    found = set()
+    for method in METHODS:
+        run = load_sweep(None, [f"model={args.model}", f"method={method}", f"task={task}", "scale=low",
+                                f"data_dir={args.data_dir}", "train.eval_examples=200"]).expand()[0]
+        cell = prepare_cell(run)
+        accelerator = make_accelerator(run.train.precision, cell.loaded.architecture)
+        plan = resolve(run.speedups).apply_to_model(cell.model, accelerator.device, accelerator.mixed_precision)
+        found |= {name for name in SpeedupsConfig.levers()  # levers the plan does not decide per model apply
+                  if name not in plan.statuses or plan.statuses[name].status == APPLIED}
+    return found
 
 
 def measure(task: str, setting: str, args) -> dict[str, dict[str, float]]:
@@ -45,7 +83,11 @@ def measure(task: str, setting: str, args) -> dict[str, dict[str, float]]:
     from peftbench.speedups import resolve as resolve_speedups
 
     torch.set_num_threads(args.threads)
-    levers = {name: name == setting for name in SpeedupsConfig.levers()}
+    setting = setting.split("#")[0]  # "none#2": a repeat of "none", whose tilt against "none" is the noise floor
+    unknown = set(setting.split("+")) - set(SpeedupsConfig.levers()) - {"none"}
+    if unknown:
+        raise SystemExit(f"unknown levers {sorted(unknown)}; valid: {', '.join(SpeedupsConfig.levers())}")
+    levers = {name: name in setting.split("+") for name in SpeedupsConfig.levers()}
     times = {}
     for method in METHODS:
         run = load_sweep(None, [f"model={args.model}", f"method={method}", f"task={task}", "scale=low",
@@ -83,23 +125,28 @@ def steps_order(cell, run, epoch: int) -> list[list[int]]:
                                   group_by_length=run.train.group_by_length)
 
 
-def tilts(times: dict[str, dict], setting: str, quantity: str) -> dict[str, float]:
-    """Each method's ratio to full tuning with the lever alone, over the same ratio with none."""
-    lever, none = times[setting], times["none"]
+def tilts(times: dict[str, dict], setting: str, baseline: str, quantity: str) -> dict[str, float]:
+    """Each method's ratio to full tuning with the setting, over the same ratio with its baseline."""
+    lever, none = times[setting], times[baseline]
     return {m: (lever[m][quantity] / lever["full"][quantity]) / (none[m][quantity] / none["full"][quantity])
             for m in METHODS if m != "full"}
 
 
-def table(task: str, times: dict[str, dict], threshold: float) -> str:
-    lines = [f"### {task} (low, seed 0): method ÷ full time ratio with the lever alone, over the ratio with none",
-             "", "| lever | " + " | ".join(f"{m} train / val" for m in METHODS if m != "full") + " | tilts? |",
-             "| --- |" + " ---: |" * (len(METHODS) - 1) + " --- |"]
-    for setting in (s for s in times if s != "none"):
-        train, val = tilts(times, setting, "train_epoch_s"), tilts(times, setting, "validation_s")
+def table(task: str, times: dict[str, dict], baselines: dict[str, str], threshold: float) -> str:
+    lines = [f"### {task} (low, seed 0): method ÷ full time ratio with the setting, over the ratio with its "
+             "baseline", "", "| setting (vs baseline) | full train / val speed-up | "
+             + " | ".join(f"{m} train / val" for m in METHODS if m != "full") + " | tilts? |",
+             "| --- | ---: |" + " ---: |" * (len(METHODS) - 1) + " --- |"]
+    for setting, baseline in baselines.items():
+        if setting == baseline or setting not in times or baseline not in times:
+            continue
+        train = tilts(times, setting, baseline, "train_epoch_s")
+        val = tilts(times, setting, baseline, "validation_s")
         worst = max(abs(v - 1) for v in [*train.values(), *val.values()])
+        full = [times[baseline]["full"][q] / times[setting]["full"][q] for q in ("train_epoch_s", "validation_s")]
         cells = [f"{train[m]:.3f} / {val[m]:.3f}" for m in train]
-        lines.append(f"| {setting} | " + " | ".join(cells) + f" | {'yes' if worst > threshold else 'no'} "
-                     f"({worst:.1%}) |")
+        lines.append(f"| {setting} (vs {baseline}) | {full[0]:.2f}× / {full[1]:.2f}× | " + " | ".join(cells)
+                     + f" | {'yes' if worst > threshold else 'no'} ({worst:.1%}) |")
     return "\n".join(lines)
 
 
@@ -111,27 +158,33 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--threshold", type=float, default=0.05)
+    parser.add_argument("--settings", help="comma-separated settings (levers joined by +), each compared with "
+                        "none; default: every applicable lever, with its prerequisites")
     parser.add_argument("--out", default="bench/results/lever_tilt.json")
     parser.add_argument("--child", nargs=2, metavar=("TASK", "SETTING"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(*args.child, args)))
         return
-    from peftbench.config import SpeedupsConfig
-
-    settings = ["none", *SpeedupsConfig.levers()]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     results: dict[str, dict] = {}
     for task in args.tasks.split(","):
         results[task] = {}
-        for setting in settings:
+        if args.settings:
+            baselines = {"none": "none", **{s: "none" for s in args.settings.split(",")}}
+        else:
+            baselines = lever_settings(applicable_levers(task, args))
+        print(f"{task}: {len(baselines)} settings: {', '.join(baselines)}", file=sys.stderr)
+        for setting in baselines:
             command = [sys.executable, __file__, "--data-dir", args.data_dir, "--model", args.model,
                        "--repeats", str(args.repeats), "--threads", str(args.threads), "--out", args.out,
                        "--child", task, setting]
             done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
             results[task][setting] = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"{task} {setting}: done", file=sys.stderr)
-        print(table(task, results[task], args.threshold) + "\n")
+            print(f"{task} {setting}: done at {time.strftime('%H:%M:%S')}", file=sys.stderr)
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(results, indent=1))
+        print(table(task, results[task], baselines, args.threshold) + "\n", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
 

@@ -95,7 +95,7 @@ def main(out: str, overrides: list[str]) -> None:
         "epochs": result["epochs"], "best_epoch": result["best_epoch"],
         "train_tokens": result["throughput"]["train_tokens"], "train_flops": per_epoch * result["epochs"] - shared,
         "shared_prefix": dict(_shared_prefix),
-        "score": result["metrics"]["score"], "metric": result["task"]["metric"],
+        "score": result["metrics"]["score"], "metric": result["metrics"]["headline"],
         "trainable_params": result["params"]["trainable"], "precision": result["optimizer"]["precision"],
         "device": result["hardware"].get("device"), "history": result["history"],
         "load_average": {"before": load_before, "after": load_after},

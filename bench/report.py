@@ -33,18 +33,23 @@ def _ratio(a, b):
     return a / b if a is not None and b else None
 
 
+def _ratios(ours: dict, theirs: dict) -> dict:
+    """Trainer ÷ peftbench for times, peftbench ÷ trainer for tokens/s: above 1, peftbench is faster."""
+    return {"time_to_result": _ratio(theirs["time_to_result_s"], ours["time_to_result_s"]),
+            "train_tokens_per_s": _ratio(ours["train_tokens_per_s"], theirs["train_tokens_per_s"]),
+            "eval_s": _ratio(theirs["eval_s"], ours["eval_s"])}
+
+
 def summarise(records: list[dict], peaks: dict, names: list[str]) -> dict:
     peak = max(peaks["before"]["bf16"]["flops_per_s"], peaks["after"]["bf16"]["flops_per_s"])
     cells = {}
     for name in names:
-        runs = {side: [r for r in records if r["cell"] == name and r["side"] == side] for side in ("peftbench", "trainer")}
-        sides = {side: side_summary(side_runs, peak) for side, side_runs in runs.items() if side_runs}  # None: all failed
-        ours, theirs = sides.get("peftbench"), sides.get("trainer")
-        ratios = {}
-        if ours and theirs:
-            ratios = {"time_to_result": _ratio(theirs["time_to_result_s"], ours["time_to_result_s"]),
-                      "train_tokens_per_s": _ratio(ours["train_tokens_per_s"], theirs["train_tokens_per_s"]),
-                      "eval_s": _ratio(theirs["eval_s"], ours["eval_s"])}
+        names_of_sides = list(dict.fromkeys(r["side"] for r in records if r["cell"] == name))
+        runs = {side: [r for r in records if r["cell"] == name and r["side"] == side] for side in names_of_sides}
+        sides = {side: side_summary(side_runs, peak) for side, side_runs in runs.items()}  # None: all failed
+        theirs = sides.get("trainer")
+        ratios = {side: _ratios(ours, theirs) for side, ours in sides.items()
+                  if side.startswith("peftbench") and ours and theirs}
         cells[name] = {"sides": sides, "ratios": ratios}
     return cells
 
@@ -79,7 +84,7 @@ def markdown_table(summary: dict, meta: dict) -> str:
             if s is None:
                 lines.append(f"| {name} | {side} | failed | | | | | | | | | | |")
                 continue
-            r = cell["ratios"] if side == "peftbench" else {}
+            r = cell["ratios"].get(side, {})
             lines.append(
                 f"| {name} | {side} | {_fmt(s['time_to_result_s'], '.1f')} | {_fmt(r.get('time_to_result'), '.2f')} "
                 f"| {_fmt(s['train_s'], '.1f')} | {_fmt(s['train_tokens_per_s'], '.0f')} "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from peftbench.config import SpeedupsConfig
@@ -12,7 +14,8 @@ CPU = torch.device("cpu")
 
 def plan_for(model, *off: str, precision: str = "no") -> SpeedupPlan:
     """``model``'s CPU plan with every lever on except those named in ``off``."""
-    return for_model(model, CPU, SpeedupsConfig(**dict.fromkeys(off, False)), precision)
+    every = dataclasses.asdict(SpeedupsConfig.from_setting("all"))
+    return for_model(model, CPU, SpeedupsConfig(**{**every, **dict.fromkeys(off, False)}), precision)
 
 
 def plain_plan(model) -> SpeedupPlan:

@@ -52,7 +52,7 @@ def test_predictions_are_label_words_and_rank_accuracy_is_accuracy(encoder_resul
         test = result["metrics"]["test"]
         assert test["rank_accuracy"] == test["accuracy"] and 0.0 <= test["accuracy"] <= 1.0
         assert {s["prediction"] for s in result["predictions_sample"]} <= {"sports", "food", "tech"}
-        assert result["speedups"]["levers"]["shared_prompt_prefix"]["status"] == "not_applicable"
+        assert result["speedups"]["levers"]["shared_prompt_prefix"]["status"] == "off"  # the default path
 
 
 def test_serve_bench_measures_every_encoder_method_and_merged_classes_equal_unmerged(encoder_dir):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from peftbench.config import ID_DEFAULTS, ForgettingConfig, RunConfig, TrainConfig, load_sweep
+from peftbench.config import ID_DEFAULTS, ForgettingConfig, RunConfig, SpeedupsConfig, TrainConfig, load_sweep
 from peftbench.errors import UserError
 from peftbench.recipe import forgetting
 from peftbench.recipe.protocol import paper_lr_lambda, resolved_lr
@@ -145,15 +145,17 @@ def test_wikitext_spacing_is_undone():
 @pytest.mark.unit
 def test_adding_the_forgetting_section_leaves_run_ids_unchanged():
     # Ids computed by the code before the section existed (same configs).
+    every_lever = SpeedupsConfig.from_setting("all")  # the speed-up defaults of the time
     assert RunConfig(model="llama-tiny-random", method="lora", task="synthetic_classification", scale="low",
-                     seed=0).run_id() == "llama_tiny_random-lora-synthetic_classification-low-s0-246e5bfce6"
+                     seed=0, speedups=every_lever).run_id() == \
+        "llama_tiny_random-lora-synthetic_classification-low-s0-246e5bfce6"
     assert RunConfig(model="t5-tiny-random", method="prompt", task="synthetic_data_to_text", scale=200, seed=2,
-                     train=TrainConfig(max_epochs=3)).run_id() == \
+                     train=TrainConfig(max_epochs=3), speedups=every_lever).run_id() == \
         "t5_tiny_random-prompt-synthetic_data_to_text-200-s2-b6d9995ab5"
     defaults = {f"forgetting.{k}": v for k, v in dataclasses.asdict(ForgettingConfig()).items()}
     assert {k: ID_DEFAULTS[k] for k in defaults} == defaults
     changed = RunConfig(model="llama-tiny-random", method="lora", task="synthetic_classification", scale="low",
-                        forgetting=ForgettingConfig(tokens=100))
+                        forgetting=ForgettingConfig(tokens=100), speedups=every_lever)
     assert changed.identity()["settings"] == {"forgetting.tokens": 100}
 
 

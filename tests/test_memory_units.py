@@ -129,9 +129,10 @@ def test_large_best_weights_are_kept_on_disk_and_restored_from_there(tmp_path):
 
 
 def test_the_new_train_settings_keep_every_run_id_while_at_their_defaults():
-    from peftbench.config import ID_DEFAULTS, RunConfig, TrainConfig
+    from peftbench.config import ID_DEFAULTS, RunConfig, SpeedupsConfig, TrainConfig
 
-    run = RunConfig(model="llama-tiny-random", method="lora", task="synthetic_classification", scale="low")
+    run = RunConfig(model="llama-tiny-random", method="lora", task="synthetic_classification", scale="low",
+                    speedups=SpeedupsConfig.from_setting("all"))  # the speed-up defaults the ids began with
     assert ID_DEFAULTS["train.max_tokens_per_pass"] is None and ID_DEFAULTS["train.gradient_checkpointing"] is False
     assert run.identity()["settings"] == {}  # at their defaults they are not part of the id
     for changed in (TrainConfig(max_tokens_per_pass=2048), TrainConfig(gradient_checkpointing=True)):

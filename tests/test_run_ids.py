@@ -10,16 +10,27 @@ from pathlib import Path
 import pytest
 
 import peftbench.config as config
-from peftbench.config import ID_DEFAULTS, RunConfig, TrainConfig, load_sweep
+from peftbench.config import ID_DEFAULTS, RunConfig, SpeedupsConfig, TrainConfig, load_sweep
 
 pytestmark = pytest.mark.unit
 
-PINNED = RunConfig(model="t5-tiny-random", method="lora", task="synthetic_classification", scale=32, seed=0)
+# Every speed-up lever on, as the defaults were when this id was computed (ID_DEFAULTS keeps them so).
+PINNED = RunConfig(model="t5-tiny-random", method="lora", task="synthetic_classification", scale=32, seed=0,
+                   speedups=SpeedupsConfig.from_setting("all"))
 
 
 def test_a_known_run_keeps_its_id():
     # Changing this id makes every existing result look unfinished: only a change of what runs compute may.
     assert PINNED.run_id() == "t5_tiny_random-lora-synthetic_classification-32-s0-bd9318766a"
+
+
+def test_a_changed_default_changes_the_id_of_the_runs_it_changes():
+    # The default speed-up set is not the one the ids were introduced with: a run at today's defaults computes
+    # on another path, so it is another run.
+    default = RunConfig(**{**vars(PINNED), "speedups": SpeedupsConfig()})
+    assert default.run_id() != PINNED.run_id()
+    assert set(default.identity()["settings"]) == {f"speedups.{lever}" for lever in SpeedupsConfig.levers()
+                                                   if lever not in SpeedupsConfig.default_levers()}
 
 
 def test_a_setting_that_differs_from_its_introduction_default_changes_the_id():

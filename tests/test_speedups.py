@@ -28,7 +28,8 @@ def _model(name: str, method: str, options: dict | None = None):
 
 
 def test_speedups_setting_shorthands_and_single_levers(tmp_path):
-    assert load_sweep(None, []).speedups == SpeedupsConfig() and SpeedupsConfig().setting == "all"
+    assert load_sweep(None, []).speedups == SpeedupsConfig() == SpeedupsConfig.from_setting("default")
+    assert load_sweep(None, ["speedups=all"]).speedups.setting == "all"
     none = load_sweep(None, ["speedups=none"]).speedups
     assert none.setting == "none" and not any(vars(none).values())
     custom = load_sweep(None, ["speedups=none", "speedups.fused_adamw=true"]).speedups
@@ -37,7 +38,7 @@ def test_speedups_setting_shorthands_and_single_levers(tmp_path):
     suite.write_text("speedups: none\n")
     assert load_sweep(suite, ["speedups.eager_attention=true"]).speedups.eager_attention
     assert load_sweep(suite, ["speedups=all"]).speedups.setting == "all"
-    with pytest.raises(UserError, match="speedups must be all, none or a mapping"):
+    with pytest.raises(UserError, match="speedups must be default, all, none or a mapping"):
         load_sweep(None, ["speedups=some"])
     with pytest.raises(UserError, match="unknown key 'eager'.*eager_attention"):
         load_sweep(None, ["speedups.eager=false"])
@@ -51,7 +52,8 @@ def test_the_paper_suite_compares_times_without_speedups():
 
 
 def test_the_setting_is_part_of_the_run_id_and_the_config():
-    [fast] = load_sweep(None, ["model=llama-tiny-random", "method=lora", "task=synthetic_classification"]).expand()
+    [fast] = load_sweep(None, ["model=llama-tiny-random", "method=lora", "task=synthetic_classification",
+                               "speedups=all"]).expand()
     [plain] = load_sweep(None, ["model=llama-tiny-random", "method=lora", "task=synthetic_classification",
                                 "speedups=none"]).expand()
     assert fast.run_id() != plain.run_id()

@@ -185,75 +185,90 @@ class ForgettingConfig:
                 raise UserError(f"forgetting.{name} must be at least 1, got {getattr(self, name)}")
 
 
-SPEEDUP_SETTINGS = ("all", "none")
-"""The shorthands ``speedups=all`` (every lever on, the default) and ``speedups=none`` (plain PyTorch)."""
+SPEEDUP_SETTINGS = ("default", "all", "none")
+"""The shorthands ``speedups=default`` (the levers whose measured tilt of a method-vs-full time ratio is at
+most 5 %: the fields' defaults below), ``speedups=all`` (every lever on) and ``speedups=none`` (plain
+PyTorch)."""
 
 
 @dataclass
 class SpeedupsConfig:
     """Speed-ups that keep what a run computes (the same loss and gradients up to floating-point reordering,
     or the same distribution): one switch per lever. ``speedups=all`` / ``speedups=none`` set them all;
-    ``speedups.<lever>=false`` one. Part of the run id. Each run records per lever whether it was
-    ``applied``, ``not_applicable`` (with the reason) or ``off`` (``speedups/``). Each lever's measured gain,
-    with the command that measures it: bench/RESULTS.md, "Each lever, before and after"."""
+    ``speedups.<lever>=true`` one. Part of the run id. Each run records per lever whether it was
+    ``applied``, ``not_applicable`` (with the reason) or ``off`` (``speedups/``).
 
-    keep_freed_memory: bool = True
+    A lever is on by default only where it moves no method's time ratio to full tuning by more than 5 %
+    (bench/lever_tilt.py; the table and the default set it gives: bench/RESULTS.md, "Which levers tilt the
+    comparison"; tests/test_speedup_defaults.py pins the two together). Each lever's gain: bench/RESULTS.md,
+    "Each lever, before and after"."""
+
+    keep_freed_memory: bool = False
     """glibc's malloc keeps freed memory in the process (``mallopt``), so training steps stop page-faulting.
     Linux with glibc's malloc, process-wide (once on, a process keeps it). Pays where a step allocates many
     mid-sized tensors (T5's attention maps); the process then holds its peak heap."""
-    fused_adamw: bool = True
+    fused_adamw: bool = False
     """AdamW's update as one fused kernel over all tensors (``fused=True``) instead of ``foreach``. Any
     device; gains most for full tuning, which updates the most tensors."""
-    fused_passes: bool = True
+    fused_passes: bool = False
     """An optimiser step's small batches (and validation's) run as one forward/backward pass while it stays
     under ``batching.FUSE_MAX_TOKENS`` padded tokens. CPU only: fewer, larger matrix multiplications keep
     the cores busier than four small passes."""
-    frozen_weights_bf16: bool = True
+    frozen_weights_bf16: bool = False
     """Frozen ``nn.Linear`` weights stored in bf16 once instead of cast by autocast at every call. bf16
     precision, methods with frozen linears (not full tuning). Saves the casts, which matter most in
     decoding, where each call's matrix work is small."""
-    onednn_blocked_weights: bool = True
+    onednn_blocked_weights: bool = False
     """Frozen bf16 linears multiplied through oneDNN's prepacked (blocked) weight layout. CPU with bf16
     oneDNN kernels, after ``frozen_weights_bf16``, when the copies fit in a quarter of the free memory
     (the prepacked copies raise the peak resident set)."""
-    lm_head_on_targets: bool = True
+    lm_head_on_targets: bool = False
     """A causal model's LM head runs only at the positions that predict a target token. Causal models: the
     vocabulary projection is the largest matrix, and the prompt positions never need it."""
-    shared_prompt_prefix: bool = True
+    shared_prompt_prefix: bool = False
     """The prompt tokens every row of a causal batch shares (a task's instruction) run once, their
     keys/values repeated over the rows. Causal models without prompt learning (prompt tuning's virtual
     tokens come first), not while training with dropout. Pays in proportion to the shared share of a row."""
-    eager_attention: bool = True
+    eager_attention: bool = False
     """transformers' eager attention (grouped-query form for the Llama family) instead of SDPA's CPU
     kernels for passes up to 320 (training) / 600 (forward only) tokens. CPU, models on SDPA: at these
     lengths SDPA's CPU kernels (flash's backward, math's fp32 upcasts) cost more than eager's."""
-    concatenated_rows: bool = True
+    concatenated_rows: bool = False
     """A padded batch's real tokens run as one concatenated sequence (variable-length rows); attention alone
     sees the rows. CPU, Llama-family causal models without prompt learning, with ``eager_attention`` and
     ``lm_head_on_targets``; it replaces ``unpadded_feed_forward``, unpadding the projections too."""
-    unpadded_feed_forward: bool = True
+    unpadded_feed_forward: bool = False
     """Feed-forward networks run on a padded pass's real tokens only. CPU, causal models whose role map
     names the feed-forward module, without prompt learning: padding is skipped where most of a layer's
     matrix work is."""
-    bits_dropout: bool = True
+    bits_dropout: bool = False
     """Dropout masks drawn from 16 random bits per element instead of ``bernoulli_`` (the same rate to
     2⁻¹⁶, another random stream). CPU training of models with dropout (T5; not SmolLM2): drawing 32-bit
     uniforms for every mask element is a visible part of a small model's step."""
 
     @classmethod
     def from_setting(cls, setting: str) -> SpeedupsConfig:
-        """``all`` or ``none``."""
+        """``default``, ``all`` or ``none``."""
         if setting not in SPEEDUP_SETTINGS:
-            raise UserError(f"speedups must be all, none or a mapping of levers, got {setting!r}"
+            raise UserError(f"speedups must be default, all, none or a mapping of levers, got {setting!r}"
                             f"{did_you_mean(str(setting), list(SPEEDUP_SETTINGS))}")
+        if setting == "default":
+            return cls()
         return cls(**{name: setting == "all" for name in cls.levers()})
 
     @classmethod
     def levers(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
 
+    @classmethod
+    def default_levers(cls) -> list[str]:
+        """The levers on by default: those that tilt no method's time ratio to full tuning by more than 5 %."""
+        return [name for name, on in dataclasses.asdict(cls()).items() if on]
+
     @property
     def setting(self) -> str:
-        """all, none or custom."""
+        """all, none, default (a mix that is the default set) or custom."""
         values = set(dataclasses.asdict(self).values())
-        return "custom" if len(values) > 1 else "all" if values == {True} else "none"
+        if len(values) == 1:
+            return "all" if values == {True} else "none"
+        return "default" if self == type(self)() else "custom"

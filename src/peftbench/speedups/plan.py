@@ -132,8 +132,8 @@ def resolve(config: SpeedupsConfig) -> SpeedupPlan:
 
 def for_model(model: nn.Module, device: torch.device, config: SpeedupsConfig | None = None,
               precision: str = "no") -> SpeedupPlan:
-    """``resolve`` and ``apply_to_model`` in one call (tests, benchmarks)."""
-    return resolve(config or SpeedupsConfig()).apply_to_model(model, device, precision)
+    """``resolve`` and ``apply_to_model`` in one call (tests, benchmarks); no ``config``: every lever."""
+    return resolve(config or SpeedupsConfig.from_setting("all")).apply_to_model(model, device, precision)
 
 
 def _first(*reasons: str | None) -> str | None:

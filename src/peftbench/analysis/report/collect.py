@@ -381,8 +381,8 @@ def speedups_note(runs: Iterable[dict[str, Any]]) -> str | None:
         if setting is None:
             text = "unknown"
         elif isinstance(setting, dict):
-            off = sorted(lever for lever, on in setting.items() if not on)
-            text = "all on" if not off else ("all off" if len(off) == len(setting) else "off: " + ",".join(off))
+            on = sorted(lever for lever, is_on in setting.items() if is_on)
+            text = "all on" if len(on) == len(setting) else ("all off" if not on else "on: " + ", ".join(on))
         else:
             text = str(setting)
         counts[text] = counts.get(text, 0) + 1
