@@ -13,6 +13,11 @@ from peftbench import limit_openmp_spinning
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist (the README's test command runs one worker per core) each worker gets its share of the
+# cores, before torch is imported: two workers of two threads each on two cores would oversubscribe them.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1)
+                                                     // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 limit_openmp_spinning()  # as the command line does, before any test imports torch (a shared machine's cores)
 
 LANES = ("unit", "integration", "gpu")

@@ -21,7 +21,7 @@ from peftbench.recipe.evaluate import validation_loss
 from peftbench.running.sweep import run_sweep
 from peftbench.speedups import for_model
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # worker processes or sweeps: over 10 s a file
 
 TASK = "synthetic_data_to_text"
 

@@ -27,6 +27,7 @@ def test_every_command_module_imports_and_adds_its_commands():
     assert all(not (h.help or "").startswith("unavailable") for h in sub._choices_actions)
 
 
+@pytest.mark.slow  # child processes: over 10 s
 def test_importing_peftbench_leaves_the_environment_and_the_command_caps_openmp_spinning():
     import json
     import os

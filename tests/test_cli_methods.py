@@ -81,6 +81,7 @@ def test_an_encoder_only_model_on_a_generation_task_is_refused_before_training(t
     assert err.count("\n") == 0 and "bert is an encoder-only classifier; it cannot generate text" in err
 
 
+@pytest.mark.slow  # child processes: over 10 s
 def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(tmp_path, capfd):
     # capfd: the epochs are reported by the run's worker process, on the stderr it inherits.
     assert main(["run", *tiny_overrides(tmp_path, methods=("lora",), epochs=2)]) == 0

@@ -117,6 +117,7 @@ def test_peftbench_decide_is_a_command_with_run_s_arguments_and_a_budget():
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # child processes: over 10 s
 def test_decide_trains_a_tiny_model_for_the_undecided_cells_only_and_stops_at_its_budget(tmp_path):
     """Seeds 0-5 are written by hand; the seed the loop adds is trained (t5-tiny-random, one epoch)."""
     results = tmp_path / "results"

@@ -63,6 +63,7 @@ def test_one_cell_writes_a_complete_result(tmp_path, capsys, model):
     assert (tmp_path / result["run_id"] / "config.json").is_file()
 
 
+@pytest.mark.slow  # child processes: over 10 s
 def test_the_console_script_lists_registries():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     for what, expected in [("methods", "bitfit"), ("tasks", "e2e_nlg"), ("models", "smollm2-135m-q4")]:
@@ -76,7 +77,7 @@ def test_the_console_script_lists_registries():
 def test_smollm2_cola_cell(tmp_path, shared_data):
     """The issue's real-data cell (minutes on two cores): run with `pytest -m slow`."""
     code = main(["run", "model=smollm2-135m-q4", "methods=[lora]", "tasks=[cola]", "scales=[low]",
-                 f"data_dir={shared_data}", f"output_dir={tmp_path}", "-q"])
+                 "train.eval_examples=200", f"data_dir={shared_data}", f"output_dir={tmp_path}", "-q"])
     assert code == 0
     [result_file] = list(tmp_path.glob("*/result.json"))
     result = json.loads(result_file.read_text())

@@ -15,7 +15,7 @@ from peftbench.cli import main
 from peftbench.config import load_sweep
 from peftbench.running.sweep import run_sweep
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # worker processes or sweeps: over 10 s a file
 
 pd = pytest.importorskip("pandas")
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "export.md"

@@ -29,7 +29,7 @@ from peftbench.cli import main
 from peftbench.recipe import checkpoint
 from peftbench.running import isolation, results
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # worker processes or sweeps: over 10 s a file
 
 TINY = ["tasks=[synthetic_classification]", "scales=[8]", "train.max_epochs=1", "train.batch_size=4",
         "train.grad_accum=1", "train.patience=5", "train.eval_examples=8", "train.eval_batch_size=4",

@@ -23,7 +23,7 @@ from peftbench.catalog.models import tiny_llama_config
 from peftbench.cli import main
 from peftbench.running import isolation, results
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # worker processes or sweeps: over 10 s a file
 
 WIDE_PARAMS = 13_046_272  # tied 384 × 512 embedding, 4 × (4 × 512² attention + 3 × 512 × 1408 MLP), norms
 RUN = ["run", "methods=[full,lora,ia3]", "tasks=[synthetic_classification]", "scales=[16]", "train.max_epochs=1",

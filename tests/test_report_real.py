@@ -22,7 +22,7 @@ from peftbench.analysis.report.figures import figure1_figure
 from peftbench.catalog.methods import method_label
 from peftbench.cli import main
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # worker processes or sweeps: over 10 s a file
 
 QUICKSTART_METHODS = ("full", "lora", "ia3", "prompt", "bitfit")
 USER_METHODS = ("full", "lora")

@@ -134,6 +134,7 @@ def test_code_shipped_with_an_unknown_model_type_is_refused_without_trust(tmp_pa
     assert not marker.exists()
 
 
+@pytest.mark.slow  # child processes: over 10 s
 def test_code_shipped_with_a_known_model_type_is_not_run_and_a_note_says_so(tmp_path, fake_training, capsys):
     model_dir, marker = model_with_own_code(tmp_path, "t5")
     capsys.readouterr()

@@ -20,7 +20,7 @@ from peftbench.running.results import iter_results
 from peftbench.running.serve_bench import SERVING_FILE, serve_bench, settings_from
 from peftbench.running.sweep import run_sweep
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # worker processes or sweeps: over 10 s a file
 
 METHODS = ("full", "lora", "ia3", "prompt", "bitfit")
 MERGE_STATUS = {"full": "not_applicable", "lora": "merged", "ia3": "merged", "prompt": "impossible",
