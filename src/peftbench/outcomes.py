@@ -28,11 +28,11 @@ import gzip
 import hashlib
 import io
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from peftbench.atomic import atomic_write_bytes
 
 OUTCOMES_FILE = "outcomes.jsonl.gz"
 OUTCOMES_VERSION = 1
@@ -61,18 +61,7 @@ def encode_rows(rows: list[dict[str, Any]]) -> bytes:
 def write_outcomes(run_dir: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Write ``rows`` atomically to ``run_dir/outcomes.jsonl.gz``; returns the result's ``outcomes`` entry."""
     data = encode_rows(rows)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{OUTCOMES_FILE}.", suffix=".tmp", dir=run_dir)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, run_dir / OUTCOMES_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(Path(run_dir) / OUTCOMES_FILE, data)
     return {"file": OUTCOMES_FILE, "examples": len(rows), "sha256": hashlib.sha256(data).hexdigest(),
             "version": OUTCOMES_VERSION}
 

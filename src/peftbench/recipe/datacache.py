@@ -17,14 +17,13 @@ import contextlib
 import hashlib
 import inspect
 import json
-import os
-import tempfile
 import weakref
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file, save
 
+from peftbench.atomic import atomic_write_bytes
 from peftbench.catalog.embedded import cache_root
 from peftbench.catalog.tasks import TaskSpec
 from peftbench.catalog.tasks.data import Example
@@ -103,17 +102,7 @@ def _write(path: Path, encoded: list[Encoded], task_name: str) -> None:
         arrays[name] = np.asarray([i for row in rows for i in row], dtype=np.int32)
         arrays[f"{name}_lengths"] = np.asarray([len(row) for row in rows], dtype=np.int64)
     payload = save(arrays, metadata={"task": task_name, "format": str(FORMAT_VERSION)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, payload)
 
 
 def _read(path: Path, expected: int) -> list[Encoded] | None:

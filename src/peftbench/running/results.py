@@ -16,13 +16,13 @@ import errno
 import json
 import os
 import re
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from peftbench.atomic import atomic_write_bytes
 from peftbench.running.redaction import redact
 
 SCHEMA_VERSION = 2
@@ -120,32 +120,8 @@ def atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
 
     Secrets from the environment (tokens, API keys) are redacted from every string on the way out.
     """
-    path = Path(path)
-    payload = redact(payload)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=False, default=_json_default)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    text = json.dumps(redact(payload), indent=2, sort_keys=False, default=_json_default) + "\n"
+    atomic_write_bytes(Path(path), text.encode("utf-8"))
 
 
 def _json_default(value: Any) -> Any:
