@@ -37,19 +37,22 @@ import time
 from pathlib import Path
 
 METHODS = ("full", "lora", "ia3", "bitfit", "prompt")
-PREREQUISITES = {"onednn_blocked_weights": ("frozen_weights_bf16",), "concatenated_rows": ("eager_attention",)}
 
 
 def lever_settings(applicable: set[str]) -> dict[str, str]:
-    """Each measured setting (levers joined by ``+``) → the setting it is compared with."""
+    """Each measured setting (levers joined by ``+``) → the setting it is compared with: a lever alone against
+    none, or with its prerequisite (``SpeedupsConfig.PREREQUISITES``) against the prerequisite alone."""
     from peftbench.config import SpeedupsConfig
 
-    settings = {}
+    settings = {"none": "none"}
     for lever in (name for name in SpeedupsConfig.levers() if name in applicable):
-        baseline = "+".join(PREREQUISITES.get(lever, ())) or "none"
-        settings[baseline] = settings.get(baseline, "none")
-        settings["+".join((*PREREQUISITES.get(lever, ()), lever))] = baseline
-    return {"none": "none", **settings}
+        prerequisite = SpeedupsConfig.PREREQUISITES.get(lever)
+        if prerequisite:
+            settings.setdefault(prerequisite, "none")
+            settings[f"{prerequisite}+{lever}"] = prerequisite
+        else:
+            settings[lever] = "none"
+    return settings
 
 
 def applicable_levers(task: str, args) -> set[str]:
@@ -83,11 +86,11 @@ def measure(task: str, setting: str, args) -> dict[str, dict[str, float]]:
     from peftbench.speedups import resolve as resolve_speedups
 
     torch.set_num_threads(args.threads)
-    setting = setting.split("#")[0]  # "none#2": a repeat of "none", whose tilt against "none" is the noise floor
-    unknown = set(setting.split("+")) - set(SpeedupsConfig.levers()) - {"none"}
+    named = set(setting.split("#")[0].split("+"))  # "none#2": a repeat of "none", the noise floor's setting
+    unknown = named - set(SpeedupsConfig.levers()) - {"none"}
     if unknown:
         raise SystemExit(f"unknown levers {sorted(unknown)}; valid: {', '.join(SpeedupsConfig.levers())}")
-    levers = {name: name in setting.split("+") for name in SpeedupsConfig.levers()}
+    levers = {name: name in named for name in SpeedupsConfig.levers()}
     times = {}
     for method in METHODS:
         run = load_sweep(None, [f"model={args.model}", f"method={method}", f"task={task}", "scale=low",

@@ -13,8 +13,8 @@ def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     """Build dataclass ``cls`` from ``data``: unknown keys and wrong types are UserErrors naming the key."""
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    hints = {name: hint for name, hint in get_type_hints(cls).items() if name in names}  # no ClassVar
     kwargs = {}
     for key, value in data.items():
         if key not in hints:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from peftbench.errors import UserError, did_you_mean
 
@@ -202,6 +203,10 @@ class SpeedupsConfig:
     (bench/lever_tilt.py; the table and the default set it gives: bench/RESULTS.md, "Which levers tilt the
     comparison"; tests/test_speedup_defaults.py pins the two together). Each lever's gain: bench/RESULTS.md,
     "Each lever, before and after"."""
+
+    PREREQUISITES: ClassVar[dict[str, str]] = {"onednn_blocked_weights": "frozen_weights_bf16",
+                                               "concatenated_rows": "eager_attention"}
+    """A lever → the lever it works through: without that one applied it does not apply."""
 
     keep_freed_memory: bool = False
     """glibc's malloc keeps freed memory in the process (``mallopt``), so training steps stop page-faulting.

@@ -79,7 +79,7 @@ class SpeedupPlan:
         self._decide("fused_passes", lambda: cpu)
         self._decide("frozen_weights_bf16", lambda: bf16 or _store_frozen_linears_in_bf16(model))
         self._decide("onednn_blocked_weights", lambda: _prepack_frozen_linears(
-            model, cpu or bf16 or self._needs("frozen_weights_bf16")))
+            model, cpu or bf16 or self._needs_prerequisite("onednn_blocked_weights")))
         self._decide("lm_head_on_targets", lambda: _first(
             causal and f"{causal}: " + ("its head classifies the whole sequence" if self.family == "encoder"
                                         else "every decoder position predicts a target"),
@@ -92,7 +92,7 @@ class SpeedupPlan:
         self._decide("eager_attention", lambda: cpu or _not_on_sdpa(model))
         self._decide("concatenated_rows", lambda: _first(
             cpu, causal, prompt and f"{prompt}: its virtual tokens are not rows of the batch",
-            self._needs("eager_attention"), _not_llama_attention(model), _no_output_layer(model)), limited)
+            self._needs_prerequisite("concatenated_rows"), _not_llama_attention(model), _no_output_layer(model)), limited)
         self._decide("unpadded_feed_forward", lambda: _first(
             cpu, causal and f"{causal}: its loss runs the padded forward",
             prompt and f"{prompt}: its virtual tokens change the hidden states' shape",
@@ -121,8 +121,10 @@ class SpeedupPlan:
         reason = blocker()
         self.statuses[lever] = LeverStatus(NOT_APPLICABLE, reason) if reason else LeverStatus(APPLIED, limited)
 
-    def _needs(self, lever: str) -> str | None:
-        return None if self.applies(lever) else f"needs {lever}"
+    def _needs_prerequisite(self, lever: str) -> str | None:
+        """Why ``lever`` does not apply for want of its prerequisite (``SpeedupsConfig.PREREQUISITES``), or None."""
+        prerequisite = SpeedupsConfig.PREREQUISITES[lever]
+        return None if self.applies(prerequisite) else f"needs {prerequisite}"
 
 
 def resolve(config: SpeedupsConfig) -> SpeedupPlan:
