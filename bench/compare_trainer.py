@@ -13,7 +13,8 @@ the test score, with the ratios trainer / peftbench.
 Protocol: the paper's (batch 16 × 4, the scale's max epochs, early stopping with patience 1, the best
 epoch tested), except the evaluation size: ``train.eval_examples=200`` (100 validation, 100 test) and
 no per-epoch validation decoding (``train.val_metric_examples=0``; the Trainer script computes the loss
-only), and neither label ranking nor the forgetting measurement, which the Trainer script does not do. ``--quick`` also caps training at 2 epochs and evaluation at 64 examples: a smoke test of the bench.
+only), and neither label ranking nor the forgetting measurement, which the Trainer script does not do.
+``--quick`` also caps training at 2 epochs and evaluation at 64 examples: a smoke test of the bench.
 """
 
 from __future__ import annotations
