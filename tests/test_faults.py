@@ -119,7 +119,7 @@ def test_oom_on_the_first_step_halves_the_micro_batch_and_keeps_the_effective_ba
 
     assert result["status"] == "ok"
     assert result["batch"] == {"micro_batch_size": 2, "grad_accum": 4, "effective_batch_size": 8,
-                               "oom_retries": 1, "max_tokens_per_pass": None}
+                               "oom_retries": 1, "max_tokens_per_pass": 2048}
     # The first forward pass (4 rows) runs out of memory; every later one holds 2: 2 steps × 4 micro-batches.
     assert rows == [4] + [2] * 8
     assert result["optimizer"]["steps_done"] == 2  # 16 examples / effective batch 8: unchanged by the fallback

@@ -145,17 +145,18 @@ def test_wikitext_spacing_is_undone():
 @pytest.mark.unit
 def test_adding_the_forgetting_section_leaves_run_ids_unchanged():
     # Ids computed by the code before the section existed (same configs).
-    every_lever = SpeedupsConfig.from_setting("all")  # the speed-up defaults of the time
+    every_lever = SpeedupsConfig.from_setting("all")  # the speed-up defaults of the time, and no token budget
     assert RunConfig(model="llama-tiny-random", method="lora", task="synthetic_classification", scale="low",
-                     seed=0, speedups=every_lever).run_id() == \
+                     seed=0, speedups=every_lever, train=TrainConfig(max_tokens_per_pass=None)).run_id() == \
         "llama_tiny_random-lora-synthetic_classification-low-s0-246e5bfce6"
     assert RunConfig(model="t5-tiny-random", method="prompt", task="synthetic_data_to_text", scale=200, seed=2,
-                     train=TrainConfig(max_epochs=3), speedups=every_lever).run_id() == \
+                     train=TrainConfig(max_epochs=3, max_tokens_per_pass=None), speedups=every_lever).run_id() == \
         "t5_tiny_random-prompt-synthetic_data_to_text-200-s2-b6d9995ab5"
     defaults = {f"forgetting.{k}": v for k, v in dataclasses.asdict(ForgettingConfig()).items()}
     assert {k: ID_DEFAULTS[k] for k in defaults} == defaults
     changed = RunConfig(model="llama-tiny-random", method="lora", task="synthetic_classification", scale="low",
-                        forgetting=ForgettingConfig(tokens=100), speedups=every_lever)
+                        forgetting=ForgettingConfig(tokens=100), speedups=every_lever,
+                        train=TrainConfig(max_tokens_per_pass=None))
     assert changed.identity()["settings"] == {"forgetting.tokens": 100}
 
 

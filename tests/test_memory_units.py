@@ -4,6 +4,7 @@ breakdowns, the report's Table 12 and breakdown figure, and the export's columns
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +24,8 @@ from peftbench.recipe.checkpoint import (
     save_checkpoint,
     snapshot,
 )
+from peftbench.recipe.memory import PhasePeaks
+from peftbench.recipe.memory_estimate import LiveBytes
 from peftbench.running.results import atomic_write_json, result_path
 
 pytestmark = pytest.mark.unit
@@ -82,15 +85,16 @@ def _write(tmp_path, results):
 
 def test_table_12_shows_the_peak_and_its_parts_in_gib(tmp_path):
     new = make_result(method="full", task="cola", peak_bytes=sum(BREAKDOWN.values()))
-    new["memory"].update(breakdown=BREAKDOWN, predicted={"peak_bytes": 2.5 * 2**30})
+    new["memory"].update(breakdown=BREAKDOWN, predicted={"peak_bytes": 2.5 * 2**30}, peak_phase="train")
     old = make_result(method="lora", task="cola", peak_bytes=2**30)
     old["memory"].update(trainable_param_bytes=2**20, optimizer_state_bytes=2**21)
     table = memory_table(_write(tmp_path, [new, old]))
     cells = {row.method: row.cells[0] for row in table.rows()}
     assert table.number == 12 and table.columns == [("cola", "CoLA")]
-    assert cells["full"].text == "2.99 = 0.49 + 0.53 + 0.53 + 1.05 + 0.29 + 0.10 (predicted 2.50)"
+    assert cells["full"].text == "2.99 = 0.49 + 0.53 + 0.53 + 1.05 + 0.29 + 0.10 (predicted 2.50; in train)"
     assert cells["lora"].text == "1.00 = ? + ? + 0.00 + 0.00 + ? + ?"
     assert cells["full"].csv["activations"] == str(300 * 2**20) and cells["lora"].csv["runtime"] == ""
+    assert cells["full"].csv["peak_phase"] == "train" and cells["lora"].csv["peak_phase"] == ""
 
 
 def test_the_breakdown_figure_is_drawn_only_from_results_that_have_one(tmp_path):
@@ -128,16 +132,19 @@ def test_large_best_weights_are_kept_on_disk_and_restored_from_there(tmp_path):
     assert not (tmp_path / BEST_FILE).exists()
 
 
-def test_the_new_train_settings_keep_every_run_id_while_at_their_defaults():
+def test_the_token_budget_and_checkpointing_enter_the_id_only_away_from_their_introduction_defaults():
     from peftbench.config import ID_DEFAULTS, RunConfig, SpeedupsConfig, TrainConfig
 
-    run = RunConfig(model="llama-tiny-random", method="lora", task="synthetic_classification", scale="low",
-                    speedups=SpeedupsConfig.from_setting("all"))  # the speed-up defaults the ids began with
+    def run(train: TrainConfig) -> RunConfig:  # the speed-up defaults the ids began with
+        return RunConfig(model="llama-tiny-random", method="lora", task="synthetic_classification", scale="low",
+                         speedups=SpeedupsConfig.from_setting("all"), train=train)
+
     assert ID_DEFAULTS["train.max_tokens_per_pass"] is None and ID_DEFAULTS["train.gradient_checkpointing"] is False
-    assert run.identity()["settings"] == {}  # at their defaults they are not part of the id
-    for changed in (TrainConfig(max_tokens_per_pass=2048), TrainConfig(gradient_checkpointing=True)):
-        assert RunConfig(model="llama-tiny-random", method="lora", task="synthetic_classification", scale="low",
-                         train=changed).run_id() != run.run_id()
+    assert run(TrainConfig(max_tokens_per_pass=None)).identity()["settings"] == {}
+    # Today's default budget (2048) is a change from the introduction default: part of every id.
+    assert run(TrainConfig()).identity()["settings"] == {"train.max_tokens_per_pass": 2048}
+    checkpointed = run(TrainConfig(max_tokens_per_pass=None, gradient_checkpointing=True))
+    assert checkpointed.identity()["settings"] == {"train.gradient_checkpointing": True}
 
 
 def test_a_token_budget_below_one_is_refused():
@@ -147,3 +154,48 @@ def test_a_token_budget_below_one_is_refused():
     with pytest.raises(UserError, match="max_tokens_per_pass"):
         TrainConfig(max_tokens_per_pass=0).validate()
     TrainConfig(max_tokens_per_pass=1).validate()
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="resetting the peak needs Linux's clear_refs")
+def test_each_phase_records_its_own_peak_and_the_run_keeps_the_highest():
+    phases = PhasePeaks()
+    with phases.phase("wide"):
+        block = torch.ones(64 * 2**20, dtype=torch.uint8)  # 64 MiB, every page touched
+        del block
+    with phases.phase("narrow"):
+        small = torch.ones(2**20, dtype=torch.uint8)
+        del small
+    recorded = phases.record()
+    peaks = recorded["phase_peaks"]
+    assert recorded["phase_peaks_kind"] == "per_phase"
+    assert recorded["peak_phase"] == "wide"
+    assert peaks["wide"] - peaks["narrow"] > 60 * 2**20  # the narrow phase starts from the freed resident set
+    assert phases.peak_bytes() >= peaks["wide"]
+    assert set(peaks) <= {"load", "wide", "narrow", "other"}
+
+
+def test_live_bytes_counts_each_storage_once_and_uncounts_it_when_freed():
+    with LiveBytes() as tracker:
+        first = torch.ones(1000)  # 4,000 bytes
+        view = first[:10]  # the same storage: not counted again
+        second = torch.ones(500, dtype=torch.float64)  # 4,000 bytes
+        assert tracker.live == 8000
+        del first, view
+        assert tracker.live == 4000
+        third = second * 2
+        del second, third
+    assert tracker.live == 0
+    assert tracker.peak == 8000  # first and second, or second and third, at once
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_validation_passes_keep_to_the_token_budget_and_score_every_row_once(fuse):
+    from peftbench.recipe.evaluate import validation_batches
+
+    items = _items(60, seed=3)
+    unbounded = validation_batches(items, "causal", 16, fuse=fuse)
+    bounded = validation_batches(items, "causal", 16, fuse=fuse, max_tokens=200)
+    assert sorted(row for rows in bounded for row in rows) == list(range(60))
+    assert all(len(rows) == 1 or padded_size(items, [rows], "causal") <= 200 for rows in bounded)
+    assert max(padded_size(items, [rows], "causal") for rows in unbounded) > 200  # the budget binds
+    assert len(bounded) > len(unbounded)

@@ -142,6 +142,35 @@ def test_tensor_version_counts_in_place_writes():
                                                 "(speedups/onednn_weights.py)")
 
 
+def test_dispatch_modes_see_every_op_and_storages_can_be_watched_until_freed():
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    api = "torch.utils._python_dispatch.TorchDispatchMode, torch.utils._pytree.tree_leaves, weakref.finalize on storages"
+    user = "the dry run's transients (recipe/memory_estimate.py LiveBytes)"
+    freed, seen = [], []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for tensor in tree_leaves(out):
+                if isinstance(tensor, torch.Tensor):
+                    seen.append(func)
+                    weakref.finalize(tensor.untyped_storage(), freed.append, tensor.nbytes)
+            return out
+
+    weight = torch.ones(4, 4, requires_grad=True)
+    with Watch():
+        out = (torch.ones(2, 4) @ weight).sum()
+        out.backward()  # backward's ops run under the mode too
+        count = len(freed)
+        del out
+    assert seen and any("mm" in str(func) for func in seen[2:]), moved(api, user, "backward ops not seen")
+    assert len(freed) > count, moved(api, user, "a freed storage's finalizer did not run")
+
+
 # --- accelerate ------------------------------------------------------------------------------------------
 
 def test_accelerator_state_reset_lets_the_next_run_pick_its_precision():

@@ -14,9 +14,10 @@ from peftbench.config import ID_DEFAULTS, RunConfig, SpeedupsConfig, TrainConfig
 
 pytestmark = pytest.mark.unit
 
-# Every speed-up lever on, as the defaults were when this id was computed (ID_DEFAULTS keeps them so).
+# Every speed-up lever on and no token budget, as the defaults were when this id was computed (ID_DEFAULTS
+# keeps them so).
 PINNED = RunConfig(model="t5-tiny-random", method="lora", task="synthetic_classification", scale=32, seed=0,
-                   speedups=SpeedupsConfig.from_setting("all"))
+                   speedups=SpeedupsConfig.from_setting("all"), train=TrainConfig(max_tokens_per_pass=None))
 
 
 def test_a_known_run_keeps_its_id():
@@ -25,12 +26,13 @@ def test_a_known_run_keeps_its_id():
 
 
 def test_a_changed_default_changes_the_id_of_the_runs_it_changes():
-    # The default speed-up set is not the one the ids were introduced with: a run at today's defaults computes
-    # on another path, so it is another run.
-    default = RunConfig(**{**vars(PINNED), "speedups": SpeedupsConfig()})
+    # The default speed-up set and token budget are not the ones the ids were introduced with: a run at
+    # today's defaults computes on another path, so it is another run.
+    default = RunConfig(**{**vars(PINNED), "speedups": SpeedupsConfig(), "train": TrainConfig()})
     assert default.run_id() != PINNED.run_id()
     assert set(default.identity()["settings"]) == {f"speedups.{lever}" for lever in SpeedupsConfig.levers()
-                                                   if lever not in SpeedupsConfig.default_levers()}
+                                                   if lever not in SpeedupsConfig.default_levers()} | {
+                                                   "train.max_tokens_per_pass"}
 
 
 def test_a_setting_that_differs_from_its_introduction_default_changes_the_id():
@@ -44,7 +46,7 @@ def test_adding_a_setting_with_a_default_leaves_the_id_unchanged(monkeypatch):
         new_setting: int = 7
 
     monkeypatch.setitem(ID_DEFAULTS, "train.new_setting", 7)
-    grown = RunConfig(**{**vars(PINNED), "train": TrainWithNewSetting()})
+    grown = RunConfig(**{**vars(PINNED), "train": TrainWithNewSetting(max_tokens_per_pass=None)})
     assert grown.run_id() == PINNED.run_id()
     grown.train.new_setting = 8  # set away from its default, it names another computation
     assert grown.run_id() != PINNED.run_id()

@@ -21,7 +21,14 @@ from peftbench.catalog.peft_compat import cache_visible_to_peft
 from peftbench.catalog.tasks import TaskSpec
 from peftbench.catalog.tasks.data import Example
 from peftbench.outcomes import example_id
-from peftbench.recipe.batching import FUSE_MAX_TOKENS, Encoded, collate, collate_prompts, fuse_batches
+from peftbench.recipe.batching import (
+    FUSE_MAX_TOKENS,
+    Encoded,
+    collate,
+    collate_prompts,
+    fuse_batches,
+    split_to_budget,
+)
 from peftbench.recipe.loss import target_token_losses
 from peftbench.speedups import SpeedupPlan
 
@@ -70,12 +77,14 @@ def score_test(task: TaskSpec, examples: list[Example], predictions: list[str], 
 
 @torch.inference_mode()
 def validation_loss(model, items: list[Encoded], family: str, pad_id: int, batch_size: int,
-                    speedups: SpeedupPlan, autocast: AbstractContextManager) -> float:
+                    speedups: SpeedupPlan, autocast: AbstractContextManager, max_tokens: int | None = None) -> float:
     """Mean cross-entropy per target token over the whole split (nats), in ``validation_batches``' passes
-    (fused with the ``fused_passes`` speed-up), scored as training scores them (``loss.py``)."""
+    (fused with the ``fused_passes`` speed-up; within training's token budget ``max_tokens``), scored as
+    training scores them (``loss.py``)."""
     model.eval()
     total, count = torch.zeros((), dtype=torch.float64), 0
-    for rows in validation_batches(items, family, batch_size, speedups.fused_passes, speedups.virtual_tokens):
+    for rows in validation_batches(items, family, batch_size, speedups.fused_passes, speedups.virtual_tokens,
+                                   max_tokens):
         with autocast:
             losses, _ = target_token_losses(model, collate([items[i] for i in rows], family, pad_id), speedups)
         total += losses.double().sum().cpu()
@@ -85,17 +94,20 @@ def validation_loss(model, items: list[Encoded], family: str, pad_id: int, batch
 
 
 def validation_batches(items: list[Encoded], family: str, batch_size: int, fuse: bool,
-                       virtual_tokens: int = 0) -> list[list[int]]:
+                       virtual_tokens: int = 0, max_tokens: int | None = None) -> list[list[int]]:
     """Indices of ``items`` in batches of ``batch_size`` drawn in length order (the summed loss does not depend
     on the order; similar lengths pad least). With ``fuse`` (CPU), consecutive batches share one forward pass
     while it stays small, as training's do (``batching.fuse_batches``): a pass's fixed cost (a shared prefix's
-    own pass, every layer's small operations) is paid once (measured: bench/RESULTS.md)."""
+    own pass, every layer's small operations) is paid once (measured: bench/RESULTS.md). With ``max_tokens``
+    (``train.max_tokens_per_pass``) every pass holds at most that many padded tokens, as training's do: a
+    forward pass holds its logits, and a wider batch than training's would set the run's peak."""
     order = sorted(range(len(items)), key=lambda i: (len(items[i].input_ids), len(items[i].labels)))
     batches = [order[start: start + batch_size] for start in range(0, len(order), batch_size)]
-    if not fuse:
-        return batches
-    chunks = fuse_batches(items, batches, family, FUSE_MAX_TOKENS, virtual_tokens=virtual_tokens)
-    return [[i for batch in chunk for i in batch] for chunk in chunks]
+    if fuse:
+        limit = min(FUSE_MAX_TOKENS, max_tokens or FUSE_MAX_TOKENS)
+        chunks = fuse_batches(items, batches, family, limit, virtual_tokens=virtual_tokens)
+        batches = [[i for batch in chunk for i in batch] for chunk in chunks]
+    return [piece for batch in batches for piece in split_to_budget(items, batch, family, max_tokens, virtual_tokens)]
 
 
 @torch.inference_mode()

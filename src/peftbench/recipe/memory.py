@@ -31,6 +31,16 @@
                              overhead         peak_bytes less all of the above: allocator retention,
                                               temporaries, what loading left behind; None without runtime
     widest_pass            {"rows", "tokens"}: the training pass whose activations were measured
+    phase_peaks            the peak of each phase of the run, in bytes (``PhasePeaks``): "load" (the model
+                           loaded, the method applied), "reference" (forgetting's pass before training),
+                           "train" (optimiser steps), "validation" (validation loss and metric),
+                           "checkpoint" (the write starts; it ends in the background, during "train"), "test",
+                           "forgetting", "end" (the adapter saved, the outcomes written) and "other" (between
+                           phases); the phase whose peak is ``peak_bytes`` set it (``peak_phase``)
+    peak_phase             the phase that set the peak
+    phase_peaks_kind       "per_phase" (the peak statistics reset at each phase: Linux's clear_refs, CUDA's
+                           reset_peak_memory_stats) or "cumulative" (no reset: each phase's entry is the highest
+                           so far at its end)
     gradient_checkpointing whether layers recomputed their activations in backward (``train.gradient_checkpointing``)
     predicted              what ``--dry-run`` predicts for the run (``memory_estimate.py``), with the measured
                            runtime: {"peak_bytes", "breakdown", "widest_pass"}; None where it could not be made
@@ -81,6 +91,78 @@ def runtime_bytes() -> int | None:
     if torch.cuda.is_available():
         return int(torch.cuda.memory_allocated())
     return current_rss_bytes()
+
+
+class PhasePeaks:
+    """The peak of each phase of a run: entering or leaving a phase reads the peak since the last reset,
+    gives it to the phase that was open ("load" before the first, "other" between two), and resets the peak statistics
+    (CPU: writing 5 to ``/proc/self/clear_refs`` resets ``VmHWM`` to the resident set now; CUDA:
+    ``reset_peak_memory_stats``). ``highest`` keeps the run's peak across resets. Where a reset fails the
+    statistics run on, and each phase records the highest so far (``kind`` "cumulative")."""
+
+    def __init__(self) -> None:
+        self.begin_run()
+
+    def begin_run(self) -> None:
+        """Forget the phases of an earlier run in this process (the peak statistics run on: in a process
+        shared with earlier runs the first interval, "load", holds their peak too, as ``scope`` says)."""
+        self.peaks: dict[str, int] = {}
+        self.highest = 0
+        self.kind = "per_phase"
+        self._open: list[str] = []
+        self._between = "load"
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self._close_interval()
+        self._open.append(name)
+        try:
+            yield
+        finally:
+            self._close_interval()
+            self._open.pop()
+            self._between = "other"
+
+    def peak_bytes(self) -> int:
+        """The run's peak so far, over every phase and the interval open now."""
+        return max(self.highest, _peak_since_reset() or 0)
+
+    def record(self) -> dict[str, object]:
+        self._close_interval()
+        peak_phase = max(self.peaks, key=self.peaks.__getitem__) if self.peaks else None
+        return {"phase_peaks": dict(self.peaks), "peak_phase": peak_phase, "phase_peaks_kind": self.kind}
+
+    def _close_interval(self) -> None:
+        peak = _peak_since_reset()
+        if peak is None:
+            return
+        name = self._open[-1] if self._open else self._between
+        self.peaks[name] = max(self.peaks.get(name, 0), peak)
+        self.highest = max(self.highest, peak)
+        if not _reset_peak():
+            self.kind = "cumulative"
+
+
+def _peak_since_reset() -> int | None:
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    kib = _proc_status_kib("VmHWM")
+    return kib * 1024 if kib is not None else None
+
+
+def _reset_peak() -> bool:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return True
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+PHASES = PhasePeaks()
+"""The running process's phases: ``run_cell`` opens them; ``run_memory`` reads the run's peak from them."""
 
 
 def pass_tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -191,9 +273,10 @@ def run_memory(device: torch.device, after_load_bytes: int | None, trainable: di
     """``result["memory"]`` at the end of a run (see the module docstring); a reference row has no optimiser.
     ``runtime``: ``runtime_bytes()`` before the model loaded; ``model``: the trained model (its weights)."""
     if device.type == "cuda":
-        peak, kind, scope = int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated", "run"
+        peak, kind, scope = max(PHASES.peak_bytes(), int(torch.cuda.max_memory_allocated(device))), \
+            "cuda_max_allocated", "run"
     else:
-        peak, kind = peak_rss_bytes(), "process_peak_rss"
+        peak, kind = max(PHASES.peak_bytes(), peak_rss_bytes()), "process_peak_rss"
         scope = "run_process" if _dedicated else "shared_process"
     parts = {"runtime": runtime, "weights": weights_bytes(model) if model is not None else 0,
              "gradients": sum(p.nbytes for p in trainable.values()),
@@ -204,7 +287,7 @@ def run_memory(device: torch.device, after_load_bytes: int | None, trainable: di
     return {"peak_bytes": peak, "kind": kind, "scope": scope, "after_load_bytes": after_load_bytes,
             "increment_bytes": peak - after_load_bytes if after_load_bytes is not None else None,
             "breakdown": breakdown, "widest_pass": {"rows": ACTIVATIONS.rows, "tokens": ACTIVATIONS.tokens},
-            "gradient_checkpointing": gradient_checkpointing, "adapter_bytes": adapter_bytes}
+            "gradient_checkpointing": gradient_checkpointing, "adapter_bytes": adapter_bytes, **PHASES.record()}
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:

@@ -6,20 +6,28 @@ How: the model is built twice from its config with fewer layers (1 and 2 per sta
 ablation; random weights, no file read), the method and the speed-ups applied as a run applies them, and each copy runs the forward pass of the
 run's widest training pass (the most padded tokens over every epoch's planned passes, ``batching.plan_passes``)
 under the run's autocast and the same saved-tensor probe that measures a run. Weights, trainable bytes and
-saved activations grow linearly with the layers, so two depths give the full depth's. AdamW's state is two
+saved activations grow linearly with the layers, so two depths give the full depth's (the transients below
+do not grow: the deeper copy's are the prediction). AdamW's state is two
 fp32 moments per trainable value and a 4-byte step per trainable tensor. ``runtime`` is this process's own
-before anything is built (the dry-run process has imported what a run's process imports); ``overhead`` is
-not predicted (0).
+before anything is built (the dry-run process has imported what a run's process imports). ``overhead`` is
+predicted as the widest pass's transients: a second forward and backward of that pass (the first has left
+its gradients, as in gradient accumulation) counts every tensor storage allocated and freed
+(``LiveBytes``), and the most alive at once, less what was alive before it and less the saved activations,
+is what backward needs beyond them (the logits and the loss's copies of them, each layer's input gradients).
+What the measured overhead holds beyond that is the allocator's: memory freed but kept by the process.
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
+import weakref
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from peftbench.catalog.ablations import resolve_selection
 from peftbench.catalog.methods import apply_method
@@ -112,16 +120,17 @@ def predict_run(run: RunConfig, runtime_bytes: int | None = None) -> Prediction:
             max_source = source_token_limit(cfg.max_source_tokens, family, model)
             items = encode_cached(task, data.train, tokenizer, family, max_source, cfg.max_target_tokens)
             widest = widest_pass(items, run, max_epochs, family, plan)
-        saved = _saved_bytes(model, items, widest, family, tokenizer.pad_token_id, plan, precision)
+        saved, transient = _pass_bytes(model, items, widest, family, tokenizer.pad_token_id, plan, precision)
         grads = sum(p.nbytes for p in trainable.values())
         measured.append((depth, {"weights": memory.weights_bytes(model), "gradients": grads,
-                                 "optimizer_state": 2 * grads + 4 * len(trainable), "activations": saved}))
+                                 "optimizer_state": 2 * grads + 4 * len(trainable), "activations": saved,
+                                 "overhead": transient}))
         del model, trainable, applied
     rows = len({row for _, piece, _ in widest for row in piece})
     tokens = memory.pass_tokens(collate([items[i] for _, piece, _ in widest for i in piece], family, 0))
     parts = _extrapolate(measured, total_layers)
     runtime = runtime_bytes if runtime_bytes is not None else (memory.runtime_bytes() or 0)
-    return Prediction({"runtime": runtime, **parts, "overhead": 0}, rows, tokens)
+    return Prediction({"runtime": runtime, **parts}, rows, tokens)
 
 
 def predicted_for_result(run: RunConfig, runtime_bytes: int | None) -> dict[str, object] | None:
@@ -166,25 +175,67 @@ def _mixed_precision(precision: str) -> str:
     return "bf16"
 
 
-def _saved_bytes(model: nn.Module, items: list[Encoded], segments, family: str, pad_id: int, plan,
-                 precision: str) -> int:
-    """Bytes autograd saves for backward in the forward pass of ``segments`` (``memory.ActivationProbe``)."""
+class LiveBytes(TorchDispatchMode):
+    """Tensor storages allocated under the mode and still alive (``live``, bytes) and the most alive at once
+    (``peak``): each op's outputs are counted once per storage and uncounted when the storage is freed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+        self._alive: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
+                self._count(tensor.untyped_storage())
+        return out
+
+    def _count(self, storage) -> None:
+        key, size = storage.data_ptr(), storage.nbytes()
+        if not key or key in self._alive:
+            return
+        self._alive.add(key)
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._freed, key, size)
+
+    def _freed(self, key: int, size: int) -> None:
+        self._alive.discard(key)
+        self.live -= size
+
+
+def _pass_bytes(model: nn.Module, items: list[Encoded], segments, family: str, pad_id: int, plan,
+                precision: str) -> tuple[int, int]:
+    """The bytes autograd saves for backward in the forward pass of ``segments`` (``memory.ActivationProbe``)
+    and the transients beyond them: the most bytes alive at once in a forward and backward of the pass, less
+    the saved bytes and less what was alive before it (see the module docstring)."""
     probe = memory.ActivationProbe()
     probe.reset(model)
     batch = collate([items[i] for _, piece, _ in segments for i in piece], family, pad_id)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
-    with autocast, probe.measure(batch):
-        losses = segment_losses(model, batch, segments, plan)
-    del losses
-    return probe.saved_bytes
+    tracker = LiveBytes()
+    with tracker:
+        for _ in range(2):  # the second pass finds the first one's gradients, as accumulation does
+            before = tracker.live
+            tracker.peak = before
+            with autocast, probe.measure(batch):
+                means = segment_losses(model, batch, segments, plan)
+            if means.requires_grad:  # a method with nothing trainable in this shallow copy has no backward
+                means.sum().backward()
+            del means
+    return probe.saved_bytes, max(0, tracker.peak - before - probe.saved_bytes)
 
 
 def _extrapolate(measured: list[tuple[int, dict[str, int]]], layers: int) -> dict[str, int]:
-    """Each part at ``layers``: linear in the depth through the two measured depths (one depth: as measured)."""
+    """Each part at ``layers``: linear in the depth through the two measured depths (one depth: as measured),
+    but the transients (``overhead``) as at the deeper copy: backward holds one layer's temporaries at a time,
+    beside the logits' and the loss's, whatever the depth."""
     if len(measured) == 1:
         return dict(measured[0][1])
     (d1, small), (d2, large) = measured
-    return {part: round(small[part] + (large[part] - small[part]) * (layers - d1) / (d2 - d1)) for part in small}
+    parts = {part: round(small[part] + (large[part] - small[part]) * (layers - d1) / (d2 - d1)) for part in small}
+    return {**parts, "overhead": large["overhead"]}
 
 
 def describe(prediction: Prediction) -> str:
@@ -192,6 +243,7 @@ def describe(prediction: Prediction) -> str:
     parts = prediction.breakdown
     shown = " + ".join(f"{name} {_size(parts[name])}" for name in
                        ("runtime", "weights", "gradients", "optimizer_state", "activations"))
+    shown += f" + backward's transients {_size(parts['overhead'])}"
     return (f"predicted peak {_size(prediction.peak_bytes)} = {shown} "
             f"(widest pass {prediction.rows} rows, {prediction.tokens} tokens)")
 

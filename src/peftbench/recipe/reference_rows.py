@@ -73,6 +73,7 @@ def run_reference_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, 
     ``progress`` and ``stop_requested`` are ``train.run_cell``'s: a reference row has no steps to show or stop
     between."""
     started = time.perf_counter()
+    memory.PHASES.begin_run()
     cfg = run.train
     task = get_task(run.task)
     check_applies(run.method, task)
@@ -81,10 +82,11 @@ def run_reference_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, 
         torch.set_num_threads(cfg.num_threads)
     seed_everything(run.seed)
     data = load_task_data(task, run.data_dir, run.scale, run.seed, cfg.eval_examples, cfg.test_examples)
-    if run.method == "majority":
-        answers = majority_answers(task, data, cfg.rank_classification)
-    else:
-        answers = model_answers(run, task, data, options, device_map)
+    with memory.PHASES.phase("test"):  # one phase: the model loaded and the test answered
+        if run.method == "majority":
+            answers = majority_answers(task, data, cfg.rank_classification)
+        else:
+            answers = model_answers(run, task, data, options, device_map)
     tested, rows = score_test(task, data.test, answers.predictions, answers.ranked, answers.label_scores)
     outcomes = write_outcomes(Path(run_dir), rows) if distributed.is_main_process() else None
     elapsed = time.perf_counter() - started

@@ -181,6 +181,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
         return run_reference_cell(run, run_dir, progress=progress, stop_requested=stop_requested,
                                   device_map=device_map)
     started = time.perf_counter()
+    memory.PHASES.begin_run()
     cfg = run.train
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -200,7 +201,8 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     speedups.apply_to_model(model, accelerator.device, accelerator.mixed_precision)
     after_load_bytes = memory.start_of_training(accelerator.device, model)
     loop = Loop(run, Path(run_dir), cell, model, optimizer, scheduler, accelerator, writer, speedups)
-    general_text = forgetting.measure_reference(loop)  # the method at initialisation, before any step
+    with memory.PHASES.phase("reference"):
+        general_text = forgetting.measure_reference(loop)  # the method at initialisation, before any step
 
     state, best_weights, resumed_from = _resume_or_start(loop)
     if cell.after_optimizer_step is not None:  # after optimizer.step(), before the gradients are cleared
@@ -209,13 +211,20 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     with tracker:  # the trackers' runs end however this one does
         with writer:  # leaving it waits for the last write: the best weights are restored below
             best_weights = train_until_stopped(loop, state, best_weights, progress, stop_requested, tracker)
-        checkpoint.restore(cell.trainable, best_weights)  # the best epoch's weights are tested (the paper's protocol)
-        tested = score_test_split(loop) if cfg.run_test else Tested({}, [], None)  # an LR candidate: no test
+        with memory.PHASES.phase("test"):
+            checkpoint.restore(cell.trainable, best_weights)  # the best epoch's weights are tested (the paper's)
+            tested = score_test_split(loop) if cfg.run_test else Tested({}, [], None)  # an LR candidate: no test
         tracker.log_test(tested.metrics, state.step)
-    forgot = forgetting.after_test(loop, general_text)
-    adapter = _save_adapter(accelerator.unwrap_model(model), cell.loaded.tokenizer, loop.run_dir,
-                            cfg.save_adapter and cfg.run_test)
-    outcomes = write_outcomes(loop.run_dir, tested.rows) if cfg.run_test and distributed.is_main_process() else None
+    with memory.PHASES.phase("forgetting"):
+        forgot = forgetting.after_test(loop, general_text)
+    with memory.PHASES.phase("end"):
+        adapter = _save_adapter(accelerator.unwrap_model(model), cell.loaded.tokenizer, loop.run_dir,
+                                cfg.save_adapter and cfg.run_test)
+        outcomes = write_outcomes(loop.run_dir, tested.rows) if cfg.run_test and distributed.is_main_process() else None
+    # Read before the matrix-product peak is measured below: its matrices are not the run's memory.
+    memory_record = memory.run_memory(accelerator.device, after_load_bytes, cell.trainable, optimizer,
+                                      adapter["bytes"], runtime=runtime_bytes, model=model,
+                                      gradient_checkpointing=cfg.gradient_checkpointing)
     # The last checkpoint stays until the caller has written the result (sweep.execute_run removes it).
     # The model's read from disk (the first load in a process) or copy (later ones) is kept out of total_s,
     # so every run's compared time is measured alike whatever ran before it in the process.
@@ -236,10 +245,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     recorded["throughput"]["mfu"] = mfu
     return forgetting.record({**recorded, "optimizer": optimizer_info, "time": times,
             "hardware": {**environment.hardware(accelerator.device), "device_map": device_map, "peak": peak_record},
-            "memory": {**memory.run_memory(accelerator.device, after_load_bytes, cell.trainable, optimizer,
-                                           adapter["bytes"], runtime=runtime_bytes, model=model,
-                                           gradient_checkpointing=cfg.gradient_checkpointing),
-                       "predicted": memory_estimate.predicted_for_result(run, runtime_bytes)},  # after the peak
+            "memory": {**memory_record, "predicted": memory_estimate.predicted_for_result(run, runtime_bytes)},
             "adapter": adapter, "outcomes": outcomes, "resumed_from_epoch": resumed_from,
             "serving": serving.serve_stage(run, adapter), "speedups": speedups.record()}, forgot)
 
@@ -304,10 +310,11 @@ def train_until_stopped(loop: Loop, state: RunState, best_weights: dict[str, tor
                                        seed=loop.run.seed * 1000 + state.epoch + 1,
                                        group_by_length=cfg.group_by_length)
         try:
-            train_loss = steps.train_epoch(loop.model, loop.optimizer, loop.scheduler, loop.accelerator,
-                                      cell.encoded["train"], order, cfg, cell.loaded.family,
-                                      cell.loaded.tokenizer.pad_token_id, state, stop_requested, loop.speedups,
-                                      on_step=tracker.log_step)
+            with memory.PHASES.phase("train"):
+                train_loss = steps.train_epoch(loop.model, loop.optimizer, loop.scheduler, loop.accelerator,
+                                               cell.encoded["train"], order, cfg, cell.loaded.family,
+                                               cell.loaded.tokenizer.pad_token_id, state, stop_requested,
+                                               loop.speedups, on_step=tracker.log_step)
         except Interrupted:  # keep the steps done so far: the re-run continues from this very step
             state.train_seconds += time.perf_counter() - epoch_started
             loop.save(state, best_weights)
@@ -326,12 +333,14 @@ def _end_epoch(loop: Loop, state: RunState, best_weights: dict[str, torch.Tensor
     best weights), and checkpoint when one is due."""
     cfg, cell, epoch = loop.run.train, loop.cell, state.epoch + 1
     family, pad_id = cell.loaded.family, cell.loaded.tokenizer.pad_token_id
-    val_loss = distributed.validation_loss(loop.model, cell.encoded["validation"], family, pad_id,
-                                           cfg.eval_batch_size, loop.speedups, loop.autocast())
-    seconds = time.perf_counter() - epoch_started  # the paper's clock: steps and validation loss
-    decode_started = time.perf_counter()
-    val_metric = _validation_metric(loop, cfg.val_metric_examples) if cfg.val_metric_examples else None
-    val_metric_s = time.perf_counter() - decode_started if cfg.val_metric_examples else 0.0
+    with memory.PHASES.phase("validation"):
+        val_loss = distributed.validation_loss(loop.model, cell.encoded["validation"], family, pad_id,
+                                               cfg.eval_batch_size, loop.speedups, loop.autocast(),
+                                               cfg.max_tokens_per_pass)
+        seconds = time.perf_counter() - epoch_started  # the paper's clock: steps and validation loss
+        decode_started = time.perf_counter()
+        val_metric = _validation_metric(loop, cfg.val_metric_examples) if cfg.val_metric_examples else None
+        val_metric_s = time.perf_counter() - decode_started if cfg.val_metric_examples else 0.0
     state.train_seconds += seconds
     state.val_metric_seconds += val_metric_s
     if state.stopper.update(epoch, val_loss):
@@ -349,7 +358,8 @@ def _end_epoch(loop: Loop, state: RunState, best_weights: dict[str, torch.Tensor
     last_epoch = state.epoch >= cell.max_epochs or state.stopper.should_stop
     due = state.train_seconds - state.checkpointed_s >= cfg.checkpoint_interval_s
     if cfg.checkpoint_every_epoch and due and not last_epoch:
-        loop.save(state, best_weights)
+        with memory.PHASES.phase("checkpoint"):
+            loop.save(state, best_weights)
     return best_weights
 
 

@@ -265,12 +265,12 @@ def _unflatten(flat: torch.Tensor, params: list[torch.Tensor]) -> tuple[list[flo
 
 
 def validation_loss(model, items: list[Encoded], family: str, pad_id: int, batch_size: int,
-                    speedups: SpeedupPlan, autocast: AbstractContextManager) -> float:
+                    speedups: SpeedupPlan, autocast: AbstractContextManager, max_tokens: int | None = None) -> float:
     """``evaluate.validation_loss`` over a share of whole batches per process, summed over processes."""
     if _GROUP is None:
-        return evaluate.validation_loss(model, items, family, pad_id, batch_size, speedups, autocast)
+        return evaluate.validation_loss(model, items, family, pad_id, batch_size, speedups, autocast, max_tokens)
     shard = [items[i] for i in _my_batches(list(range(len(items))), batch_size)]
-    mean = evaluate.validation_loss(model, shard, family, pad_id, batch_size, speedups, autocast)
+    mean = evaluate.validation_loss(model, shard, family, pad_id, batch_size, speedups, autocast, max_tokens)
     # The tokens evaluate.validation_loss scores: a causal model's position t predicts token t + 1.
     count = sum(sum(label != IGNORE for label in (e.labels[1:] if family == "causal" else e.labels))
                 for e in shard)

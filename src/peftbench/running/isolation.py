@@ -93,7 +93,8 @@ class _Watch:
         self.peak_bytes: int | None = None  # the worker's peak resident memory, as last read
 
     def check(self, stop_requested: Callable[[], bool]) -> None:
-        self.peak_bytes = _peak_rss(self.worker.pid) or self.peak_bytes
+        # The worker resets its peak at each phase (memory.PhasePeaks): the highest read so far is its peak.
+        self.peak_bytes = max(_peak_rss(self.worker.pid) or 0, self.peak_bytes or 0) or None
         now = time.monotonic()
         if not self.stop_sent and stop_requested():
             os.kill(self.worker.pid, signal.SIGTERM)

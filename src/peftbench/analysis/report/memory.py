@@ -56,12 +56,21 @@ def _gib(value: float) -> str:
     return f"{value / GIB:.2f}"
 
 
-def _render_breakdown(stats: list[Stat | None]) -> str:
+def _render_breakdown(stats: list[Stat | None], phase: str | None) -> str:
     """"2.85 = 0.50 + 0.54 + ..." in ``BREAKDOWN_PARTS`` order ("?": a part not recorded), then the predicted
-    peak where the runs recorded one: " (predicted 2.70)"."""
+    peak where the runs recorded one and the phase that set the peak: " (predicted 2.70; in train)"."""
     peak, *parts, predicted = stats
     text = f"{_gib(peak.mean)} = " + " + ".join("?" if s is None else _gib(s.mean) for s in parts)
-    return text + (f" (predicted {_gib(predicted.mean)})" if predicted is not None else "")
+    notes = ([f"predicted {_gib(predicted.mean)}"] if predicted is not None else []) + ([f"in {phase}"] if phase else [])
+    return text + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def peak_phase(cell: c.Cell) -> str | None:
+    """The phase that set the peak in most of the cell's ok runs (``memory.peak_phase``); None where none
+    recorded one."""
+    phases = [r.get("memory", {}).get("peak_phase") for r in cell.ok_runs]
+    phases = [phase for phase in phases if phase]
+    return max(sorted(set(phases)), key=phases.count) if phases else None
 
 
 def memory_table(coll: Collection):
@@ -85,7 +94,8 @@ def memory_table(coll: Collection):
                "Runtime: the process before the model loads; activations: bytes saved for backward in the widest "
                "training pass; overhead: the peak beyond the other parts. '?': not recorded (results written "
                "before the breakdown existed). Predicted: the peak `peftbench run --dry-run` predicts, with the "
-               "measured runtime (recipe/memory_estimate.py).")
+               "measured runtime (recipe/memory_estimate.py). 'in train': the phase of the run that set the "
+               "peak (memory.peak_phase: load, train, validation, checkpoint, test, forgetting).")
     table = t.Table(MEMORY_TABLE_NUMBER, "Memory breakdown", caption, "PEFT/Dataset",
                     [(task, t.task_label(task, coll)) for task in coll.tasks()], blocks, [t.SEEDS_NOTE])
     if not table.rows():
@@ -98,13 +108,22 @@ def _breakdown_cell(cell: c.Cell, quantities):
     from peftbench.analysis.report import tables as t
 
     if cell.state not in ("ok", "partial"):
-        return t._empty_cell(cell.state, cell.state, quantities)
+        return _without_phase(t._empty_cell(cell.state, cell.state, quantities))
     stats = [cell.stat(quantity) for _, quantity in quantities]
     if stats[0] is None:
-        return t._empty_cell("not recorded", "missing", quantities)
+        return _without_phase(t._empty_cell("not recorded", "missing", quantities))
     values = {name: t._raw(stat.mean if stat is not None else None) for (name, _), stat in
               zip(quantities, stats, strict=True)}
-    return t.TableCell(_render_breakdown(stats), cell.state, stats[0].mean, {**values, "n": str(stats[0].n)})
+    phase = peak_phase(cell)
+    return t.TableCell(_render_breakdown(stats, phase), cell.state, stats[0].mean,
+                       {**values, "peak_phase": phase or "", "n": str(stats[0].n)})
+
+
+def _without_phase(empty):
+    """An empty cell with the peak-phase column every breakdown cell has (before ``n``)."""
+    seeds = empty.csv.pop("n")
+    empty.csv.update(peak_phase="", n=seeds)
+    return empty
 
 
 def breakdown_figures(coll: Collection, out_dir: Path) -> list[Path]:
