@@ -95,11 +95,12 @@ def test_forgetting_table_and_figure_show_intervals_and_the_pareto_front(tmp_pat
     assert figure.name == "forgetting.png" and figure.stat().st_size > 10_000
 
 
-def test_the_shipped_data_size_suite_uses_one_epoch_cap_at_five_sizes():
+def test_the_shipped_data_size_suite_uses_one_epoch_cap_at_four_sizes():
     from peftbench.cli import SUITES_DIR
     from peftbench.config import load_sweep
 
     sweep = load_sweep(SUITES_DIR / "data-size-smollm2.yaml", ["data_dir=../shared/data"])
     runs = sweep.expand()
-    assert len(runs) == 75 and {r.scale for r in runs} == {25, 50, 100, 200, 400}
+    assert len(runs) == 48 and {r.scale for r in runs} == {50, 100, 200, 400}
+    assert {r.method for r in runs} == {"full", "lora", "ia3", "bitfit"}
     assert {r.train.max_epochs for r in runs} == {3} and all(r.forgetting.enabled for r in runs)
