@@ -4,6 +4,7 @@ breakdowns, the report's Table 12 and breakdown figure, and the export's columns
 from __future__ import annotations
 
 import random
+import warnings
 from pathlib import Path
 
 import pytest
@@ -199,3 +200,16 @@ def test_validation_passes_keep_to_the_token_budget_and_score_every_row_once(fus
     assert all(len(rows) == 1 or padded_size(items, [rows], "causal") <= 200 for rows in bounded)
     assert max(padded_size(items, [rows], "causal") for rows in unbounded) > 200  # the budget binds
     assert len(bounded) > len(unbounded)
+
+
+def test_the_prediction_passes_over_opaque_weights_with_every_lever_on():
+    # oneDNN's blocked copies of the frozen weights (applied at SmolLM2's sizes) are opaque: no storage to count.
+    from peftbench.config import RunConfig, SpeedupsConfig
+    from peftbench.recipe.memory_estimate import predict_run
+
+    run = RunConfig(model="smollm2-135m-q4", method="lora", task="synthetic_classification", scale=32,
+                    speedups=SpeedupsConfig.from_setting("all"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        prediction = predict_run(run, runtime_bytes=0)
+    assert prediction.breakdown["activations"] > 0 and prediction.breakdown["overhead"] >= 0

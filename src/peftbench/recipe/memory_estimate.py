@@ -188,7 +188,11 @@ class LiveBytes(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         for tensor in tree_leaves(out):
             if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
-                self._count(tensor.untyped_storage())
+                try:
+                    storage = tensor.untyped_storage()
+                except (RuntimeError, NotImplementedError):  # oneDNN's blocked weights: opaque, and weights
+                    continue
+                self._count(storage)
         return out
 
     def _count(self, storage) -> None:
