@@ -125,7 +125,7 @@ class PhasePeaks:
 
     def peak_bytes(self) -> int:
         """The run's peak so far, over every phase and the interval open now."""
-        return max(self.highest, _peak_since_reset() or 0)
+        return max(self.highest, _peak_since_reset())
 
     def record(self) -> dict[str, object]:
         self._close_interval()
@@ -134,8 +134,6 @@ class PhasePeaks:
 
     def _close_interval(self) -> None:
         peak = _peak_since_reset()
-        if peak is None:
-            return
         name = self._open[-1] if self._open else self._between
         self.peaks[name] = max(self.peaks.get(name, 0), peak)
         self.highest = max(self.highest, peak)
@@ -143,11 +141,11 @@ class PhasePeaks:
             self.kind = "cumulative"
 
 
-def _peak_since_reset() -> int | None:
+def _peak_since_reset() -> int:
+    """CUDA's allocated peak, else the process's peak resident set (``peak_rss_bytes``), since the last reset."""
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated())
-    kib = _proc_status_kib("VmHWM")
-    return kib * 1024 if kib is not None else None
+    return peak_rss_bytes()
 
 
 def _reset_peak() -> bool:
@@ -272,12 +270,11 @@ def run_memory(device: torch.device, after_load_bytes: int | None, trainable: di
                gradient_checkpointing: bool = False) -> dict[str, object]:
     """``result["memory"]`` at the end of a run (see the module docstring); a reference row has no optimiser.
     ``runtime``: ``runtime_bytes()`` before the model loaded; ``model``: the trained model (its weights)."""
+    peak = PHASES.peak_bytes()  # over every phase: the statistics are reset as each begins
     if device.type == "cuda":
-        peak, kind, scope = max(PHASES.peak_bytes(), int(torch.cuda.max_memory_allocated(device))), \
-            "cuda_max_allocated", "run"
+        kind, scope = "cuda_max_allocated", "run"
     else:
-        peak, kind = max(PHASES.peak_bytes(), peak_rss_bytes()), "process_peak_rss"
-        scope = "run_process" if _dedicated else "shared_process"
+        kind, scope = "process_peak_rss", "run_process" if _dedicated else "shared_process"
     parts = {"runtime": runtime, "weights": weights_bytes(model) if model is not None else 0,
              "gradients": sum(p.nbytes for p in trainable.values()),
              "optimizer_state": optimizer_state_bytes(optimizer) if optimizer is not None else 0,
