@@ -2,8 +2,8 @@
 
 With every lever off this is the plain transformers pass: ``model(input_ids, attention_mask)`` (seq2seq: with
 the decoder inputs shifted from the labels), then the logits at the positions that predict a target token.
-The levers change how the pass runs, never which logits come back: eager attention and bits dropout around
-it; a shared prompt prefix run once; a causal batch's real tokens as one concatenated sequence, or its
+The levers change how the pass runs, never which logits come back: compiled layers, eager attention and bits
+dropout around it; a shared prompt prefix run once; a causal batch's real tokens as one concatenated sequence, or its
 feed-forward networks on the real tokens only; the LM head at the target positions only.
 """
 
@@ -17,6 +17,7 @@ from torch import nn
 
 from peftbench.constants import IGNORE
 from peftbench.speedups.bits_dropout import cpu_dropout
+from peftbench.speedups.compiled_layers import compiled_passes
 from peftbench.speedups.concatenated_rows import concatenates_rows, forward_concatenated
 from peftbench.speedups.eager_attention import pass_attention
 from peftbench.speedups.plan import SpeedupPlan
@@ -31,6 +32,8 @@ def target_logits(plan: SpeedupPlan, model: nn.Module, batch: dict[str, Tensor])
     every target token's prediction [targets, vocab], the target ids [targets] and each one's batch row
     [targets], in row-major order. ``model.training`` tells a training pass from a forward-only one."""
     with ExitStack() as stack:
+        if plan.applies("compiled_layers"):
+            stack.enter_context(compiled_passes())
         if plan.applies("eager_attention"):
             stack.enter_context(pass_attention(model, batch["input_ids"].shape[1], training=model.training))
         if model.training and plan.applies("bits_dropout"):
@@ -59,6 +62,7 @@ def _causal_target_logits(plan: SpeedupPlan, model: nn.Module,
     concatenated = plan.applies("concatenated_rows") and concatenates_rows(model, real_host)
     labels = batch["labels"].to(plan.device)
     inputs = {name: batch[name].to(plan.device) for name in ("input_ids", "attention_mask")}
+    inputs["use_cache"] = False  # no KV cache for a pass that decodes nothing (it copies every layer's keys)
     targets = torch.full_like(labels, IGNORE)
     targets[:, :-1] = labels[:, 1:]
     keep = targets != IGNORE
