@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from speedup_helpers import introduction_speedups
 
-from peftbench.config import ID_DEFAULTS, ForgettingConfig, RunConfig, SpeedupsConfig, TrainConfig, load_sweep
+from peftbench.config import ID_DEFAULTS, ForgettingConfig, RunConfig, TrainConfig, load_sweep
 from peftbench.errors import UserError
 from peftbench.recipe import forgetting
 from peftbench.recipe.protocol import paper_lr_lambda, resolved_lr
@@ -145,7 +146,7 @@ def test_wikitext_spacing_is_undone():
 @pytest.mark.unit
 def test_adding_the_forgetting_section_leaves_run_ids_unchanged():
     # Ids computed by the code before the section existed (same configs).
-    every_lever = SpeedupsConfig.from_setting("all")  # the speed-up defaults of the time, and no token budget
+    every_lever = introduction_speedups()  # the speed-up defaults of the time, and no token budget
     assert RunConfig(model="llama-tiny-random", method="lora", task="synthetic_classification", scale="low",
                      seed=0, speedups=every_lever, train=TrainConfig(max_tokens_per_pass=None)).run_id() == \
         "llama_tiny_random-lora-synthetic_classification-low-s0-246e5bfce6"

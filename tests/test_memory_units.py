@@ -134,11 +134,13 @@ def test_large_best_weights_are_kept_on_disk_and_restored_from_there(tmp_path):
 
 
 def test_the_token_budget_and_checkpointing_enter_the_id_only_away_from_their_introduction_defaults():
-    from peftbench.config import ID_DEFAULTS, RunConfig, SpeedupsConfig, TrainConfig
+    from speedup_helpers import introduction_speedups
+
+    from peftbench.config import ID_DEFAULTS, RunConfig, TrainConfig
 
     def run(train: TrainConfig) -> RunConfig:  # the speed-up defaults the ids began with
         return RunConfig(model="llama-tiny-random", method="lora", task="synthetic_classification", scale="low",
-                         speedups=SpeedupsConfig.from_setting("all"), train=train)
+                         speedups=introduction_speedups(), train=train)
 
     assert ID_DEFAULTS["train.max_tokens_per_pass"] is None and ID_DEFAULTS["train.gradient_checkpointing"] is False
     assert run(TrainConfig(max_tokens_per_pass=None)).identity()["settings"] == {}

@@ -8,16 +8,17 @@ import os
 from pathlib import Path
 
 import pytest
+from speedup_helpers import introduction_speedups
 
 import peftbench.config as config
 from peftbench.config import ID_DEFAULTS, RunConfig, SpeedupsConfig, TrainConfig, load_sweep
 
 pytestmark = pytest.mark.unit
 
-# Every speed-up lever on and no token budget, as the defaults were when this id was computed (ID_DEFAULTS
-# keeps them so).
+# Every speed-up lever of the time on and no token budget, as the defaults were when this id was computed
+# (ID_DEFAULTS keeps them so).
 PINNED = RunConfig(model="t5-tiny-random", method="lora", task="synthetic_classification", scale=32, seed=0,
-                   speedups=SpeedupsConfig.from_setting("all"), train=TrainConfig(max_tokens_per_pass=None))
+                   speedups=introduction_speedups(), train=TrainConfig(max_tokens_per_pass=None))
 
 
 def test_a_known_run_keeps_its_id():
@@ -30,9 +31,9 @@ def test_a_changed_default_changes_the_id_of_the_runs_it_changes():
     # today's defaults computes on another path, so it is another run.
     default = RunConfig(**{**vars(PINNED), "speedups": SpeedupsConfig(), "train": TrainConfig()})
     assert default.run_id() != PINNED.run_id()
-    assert set(default.identity()["settings"]) == {f"speedups.{lever}" for lever in SpeedupsConfig.levers()
-                                                   if lever not in SpeedupsConfig.default_levers()} | {
-                                                   "train.max_tokens_per_pass"}
+    assert set(default.identity()["settings"]) == {
+        f"speedups.{lever}" for lever in SpeedupsConfig.levers()
+        if (lever in SpeedupsConfig.default_levers()) != ID_DEFAULTS[f"speedups.{lever}"]} | {"train.max_tokens_per_pass"}
 
 
 def test_a_setting_that_differs_from_its_introduction_default_changes_the_id():

@@ -20,7 +20,7 @@ def measured_tilts() -> dict[str, list[bool]]:
     """Lever → whether it tilts, one entry per task table, from the rows ``| a+lever (vs a) | … | yes (7.1%) |``."""
     section = RESULTS.read_text().split("## Which levers tilt the comparison")[1].split("\n## ")[0]
     tilts: dict[str, list[bool]] = {}
-    for row in re.finditer(r"^\| ([a-z_+]+) \(vs [a-z_+]+\) \|.*\| (yes|no) \([\d.]+%\) \|$", section, re.M):
+    for row in re.finditer(r"^\| ([a-z0-9_+]+) \(vs [a-z0-9_+]+\) \|.*\| (yes|no) \([\d.]+%\) \|$", section, re.M):
         tilts.setdefault(row[1].split("+")[-1], []).append(row[2] == "yes")
     return tilts
 

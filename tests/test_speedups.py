@@ -69,9 +69,10 @@ def test_every_lever_is_off_without_speedups():
 def test_a_lora_llama_on_cpu_gets_every_lever_but_dropout_masks():
     record = plan_for(_model("llama-tiny-random", "lora"), precision="bf16").record()
     statuses = {lever: entry["status"] for lever, entry in record["levers"].items()}
-    assert record["setting"] == "all" and list(statuses) == LEVERS
-    # the tiny model's weights are below oneDNN's packing size; it has no dropout
-    assert {k for k, v in statuses.items() if v != "applied"} == {"onednn_blocked_weights", "bits_dropout"}
+    assert record["setting"] == "custom" and list(statuses) == LEVERS  # all but compiled_layers
+    # the tiny model's weights are below oneDNN's packing size; it has no dropout; plan_for leaves layers eager
+    assert {k for k, v in statuses.items() if v != "applied"} == {"onednn_blocked_weights", "bits_dropout",
+                                                                  "compiled_layers"}
     assert record["levers"]["bits_dropout"]["reason"] == "the model has no dropout"
     assert record["levers"]["onednn_blocked_weights"]["reason"].startswith("no frozen bf16 CPU linear")
 
@@ -103,9 +104,9 @@ def test_cpu_levers_do_not_apply_on_other_devices():
     assert statuses["fused_adamw"].status == statuses["keep_freed_memory"].status == "applied"
 
 
-def _run(tmp_path, setting: str, method: str) -> dict:
+def _run(tmp_path, setting: str, method: str, *levers: str) -> dict:
     overrides = ["model=llama-tiny-random", f"method={method}", "task=synthetic_classification", "scale=32",
-                 f"speedups={setting}", "train.max_epochs=2", "train.batch_size=4", "train.grad_accum=4",
+                 f"speedups={setting}", *levers, "train.max_epochs=2", "train.batch_size=4", "train.grad_accum=4",
                  "train.eval_examples=16", "train.eval_batch_size=4", "train.val_metric_examples=0",
                  "train.precision=fp32", "train.num_threads=1", f"output_dir={tmp_path}"]
     [run] = load_sweep(None, overrides).expand()
@@ -116,13 +117,28 @@ def _run(tmp_path, setting: str, method: str) -> dict:
 def test_speedups_none_gives_the_losses_of_speedups_all(tmp_path, method):
     """The tiny Llama has no dropout, so both settings compute the same function: in fp32 the training and
     validation losses of every epoch agree to 1e-5 (relative). (A model with dropout draws other masks:
-    ``bits_dropout`` is another random stream, and fused passes draw them in other shapes.)"""
-    fast, plain = _run(tmp_path, "all", method), _run(tmp_path, "none", method)
+    ``bits_dropout`` is another random stream, and fused passes draw them in other shapes.) Compiled layers,
+    which take the place of the shared prefix: ``test_compiled_layers_run_a_cell_with_the_eager_losses``."""
+    fast = _run(tmp_path, "all", method, "speedups.compiled_layers=false")
+    plain = _run(tmp_path, "none", method)
     assert {entry["status"] for entry in plain["speedups"]["levers"].values()} == {"off"}
-    assert plain["speedups"]["setting"] == "none" and fast["speedups"]["setting"] == "all"
+    assert plain["speedups"]["setting"] == "none" and fast["speedups"]["setting"] == "custom"
     assert fast["speedups"]["levers"]["shared_prompt_prefix"]["status"] == "applied"
     assert len(fast["history"]) == len(plain["history"]) == 2
     for ours, reference in zip(fast["history"], plain["history"], strict=True):
+        assert ours["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-5)
+        assert ours["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_layers_run_a_cell_with_the_eager_losses(tmp_path):
+    """A whole cell with compiled layers: training and validation compiled (fp32: losses to 1e-5), test
+    decoding eager, the lever recorded as applied."""
+    compiled = _run(tmp_path, "none", "lora", "speedups.compiled_layers=true")
+    plain = _run(tmp_path, "none", "lora")
+    assert compiled["speedups"]["levers"]["compiled_layers"] == {"status": "applied", "reason": None}
+    assert compiled["status"] == "ok" and compiled["metrics"]["test"] == plain["metrics"]["test"]
+    for ours, reference in zip(compiled["history"], plain["history"], strict=True):
         assert ours["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-5)
         assert ours["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-5)
 

@@ -30,6 +30,7 @@ ID_DEFAULTS: dict[str, Any] = {
     "speedups.frozen_weights_bf16": True, "speedups.onednn_blocked_weights": True,
     "speedups.lm_head_on_targets": True, "speedups.shared_prompt_prefix": True, "speedups.eager_attention": True,
     "speedups.concatenated_rows": True, "speedups.unpadded_feed_forward": True, "speedups.bits_dropout": True,
+    "speedups.compiled_layers": False,
     "forgetting.enabled": True, "forgetting.data_file": None, "forgetting.hub_dataset": "Salesforce/wikitext",
     "forgetting.hub_config": "wikitext-2-raw-v1", "forgetting.tokens": 4096, "forgetting.max_paragraph_tokens": 256,
 }

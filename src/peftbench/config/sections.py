@@ -248,6 +248,12 @@ class SpeedupsConfig:
     """Feed-forward networks run on a padded pass's real tokens only. CPU, causal models whose role map
     names the feed-forward module, without prompt learning: padding is skipped where most of a layer's
     matrix work is."""
+    compiled_layers: bool = False
+    """The model's repeated blocks (decoder layers) compiled by ``torch.compile`` with dynamic shapes: Inductor
+    fuses each layer's pointwise work. Any device with a C++ compiler for Inductor's CPU kernels; the first
+    pass of each kind compiles (15-35 s for SmolLM2-135M on two threads). It takes the place of
+    ``shared_prompt_prefix``, ``concatenated_rows`` and ``unpadded_feed_forward``, whose per-pass caches and
+    hooks would compile the layers again at every pass."""
     bits_dropout: bool = False
     """Dropout masks drawn from 16 random bits per element instead of ``bernoulli_`` (the same rate to
     2⁻¹⁶, another random stream). CPU training of models with dropout (T5; not SmolLM2): drawing 32-bit

@@ -229,9 +229,10 @@ def enable_gradient_checkpointing(model: nn.Module, enabled: bool) -> None:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-PASS_ONLY_LEVERS = ("eager_attention", "bits_dropout")
-"""Speed-ups that switch attention or dropout around a pass's forward only: a layer recomputed in backward would
-run without them (another attention kernel, other dropout masks), so gradient checkpointing turns them off."""
+PASS_ONLY_LEVERS = ("eager_attention", "bits_dropout", "compiled_layers")
+"""Speed-ups that switch attention, dropout or compiled layers around a pass's forward only: a layer recomputed
+in backward would run without them (another attention kernel, other dropout masks, eager rounding), so
+gradient checkpointing turns them off."""
 
 
 def speedups_for(config: SpeedupsConfig, gradient_checkpointing: bool) -> SpeedupsConfig:

@@ -20,6 +20,7 @@ What the measured overhead holds beyond that is the allocator's: memory freed bu
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -112,7 +113,9 @@ def predict_run(run: RunConfig, runtime_bytes: int | None = None) -> Prediction:
         applied = apply_method(model, family, run.method, run.method_options, layers=layers, modules=modules,
                                seed=run.seed, total_steps=1)
         model, trainable = applied.model, applied.trainable
-        plan = resolve_speedups(memory.speedups_for(run.speedups, cfg.gradient_checkpointing))
+        # Eager even where the run compiles its layers: compiling each copy would cost more than the estimate.
+        speedups = dataclasses.replace(run.speedups, compiled_layers=False)
+        plan = resolve_speedups(memory.speedups_for(speedups, cfg.gradient_checkpointing))
         precision = _mixed_precision(cfg.precision)
         plan.apply_to_model(model, torch.device("cpu"), precision)
         memory.enable_gradient_checkpointing(model, cfg.gradient_checkpointing)

@@ -14,6 +14,7 @@ transformers pass. The levers, one module each (their measured gains: ``config.S
 - ``eager_attention``: eager / grouped-query attention for short CPU passes (``eager_attention``)
 - ``concatenated_rows``: a batch's real tokens as one sequence (``concatenated_rows``)
 - ``unpadded_feed_forward``: feed-forward networks on real tokens only (``unpadded_feed_forward``)
+- ``compiled_layers``: the repeated blocks compiled by ``torch.compile`` (``compiled_layers``)
 - ``bits_dropout``: dropout masks from 16 random bits (``bits_dropout``)
 - fused passes (``batching.plan_passes``) and fused AdamW, which the plan only switches.
 """

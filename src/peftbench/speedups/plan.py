@@ -21,6 +21,7 @@ from peftbench.catalog.models import family_of
 from peftbench.config import SpeedupsConfig
 from peftbench.speedups import freed_memory
 from peftbench.speedups.bf16_frozen_weights import store_frozen_linears_in
+from peftbench.speedups.compiled_layers import compile_repeated_blocks, why_not_compiled
 from peftbench.speedups.eager_attention import GROUPED_QUERY_EAGER_MODEL_TYPES, attention_configs
 from peftbench.speedups.onednn_weights import pack_frozen_linears, why_not_packed
 from peftbench.speedups.shared_prompt_prefix import has_dropout, shared_prefix_length
@@ -78,26 +79,33 @@ class SpeedupPlan:
         bf16 = None if precision == "bf16" else f"precision {precision}: bf16 autocast only"
         self._decide("fused_passes", lambda: cpu)
         self._decide("frozen_weights_bf16", lambda: bf16 or _store_frozen_linears_in_bf16(model))
-        self._decide("onednn_blocked_weights", lambda: _prepack_frozen_linears(
-            model, cpu or bf16 or self._needs_prerequisite("onednn_blocked_weights")))
+        self._decide("compiled_layers", lambda: why_not_compiled(model, device))
+        compiled = "compiled_layers: its per-pass {} would compile the layers again" if self.applies(
+            "compiled_layers") else ""
+        self._decide("onednn_blocked_weights", lambda: _prepack_frozen_linears(model, _first(
+            cpu, bf16, self._needs_prerequisite("onednn_blocked_weights"),
+            self.applies("compiled_layers") and "compiled_layers: Inductor lowers the frozen linears itself")))
         self._decide("lm_head_on_targets", lambda: _first(
             causal and f"{causal}: " + ("its head classifies the whole sequence" if self.family == "encoder"
                                         else "every decoder position predicts a target"),
             _no_output_layer(model)))
         limited = "validation and ranking only: the model has dropout" if dropout else None
         self._decide("shared_prompt_prefix", lambda: _first(
+            compiled.format("key/value cache"),
             causal and f"{causal}: the encoder attends both ways",
             prompt and f"{prompt}: its virtual tokens come before the prompt, so no prefix is shared",
             _no_output_layer(model)), limited)
         self._decide("eager_attention", lambda: cpu or _not_on_sdpa(model))
         self._decide("concatenated_rows", lambda: _first(
-            cpu, causal, prompt and f"{prompt}: its virtual tokens are not rows of the batch",
+            cpu, compiled.format("key/value cache"), causal, prompt and f"{prompt}: its virtual tokens are not rows of the batch",
             self._needs_prerequisite("concatenated_rows"), _not_llama_attention(model), _no_output_layer(model)), limited)
         self._decide("unpadded_feed_forward", lambda: _first(
-            cpu, causal and f"{causal}: its loss runs the padded forward",
+            cpu, compiled.format("hooks"), causal and f"{causal}: its loss runs the padded forward",
             prompt and f"{prompt}: its virtual tokens change the hidden states' shape",
             None if feed_forward_networks(model) else f"no feed-forward role map for {_model_type(model)}"))
         self._decide("bits_dropout", lambda: cpu or (None if dropout else "the model has no dropout"))
+        if self.applies("compiled_layers"):  # last: the blocks compile with every model-level lever in place
+            compile_repeated_blocks(model)
         return self
 
     def prefix_length(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> int:
