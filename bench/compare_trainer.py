@@ -36,6 +36,8 @@ HERE = Path(__file__).resolve().parent
 CELLS = {
     "smollm2-lora-cola": ["model=smollm2-135m-q4", "methods=[lora]", "tasks=[cola]", "scales=[low]"],
     "smollm2-full-cola": ["model=smollm2-135m-q4", "methods=[full]", "tasks=[cola]", "scales=[low]"],
+    "smollm2-lora-agnews": ["model=smollm2-135m-q4", "methods=[lora]", "tasks=[ag_news]", "scales=[low]"],
+    "smollm2-full-agnews": ["model=smollm2-135m-q4", "methods=[full]", "tasks=[ag_news]", "scales=[low]"],
     "smollm2-lora-samsum": ["model=smollm2-135m-q4", "methods=[lora]", "tasks=[samsum]", "scales=[low]"],
     "smollm2-full-samsum": ["model=smollm2-135m-q4", "methods=[full]", "tasks=[samsum]", "scales=[low]"],
     "t5tiny-lora-cola": ["model=t5-tiny-random", "methods=[lora]", "tasks=[cola]", "scales=[low]"],
@@ -52,6 +54,8 @@ PROTOCOL = ["train.eval_examples=200", "train.val_metric_examples=0", *SAME_WORK
 QUICK = ["train.eval_examples=64", "train.val_metric_examples=0", "train.max_epochs=2", *SAME_WORK]
 SIDES = {"peftbench": (HERE / "peftbench_side.py", []),  # the default (fair) speed-up levers
          "peftbench-all": (HERE / "peftbench_side.py", ["speedups=all"]),  # every lever on
+         # every lever but compiled layers, which takes the place of three of them
+         "peftbench-all-eager": (HERE / "peftbench_side.py", ["speedups=all", "speedups.compiled_layers=false"]),
          "trainer": (HERE / "trainer_baseline.py", [])}
 
 

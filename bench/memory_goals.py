@@ -20,7 +20,8 @@ overhead ≤ 0.5 GB, runtime ≤ 0.7 GB, prediction within 25 %).
 The variants (``VARIANTS``): ``default`` (the settings as they are: the plain transformers path, a token budget
 of 2048 per pass), ``no_budget``, ``budget_4096`` and ``budget_1024`` (``train.max_tokens_per_pass``), ``all``
 (``speedups=all``: every lever, among them eager attention below 320 tokens, blocked oneDNN copies of the frozen
-weights and glibc's freed memory kept), ``checkpointing`` (``train.gradient_checkpointing=true``) and
+weights and glibc's freed memory kept), ``checkpointing`` (``train.gradient_checkpointing=true``), ``compiled`` (``speedups.compiled_layers=true``: Inductor's
+fused kernels keep fewer intermediates for the backward) and
 ``mmap_threshold`` (the default's settings in a process whose malloc returns freed memory at once:
 ``ENVIRONMENTS``). Compare scores and times with ``default``'s: a change of default must keep the scores within
 noise and the training time within 5 %. Every cell evaluates 200 examples (100 validation, 100 test) and
@@ -47,6 +48,7 @@ VARIANTS = {
     "budget_1024": ["train.max_tokens_per_pass=1024"],
     "all": ["speedups=all"],
     "checkpointing": ["train.gradient_checkpointing=true"],
+    "compiled": ["speedups.compiled_layers=true"],
     "mmap_threshold": [],  # the default's settings, run with MALLOC_MMAP_THRESHOLD_ (ENVIRONMENTS)
 }
 ENVIRONMENTS = {"mmap_threshold": {"MALLOC_MMAP_THRESHOLD_": "131072"}}

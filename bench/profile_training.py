@@ -19,6 +19,8 @@ steps, torch.profiler records ``--steps`` steps; every operator's self time goes
   weight: a ``--warmup`` step keeps it out)
 - dispatch and Python: view and metadata operators, autograd's node wrappers, and the step's wall time that
   no operator covers (Python, the autograd engine, the dispatcher)
+- compiled kernels: Inductor's fused C++ loops (``compiled_layers``: a layer's norms, activations, rotary
+  embeddings, casts and, under eager attention, its softmax, fused), each profiled as one call of its graph
 - other: embedding, indexing, anything not named above
 
 Then ``--timed`` steps without the profiler: the median step, and its MFU, the step's tokens times the run's
@@ -62,8 +64,9 @@ DISPATCH = {"aten::view", "aten::reshape", "aten::_reshape_alias", "aten::_unsaf
 ELEMENTWISE = ("norm", "pow", "rsqrt", "mean", "mul", "add", "sub", "div", "neg", "silu", "gelu", "sigmoid",
                "tanh", "relu", "dropout", "bernoulli", "cat", "sum", "where", "fill_", "zero_", "exp", "sqrt",
                "rand", "masked_fill", "cos", "sin", "threshold")
-CATEGORIES = ("matrix products", "attention", "norms, activations, elementwise", "loss", "optimizer",
-              "dtype copies and layout", "dispatch and Python", "other")
+COMPILED = "## Call CompiledFxGraph"
+CATEGORIES = ("matrix products", "attention", "norms, activations, elementwise", "compiled kernels", "loss",
+              "optimizer", "dtype copies and layout", "dispatch and Python", "other")
 
 
 def category(event) -> str:
@@ -74,6 +77,8 @@ def category(event) -> str:
             return "optimizer"
         node = node.cpu_parent
     name = event.name
+    if name.startswith(COMPILED):
+        return "compiled kernels"
     if name in MATMUL:
         return "matrix products"
     if any(part in name for part in ATTENTION):
