@@ -101,6 +101,8 @@ class PhasePeaks:
     statistics run on, and each phase records the highest so far (``kind`` "cumulative")."""
 
     def __init__(self) -> None:
+        self.process_highest = 0
+        """The highest peak of every run this process has held (resets and ``begin_run`` leave it)."""
         self.begin_run()
 
     def begin_run(self) -> None:
@@ -137,6 +139,7 @@ class PhasePeaks:
         name = self._open[-1] if self._open else self._between
         self.peaks[name] = max(self.peaks.get(name, 0), peak)
         self.highest = max(self.highest, peak)
+        self.process_highest = max(self.process_highest, peak)
         if not _reset_peak():
             self.kind = "cumulative"
 
@@ -276,6 +279,8 @@ def run_memory(device: torch.device, after_load_bytes: int | None, trainable: di
         kind, scope = "cuda_max_allocated", "run"
     else:
         kind, scope = "process_peak_rss", "run_process" if _dedicated else "shared_process"
+    if scope == "shared_process":  # the process's peak, as the scope says: the resets must not hide earlier runs'
+        peak = max(peak, PHASES.process_highest)
     parts = {"runtime": runtime, "weights": weights_bytes(model) if model is not None else 0,
              "gradients": sum(p.nbytes for p in trainable.values()),
              "optimizer_state": optimizer_state_bytes(optimizer) if optimizer is not None else 0,
