@@ -3,6 +3,8 @@ the eager loss and gradients, in place of the levers whose per-pass caches and h
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from speedup_helpers import CPU, plain_plan, plan_for
@@ -21,6 +23,8 @@ from peftbench.speedups import for_model
 pytestmark = pytest.mark.integration
 
 ONLY_COMPILED = SpeedupsConfig(compiled_layers=True)
+needs_compiler = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                    reason="Inductor's CPU backend needs a C++ compiler")
 
 
 def _lora_llama():
@@ -40,6 +44,7 @@ def test_the_repeated_blocks_are_the_classes_the_model_declares():
     assert compiled_layers.repeated_blocks(nn.Sequential(nn.Linear(2, 2))) == []
 
 
+@needs_compiler
 def test_compiled_layers_take_the_place_of_the_per_pass_levers():
     model, _ = _lora_llama()
     statuses = plan_for(model, precision="bf16", compiled=True).statuses
@@ -62,6 +67,7 @@ def test_the_lever_says_why_it_cannot_apply(monkeypatch):
         "the model declares no repeated block (_no_split_modules)")
 
 
+@needs_compiler
 def test_only_the_loss_passes_run_compiled(monkeypatch):
     """Decoding, ranking and forgetting call the model outside ``compiled_passes``: their blocks run eager."""
     model, batch = _lora_llama()
@@ -77,6 +83,7 @@ def test_only_the_loss_passes_run_compiled(monkeypatch):
     assert len(calls) == model.config.num_hidden_layers
 
 
+@needs_compiler
 @pytest.mark.slow
 def test_compiled_layers_give_the_eager_loss_and_gradients():
     """fp32, Inductor's CPU kernels against the eager forward and backward: the same loss and gradients up to

@@ -288,3 +288,6 @@ def test_runs_with_different_speedup_settings_are_flagged(tmp_path):
         assert "evaluation" in built[number].caption
     alike = c.speedups_note([make_result(method=m) for m in ("full", "lora")])
     assert alike == "Speed-up setting of these runs: unknown."  # alike: the setting is named, no warning
+    mostly = make_result(method="lora")
+    mostly["config"]["speedups"] = {"packed": True, "varlen": True, "compiled": False}
+    assert c.speedups_note([mostly]) == "Speed-up setting of these runs: all on but compiled."

@@ -382,7 +382,9 @@ def speedups_note(runs: Iterable[dict[str, Any]]) -> str | None:
             text = "unknown"
         elif isinstance(setting, dict):
             on = sorted(lever for lever, is_on in setting.items() if is_on)
-            text = "all on" if len(on) == len(setting) else ("all off" if not on else "on: " + ", ".join(on))
+            off = sorted(set(setting) - set(on))
+            text = ("all on" if not off else "all off" if not on else
+                    "all on but " + ", ".join(off) if len(off) < len(on) else "on: " + ", ".join(on))
         else:
             text = str(setting)
         counts[text] = counts.get(text, 0) + 1
