@@ -253,7 +253,8 @@ class SpeedupsConfig:
     fuses each layer's pointwise work. Any device with a C++ compiler for Inductor's CPU kernels; the first
     pass of each kind compiles (15-35 s for SmolLM2-135M on two threads). It takes the place of
     ``shared_prompt_prefix``, ``concatenated_rows`` and ``unpadded_feed_forward``, whose per-pass caches and
-    hooks would compile the layers again at every pass."""
+    hooks would compile the layers again at every pass, and of ``onednn_blocked_weights`` (Inductor lowers the
+    frozen linears itself). Its gain and tilt: bench/RESULTS.md, "Where a training step goes"."""
     bits_dropout: bool = False
     """Dropout masks drawn from 16 random bits per element instead of ``bernoulli_`` (the same rate to
     2⁻¹⁶, another random stream). CPU training of models with dropout (T5; not SmolLM2): drawing 32-bit
