@@ -27,6 +27,8 @@ from peftbench.speedups.onednn_weights import pack_frozen_linears, why_not_packe
 from peftbench.speedups.shared_prompt_prefix import has_dropout, shared_prefix_length
 
 APPLIED, NOT_APPLICABLE, OFF = "applied", "not_applicable", "off"
+PER_PASS = "its per-pass {} would compile the layers again"
+"""Why a lever that changes each pass's cache or hooks gives way to ``compiled_layers``."""
 
 
 @dataclass(frozen=True)
@@ -80,27 +82,25 @@ class SpeedupPlan:
         self._decide("fused_passes", lambda: cpu)
         self._decide("frozen_weights_bf16", lambda: bf16 or _store_frozen_linears_in_bf16(model))
         self._decide("compiled_layers", lambda: why_not_compiled(model, device))
-        compiled = "compiled_layers: its per-pass {} would compile the layers again" if self.applies(
-            "compiled_layers") else ""
         self._decide("onednn_blocked_weights", lambda: _prepack_frozen_linears(model, _first(
             cpu, bf16, self._needs_prerequisite("onednn_blocked_weights"),
-            self.applies("compiled_layers") and "compiled_layers: Inductor lowers the frozen linears itself")))
+            self._given_way_to_compiled("Inductor lowers the frozen linears itself"))))
         self._decide("lm_head_on_targets", lambda: _first(
             causal and f"{causal}: " + ("its head classifies the whole sequence" if self.family == "encoder"
                                         else "every decoder position predicts a target"),
             _no_output_layer(model)))
         limited = "validation and ranking only: the model has dropout" if dropout else None
         self._decide("shared_prompt_prefix", lambda: _first(
-            compiled.format("key/value cache"),
+            self._given_way_to_compiled(PER_PASS.format("key/value cache")),
             causal and f"{causal}: the encoder attends both ways",
             prompt and f"{prompt}: its virtual tokens come before the prompt, so no prefix is shared",
             _no_output_layer(model)), limited)
         self._decide("eager_attention", lambda: cpu or _not_on_sdpa(model))
         self._decide("concatenated_rows", lambda: _first(
-            cpu, compiled.format("key/value cache"), causal, prompt and f"{prompt}: its virtual tokens are not rows of the batch",
+            cpu, self._given_way_to_compiled(PER_PASS.format("key/value cache")), causal, prompt and f"{prompt}: its virtual tokens are not rows of the batch",
             self._needs_prerequisite("concatenated_rows"), _not_llama_attention(model), _no_output_layer(model)), limited)
         self._decide("unpadded_feed_forward", lambda: _first(
-            cpu, compiled.format("hooks"), causal and f"{causal}: its loss runs the padded forward",
+            cpu, self._given_way_to_compiled(PER_PASS.format("hooks")), causal and f"{causal}: its loss runs the padded forward",
             prompt and f"{prompt}: its virtual tokens change the hidden states' shape",
             None if feed_forward_networks(model) else f"no feed-forward role map for {_model_type(model)}"))
         self._decide("bits_dropout", lambda: cpu or (None if dropout else "the model has no dropout"))
@@ -128,6 +128,10 @@ class SpeedupPlan:
             return
         reason = blocker()
         self.statuses[lever] = LeverStatus(NOT_APPLICABLE, reason) if reason else LeverStatus(APPLIED, limited)
+
+    def _given_way_to_compiled(self, why: str) -> str | None:
+        """Why a lever does not apply beside ``compiled_layers`` where that applies, or None."""
+        return f"compiled_layers: {why}" if self.applies("compiled_layers") else None
 
     def _needs_prerequisite(self, lever: str) -> str | None:
         """Why ``lever`` does not apply for want of its prerequisite (``SpeedupsConfig.PREREQUISITES``), or None."""

@@ -370,6 +370,17 @@ def method_options_note(coll: Collection) -> str | None:
     return "Method options of the main rows: " + "; ".join(parts) + "." if parts else None
 
 
+def _levers_text(setting: dict[str, bool]) -> str:
+    """A run's levers in a few words: "all on", "all off", "all on but a, b" or "on: a, b" (the shorter list)."""
+    on = sorted(lever for lever, is_on in setting.items() if is_on)
+    off = sorted(lever for lever, is_on in setting.items() if not is_on)
+    if not off:
+        return "all on"
+    if not on:
+        return "all off"
+    return "all on but " + ", ".join(off) if len(off) < len(on) else "on: " + ", ".join(on)
+
+
 def speedups_note(runs: Iterable[dict[str, Any]]) -> str | None:
     """The speed-up setting of the ok runs (``config.speedups``; absent means unknown), which every time table
     and figure names; a warning when they differ, since their times are then not measured alike."""
@@ -381,10 +392,7 @@ def speedups_note(runs: Iterable[dict[str, Any]]) -> str | None:
         if setting is None:
             text = "unknown"
         elif isinstance(setting, dict):
-            on = sorted(lever for lever, is_on in setting.items() if is_on)
-            off = sorted(set(setting) - set(on))
-            text = ("all on" if not off else "all off" if not on else
-                    "all on but " + ", ".join(off) if len(off) < len(on) else "on: " + ", ".join(on))
+            text = _levers_text(setting)
         else:
             text = str(setting)
         counts[text] = counts.get(text, 0) + 1
