@@ -3,8 +3,6 @@ the eager loss and gradients, in place of the levers whose per-pass caches and h
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 from speedup_helpers import CPU, plain_plan, plan_for
@@ -23,7 +21,7 @@ from peftbench.speedups import for_model
 pytestmark = pytest.mark.integration
 
 ONLY_COMPILED = SpeedupsConfig(compiled_layers=True)
-needs_compiler = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+needs_compiler = pytest.mark.skipif(compiled_layers.cpp_compiler() is None,
                                     reason="Inductor's CPU backend needs a C++ compiler")
 
 

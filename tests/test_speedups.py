@@ -3,8 +3,6 @@ fast a run goes, not what it computes."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 from speedup_helpers import plain_plan, plan_for
@@ -15,6 +13,7 @@ from peftbench.config import SpeedupsConfig, load_sweep
 from peftbench.errors import UserError
 from peftbench.recipe.train import run_cell
 from peftbench.speedups import for_model
+from peftbench.speedups.compiled_layers import cpp_compiler
 
 pytestmark = pytest.mark.integration
 
@@ -133,8 +132,7 @@ def test_speedups_none_gives_the_losses_of_speedups_all(tmp_path, method):
         assert ours["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-5)
 
 
-@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                    reason="Inductor's CPU backend needs a C++ compiler")
+@pytest.mark.skipif(cpp_compiler() is None, reason="Inductor's CPU backend needs a C++ compiler")
 @pytest.mark.slow
 def test_compiled_layers_run_a_cell_with_the_eager_losses(tmp_path):
     """A whole cell with compiled layers: training and validation compiled (fp32: losses to 1e-5), test

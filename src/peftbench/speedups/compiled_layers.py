@@ -43,11 +43,19 @@ def repeated_blocks(model: nn.Module) -> list[nn.Module]:
     return [module for module in inner.modules() if type(module).__name__ in names]
 
 
+def cpp_compiler() -> str | None:
+    """The path of the C++ compiler Inductor's CPU backend calls (``torch._inductor.config.cpp.cxx``: ``$CXX``,
+    else g++, clang++ on macOS), or None where it is not on PATH."""
+    from torch._inductor import config
+
+    return next((path for name in config.cpp.cxx if name and (path := shutil.which(name))), None)
+
+
 def why_not_compiled(model: nn.Module, device: torch.device) -> str | None:
     """Why the lever cannot apply to ``model`` on ``device``, or None."""
     if not torch._dynamo.is_dynamo_supported():
         return "torch.compile does not support this Python"
-    if device.type == "cpu" and shutil.which("c++") is None and shutil.which("g++") is None:
+    if device.type == "cpu" and cpp_compiler() is None:
         return "no C++ compiler on PATH (Inductor's CPU backend builds its kernels with one)"
     if not repeated_blocks(model):
         return "the model declares no repeated block (_no_split_modules)"
