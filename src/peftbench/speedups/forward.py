@@ -44,7 +44,7 @@ def target_logits(plan: SpeedupPlan, model: nn.Module, batch: dict[str, Tensor])
 
 
 def _seq2seq_target_logits(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    labels, inputs = batch["labels"], dict(batch)
+    labels, inputs = batch["labels"], dict(batch, use_cache=False)  # the decoder decodes nothing: no KV cache
     prepare = getattr(model, "prepare_decoder_input_ids_from_labels", None)
     if prepare is not None:  # the decoder inputs without the model's own (here unused) loss over every logit
         inputs["decoder_input_ids"] = prepare(labels=labels)
