@@ -251,7 +251,7 @@ class SpeedupsConfig:
     compiled_layers: bool = False
     """The model's repeated blocks (decoder layers) compiled by ``torch.compile`` with dynamic shapes: Inductor
     fuses each layer's pointwise work. Any device with a C++ compiler for Inductor's CPU kernels; the first
-    pass of each kind compiles (15-35 s for SmolLM2-135M on two threads). It takes the place of
+    pass of each kind compiles (8-30 s for SmolLM2-135M on two threads). It takes the place of
     ``shared_prompt_prefix``, ``concatenated_rows`` and ``unpadded_feed_forward``, whose per-pass caches and
     hooks would compile the layers again at every pass, and of ``onednn_blocked_weights`` (Inductor lowers the
     frozen linears itself). Its gain and tilt: bench/RESULTS.md, "Where a training step goes"."""

@@ -10,12 +10,11 @@ to floating-point reordering (fused kernels keep bf16 intermediates in fp32 regi
 The blocks are the classes a model names in ``_no_split_modules`` (transformers' declaration of the layer it
 never splits across devices: ``LlamaDecoderLayer``, ``T5Block``), so every layer shares one compiled graph
 (``torch._dynamo`` inlines the module's parameters as inputs) and the first pass of each new kind of pass
-(training or forward-only, each attention implementation) pays the compilation: about 15-35 s for
-SmolLM2-135M on two threads, less with Inductor's on-disk cache warm. Shapes are compiled dynamic, so a new
+(training or forward-only, each attention implementation) pays the compilation: 8-30 s for
+SmolLM2-135M on two threads, the least with Inductor's on-disk cache warm. Shapes are compiled dynamic, so a new
 batch width does not compile again. The adapters inside a block (LoRA's low-rank pair, (IA)3's scales,
-BitFit's biases) are compiled with it, which is why its gain differs by method: the lever tilts the time
-ratios and is off by default (bench/RESULTS.md, "Which levers tilt the comparison").
-"""
+BitFit's biases) are compiled with it, so its gain can differ by method: the lever was not shown to keep
+the time ratios and is off by default (bench/RESULTS.md, "Which levers tilt the comparison")."""
 
 from __future__ import annotations
 
