@@ -156,6 +156,7 @@ COMMAND_MODULES = {
     "peftbench.analysis.export": ("export",),
     "peftbench.running.serve_bench": ("serve-bench",),
     "peftbench.analysis.decide": ("decide",),
+    "peftbench.analysis.compare": ("compare",),
 }
 """The modules that add commands of their own (``add_commands(subparsers)``), and the commands each adds."""
 

@@ -34,7 +34,9 @@ def _read(run_dir: Path, file: str, examples: int | None, sha256: str | None) ->
 
 
 def outcome_rows(coll: Collection, run: dict[str, Any]) -> dict[str, dict] | None:
-    """A run's outcome rows by example id; None when it recorded none or its file cannot be read."""
+    """A run's outcome rows by example id; None when it recorded none or its file cannot be read. Where two
+    folders hold the same run id (one grid run on two machines), the file whose hash the result records is
+    the run's."""
     entry = run.get("outcomes")
     if not isinstance(entry, dict):
         return None
@@ -44,7 +46,7 @@ def outcome_rows(coll: Collection, run: dict[str, Any]) -> dict[str, dict] | Non
                 rows = _read(directory / run["run_id"], entry.get("file", "outcomes.jsonl.gz"),
                              entry.get("examples"), entry.get("sha256"))
             except OutcomesError:
-                return None
+                continue
             return {row["id"]: row for row in rows}
     return None
 

@@ -1,0 +1,168 @@
+"""``peftbench compare A B``: two result folders that differ in a setting, run by run.
+
+A setting that is not a method (early stopping's patience, a learning rate, a speed-up, another machine)
+can still move the methods' scores, and with them the verdicts a report draws. Run the same grid twice, once
+with each value of the setting, each into a folder of its own, and compare:
+
+    peftbench compare results/patience-1 results/patience-2
+
+Each cell (model, task, scale, method) that both folders ran is paired seed by seed, as ``claims`` pairs two
+methods (the same seed draws the same training and test sample, ``data.sample_hash``): the headline score's
+mean difference B − A with its paired-t interval over seeds and, where both sides kept per-example outcomes,
+the within-seed test over the test examples; then the epochs trained and the best epoch on each side. The
+p-values are Holm-corrected over every cell compared. Then, per (model, task, scale), the methods ranked by
+mean score on each side, and each pair of methods whose order differs, with whether A's own paired comparison
+of the two was decided: a setting that reorders undecided pairs moves noise, one that reorders decided pairs
+moves the benchmark's answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from peftbench.analysis import paired
+from peftbench.analysis.report import collect as c
+from peftbench.analysis.report.comparisons import HIGHER, SCORE, Comparison, compare_cells, pair_seeds
+from peftbench.analysis.report.examples import example_test
+
+SettingChange = tuple[str, Any, Any]
+
+
+def differing_settings(a: c.Collection, b: c.Collection) -> list[SettingChange]:
+    """The config keys (dotted) whose values are one value in every run of ``a`` and another in every run of
+    ``b``: what the two folders differ in. Keys that vary within a folder (method, task, seed) are left out."""
+    def constant(coll: c.Collection) -> dict[str, Any]:
+        seen: dict[str, set[str]] = {}
+        values: dict[str, Any] = {}
+        for run in coll.runs:
+            for key, value in _flatten(run.get("config") or {}):
+                seen.setdefault(key, set()).add(repr(value))
+                values[key] = value
+        return {key: values[key] for key, reprs in seen.items() if len(reprs) == 1}
+
+    left, right = constant(a), constant(b)
+    return [(key, left.get(key), right.get(key)) for key in sorted(set(left) | set(right))
+            if key != "output_dir" and repr(left.get(key)) != repr(right.get(key))]
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in config.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def cell_rows(a: c.Collection, b: c.Collection, both: c.Collection) -> list[tuple[c.CellKey, Comparison, str]]:
+    """Every cell both folders ran, B against A on the headline score (Holm over the cells), with the epochs
+    each side trained and its best epochs; ``both`` reads the two folders' outcomes."""
+    rows = []
+    for key in sorted(set(a.cells) & set(b.cells), key=_order):
+        where = f"{key.model}, {key.task}, {key.scale}"
+        comparison = compare_cells(both, where, b.cells[key], a.cells[key], SCORE, HIGHER)
+        epochs = " | ".join(_epochs(cell) for cell in (a.cells[key], b.cells[key]))
+        rows.append((key, comparison, epochs))
+    adjusted = paired.holm([x.test.p if x.test else math.nan for _, x, _ in rows])
+    for (_, comparison, _), p in zip(rows, adjusted, strict=True):
+        comparison.p_adjusted = p
+    return rows
+
+
+def _order(key: c.CellKey) -> tuple:
+    task = c.TASK_ORDER.index(key.task) if key.task in c.TASK_ORDER else len(c.TASK_ORDER)
+    return key.model, task, key.task, str(key.scale), c.method_order(key.method), str(key.ablation)
+
+
+def _epochs(cell: c.Cell) -> str:
+    """"3, 5, 4 (best 2, 4, 3)": each seed's epochs trained and best epoch, in seed order."""
+    runs = sorted(cell.ok_runs, key=lambda r: r.get("seed", 0))
+    trained = ", ".join(str(r.get("epochs")) for r in runs)
+    return f"{trained} (best {', '.join(str(r.get('best_epoch')) for r in runs)})"
+
+
+def ranking_changes(a: c.Collection, b: c.Collection) -> list[str]:
+    """Per (model, task, scale) both ran: each side's methods by mean score (best first), and every pair of
+    methods whose order differs, with A's paired comparison of the pair (decided at α = 0.05 or not)."""
+    lines = []
+    groups = sorted({(k.model, k.task, k.scale) for k in set(a.cells) & set(b.cells) if k.ablation is None})
+    for model, task, scale in groups:
+        shared = [k for k in set(a.cells) & set(b.cells) if (k.model, k.task, k.scale) == (model, task, scale)
+                  and k.ablation is None and a.cells[k].stat(c.score) and b.cells[k].stat(c.score)]
+        rank_a, rank_b = (sorted(shared, key=lambda k, s=side: -s.cells[k].stat(c.score).mean) for side in (a, b))
+        lines.append(f"- {model}, {task}, {scale}: A {_ranking(a, rank_a)}; B {_ranking(b, rank_b)}")
+        position = {k: i for i, k in enumerate(rank_b)}
+        for first, second in itertools.combinations(rank_a, 2):
+            if position[first] > position[second]:
+                x = compare_cells(a, f"{model}, {task}, {scale}", a.cells[first], a.cells[second], SCORE, HIGHER)
+                decided = x.test is not None and x.test.p < paired.ALPHA
+                lines.append(f"  - {first.method} above {second.method} in A, below in B; in A "
+                             f"{'decided' if decided else 'undecided'}: {_difference(x)}")
+    return lines
+
+
+def _ranking(coll: c.Collection, keys: list[c.CellKey]) -> str:
+    return " > ".join(f"{k.method} {coll.cells[k].stat(c.score).mean:.4f}" for k in keys)
+
+
+def _difference(x: Comparison) -> str:
+    if x.test is None:
+        return "no seed shared"
+    t = x.test
+    return f"{t.estimate:+.4f} [{t.low:+.4f}, {t.high:+.4f}], {t.name} p {t.p:.3f}, {t.n} seeds"
+
+
+def report(dir_a: Path, dir_b: Path) -> str:
+    """The comparison as Markdown (see the module docstring)."""
+    a, b, both = c.collect(dir_a), c.collect(dir_b), c.collect([dir_a, dir_b])
+    changes = differing_settings(a, b) or [("(none found)", None, None)]
+    lines = [f"# {dir_b} (B) against {dir_a} (A)", "",
+             "Settings that differ: " + "; ".join(f"`{k}` {va!r} → {vb!r}" for k, va, vb in changes), "",
+             "| cell | A score | B score | B − A [95 %], paired t over seeds | p (Holm) | test examples: B − A, p |"
+             " epochs A (best) | epochs B (best) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for key, x, epochs in cell_rows(a, b, both):
+        lines.append(_cell_line(key, x, epochs, a, b, both))
+    lines += ["", "## Method rankings", "", *ranking_changes(a, b)]
+    return "\n".join(lines) + "\n"
+
+
+def _cell_line(key: c.CellKey, x: Comparison, epochs: str, a: c.Collection, b: c.Collection,
+               both: c.Collection) -> str:
+    means = [f"{np.mean([c.score(r) for r in s.cells[key].ok_runs]):.4f}" if s.cells[key].ok_runs else "–"
+             for s in (a, b)]
+    if x.test is None:
+        return f"| {key.method} ({x.where}) | {means[0]} | {means[1]} | {x.text} | – | – | {epochs} |"
+    t = x.test
+    _, pairs, _ = _pairs(a, b, key)
+    examples = example_test(both, pairs) if pairs else None
+    by_example = f"{examples.estimate:+.4f}, {examples.name} p {examples.p:.3f}" if examples else "–"
+    return (f"| {key.method} ({x.where}) | {means[0]} | {means[1]} | {t.estimate:+.4f} [{t.low:+.4f}, {t.high:+.4f}],"
+            f" {t.n} seeds | {t.p:.3f} ({x.p_adjusted:.3f}) | {by_example} | {epochs} |")
+
+
+def _pairs(a: c.Collection, b: c.Collection, key: c.CellKey):
+    return pair_seeds(b.cells[key], a.cells[key], c.score)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    text = report(Path(args.a), Path(args.b))
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text, end="")
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "compare", help="two result folders that differ in a setting: scores paired seed by seed, rankings")
+    parser.add_argument("a", help="the first results folder (A)")
+    parser.add_argument("b", help="the second results folder (B), the same grid with one setting changed")
+    parser.add_argument("--out", help="also write the Markdown here")
+    parser.set_defaults(func=cmd_compare)

@@ -1,0 +1,70 @@
+"""``peftbench compare A B``: two folders of the same grid with one setting changed, paired seed by seed."""
+
+from __future__ import annotations
+
+import pytest
+from report_fixtures import make_result, outcome_rows, write_outcomes_of, write_results
+
+from peftbench.analysis.compare import differing_settings, report
+from peftbench.analysis.report.collect import collect
+from peftbench.cli import main
+
+pytestmark = pytest.mark.unit
+
+SCORES = {  # (folder, method) → the three seeds' test accuracy on 100 examples
+    ("a", "full"): (0.80, 0.82, 0.81), ("a", "lora"): (0.70, 0.72, 0.74),
+    ("b", "full"): (0.80, 0.82, 0.81), ("b", "lora"): (0.85, 0.86, 0.88),
+}
+
+
+def _folder(root, side: str, patience: int):
+    """One side's grid: full tuning and LoRA on AG News low, seeds 0-2, with per-example outcomes whose
+    accuracy is the score (the first ``round(100 × score)`` of 100 examples right). The run ids are the
+    same on both sides, as for one grid run on two machines."""
+    results = []
+    for method in ("full", "lora"):
+        for seed, score in enumerate(SCORES[side, method]):
+            result = make_result(method=method, seed=seed, score=score, epochs=3 + patience, best_epoch=3)
+            result["config"]["train"] = {"patience": patience, "batch_size": 16}
+            right = round(100 * score)
+            rows = outcome_rows(["sports"] * right + ["world"] * (100 - right), ["sports"] * 100)
+            results.append(write_outcomes_of(root / side, result, rows))
+    return write_results(root / side, results)
+
+
+@pytest.fixture
+def folders(tmp_path):
+    return _folder(tmp_path, "a", 1), _folder(tmp_path, "b", 2)
+
+
+def test_the_folders_differ_in_the_setting_that_changed_and_nothing_else(folders):
+    a, b = folders
+    assert differing_settings(collect(a), collect(b)) == [("train.patience", 1, 2)]
+
+
+def test_each_cell_is_paired_seed_by_seed_and_example_by_example(folders):
+    text = report(*folders)
+    assert "Settings that differ: `train.patience` 1 → 2" in text
+    (lora,) = [line for line in text.splitlines() if line.startswith("| lora ")]
+    # B − A per seed: +0.15, +0.14, +0.14; paired t over 3 seeds, and McNemar over the 300 pooled examples
+    # (43 examples right in B only, none in A only).
+    assert "| 0.7200 | 0.8633 | +0.1433 [+0.1290, +0.1577], 3 seeds |" in lora
+    assert "+0.1433, McNemar p 0.000" in lora
+    assert "| 4, 4, 4 (best 3, 3, 3) | 5, 5, 5 (best 3, 3, 3) |" in lora
+    (full,) = [line for line in text.splitlines() if line.startswith("| full ")]
+    # No difference on any seed: no spread to scale a t interval by, so it spans the metric's whole range.
+    assert "| 0.8100 | 0.8100 | +0.0000 [-1.0000, +1.0000], 3 seeds | 1.000 (1.000) | +0.0000, McNemar p 1.000 |" in full
+
+
+def test_a_reordered_pair_says_whether_a_had_decided_it(folders):
+    text = report(*folders)
+    assert "- flan-t5-xl, ag_news, low: A full 0.8100 > lora 0.7200; B lora 0.8633 > full 0.8100" in text
+    # A's own comparison of full tuning with LoRA: +0.10, +0.10, +0.07 → mean +0.09, decided by paired t.
+    assert "  - full above lora in A, below in B; in A decided: +0.0900 [+0.0470, +0.1330], paired t p 0.012" in text
+
+
+def test_the_command_prints_and_writes_the_comparison(folders, tmp_path, capsys):
+    out = tmp_path / "compare.md"
+    assert main(["compare", str(folders[0]), str(folders[1]), "--out", str(out)]) == 0
+    assert capsys.readouterr().out == out.read_text()
+    assert out.read_text().startswith(f"# {folders[1]} (B) against {folders[0]} (A)")
