@@ -191,6 +191,17 @@ def test_live_bytes_counts_each_storage_once_and_uncounts_it_when_freed():
     assert tracker.peak == 8000  # first and second, or second and third, at once
 
 
+def test_live_bytes_leaves_out_tensors_allocated_before_that_an_in_place_op_returns():
+    weight, moment = torch.ones(1000), torch.zeros(1000)  # 4,000 bytes each, allocated before the mode
+    with LiveBytes(existing=[weight, moment]) as tracker:
+        moment.mul_(0.9).add_(weight)  # an optimiser step: its outputs are the existing storages
+        weight.sub_(moment)
+        update = moment * 2  # a new 4,000-byte tensor
+        assert tracker.live == 4000
+        del update
+    assert tracker.peak == 4000
+
+
 @pytest.mark.parametrize("fuse", [False, True])
 def test_validation_passes_keep_to_the_token_budget_and_score_every_row_once(fuse):
     from peftbench.recipe.evaluate import validation_batches

@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import warnings
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -180,12 +181,15 @@ def _mixed_precision(precision: str) -> str:
 
 class LiveBytes(TorchDispatchMode):
     """Tensor storages allocated under the mode and still alive (``live``, bytes) and the most alive at once
-    (``peak``): each op's outputs are counted once per storage and uncounted when the storage is freed."""
+    (``peak``): each op's outputs are counted once per storage and uncounted when the storage is freed.
+    ``existing``: tensors allocated before (weights, optimiser state), which in-place ops (an optimiser step)
+    return as outputs and which are not counted."""
 
-    def __init__(self) -> None:
+    def __init__(self, existing: Iterable[torch.Tensor] = ()) -> None:
         super().__init__()
         self.live = self.peak = 0
         self._alive: set[int] = set()
+        self._existing = {tensor.untyped_storage().data_ptr() for tensor in existing}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -200,7 +204,7 @@ class LiveBytes(TorchDispatchMode):
 
     def _count(self, storage) -> None:
         key, size = storage.data_ptr(), storage.nbytes()
-        if not key or key in self._alive:
+        if not key or key in self._alive or key in self._existing:
             return
         self._alive.add(key)
         self.live += size

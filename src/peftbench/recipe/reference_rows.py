@@ -34,7 +34,8 @@ from peftbench.recipe import forgetting, memory
 from peftbench.recipe.batching import encode
 from peftbench.recipe.evaluate import score_test
 from peftbench.recipe.label_ranking import best_word
-from peftbench.recipe.train import make_accelerator, predictions_sample, seed_everything, task_record
+from peftbench.recipe.record import predictions_sample, task_record
+from peftbench.recipe.train import make_accelerator, seed_everything
 from peftbench.running import distributed, environment, results
 from peftbench.speedups import resolve as resolve_speedups
 

@@ -33,7 +33,17 @@ from peftbench.catalog.tasks import TaskSpec, get_task
 from peftbench.catalog.tasks.data import TaskData, load_task_data, scale_cap_and_epochs
 from peftbench.config import RunConfig, TrainConfig
 from peftbench.outcomes import write_outcomes
-from peftbench.recipe import checkpoint, forgetting, memory, memory_estimate, peak, run_state, serving, steps
+from peftbench.recipe import (
+    checkpoint,
+    forgetting,
+    memory,
+    memory_estimate,
+    peak,
+    record,
+    run_state,
+    serving,
+    steps,
+)
 from peftbench.recipe.batching import Encoded, length_grouped_batches, source_token_limit
 from peftbench.recipe.datacache import encode_cached
 from peftbench.recipe.evaluate import score, score_test
@@ -41,7 +51,7 @@ from peftbench.recipe.label_ranking import best_word
 from peftbench.recipe.protocol import EarlyStopping, paper_lr_lambda, resolved_lr
 from peftbench.recipe.run_state import RunState
 from peftbench.recipe.steps import Diverged, Interrupted, OutOfMemory  # noqa: F401 - the recipe's errors, raised in steps.py
-from peftbench.running import distributed, environment, results, tracking
+from peftbench.running import distributed, environment, tracking
 from peftbench.running.progress import progress_bar
 from peftbench.speedups import SpeedupPlan
 from peftbench.speedups import resolve as resolve_speedups
@@ -241,7 +251,7 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
                       "lr_final": schedule.lr.final, "total_steps": schedule.total_steps,
                       "warmup_steps": schedule.warmup_steps, "steps_done": state.step,
                       "precision": accelerator.mixed_precision}
-    recorded = _result(run, cell, state, tested)
+    recorded = record.cell_result(run, cell, state, tested)
     recorded["throughput"]["mfu"] = mfu
     return forgetting.record({**recorded, "optimizer": optimizer_info, "time": times,
             "hardware": {**environment.hardware(accelerator.device), "device_map": device_map, "peak": peak_record},
@@ -361,46 +371,6 @@ def _end_epoch(loop: Loop, state: RunState, best_weights: dict[str, torch.Tensor
         with memory.PHASES.phase("checkpoint"):
             loop.save(state, best_weights)
     return best_weights
-
-
-def _result(run: RunConfig, cell: PreparedCell, state: RunState, tested: Tested) -> dict:
-    """The result fields that describe the cell, its training and its test (``results.py``)."""
-    task, loaded = cell.task, cell.loaded
-    best_val_metric = state.history[state.stopper.best_epoch - 1]["val_metric"]
-    return {
-        "status": "ok", "error": None, "seed": run.seed, "decoding_revision": results.DECODING_REVISION,
-        "method": {"name": run.method, "kind": get_method(run.method).kind},
-        "task": task_record(task),
-        "model": {"name": loaded.name, "source": loaded.source, "family": loaded.family,
-                  "architecture": loaded.architecture, "revision": run.model_revision,
-                  "provenance": loaded.provenance},
-        "data": {**cell.data.info, "scale": run.scale},
-        "batch": state.batch_plan(run.train),
-        "versions": environment.versions(),
-        "params": cell.params, "epochs": state.epoch, "max_epochs": cell.max_epochs,
-        "best_epoch": state.stopper.best_epoch, "history": state.history,
-        "metrics": {"test": tested.metrics, "score": tested.metrics.get(task.headline), "headline": task.headline,
-                    "validation": {task.headline: best_val_metric}},
-        "predictions_sample": predictions_sample(cell.data.test, tested.rows),
-        "throughput": {"train_tokens": state.train_tokens,
-                       "train_tokens_per_s": state.train_tokens / state.train_seconds if state.train_seconds
-                       else None},
-    }
-
-
-def task_record(task: TaskSpec) -> dict[str, Any]:
-    """The result's ``task`` field."""
-    return {"name": task.name, "type": task.type, "metric": task.metric, "headline_metric": task.headline,
-            "version": task.version}
-
-
-def predictions_sample(examples: list, rows: list[dict], n: int = 5) -> list[dict[str, Any]]:
-    """The first ``n`` test examples' prompts (last 200 characters), predictions and references, to read at a
-    glance; every example's outcome is in the outcomes file. None for a run that was not tested."""
-    if not rows:
-        return []
-    return [{"prompt": e.prompt[-200:], "prediction": r["prediction"], "references": r["references"][:3]}
-            for e, r in list(zip(examples, rows, strict=True))[:n]]
 
 
 def _validation_metric(loop: Loop, n: int) -> float:
