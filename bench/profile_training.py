@@ -128,6 +128,19 @@ class Cell:
         self.state.step += 1
 
 
+def cell_arguments(doc: str, task: str) -> argparse.ArgumentParser:
+    """The options that pick a cell and its warm-up steps, shared by the bench scripts that step a ``Cell``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--data-dir", default="../shared/data", help="folder with <task>/<split>.jsonl")
+    parser.add_argument("--model", default="smollm2-135m-q4")
+    parser.add_argument("--task", default=task)
+    parser.add_argument("--scale", default="low")
+    parser.add_argument("--methods", default="lora,full")
+    parser.add_argument("--warmup", type=int, default=2, help="optimiser steps before the measured ones (kernel "
+                                                              "choice, caches, AdamW's state)")
+    return parser
+
+
 def profile_steps(cell: Cell, count: int) -> tuple[dict[str, float], dict[str, float], float]:
     """Seconds per step by category and by operator (self time), and the wall seconds per step."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -168,13 +181,7 @@ def timed_mfu(cell: Cell, count: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default="../shared/data", help="folder with <task>/<split>.jsonl")
-    parser.add_argument("--model", default="smollm2-135m-q4")
-    parser.add_argument("--task", default="ag_news")
-    parser.add_argument("--scale", default="low")
-    parser.add_argument("--methods", default="lora,full")
-    parser.add_argument("--warmup", type=int, default=2, help="steps before the profiler (kernel choice, caches)")
+    parser = cell_arguments(__doc__, task="ag_news")
     parser.add_argument("--steps", type=int, default=3, help="steps under the profiler")
     parser.add_argument("--timed", type=int, default=5, help="steps timed without the profiler")
     parser.add_argument("--top", type=int, default=12, help="operators listed by self time")

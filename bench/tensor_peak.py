@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 import torch
-from profile_training import Cell
+from profile_training import Cell, cell_arguments
 
 from peftbench.recipe import memory
 from peftbench.recipe.memory_estimate import LiveBytes
@@ -70,13 +70,7 @@ def measure(method: str, args: argparse.Namespace, overrides: list[str]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default="../shared/data", help="folder with <task>/<split>.jsonl")
-    parser.add_argument("--model", default="smollm2-135m-q4")
-    parser.add_argument("--task", default="cola")
-    parser.add_argument("--scale", default="low")
-    parser.add_argument("--methods", default="lora,full")
-    parser.add_argument("--warmup", type=int, default=2, help="optimiser steps before the measured epoch")
+    parser = cell_arguments(__doc__, task="cola")
     parser.add_argument("--row", action="store_true", help="measure the one method in this process (internal)")
     args, overrides = parser.parse_known_args()
     if args.row:
