@@ -48,12 +48,20 @@ def test_each_cell_is_paired_seed_by_seed_and_example_by_example(folders):
     (lora,) = [line for line in text.splitlines() if line.startswith("| lora ")]
     # B − A per seed: +0.15, +0.14, +0.14; paired t over 3 seeds, and McNemar over the 300 pooled examples
     # (43 examples right in B only, none in A only).
-    assert "| 0.7200 | 0.8633 | +0.1433 [+0.1290, +0.1577], 3 seeds |" in lora
-    assert "+0.1433, McNemar p 0.000" in lora
-    assert "| 4, 4, 4 (best 3, 3, 3) | 5, 5, 5 (best 3, 3, 3) |" in lora
+    assert "| 0, 1, 2 | 0.7200 | 0.8633 | +0.1433 [+0.1290, +0.1577] |" in lora
+    assert "| McNemar p 0.000 | 4, 4, 4 (best 3, 3, 3) | 5, 5, 5 (best 3, 3, 3) |" in lora
     (full,) = [line for line in text.splitlines() if line.startswith("| full ")]
     # No difference on any seed: no spread to scale a t interval by, so it spans the metric's whole range.
-    assert "| 0.8100 | 0.8100 | +0.0000 [-1.0000, +1.0000], 3 seeds | 1.000 (1.000) | +0.0000, McNemar p 1.000 |" in full
+    assert "| 0.8100 | 0.8100 | +0.0000 [-1.0000, +1.0000] | 1.000 (1.000) | McNemar p 1.000 |" in full
+
+
+def test_a_cell_compares_only_the_seeds_both_sides_ran(folders):
+    b = folders[1]
+    for seed_dir in b.glob("*lora*s2*"):
+        (seed_dir / "result.json").unlink()
+    (lora,) = [line for line in report(*folders).splitlines() if line.startswith("| lora ")]
+    assert "| 0, 1 | 0.7100 | 0.8550 | +0.1450 [" in lora  # A's seed 2 (0.74) is left out of its mean
+    assert "4, 4 (best 3, 3) | 5, 5 (best 3, 3) |" in lora
 
 
 def test_a_reordered_pair_says_whether_a_had_decided_it(folders):

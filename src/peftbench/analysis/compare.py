@@ -60,15 +60,19 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, An
             yield f"{prefix}{key}", value
 
 
-def cell_rows(a: c.Collection, b: c.Collection, both: c.Collection) -> list[tuple[c.CellKey, Comparison, str]]:
-    """Every cell both folders ran, B against A on the headline score (Holm over the cells), with the epochs
-    each side trained and its best epochs; ``both`` reads the two folders' outcomes."""
+Pairs = list[tuple[dict[str, Any], dict[str, Any]]]
+"""A cell's (B run, A run) of each seed both sides ran on the same samples, in seed order."""
+
+
+def cell_rows(a: c.Collection, b: c.Collection, both: c.Collection) -> list[tuple[c.CellKey, Comparison, Pairs]]:
+    """Every cell both folders ran, B against A on the headline score (Holm over the cells), with its paired
+    runs; ``both`` reads the two folders' outcomes."""
     rows = []
     for key in sorted(set(a.cells) & set(b.cells), key=_order):
         where = f"{key.model}, {key.task}, {key.scale}"
         comparison = compare_cells(both, where, b.cells[key], a.cells[key], SCORE, HIGHER)
-        epochs = " | ".join(_epochs(cell) for cell in (a.cells[key], b.cells[key]))
-        rows.append((key, comparison, epochs))
+        _, pairs, _ = pair_seeds(b.cells[key], a.cells[key], c.score)
+        rows.append((key, comparison, pairs))
     adjusted = paired.holm([x.test.p if x.test else math.nan for _, x, _ in rows])
     for (_, comparison, _), p in zip(rows, adjusted, strict=True):
         comparison.p_adjusted = p
@@ -80,9 +84,8 @@ def _order(key: c.CellKey) -> tuple:
     return key.model, task, key.task, str(key.scale), c.method_order(key.method), str(key.ablation)
 
 
-def _epochs(cell: c.Cell) -> str:
-    """"3, 5, 4 (best 2, 4, 3)": each seed's epochs trained and best epoch, in seed order."""
-    runs = sorted(cell.ok_runs, key=lambda r: r.get("seed", 0))
+def _epochs(runs: list[dict[str, Any]]) -> str:
+    """"3, 5, 4 (best 2, 4, 3)": each run's epochs trained and best epoch."""
     trained = ", ".join(str(r.get("epochs")) for r in runs)
     return f"{trained} (best {', '.join(str(r.get('best_epoch')) for r in runs)})"
 
@@ -115,7 +118,7 @@ def _difference(x: Comparison) -> str:
     if x.test is None:
         return "no seed shared"
     t = x.test
-    return f"{t.estimate:+.4f} [{t.low:+.4f}, {t.high:+.4f}], {t.name} p {t.p:.3f}, {t.n} seeds"
+    return f"{t.estimate:+.4f} [{t.low:+.4f}, {t.high:+.4f}], {t.name} p {t.p:.3f}, {t.n} seed{'s' * (t.n != 1)}"
 
 
 def report(dir_a: Path, dir_b: Path) -> str:
@@ -124,31 +127,29 @@ def report(dir_a: Path, dir_b: Path) -> str:
     changes = differing_settings(a, b) or [("(none found)", None, None)]
     lines = [f"# {dir_b} (B) against {dir_a} (A)", "",
              "Settings that differ: " + "; ".join(f"`{k}` {va!r} → {vb!r}" for k, va, vb in changes), "",
-             "| cell | A score | B score | B − A [95 %], paired t over seeds | p (Holm) | test examples: B − A, p |"
+             "Each cell over the seeds both sides ran on the same samples: the mean headline score of each side, "
+             "B − A with its paired-t interval over those seeds and its p-value (Holm over the cells), the same "
+             "difference tested over the pooled test examples, and each seed's epochs trained (best epoch).", "",
+             "| cell | seeds | A score | B score | B − A [95 %] over seeds | p (Holm) | over test examples: p |"
              " epochs A (best) | epochs B (best) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for key, x, epochs in cell_rows(a, b, both):
-        lines.append(_cell_line(key, x, epochs, a, b, both))
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [_cell_line(key, x, pairs, both) for key, x, pairs in cell_rows(a, b, both)]
     lines += ["", "## Method rankings", "", *ranking_changes(a, b)]
     return "\n".join(lines) + "\n"
 
 
-def _cell_line(key: c.CellKey, x: Comparison, epochs: str, a: c.Collection, b: c.Collection,
-               both: c.Collection) -> str:
-    means = [f"{np.mean([c.score(r) for r in s.cells[key].ok_runs]):.4f}" if s.cells[key].ok_runs else "–"
-             for s in (a, b)]
-    if x.test is None:
-        return f"| {key.method} ({x.where}) | {means[0]} | {means[1]} | {x.text} | – | – | {epochs} |"
+def _cell_line(key: c.CellKey, x: Comparison, pairs: Pairs, both: c.Collection) -> str:
+    cell = f"| {key.method} ({x.where}) |"
+    if x.test is None or not pairs:
+        return f"{cell} – | – | – | {x.text} | – | – | – | – |"
     t = x.test
-    _, pairs, _ = _pairs(a, b, key)
-    examples = example_test(both, pairs) if pairs else None
-    by_example = f"{examples.estimate:+.4f}, {examples.name} p {examples.p:.3f}" if examples else "–"
-    return (f"| {key.method} ({x.where}) | {means[0]} | {means[1]} | {t.estimate:+.4f} [{t.low:+.4f}, {t.high:+.4f}],"
-            f" {t.n} seeds | {t.p:.3f} ({x.p_adjusted:.3f}) | {by_example} | {epochs} |")
-
-
-def _pairs(a: c.Collection, b: c.Collection, key: c.CellKey):
-    return pair_seeds(b.cells[key], a.cells[key], c.score)
+    seeds = ", ".join(str(run_b.get("seed")) for run_b, _ in pairs)
+    mean_a, mean_b = (float(np.mean([c.score(pair[side]) for pair in pairs])) for side in (1, 0))
+    examples = example_test(both, pairs)
+    by_example = f"{examples.name} p {examples.p:.3f}" if examples else "–"
+    p = "–" if math.isnan(t.p) else f"{t.p:.3f} ({x.p_adjusted:.3f})"
+    return (f"{cell} {seeds} | {mean_a:.4f} | {mean_b:.4f} | {t.estimate:+.4f} [{t.low:+.4f}, {t.high:+.4f}] | {p} "
+            f"| {by_example} | {_epochs([ra for _, ra in pairs])} | {_epochs([rb for rb, _ in pairs])} |")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
