@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from report_fixtures import make_result, outcome_rows, write_outcomes_of, write_results
 
@@ -69,6 +71,19 @@ def test_a_reordered_pair_says_whether_a_had_decided_it(folders):
     assert "- flan-t5-xl, ag_news, low: A full 0.8100 > lora 0.7200; B lora 0.8633 > full 0.8100" in text
     # A's own comparison of full tuning with LoRA: +0.10, +0.10, +0.07 → mean +0.09, decided by paired t.
     assert "  - full above lora in A, below in B; in A decided: +0.0900 [+0.0470, +0.1330], paired t p 0.012" in text
+
+
+def test_a_named_test_metric_is_compared_in_place_of_the_headline(folders):
+    for folder in folders:  # each run's "rank_accuracy" is its accuracy less 0.1
+        for path in folder.glob("*/result.json"):
+            result = json.loads(path.read_text())
+            result["metrics"]["test"]["rank_accuracy"] = result["metrics"]["test"]["accuracy"] - 0.1
+            path.write_text(json.dumps(result))
+    text = report(*folders, metric="rank_accuracy")
+    (lora,) = [line for line in text.splitlines() if line.startswith("| lora ")]
+    assert "| 0, 1, 2 | 0.6200 | 0.7633 | +0.1433 [" in lora
+    assert "| – | 4, 4, 4 (best 3, 3, 3) |" in lora  # the test over examples is the headline's alone
+    assert "A full 0.7100 > lora 0.6200; B lora 0.7633 > full 0.7100" in text
 
 
 def test_the_command_prints_and_writes_the_comparison(folders, tmp_path, capsys):

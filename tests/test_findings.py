@@ -13,7 +13,11 @@ from peftbench.cli import main
 
 pytestmark = pytest.mark.unit
 
-FINDINGS = Path(__file__).resolve().parents[1] / "findings" / "smollm2-135m-cpu"
+REPO = Path(__file__).resolve().parents[1]
+FINDINGS = REPO / "findings" / "smollm2-135m-cpu"
+RERUN = REPO / "findings" / "smollm2-135m"
+"""The grid under today's protocol (≥ 1,000 test examples, per-example outcomes), filled phase by phase
+(docs/findings.md); ``patience-2/`` holds the same cells with early stopping's patience at 2."""
 # Text the report writes the same for the same results. PNG pixels depend on the fonts installed (SVG text
 # stays text), and the HTML page embeds PNGs and the time it was made.
 TEXT_SUFFIXES = (".md", ".csv", ".tex", ".svg")
@@ -34,14 +38,33 @@ def test_the_bundle_holds_result_files_and_no_weights():
     assert max(p.stat().st_size for p in FINDINGS.rglob("*") if p.is_file()) < 2 * 2**20
 
 
-def test_peftbench_report_regenerates_the_committed_report(tmp_path, capsys):
-    assert main(["report", str(FINDINGS), "--out", str(tmp_path)]) == 0
-    committed = {p.relative_to(FINDINGS / "report") for p in (FINDINGS / "report").rglob("*") if p.is_file()}
+@pytest.mark.parametrize("folder", [FINDINGS, RERUN], ids=lambda p: p.name)
+def test_peftbench_report_regenerates_the_committed_report(folder, tmp_path, capsys):
+    assert main(["report", str(folder), "--out", str(tmp_path)]) == 0
+    committed = {p.relative_to(folder / "report") for p in (folder / "report").rglob("*") if p.is_file()}
     made = {p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()}
     assert committed == made
     for relative in sorted(committed):
         if relative.suffix in TEXT_SUFFIXES:
-            assert (tmp_path / relative).read_text() == (FINDINGS / "report" / relative).read_text(), relative
+            assert (tmp_path / relative).read_text() == (folder / "report" / relative).read_text(), relative
+
+
+def test_the_rerun_holds_result_files_with_outcomes_and_no_weights():
+    results = sorted(RERUN.rglob("result.json"))
+    assert len(results) >= 30
+    for path in results:
+        result = json.loads(path.read_text())
+        assert result["status"] == "ok", path
+        assert result["data"]["test_examples"] >= 1000 and (path.parent / result["outcomes"]["file"]).is_file()
+        assert result["hardware"]["instruction_set"], path  # which kind of machine ran it
+    assert [p for p in RERUN.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt")] == []
+    assert sum(p.stat().st_size for p in RERUN.rglob("*") if p.is_file()) < 20 * 2**20
+
+
+def test_peftbench_compare_regenerates_the_committed_patience_comparison(monkeypatch, capsys):
+    monkeypatch.chdir(REPO)  # the committed page names the folders relative to the repository
+    assert main(["compare", "findings/smollm2-135m", "findings/smollm2-135m/patience-2"]) == 0
+    assert capsys.readouterr().out == (RERUN / "patience-2" / "compare.md").read_text()
 
 
 def test_peftbench_claims_gives_every_claim_a_verdict_with_both_sides_numbers(capsys):

@@ -29,7 +29,14 @@ import numpy as np
 
 from peftbench.analysis import paired
 from peftbench.analysis.report import collect as c
-from peftbench.analysis.report.comparisons import HIGHER, SCORE, Comparison, compare_cells, pair_seeds
+from peftbench.analysis.report.comparisons import (
+    HIGHER,
+    SCORE,
+    Comparison,
+    Measure,
+    compare_cells,
+    pair_seeds,
+)
 from peftbench.analysis.report.examples import example_test
 
 SettingChange = tuple[str, Any, Any]
@@ -60,18 +67,27 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, An
             yield f"{prefix}{key}", value
 
 
+def measure_of(metric: str | None) -> Measure:
+    """The headline score (None), or the test metric ``metric`` (``metrics.test.<metric>``, e.g. accuracy
+    where the headline is MCC)."""
+    if metric is None:
+        return SCORE
+    return Measure(metric, lambda run: c._number(c._dig(run, "metrics", "test", metric)))
+
+
 Pairs = list[tuple[dict[str, Any], dict[str, Any]]]
 """A cell's (B run, A run) of each seed both sides ran on the same samples, in seed order."""
 
 
-def cell_rows(a: c.Collection, b: c.Collection, both: c.Collection) -> list[tuple[c.CellKey, Comparison, Pairs]]:
+def cell_rows(a: c.Collection, b: c.Collection, both: c.Collection,
+              measure: Measure = SCORE) -> list[tuple[c.CellKey, Comparison, Pairs]]:
     """Every cell both folders ran, B against A on the headline score (Holm over the cells), with its paired
     runs; ``both`` reads the two folders' outcomes."""
     rows = []
     for key in sorted(set(a.cells) & set(b.cells), key=_order):
         where = f"{key.model}, {key.task}, {key.scale}"
-        comparison = compare_cells(both, where, b.cells[key], a.cells[key], SCORE, HIGHER)
-        _, pairs, _ = pair_seeds(b.cells[key], a.cells[key], c.score)
+        comparison = compare_cells(both, where, b.cells[key], a.cells[key], measure, HIGHER)
+        _, pairs, _ = pair_seeds(b.cells[key], a.cells[key], measure.value)
         rows.append((key, comparison, pairs))
     adjusted = paired.holm([x.test.p if x.test else math.nan for _, x, _ in rows])
     for (_, comparison, _), p in zip(rows, adjusted, strict=True):
@@ -90,28 +106,30 @@ def _epochs(runs: list[dict[str, Any]]) -> str:
     return f"{trained} (best {', '.join(str(r.get('best_epoch')) for r in runs)})"
 
 
-def ranking_changes(a: c.Collection, b: c.Collection) -> list[str]:
+def ranking_changes(a: c.Collection, b: c.Collection, measure: Measure = SCORE) -> list[str]:
     """Per (model, task, scale) both ran: each side's methods by mean score (best first), and every pair of
     methods whose order differs, with A's paired comparison of the pair (decided at α = 0.05 or not)."""
     lines = []
     groups = sorted({(k.model, k.task, k.scale) for k in set(a.cells) & set(b.cells) if k.ablation is None})
     for model, task, scale in groups:
         shared = [k for k in set(a.cells) & set(b.cells) if (k.model, k.task, k.scale) == (model, task, scale)
-                  and k.ablation is None and a.cells[k].stat(c.score) and b.cells[k].stat(c.score)]
-        rank_a, rank_b = (sorted(shared, key=lambda k, s=side: -s.cells[k].stat(c.score).mean) for side in (a, b))
-        lines.append(f"- {model}, {task}, {scale}: A {_ranking(a, rank_a)}; B {_ranking(b, rank_b)}")
+                  and k.ablation is None and a.cells[k].stat(measure.value) and b.cells[k].stat(measure.value)]
+        rank_a, rank_b = (sorted(shared, key=lambda k, s=side: -s.cells[k].stat(measure.value).mean)
+                          for side in (a, b))
+        lines.append(f"- {model}, {task}, {scale}: A {_ranking(a, rank_a, measure)}; B {_ranking(b, rank_b, measure)}")
         position = {k: i for i, k in enumerate(rank_b)}
         for first, second in itertools.combinations(rank_a, 2):
             if position[first] > position[second]:
-                x = compare_cells(a, f"{model}, {task}, {scale}", a.cells[first], a.cells[second], SCORE, HIGHER)
+                x = compare_cells(a, f"{model}, {task}, {scale}", a.cells[first], a.cells[second], measure,
+                                  HIGHER)
                 decided = x.test is not None and x.test.p < paired.ALPHA
                 lines.append(f"  - {first.method} above {second.method} in A, below in B; in A "
                              f"{'decided' if decided else 'undecided'}: {_difference(x)}")
     return lines
 
 
-def _ranking(coll: c.Collection, keys: list[c.CellKey]) -> str:
-    return " > ".join(f"{k.method} {coll.cells[k].stat(c.score).mean:.4f}" for k in keys)
+def _ranking(coll: c.Collection, keys: list[c.CellKey], measure: Measure) -> str:
+    return " > ".join(f"{k.method} {coll.cells[k].stat(measure.value).mean:.4f}" for k in keys)
 
 
 def _difference(x: Comparison) -> str:
@@ -121,31 +139,32 @@ def _difference(x: Comparison) -> str:
     return f"{t.estimate:+.4f} [{t.low:+.4f}, {t.high:+.4f}], {t.name} p {t.p:.3f}, {t.n} seed{'s' * (t.n != 1)}"
 
 
-def report(dir_a: Path, dir_b: Path) -> str:
+def report(dir_a: Path, dir_b: Path, metric: str | None = None) -> str:
     """The comparison as Markdown (see the module docstring)."""
     a, b, both = c.collect(dir_a), c.collect(dir_b), c.collect([dir_a, dir_b])
     changes = differing_settings(a, b) or [("(none found)", None, None)]
     lines = [f"# {dir_b} (B) against {dir_a} (A)", "",
              "Settings that differ: " + "; ".join(f"`{k}` {va!r} → {vb!r}" for k, va, vb in changes), "",
-             "Each cell over the seeds both sides ran on the same samples: the mean headline score of each side, "
+             "Each cell over the seeds both sides ran on the same samples: the mean score of each side (the headline, or --metric), "
              "B − A with its paired-t interval over those seeds and its p-value (Holm over the cells), the same "
              "difference tested over the pooled test examples, and each seed's epochs trained (best epoch).", "",
              "| cell | seeds | A score | B score | B − A [95 %] over seeds | p (Holm) | over test examples: p |"
              " epochs A (best) | epochs B (best) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [_cell_line(key, x, pairs, both) for key, x, pairs in cell_rows(a, b, both)]
-    lines += ["", "## Method rankings", "", *ranking_changes(a, b)]
+    measure = measure_of(metric)
+    lines += [_cell_line(key, x, pairs, both, measure) for key, x, pairs in cell_rows(a, b, both, measure)]
+    lines += ["", "## Method rankings", "", *ranking_changes(a, b, measure)]
     return "\n".join(lines) + "\n"
 
 
-def _cell_line(key: c.CellKey, x: Comparison, pairs: Pairs, both: c.Collection) -> str:
+def _cell_line(key: c.CellKey, x: Comparison, pairs: Pairs, both: c.Collection, measure: Measure) -> str:
     cell = f"| {key.method} ({x.where}) |"
     if x.test is None or not pairs:
         return f"{cell} – | – | – | {x.text} | – | – | – | – |"
     t = x.test
     seeds = ", ".join(str(run_b.get("seed")) for run_b, _ in pairs)
-    mean_a, mean_b = (float(np.mean([c.score(pair[side]) for pair in pairs])) for side in (1, 0))
-    examples = example_test(both, pairs)
+    mean_a, mean_b = (float(np.mean([measure.value(pair[side]) for pair in pairs])) for side in (1, 0))
+    examples = example_test(both, pairs) if measure is SCORE else None  # the headline's test over examples
     by_example = f"{examples.name} p {examples.p:.3f}" if examples else "–"
     p = "–" if math.isnan(t.p) else f"{t.p:.3f} ({x.p_adjusted:.3f})"
     return (f"{cell} {seeds} | {mean_a:.4f} | {mean_b:.4f} | {t.estimate:+.4f} [{t.low:+.4f}, {t.high:+.4f}] | {p} "
@@ -153,7 +172,7 @@ def _cell_line(key: c.CellKey, x: Comparison, pairs: Pairs, both: c.Collection) 
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    text = report(Path(args.a), Path(args.b))
+    text = report(Path(args.a), Path(args.b), args.metric)
     if args.out:
         Path(args.out).write_text(text)
     print(text, end="")
@@ -165,5 +184,7 @@ def add_commands(subparsers) -> None:
         "compare", help="two result folders that differ in a setting: scores paired seed by seed, rankings")
     parser.add_argument("a", help="the first results folder (A)")
     parser.add_argument("b", help="the second results folder (B), the same grid with one setting changed")
+    parser.add_argument("--metric", help="a test metric to compare instead of each task's headline score "
+                                         "(metrics.test.<name>, e.g. accuracy)")
     parser.add_argument("--out", help="also write the Markdown here")
     parser.set_defaults(func=cmd_compare)
