@@ -72,7 +72,7 @@ def measure_of(metric: str | None) -> Measure:
     where the headline is MCC)."""
     if metric is None:
         return SCORE
-    return Measure(metric, lambda run: c._number(c._dig(run, "metrics", "test", metric)))
+    return Measure(metric, lambda run: c.test_metric(run, metric))
 
 
 Pairs = list[tuple[dict[str, Any], dict[str, Any]]]

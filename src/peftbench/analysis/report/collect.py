@@ -73,6 +73,11 @@ def score(r: dict[str, Any]) -> float | None:
     return _number(_dig(r, "metrics", "score") if value is None else value)
 
 
+def test_metric(r: dict[str, Any], name: str) -> float | None:
+    """The run's ``metrics.test.<name>`` (e.g. accuracy beside CoLA's MCC headline), None when absent."""
+    return _number(_dig(r, "metrics", "test", name))
+
+
 def headline_metric(task_info: dict[str, Any]) -> str:
     """The metric a task's comparisons use, as its results recorded it (``task.headline_metric``, else the
     paper's ``task.metric``)."""
