@@ -44,6 +44,14 @@ def test_the_folders_differ_in_the_setting_that_changed_and_nothing_else(folders
     assert differing_settings(collect(a), collect(b)) == [("train.patience", 1, 2)]
 
 
+def test_a_folder_with_more_cells_differs_in_no_more_settings(folders):
+    a, b = folders
+    extra = make_result(method="lora", task="cola", seed=0)
+    extra["config"]["train"] = {"patience": 1, "batch_size": 16}
+    write_results(a, [extra])  # A varies in its task, B does not: not a setting that differs
+    assert differing_settings(collect(a), collect(b)) == [("train.patience", 1, 2)]
+
+
 def test_each_cell_is_paired_seed_by_seed_and_example_by_example(folders):
     text = report(*folders)
     assert "Settings that differ: `train.patience` 1 → 2" in text

@@ -61,10 +61,11 @@ def test_the_rerun_holds_result_files_with_outcomes_and_no_weights():
     assert sum(p.stat().st_size for p in RERUN.rglob("*") if p.is_file()) < 20 * 2**20
 
 
-def test_peftbench_compare_regenerates_the_committed_patience_comparison(monkeypatch, capsys):
+@pytest.mark.parametrize(("options", "page"), [([], "compare.md"), (["--metric", "accuracy"], "compare-accuracy.md")])
+def test_peftbench_compare_regenerates_the_committed_patience_comparison(options, page, monkeypatch, capsys):
     monkeypatch.chdir(REPO)  # the committed page names the folders relative to the repository
-    assert main(["compare", "findings/smollm2-135m", "findings/smollm2-135m/patience-2"]) == 0
-    assert capsys.readouterr().out == (RERUN / "patience-2" / "compare.md").read_text()
+    assert main(["compare", "findings/smollm2-135m", "findings/smollm2-135m/patience-2", *options]) == 0
+    assert capsys.readouterr().out == (RERUN / "patience-2" / page).read_text()
 
 
 def test_peftbench_claims_gives_every_claim_a_verdict_with_both_sides_numbers(capsys):

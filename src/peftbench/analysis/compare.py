@@ -44,7 +44,8 @@ SettingChange = tuple[str, Any, Any]
 
 def differing_settings(a: c.Collection, b: c.Collection) -> list[SettingChange]:
     """The config keys (dotted) whose values are one value in every run of ``a`` and another in every run of
-    ``b``: what the two folders differ in. Keys that vary within a folder (method, task, seed) are left out."""
+    ``b``: what the two folders differ in. Keys that vary within either folder (method, task, seed) are left
+    out, so one folder's extra cells do not read as a setting."""
     def constant(coll: c.Collection) -> dict[str, Any]:
         seen: dict[str, set[str]] = {}
         values: dict[str, Any] = {}
@@ -55,8 +56,8 @@ def differing_settings(a: c.Collection, b: c.Collection) -> list[SettingChange]:
         return {key: values[key] for key, reprs in seen.items() if len(reprs) == 1}
 
     left, right = constant(a), constant(b)
-    return [(key, left.get(key), right.get(key)) for key in sorted(set(left) | set(right))
-            if key != "output_dir" and repr(left.get(key)) != repr(right.get(key))]
+    return [(key, left[key], right[key]) for key in sorted(set(left) & set(right))
+            if key != "output_dir" and repr(left[key]) != repr(right[key])]
 
 
 def _flatten(config: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
