@@ -82,7 +82,7 @@ Pairs = list[tuple[dict[str, Any], dict[str, Any]]]
 
 def cell_rows(a: c.Collection, b: c.Collection, both: c.Collection,
               measure: Measure = SCORE) -> list[tuple[c.CellKey, Comparison, Pairs]]:
-    """Every cell both folders ran, B against A on the headline score (Holm over the cells), with its paired
+    """Every cell both folders ran, B against A on ``measure`` (Holm over the cells), with its paired
     runs; ``both`` reads the two folders' outcomes."""
     rows = []
     for key in sorted(set(a.cells) & set(b.cells), key=_order):
