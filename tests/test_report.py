@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from report_fixtures import make_result, paper_grid, write_results
 
-from peftbench.analysis.report import build_report, figures, mean_ci, render, tables
+from peftbench.analysis.report import build_report, figures, mean_ci, render, run_notes, tables
 from peftbench.analysis.report import collect as c
 from peftbench.analysis.report.cli import add_commands
 from peftbench.errors import UserError
@@ -286,8 +286,8 @@ def test_runs_with_different_speedup_settings_are_flagged(tmp_path):
         assert built[number].notes[0].startswith(expected)
         assert "time.train_to_best_s" in built[number].caption or "Table 4's time" in built[number].caption
         assert "evaluation" in built[number].caption
-    alike = c.speedups_note([make_result(method=m) for m in ("full", "lora")])
+    alike = run_notes.speedups_note([make_result(method=m) for m in ("full", "lora")])
     assert alike == "Speed-up setting of these runs: unknown."  # alike: the setting is named, no warning
     mostly = make_result(method="lora")
     mostly["config"]["speedups"] = {"packed": True, "varlen": True, "compiled": False}
-    assert c.speedups_note([mostly]) == "Speed-up setting of these runs: all on but compiled."
+    assert run_notes.speedups_note([mostly]) == "Speed-up setting of these runs: all on but compiled."

@@ -26,6 +26,7 @@ from typing import Any
 
 from peftbench.analysis import paired
 from peftbench.analysis.report import collect as c
+from peftbench.analysis.report import run_notes
 from peftbench.analysis.report.collect import Cell, Collection, Stat
 from peftbench.analysis.report.comparisons import (  # noqa: F401 - re-exported: the verdicts and comparisons
     AT_LEAST,
@@ -251,7 +252,7 @@ def format_text(verdicts: list[Verdict]) -> str:
 
 
 def write_markdown(coll: Collection, path: Path) -> Path:
-    lines = ["# The paper's claims, checked on these results", "", c.provenance(coll.runs), "", METHOD_NOTE, ""]
+    lines = ["# The paper's claims, checked on these results", "", run_notes.provenance(coll.runs), "", METHOD_NOTE, ""]
     for v in check_claims(coll):
         lines += [f"## {v.claim.statement}: **{v.verdict}**", "",
                   f"{v.claim.source}. Paper (FLAN-T5-XL): {v.claim.paper}.", ""]

@@ -18,7 +18,7 @@ from typing import Any
 
 from peftbench.analysis.stats import mean_ci, t_quantile_975  # noqa: F401 - re-exported
 from peftbench.catalog.ablations import ABLATIONS
-from peftbench.catalog.methods import TUNED_LR, method_family, method_label, method_order
+from peftbench.catalog.methods import TUNED_LR, method_family, method_order
 from peftbench.constants import SCALES
 from peftbench.errors import UserError
 from peftbench.running.results import is_stale, iter_results
@@ -362,94 +362,3 @@ def collect(results_dirs: Path | Sequence[Path]) -> Collection:
         key = coll.key(run)
         coll.cells.setdefault(key, Cell(key)).runs.append(run)
     return coll
-
-
-def method_options_note(coll: Collection) -> str | None:
-    """Which method options the main rows ran with, when any method ran with other than its defaults."""
-    parts = []
-    for (model, method), key in sorted(coll.primary.items(), key=lambda item: method_order(item[0][1])):
-        options = json.loads(key)
-        if options:
-            shown = ", ".join(f"{k}={v}" for k, v in sorted(options.items()))
-            parts.append(f"{method_label(method)} ({model}): {shown}")
-    return "Method options of the main rows: " + "; ".join(parts) + "." if parts else None
-
-
-def _levers_text(setting: dict[str, bool]) -> str:
-    """A run's levers in a few words: "all on", "all off", "all on but a, b" or "on: a, b" (the shorter list)."""
-    on = sorted(lever for lever, is_on in setting.items() if is_on)
-    off = sorted(lever for lever, is_on in setting.items() if not is_on)
-    if not off:
-        return "all on"
-    if not on:
-        return "all off"
-    return "all on but " + ", ".join(off) if len(off) < len(on) else "on: " + ", ".join(on)
-
-
-def speedups_note(runs: Iterable[dict[str, Any]]) -> str | None:
-    """The speed-up setting of the ok runs (``config.speedups``; absent means unknown), which every time table
-    and figure names; a warning when they differ, since their times are then not measured alike."""
-    counts: dict[str, int] = {}
-    for run in runs:
-        if run.get("status") != "ok":
-            continue
-        setting = (run.get("config") or {}).get("speedups")
-        if setting is None:
-            text = "unknown"
-        elif isinstance(setting, dict):
-            text = _levers_text(setting)
-        else:
-            text = str(setting)
-        counts[text] = counts.get(text, 0) + 1
-    if not counts:
-        return None
-    if len(counts) == 1:
-        return f"Speed-up setting of these runs: {next(iter(counts))}."
-    found = "; ".join(f"{text} ({n} runs)" for text, n in sorted(counts.items()))
-    return (f"Speed-up settings differ between these runs ({found}): their run times and memory were not "
-            "measured alike and are compared here only with that caveat.")
-
-
-# ---- provenance: what model, data and hardware produced a number ---------------------------------------
-
-
-def describe_hardware(hardware: dict[str, Any] | None) -> str:
-    hardware = hardware or {}
-    name = hardware.get("accelerator") or hardware.get("device") or "unknown device"
-    extras = []
-    if hardware.get("cpu_count"):
-        extras.append(f"{hardware['cpu_count']} CPUs")
-    if hardware.get("platform"):
-        extras.append(str(hardware["platform"]))
-    return f"{name} ({', '.join(extras)})" if extras else str(name)
-
-
-def data_source(run: dict[str, Any]) -> str:
-    """Where a run's data came from: "synthetic", "hub", or a local directory (``data.source``; results
-    without it: the config's ``data_dir``, else the hub)."""
-    source = _dig(run, "data", "source")
-    if source is None:
-        source = (run.get("config") or {}).get("data_dir") or "hub"
-    return "hub" if source == "huggingface-hub" else str(source)
-
-
-def provenance(runs: Iterable[dict[str, Any]]) -> str:
-    """One line naming the model(s), data (each task and where it came from) and hardware behind ``runs``."""
-    runs = list(runs)
-    models = sorted({cell_key(r).model for r in runs})
-    sources: dict[str, set[str]] = {}
-    for run in runs:  # a user task given by its YAML path is named by the name inside it
-        name = _dig(run, "task", "name") or cell_key(run).task
-        sources.setdefault(str(name), set()).add(data_source(run))
-    data = [f"{task} ({', '.join(sorted(sources[task]))})" for task in _order(sources, TASK_ORDER)]
-    hardware = sorted({describe_hardware(r.get("hardware")) for r in runs})
-    return (
-        f"Model: {', '.join(models) or 'none'} | Data: {', '.join(data) or 'none'} "
-        f"| Hardware: {'; '.join(hardware) or 'unknown'}"
-    )
-
-
-def run_details(run: dict[str, Any]) -> str:
-    """The run's config, versions and hardware as indented JSON, for the HTML page."""
-    details = {key: run.get(key) for key in ("config", "versions", "hardware")}
-    return json.dumps(details, indent=2, sort_keys=True, default=str)

@@ -27,6 +27,7 @@ from matplotlib.ticker import NullFormatter
 from peftbench.analysis import paired
 from peftbench.analysis.report import collect as c
 from peftbench.analysis.report import figures as f
+from peftbench.analysis.report import run_notes
 from peftbench.analysis.report import tables as t
 from peftbench.analysis.report.collect import Collection, Stat
 from peftbench.analysis.report.forgetting import forgetting
@@ -199,7 +200,7 @@ def data_size_figures(coll: Collection, out_dir: Path) -> list[Path]:
         axes[0].legend(fontsize=6)
         fig.suptitle(f"{t.task_label(task, coll)}, {model}: against training examples", fontsize=10)
         runs = [r for methods in by_cap.values() for sizes in methods.values() for rs in sizes.values() for r in rs]
-        footer = [c.provenance(runs), _cap_note(by_cap) + " Error bars: 95% CI over seeds."]
+        footer = [run_notes.provenance(runs), _cap_note(by_cap) + " Error bars: 95% CI over seeds."]
         paths += f._save(fig, footer, out_dir / f"data_size_{f.slug(model)}_{f.slug(task)}")
     return paths
 

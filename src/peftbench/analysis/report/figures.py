@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from peftbench.analysis.report import collect as c
-from peftbench.analysis.report import references
+from peftbench.analysis.report import references, run_notes
 from peftbench.analysis.report.collect import Collection, Stat
 from peftbench.analysis.report.tables import TIME_WORDING, scale_label, task_label
 from peftbench.catalog.ablations import ablation_label
@@ -161,13 +161,13 @@ def figure1_figure(coll: Collection) -> tuple[Figure, list[str]]:
             else:
                 axes[row][col].set_visible(False)
     runs = _runs_of(coll, lambda k: k.scale in panels[k.model])
-    footer = [c.provenance(runs)]
+    footer = [run_notes.provenance(runs)]
     footer.append(
         f"Bars: PEFT training time to the best epoch / full tuning's (same model, task, scale; "
         f"time.train_to_best_s, {TIME_WORDING}); error bars: 95% CI "
         "propagated from both means."
     )
-    footer += [note for note in [c.speedups_note(runs)] if note]
+    footer += [note for note in [run_notes.speedups_note(runs)] if note]
     if omitted:
         footer.append("Bars omitted, no ok full-tuning run: " + "; ".join(omitted) + ".")
     return fig, footer
@@ -252,7 +252,7 @@ def val_loss_figures(coll: Collection, out_dir: Path) -> list[Path]:
         else:
             ax.text(0.5, 0.5, "no validation history recorded", ha="center", transform=ax.transAxes)
         runs = [r for k in keys for r in coll.cells[k].ok_runs]
-        footer = [c.provenance(runs), "Mean over seeds; error bars: 95% CI where an epoch has several seeds."]
+        footer = [run_notes.provenance(runs), "Mean over seeds; error bars: 95% CI where an epoch has several seeds."]
         paths += _save(fig, footer, out_dir / f"val_loss_{slug(model)}_{slug(task)}_{slug(scale)}")
     return paths
 
@@ -306,12 +306,12 @@ def tradeoff_figures(coll: Collection, out_dir: Path) -> list[Path]:
         if not panels:
             axes[0].text(0.5, 0.5, "no ok runs", ha="center", transform=axes[0].transAxes)
         footer = [
-            c.provenance(_runs_of(coll, lambda k: True)),
+            run_notes.provenance(_runs_of(coll, lambda k: True)),
             "Ringed points joined by the black step line: Pareto front (no other run has a higher score "
             "at a lower cost). Error bars: 95% CI over seeds. Grey lines: majority (dotted) and zero-shot "
             "(dashed) scores; red crosses: cells below majority or not above zero-shot. " + " ".join(notes),
         ]
-        footer += [note for note in [c.speedups_note(coll.runs)] if note and kind != "params"]
+        footer += [note for note in [run_notes.speedups_note(coll.runs)] if note and kind != "params"]
         paths += _save(fig, footer, out_dir / f"tradeoff_{kind}")
     return paths
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from peftbench.analysis.report import collect as c
 from peftbench.analysis.report import figures as f
+from peftbench.analysis.report import run_notes
 from peftbench.analysis.report import tables as t
 from peftbench.analysis.report.collect import Collection
 
@@ -86,7 +87,7 @@ def forgetting_figures(coll: Collection, out_dir: Path) -> list[Path]:
         _panel(ax, coll, panel)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    return f._save(fig, [c.provenance(f._runs_of(coll, lambda k: True)), FOOTER], out_dir / "forgetting")
+    return f._save(fig, [run_notes.provenance(f._runs_of(coll, lambda k: True)), FOOTER], out_dir / "forgetting")
 
 
 def _panel(ax, coll: Collection, panel: tuple) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-from peftbench.analysis.report import claims, references
+from peftbench.analysis.report import claims, references, run_notes
 from peftbench.analysis.report import collect as c
 from peftbench.analysis.report.collect import Collection
 from peftbench.analysis.report.tables import Table
@@ -181,7 +181,7 @@ def _run_row(coll: Collection, run: dict[str, Any]) -> str:
     ]
     cells += [f"<td{_attrs(data_sort=n)}>{escape(text)}</td>" for n, text in zip(numbers, shown, strict=True)]
     cells.append(
-        f"<td><details><summary>show</summary><pre>{escape(c.run_details(run))}</pre></details></td>"
+        f"<td><details><summary>show</summary><pre>{escape(run_notes.run_details(run))}</pre></details></td>"
     )
     return "<tr>" + "".join(cells) + "</tr>"
 
@@ -203,11 +203,11 @@ def write_html(coll: Collection, tables: list[Table], figures: list[Path], out_d
     nav = " ".join(f'<a href="#{t.name}">Table {t.number}</a>' for t in tables)
     nav += ' <a href="#flags">Reference rows</a> <a href="#claims">Claims</a>'
     directories = ", ".join(str(d) for d in coll.directories)
-    warnings = [note for note in [c.speedups_note(coll.runs)] if note]
+    warnings = [note for note in [run_notes.speedups_note(coll.runs)] if note]
     body = [
         "<h1>peftbench report</h1>",
         f'<p class="meta">{len(coll.runs)} result files in {escape(directories)} ({ok} ok); '
-        f"generated {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}.<br>{escape(c.provenance(coll.runs))}</p>",
+        f"generated {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}.<br>{escape(run_notes.provenance(coll.runs))}</p>",
         *(f'<p class="warning">{escape(note)}</p>' for note in warnings),
         *(f'<p class="note">Skipped: {escape(message)}</p>' for message in coll.skipped),
         f'<nav>{nav} <a href="#figures">Figures</a> <a href="#runs">Runs</a></nav>',

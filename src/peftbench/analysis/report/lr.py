@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from peftbench.analysis.report import collect as c
+from peftbench.analysis.report import run_notes
 from peftbench.analysis.report.collect import Cell, Collection, Stat
 from peftbench.analysis.report.tables import (
     Table,
@@ -87,7 +88,7 @@ def lr_table(coll: Collection) -> list[Table]:
                ("lr_over_full", "÷ full tuning's"), ("score_tuned", "Score, tuned LR"),
                ("score_fixed", "Score, fixed LR")]
     return [Table(TABLE_NUMBER, TITLE, CAPTION, "Method (task, scale)", columns, blocks,
-                  [c.provenance(coll.runs)])]
+                  [run_notes.provenance(coll.runs)])]
 
 
 def _curves(cell: Cell) -> dict[float, list[float]]:
@@ -121,7 +122,7 @@ def lr_sensitivity_figures(coll: Collection, out_dir: Path) -> list[Path]:
             ax.set_xlabel("peak learning rate", fontsize=8)
             ax.set_ylabel("best validation loss", fontsize=8)
             ax.legend(fontsize=7)
-        footer = [c.provenance(coll.runs), "Lines: mean over seeds of each candidate's best validation "
+        footer = [run_notes.provenance(coll.runs), "Lines: mean over seeds of each candidate's best validation "
                   "loss; markers: the LR chosen for each seed, labelled with that run's test score."]
         written += _save(fig, footer, out_dir / f"lr_sensitivity_{slug(model)}", ("png", "svg"))
     return written

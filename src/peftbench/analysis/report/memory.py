@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from peftbench.analysis.report import collect as c
+from peftbench.analysis.report import run_notes
 from peftbench.analysis.report.collect import Collection, Quantity, Stat
 
 BREAKDOWN_PARTS = ("runtime", "weights", "gradients", "optimizer_state", "activations", "overhead")
@@ -143,7 +144,7 @@ def breakdown_figures(coll: Collection, out_dir: Path) -> list[Path]:
         _breakdown_panel(ax, coll, panel, f)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    footer = [c.provenance(f._runs_of(coll, lambda key: True)),
+    footer = [run_notes.provenance(f._runs_of(coll, lambda key: True)),
               "Bars: the parts of memory.breakdown, stacked (means over ok seeds); black tick: the mean peak; "
               "dashed tick: the predicted peak (--dry-run). Overhead below zero (parts overlapping in time) is "
               "drawn as none."]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from peftbench.analysis.report import collect as c
+from peftbench.analysis.report import run_notes
 from peftbench.analysis.report.collect import Cell, Collection
 from peftbench.analysis.report.figures import _new_figure, _save, method_color, variant_label
 from peftbench.analysis.report.tables import (
@@ -224,7 +225,7 @@ def latency_figures(coll: Collection, out_dir: Path) -> list[Path]:
         _latency_panel(ax, coll, panel)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    footer = [c.provenance(_served_runs(coll)), f"Latency at {_batch_label(coll, largest=False)}, mean over seeds; "
+    footer = [run_notes.provenance(_served_runs(coll)), f"Latency at {_batch_label(coll, largest=False)}, mean over seeds; "
               "filled: as served, hollow: unmerged. " + _notes(_served_runs(coll))[0]]
     return _save(fig, footer, out_dir / "serving_latency")
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from peftbench.analysis.report import collect as c
-from peftbench.analysis.report import references
+from peftbench.analysis.report import references, run_notes
 from peftbench.analysis.report.collect import Cell, Collection, Quantity, Stat
 from peftbench.catalog.ablations import FULL_LAYERS_LABEL, ablation_label
 from peftbench.catalog.methods import method_label
@@ -315,8 +315,8 @@ def build_tables(coll: Collection) -> list[Table]:
         5: _method_scale_blocks(coll, *_single(c.score_per_100k_params, fmt_sig)),
         6: _method_scale_blocks(coll, *_single(c.score_per_minute, fmt_sig)),
     }
-    options = [note for note in [c.method_options_note(coll)] if note]
-    speedups = [note for note in [c.speedups_note(coll.runs)] if note]
+    options = [note for note in [run_notes.method_options_note(coll)] if note]
+    speedups = [note for note in [run_notes.speedups_note(coll.runs)] if note]
     notes = {
         1: [_metric_note(coll), *options],
         2: [_metric_note(coll)],
