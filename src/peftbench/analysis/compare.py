@@ -35,7 +35,6 @@ from peftbench.analysis.report.comparisons import (
     Comparison,
     Measure,
     compare_cells,
-    pair_seeds,
 )
 from peftbench.analysis.report.examples import example_test
 
@@ -88,8 +87,7 @@ def cell_rows(a: c.Collection, b: c.Collection, both: c.Collection,
     for key in sorted(set(a.cells) & set(b.cells), key=_order):
         where = f"{key.model}, {key.task}, {key.scale}"
         comparison = compare_cells(both, where, b.cells[key], a.cells[key], measure, HIGHER)
-        _, pairs, _ = pair_seeds(b.cells[key], a.cells[key], measure.value)
-        rows.append((key, comparison, pairs))
+        rows.append((key, comparison, comparison.pairs))
     adjusted = paired.holm([x.test.p if x.test else math.nan for _, x, _ in rows])
     for (_, comparison, _), p in zip(rows, adjusted, strict=True):
         comparison.p_adjusted = p

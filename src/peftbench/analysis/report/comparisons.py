@@ -47,6 +47,8 @@ class Comparison:
     digits: int = 4
     scale: float = 1.0
     """How the difference is shown: ``digits`` after the point, in the measure's unit × ``scale``."""
+    pairs: list[tuple[dict, dict]] = field(default_factory=list, repr=False)
+    """The (a run, b run) of each paired seed, in seed order: the runs ``diffs`` come from."""
 
 
 # ---- what is compared -------------------------------------------------------------------------------
@@ -165,7 +167,8 @@ def compare_cells(coll: Collection, where: str, a: Cell, b: Cell, measure: Measu
         sides += f" ({'; '.join(notes)})"
     view = (example_view(coll, pairs) or "") if measure is SCORE else ""
     return Comparison(where, sides, INCONCLUSIVE, test, expect, (a.key, b.key), diffs, seeds, measure.discrete,
-                      p_below, margin, sides=sides, view=view, digits=measure.digits, scale=measure.scale)
+                      p_below, margin, sides=sides, view=view, digits=measure.digits, scale=measure.scale,
+                      pairs=pairs)
 
 
 # ---- deciding a claim's comparisons ---------------------------------------------------------------------
