@@ -80,8 +80,9 @@ def measure(task: str, setting: str, args) -> dict[str, dict[str, float]]:
     from peftbench.config import SpeedupsConfig, load_sweep
     from peftbench.recipe import steps
     from peftbench.recipe.evaluate import validation_loss
+    from peftbench.recipe.protocol import build_optimizer
     from peftbench.recipe.run_state import RunState
-    from peftbench.recipe.train import Loop, build_optimizer, make_accelerator, prepare_cell
+    from peftbench.recipe.train import Loop, make_accelerator, prepare_cell
     from peftbench.running import distributed
     from peftbench.speedups import resolve as resolve_speedups
 

@@ -41,8 +41,9 @@ from torch.profiler import ProfilerActivity, profile
 from peftbench.config import load_sweep
 from peftbench.recipe import peak, steps
 from peftbench.recipe.batching import length_grouped_batches
+from peftbench.recipe.protocol import build_optimizer
 from peftbench.recipe.run_state import RunState
-from peftbench.recipe.train import build_optimizer, make_accelerator, prepare_cell
+from peftbench.recipe.train import make_accelerator, prepare_cell
 from peftbench.running import distributed
 from peftbench.speedups import resolve as resolve_speedups
 

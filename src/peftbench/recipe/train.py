@@ -10,7 +10,6 @@ Returns the result dict that ``results.py`` describes. Failures are raised (``Di
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from peftbench.catalog.ablations import resolve_selection
-from peftbench.catalog.methods import LRSchedule, apply_method, get_method
+from peftbench.catalog.methods import apply_method, get_method
 from peftbench.catalog.models import LoadedModel, load_model
 from peftbench.catalog.tasks import TaskSpec, get_task
 from peftbench.catalog.tasks.data import TaskData, load_task_data, scale_cap_and_epochs
@@ -48,7 +47,7 @@ from peftbench.recipe.batching import Encoded, length_grouped_batches, source_to
 from peftbench.recipe.datacache import encode_cached
 from peftbench.recipe.evaluate import score, score_test
 from peftbench.recipe.label_ranking import best_word
-from peftbench.recipe.protocol import EarlyStopping, paper_lr_lambda, resolved_lr
+from peftbench.recipe.protocol import EarlyStopping, build_optimizer, schedule_steps
 from peftbench.recipe.run_state import RunState
 from peftbench.recipe.steps import Diverged, Interrupted, OutOfMemory  # noqa: F401 - the recipe's errors, raised in steps.py
 from peftbench.running import distributed, environment, tracking
@@ -124,34 +123,6 @@ def prepare_cell(run: RunConfig, device_map: str | None = None) -> PreparedCell:
                for split in ("train", "validation", "test")}
     return PreparedCell(task, data, loaded, applied.model, applied.trainable, params, encoded, max_epochs, load_s,
                         applied.after_optimizer_step)
-
-
-@dataclass
-class Schedule:
-    """The learning rates (``LRSchedule``: initial, peak, final) and the optimiser steps they span."""
-
-    lr: LRSchedule
-    total_steps: int
-    warmup_steps: int
-
-
-def schedule_steps(cfg: TrainConfig, train_examples: int, max_epochs: int) -> int:
-    """Optimiser steps the schedule spans: batches per epoch / accumulation, times the epochs."""
-    return math.ceil(math.ceil(train_examples / cfg.batch_size) / cfg.grad_accum) * max_epochs
-
-
-def build_optimizer(cfg: TrainConfig, method: str, trainable: dict[str, nn.Parameter], train_examples: int,
-                    max_epochs: int, fused: bool = False) -> tuple[torch.optim.Optimizer, LambdaLR, Schedule]:
-    """AdamW over the trainable parameters and the paper's schedule: linear warm-up, then linear anneal.
-    The optimiser's lr is the peak; LambdaLR scales it. ``fused``: one kernel per step over all tensors
-    (the ``fused_adamw`` speed-up; torch's default is ``foreach``)."""
-    lr = resolved_lr(cfg, method)
-    total_steps = schedule_steps(cfg, train_examples, max_epochs)
-    warmup_steps = max(1, round(cfg.warmup_fraction * total_steps)) if cfg.warmup_fraction > 0 else 0
-    optimizer = torch.optim.AdamW(list(trainable.values()), lr=lr.peak, weight_decay=cfg.weight_decay,
-                                  fused=fused)
-    scheduler = LambdaLR(optimizer, paper_lr_lambda(lr, total_steps, warmup_steps))
-    return optimizer, scheduler, Schedule(lr, total_steps, warmup_steps)
 
 
 @dataclass
@@ -236,28 +207,36 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
                                       adapter["bytes"], runtime=runtime_bytes, model=model,
                                       gradient_checkpointing=cfg.gradient_checkpointing)
     # The last checkpoint stays until the caller has written the result (sweep.execute_run removes it).
-    # The model's read from disk (the first load in a process) or copy (later ones) is kept out of total_s,
-    # so every run's compared time is measured alike whatever ran before it in the process.
-    times = {"train_s": state.train_seconds, "train_to_best_s": state.to_best_s,
-             "val_metric_s": state.val_metric_seconds, "eval_s": tested.eval_s, "rank_eval_s": tested.rank_eval_s,
-             "load_s": cell.load_s, "total_s": time.perf_counter() - started - cell.load_s}
-    measure = cfg.measure_peak
-    if measure is None:
-        measure = peak.measures_by_default(distributed.launched_world_size())
-    peak_record, mfu = peak.run_peak(measure, model, cell.loaded.model.config, cell.loaded.family, accelerator.device,
-                                     accelerator.mixed_precision, state.train_tokens, state.step * cfg.grad_accum,
-                                     state.train_seconds)  # after the times are taken: no part of the run's time
-    optimizer_info = {"name": "AdamW", "lr_initial": schedule.lr.initial, "lr_peak": schedule.lr.peak,
-                      "lr_final": schedule.lr.final, "total_steps": schedule.total_steps,
-                      "warmup_steps": schedule.warmup_steps, "steps_done": state.step,
-                      "precision": accelerator.mixed_precision}
+    times = _times(state, tested, cell, started)
+    peak_record, mfu = _matmul_peak(cfg, model, cell, accelerator, state)  # after the times: not the run's time
     recorded = record.cell_result(run, cell, state, tested)
     recorded["throughput"]["mfu"] = mfu
-    return forgetting.record({**recorded, "optimizer": optimizer_info, "time": times,
+    return forgetting.record({**recorded, "optimizer": schedule.record(state.step, accelerator.mixed_precision),
+            "time": times,
             "hardware": {**environment.hardware(accelerator.device), "device_map": device_map, "peak": peak_record},
             "memory": {**memory_record, "predicted": memory_estimate.predicted_for_result(run, runtime_bytes)},
             "adapter": adapter, "outcomes": outcomes, "resumed_from_epoch": resumed_from,
             "serving": serving.serve_stage(run, adapter), "speedups": speedups.record()}, forgot)
+
+
+def _times(state: RunState, tested: Tested, cell: PreparedCell, started: float) -> dict[str, float | None]:
+    """The result's ``time``, in seconds. The model's read from disk (the first load in a process) or copy
+    (later ones) is kept out of ``total_s``, so every run's compared time is measured alike whatever ran
+    before it in the process."""
+    return {"train_s": state.train_seconds, "train_to_best_s": state.to_best_s,
+            "val_metric_s": state.val_metric_seconds, "eval_s": tested.eval_s, "rank_eval_s": tested.rank_eval_s,
+            "load_s": cell.load_s, "total_s": time.perf_counter() - started - cell.load_s}
+
+
+def _matmul_peak(cfg: TrainConfig, model: nn.Module, cell: PreparedCell, accelerator: Accelerator,
+                 state: RunState) -> tuple[dict[str, Any] | None, float | None]:
+    """The machine's measured matrix-product peak (``hardware.peak``) and the run's MFU against it."""
+    measure = cfg.measure_peak
+    if measure is None:
+        measure = peak.measures_by_default(distributed.launched_world_size())
+    return peak.run_peak(measure, model, cell.loaded.model.config, cell.loaded.family, accelerator.device,
+                         accelerator.mixed_precision, state.train_tokens, state.step * cfg.grad_accum,
+                         state.train_seconds)
 
 
 def _resume_or_start(loop: Loop) -> tuple[RunState, dict[str, torch.Tensor], int | None]:
