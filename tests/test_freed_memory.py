@@ -63,3 +63,24 @@ def test_freed_memory_is_reused_without_page_faults():
 def test_users_allocator_settings_are_left_alone(env):
     result = _probe("keep", **env)
     assert not result["kept"] and not result["reported"]
+
+
+@linux_only
+def test_the_allocator_is_named_from_the_mapped_libraries_and_its_settings_from_the_environment(tmp_path,
+                                                                                                monkeypatch):
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f01 r-xp 00000000 08:01 42 /usr/lib/x86_64-linux-gnu/libc.so.6\n"
+                    "7f02-7f03 r-xp 00000000 08:01 43 /usr/lib/x86_64-linux-gnu/libjemalloc.so.2\n"
+                    "7ffd-7ffe rw-p 00000000 00:00 0 [stack]\n")
+    assert freed_memory._mapped_allocator(str(maps)) == "jemalloc"
+    maps.write_text("7f00-7f01 r-xp 00000000 08:01 42 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
+    assert freed_memory._mapped_allocator(str(maps)) is None
+    assert freed_memory._mapped_allocator(str(tmp_path / "absent")) is None
+    for key in ("MALLOC_CONF", "MALLOC_ARENA_MAX", "GLIBC_TUNABLES", *freed_memory._USER_MALLOC_SETTINGS):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "1")
+    found = freed_memory.allocator()
+    if "malloc" not in os.environ.get("LD_PRELOAD", ""):  # no other allocator preloaded: this process's is glibc's
+        assert found["name"] == "glibc"
+    assert found["settings"] == {"MALLOC_ARENA_MAX": "1"}
+    assert found["keeps_freed_memory"] == freed_memory.freed_memory_kept()

@@ -49,6 +49,7 @@ def test_the_parts_add_up_to_the_peak_with_the_sizes_the_model_implies(swept):
         assert parts["runtime"] > 100 * 2**20  # the interpreter, torch and transformers
         assert parts["activations"] > 0 and memory["widest_pass"]["rows"] == 16
         assert memory["gradient_checkpointing"] is False
+        assert memory["allocator"]["name"] in ("glibc", "jemalloc", "tcmalloc", "mimalloc", "tbbmalloc")
         assert result["batch"]["max_tokens_per_pass"] == 2048  # the default budget
     # llama-tiny-random: 30,880 fp32 parameters and the rotary frequencies (8 fp32 values, a buffer)
     assert full["memory"]["breakdown"]["weights"] == 4 * 30_880 + 4 * 8

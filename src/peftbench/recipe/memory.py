@@ -45,6 +45,10 @@
     predicted              what ``--dry-run`` predicts for the run (``memory_estimate.py``), with the measured
                            runtime: {"peak_bytes", "breakdown", "widest_pass"}; None where it could not be made
     adapter_bytes          bytes of the saved adapter (full tuning: the whole model); None when not saved
+    allocator              what served the memory, which the peak depends on: on CPU the C allocator
+                           ({"name": "glibc" | "jemalloc" | "tcmalloc" | ..., "settings": the environment
+                           variables that tune it, "keeps_freed_memory"}: ``speedups/freed_memory.py``), on
+                           CUDA {"name": "cuda_caching", "settings": PYTORCH_CUDA_ALLOC_CONF if set}
 
 The peak is a run's own only in a process of its own: a process's resident set never falls below what an
 earlier run left in it (``speedups/freed_memory.py`` keeps freed memory in the process on purpose), so runs sharing a
@@ -70,6 +74,7 @@ import torch
 from torch import nn
 
 from peftbench.config import SpeedupsConfig
+from peftbench.speedups.freed_memory import allocator
 from peftbench.speedups.onednn_weights import blocked_bytes
 
 _dedicated: list[bool] = []
@@ -290,7 +295,15 @@ def run_memory(device: torch.device, after_load_bytes: int | None, trainable: di
     return {"peak_bytes": peak, "kind": kind, "scope": scope, "after_load_bytes": after_load_bytes,
             "increment_bytes": peak - after_load_bytes if after_load_bytes is not None else None,
             "breakdown": breakdown, "widest_pass": {"rows": ACTIVATIONS.rows, "tokens": ACTIVATIONS.tokens},
-            "gradient_checkpointing": gradient_checkpointing, "adapter_bytes": adapter_bytes, **PHASES.record()}
+            "gradient_checkpointing": gradient_checkpointing, "adapter_bytes": adapter_bytes,
+            "allocator": _allocator(device), **PHASES.record()}
+
+
+def _allocator(device: torch.device) -> dict[str, object]:
+    if device.type == "cuda":
+        conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
+        return {"name": "cuda_caching", "settings": {"PYTORCH_CUDA_ALLOC_CONF": conf} if conf else {}}
+    return allocator()
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:

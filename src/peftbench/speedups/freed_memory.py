@@ -68,3 +68,28 @@ def _apply() -> str | None:
                                                                                _TRIM_THRESHOLD_BYTES):
         return None
     return "mallopt refused the thresholds"
+
+
+_OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc", "tbbmalloc")
+"""Allocators that replace malloc when preloaded (``LD_PRELOAD``), by the name in their library's file name."""
+_ALLOCATOR_SETTINGS = (*_USER_MALLOC_SETTINGS, "MALLOC_ARENA_MAX", "GLIBC_TUNABLES", "MALLOC_CONF",
+                       "TCMALLOC_RELEASE_RATE", "MIMALLOC_PURGE_DELAY")
+
+
+def allocator() -> dict[str, object]:
+    """The C allocator serving this process, which a CPU run's resident peak depends on (bench/RESULTS.md,
+    "What the overhead is"): ``name`` (a preloaded allocator found among the process's mapped libraries, else
+    "glibc" on Linux, else "system"), ``settings`` (the environment variables that tune it, as set) and
+    ``keeps_freed_memory`` (whether ``keep_freed_memory`` fixed glibc's thresholds in this process)."""
+    name = _mapped_allocator() or ("glibc" if sys.platform.startswith("linux") else "system")
+    settings = {key: os.environ[key] for key in _ALLOCATOR_SETTINGS if key in os.environ}
+    return {"name": name, "settings": settings, "keeps_freed_memory": freed_memory_kept()}
+
+
+def _mapped_allocator(maps_file: str = "/proc/self/maps") -> str | None:
+    try:
+        with open(maps_file, encoding="utf-8") as maps:
+            files = {line.split()[-1].rsplit("/", 1)[-1] for line in maps if "/" in line}
+    except OSError:
+        return None
+    return next((name for name in _OTHER_ALLOCATORS for file in sorted(files) if name in file), None)
