@@ -291,3 +291,18 @@ def test_runs_with_different_speedup_settings_are_flagged(tmp_path):
     mostly = make_result(method="lora")
     mostly["config"]["speedups"] = {"packed": True, "varlen": True, "compiled": False}
     assert run_notes.speedups_note([mostly]) == "Speed-up setting of these runs: all on but compiled."
+
+
+def test_the_memory_table_names_the_allocator_and_warns_when_runs_differ(tmp_path):
+    runs = [make_result(method=m) for m in ("full", "lora", "ia3")]
+    assert run_notes.allocator_note(runs) is None  # no run records one: nothing to say
+    glibc = {"name": "glibc", "settings": {}, "keeps_freed_memory": False}
+    for run in runs:
+        run["memory"]["allocator"] = dict(glibc)
+    assert run_notes.allocator_note(runs) == "Allocator of these runs: glibc."
+    runs[2]["memory"]["allocator"] = {"name": "jemalloc", "settings": {"MALLOC_CONF": "dirty_decay_ms:0"}}
+    expected = ("Allocators differ between these runs (glibc (2 runs); jemalloc (MALLOC_CONF=dirty_decay_ms:0) "
+                "(1 runs)): their peaks were not measured alike.")
+    assert run_notes.allocator_note(runs) == expected
+    built = _tables(write_results(tmp_path, runs))
+    assert expected in built[12].notes

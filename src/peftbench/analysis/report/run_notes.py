@@ -57,6 +57,30 @@ def speedups_note(runs: Iterable[dict[str, Any]]) -> str | None:
             "measured alike and are compared here only with that caveat.")
 
 
+def allocator_note(runs: Iterable[dict[str, Any]]) -> str | None:
+    """The allocator that served the ok runs' memory (``memory.allocator``), which every memory table names: a
+    resident peak depends on it (bench/RESULTS.md); a warning when it differs between runs. None when no run
+    records one (results written before the field existed)."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        if run.get("status") == "ok":
+            text = _allocator_text(_dig(run, "memory", "allocator"))
+            counts[text] = counts.get(text, 0) + 1
+    if set(counts) <= {"not recorded"}:
+        return None
+    if len(counts) == 1:
+        return f"Allocator of these runs: {next(iter(counts))}."
+    found = "; ".join(f"{text} ({n} runs)" for text, n in sorted(counts.items()))
+    return f"Allocators differ between these runs ({found}): their peaks were not measured alike."
+
+
+def _allocator_text(allocator: dict[str, Any] | None) -> str:
+    if not isinstance(allocator, dict):
+        return "not recorded"
+    settings = ", ".join(f"{key}={value}" for key, value in sorted((allocator.get("settings") or {}).items()))
+    return str(allocator.get("name")) + (f" ({settings})" if settings else "")
+
+
 # ---- provenance: what model, data and hardware produced a number ---------------------------------------
 
 
