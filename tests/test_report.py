@@ -306,3 +306,12 @@ def test_the_memory_table_names_the_allocator_and_warns_when_runs_differ(tmp_pat
     assert run_notes.allocator_note(runs) == expected
     built = _tables(write_results(tmp_path, runs))
     assert expected in built[12].notes
+
+
+def test_the_hardware_line_names_a_cpus_processor_and_matrix_instruction_set():
+    cpu = {"device": "cpu", "processor": "Intel(R) Xeon(R) Processor", "instruction_set": "amx-bf16",
+           "cpu_count": 2, "platform": "Linux-test"}
+    assert run_notes.describe_hardware(cpu) == "cpu: Intel(R) Xeon(R) Processor, amx-bf16 (2 CPUs, Linux-test)"
+    assert run_notes.describe_hardware({"device": "cpu"}) == "cpu"  # older results: nothing more recorded
+    gpu = {"device": "cuda", "accelerator": "NVIDIA H100", "processor": "AMD EPYC", "cpu_count": 16}
+    assert run_notes.describe_hardware(gpu) == "NVIDIA H100 (16 CPUs)"

@@ -85,8 +85,14 @@ def _allocator_text(allocator: dict[str, Any] | None) -> str:
 
 
 def describe_hardware(hardware: dict[str, Any] | None) -> str:
+    """The device, and on a CPU its processor and matrix instruction set (``hardware.instruction_set``: bf16
+    results round differently with and without AMX), e.g. "cpu: Intel(R) Xeon(R) Processor, amx-bf16 (2 CPUs,
+    Linux-...)"."""
     hardware = hardware or {}
     name = hardware.get("accelerator") or hardware.get("device") or "unknown device"
+    if not hardware.get("accelerator"):
+        chip = [str(hardware[key]) for key in ("processor", "instruction_set") if hardware.get(key)]
+        name += f": {', '.join(chip)}" if chip else ""
     extras = []
     if hardware.get("cpu_count"):
         extras.append(f"{hardware['cpu_count']} CPUs")
