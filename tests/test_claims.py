@@ -279,3 +279,11 @@ def test_claims_command_prints_a_verdict_for_every_claim_from_several_directorie
             "(3 seeds); difference +0.0020 [-0.0046, +0.0086], non-inferiority (paired t, margin 0.01) p 0.008, 3 seeds"
             ) in out
     assert out.count("[inconclusive]") == 6 and "1 holds, 0 does not hold, 6 inconclusive of 7 claims." in out
+
+
+def test_a_verdict_counts_the_runs_behind_its_comparisons_once_and_the_time_they_took(tmp_path):
+    cells = {(method, "ag_news", "low", None): {"score": [0.5, 0.6, 0.7], "total_s": [600.0, 600.0, 600.0]}
+             for method in ("full", "lora", "bitfit")}  # lora > full and bitfit > full: full's runs in both
+    verdict = _verdict(tmp_path, cells, "peft-beats-full-low")
+    assert (verdict.runs, verdict.spent_s) == (9, pytest.approx(9 * 660.0))  # time.total_s: 1.1 × 600 a run
+    assert verdict.spent() == "spent: 9 runs, 99.0 min of run time"

@@ -71,6 +71,14 @@ class Verdict:
     claim: Claim
     verdict: str
     comparisons: list[Comparison]
+    runs: int = 0
+    """The ok runs behind the comparisons (each run once, however many comparisons it is a side of)."""
+    spent_s: float = 0.0
+    """Their wall time, ``time.total_s + time.load_s`` summed: what the verdict has cost so far."""
+
+    def spent(self) -> str:
+        """"spent: 30 runs, 41.5 min of run time": the budget spent on this claim's comparisons."""
+        return f"spent: {self.runs} run{'s' * (self.runs != 1)}, {self.spent_s / 60:.1f} min of run time"
 
 
 # ---- where comparisons are made ------------------------------------------------------------------------
@@ -231,7 +239,10 @@ def check_claims(coll: Collection) -> list[Verdict]:
     verdicts = []
     for claim, comparisons in comparisons_of(coll):
         decide(comparisons)
-        verdicts.append(Verdict(claim, combine([x.verdict for x in comparisons]), comparisons))
+        runs = {id(r): r for x in comparisons for key in x.cells if key in coll.cells for r in coll.cells[key].ok_runs}
+        spent = sum((c.total_seconds(r) or 0.0) + (c._number(c._dig(r, "time", "load_s")) or 0.0)
+                    for r in runs.values())
+        verdicts.append(Verdict(claim, combine([x.verdict for x in comparisons]), comparisons, len(runs), spent))
     return verdicts
 
 
@@ -243,6 +254,7 @@ def format_text(verdicts: list[Verdict]) -> str:
     for v in verdicts:
         lines.append(f"[{v.verdict}] {v.claim.statement} ({v.claim.source}; {v.claim.id})")
         lines.append(f"    paper (FLAN-T5-XL): {v.claim.paper}")
+        lines.append(f"    {v.spent()}")
         if not v.comparisons:
             lines.append("    no results to compare")
         lines += [f"    {x.verdict}: {x.where}: {x.text}" for x in v.comparisons]
@@ -255,7 +267,8 @@ def write_markdown(coll: Collection, path: Path) -> Path:
     lines = ["# The paper's claims, checked on these results", "", run_notes.provenance(coll.runs), "", METHOD_NOTE, ""]
     for v in check_claims(coll):
         lines += [f"## {v.claim.statement}: **{v.verdict}**", "",
-                  f"{v.claim.source}. Paper (FLAN-T5-XL): {v.claim.paper}.", ""]
+                  f"{v.claim.source}. Paper (FLAN-T5-XL): {v.claim.paper}. The comparisons' runs: "
+                  f"{v.spent().removeprefix('spent: ')}.", ""]
         lines += [f"- {x.verdict}: {x.where}: {x.text}" for x in v.comparisons] or ["- no results to compare"]
         lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -268,7 +281,8 @@ def claims_html(coll: Collection) -> str:
     for v in check_claims(coll):
         items = "".join(f"<li>{escape(f'{x.verdict}: {x.where}: {x.text}')}</li>" for x in v.comparisons)
         parts.append(f"<h3>{escape(v.claim.statement)}: {escape(v.verdict)}</h3>"
-                     f'<p class="note">{escape(v.claim.source)}. Paper: {escape(v.claim.paper)}.</p>'
+                     f'<p class="note">{escape(v.claim.source)}. Paper: {escape(v.claim.paper)}. '
+                     f'The comparisons\' runs: {escape(v.spent().removeprefix("spent: "))}.</p>'
                      f"<ul>{items or '<li>no results to compare</li>'}</ul>")
     return "\n".join(parts)
 
