@@ -56,6 +56,8 @@ def test_the_rerun_holds_result_files_with_outcomes_and_no_weights():
         result = json.loads(path.read_text())
         assert result["status"] == "ok", path
         assert result["data"]["test_examples"] >= 1000 and (path.parent / result["outcomes"]["file"]).is_file()
+        shared = result["outcomes"].get("references")  # version 2: the sample's references, once per folder
+        assert shared is None or (path.parent / shared["file"]).is_file(), path
         assert result["hardware"]["instruction_set"], path  # which kind of machine ran it
     assert [p for p in RERUN.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt")] == []
     assert sum(p.stat().st_size for p in RERUN.rglob("*") if p.is_file()) < 20 * 2**20

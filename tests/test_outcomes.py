@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 
 import pytest
@@ -10,7 +11,14 @@ from sweep_helpers import tiny_overrides
 
 from peftbench.catalog.metrics import METRICS, macro_f1, matthews_corrcoef, score
 from peftbench.config import load_sweep
-from peftbench.outcomes import OUTCOMES_FILE, OutcomesError, example_id, read_outcomes, write_outcomes
+from peftbench.outcomes import (
+    OUTCOMES_FILE,
+    OutcomesError,
+    encode_rows,
+    example_id,
+    read_outcomes,
+    write_outcomes,
+)
 from peftbench.recipe.train import run_cell
 
 pytestmark = pytest.mark.unit
@@ -64,3 +72,23 @@ def test_every_method_and_reference_row_of_a_cell_writes_outcomes_of_the_same_ex
         assert result["metrics"]["test"]["accuracy"] == pytest.approx(sum(r["scores"]["accuracy"] for r in rows) / 12)
         assert result["metrics"]["score"] == result["metrics"]["test"][result["metrics"]["headline"]]
     assert ids["lora"] == ids["full"] == ids["majority"] and len(set(ids["lora"])) == 12
+
+
+def test_references_are_stored_once_beside_the_runs_and_read_back_into_each_row(tmp_path):
+    rows = [{"id": example_id(f"test:{i}", "prompt", [word]), "source": f"test:{i}", "prediction": "yes",
+             "references": [word], "scores": {"accuracy": float(word == "yes")}} for i, word in enumerate(["yes", "no"])]
+    lora, full = (write_outcomes(tmp_path / name, rows) for name in ("lora", "full"))
+    assert lora["version"] == 2 and lora["references"] == full["references"]  # one file for both runs
+    assert [p.name for p in (tmp_path / "references").iterdir()] == [lora["references"]["file"].rsplit("/", 1)[1]]
+    assert read_outcomes(tmp_path / "lora", lora) == rows == read_outcomes(tmp_path / "full", full)
+    stored = gzip.decompress((tmp_path / "lora" / OUTCOMES_FILE).read_bytes()).decode()
+    assert "references" not in stored and '"prediction": "yes"' in stored
+    other = [{**rows[0], "references": ["maybe"]}]  # another sample's references: a file of their own
+    assert write_outcomes(tmp_path / "ia3", other)["references"] != lora["references"]
+    (tmp_path / lora["references"]["file"].removeprefix("../")).unlink()
+    with pytest.raises(OutcomesError, match="cannot be read"):
+        read_outcomes(tmp_path / "lora", lora)
+    version_1 = {k: v for k, v in write_outcomes(tmp_path / "old", [{**rows[0]}]).items() if k != "references"}
+    (tmp_path / "old" / OUTCOMES_FILE).write_bytes(encode_rows(rows))  # references in every row, as version 1
+    version_1.update(version=1, examples=2, sha256=hashlib.sha256(encode_rows(rows)).hexdigest())
+    assert read_outcomes(tmp_path / "old", version_1) == rows

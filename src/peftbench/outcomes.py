@@ -11,7 +11,7 @@ training again. ``outcomes.jsonl.gz`` holds one JSON object per test example, in
                           is not an id)
     prediction    str     the decoded answer (an encoder classifier's: its predicted label word)
     references    list    every reference the prediction is scored against (one label word, or every human
-                          reference)
+                          reference); version 2 keeps them out of the run's file (below)
     scores        dict    {metric: score} for each per-example metric of the task (accuracy, rouge_l)
     rank_prediction str?  classification with label ranking: the most likely label word
     label_scores  dict?   classification with label ranking: {label word: summed log-likelihood, nats}
@@ -20,6 +20,13 @@ The file is gzip with a zero timestamp, so the same outcomes give the same bytes
 ``outcomes: {"file", "examples", "sha256", "version"}``; ``read_outcomes`` checks the hash, so a file that
 does not belong to its result is refused rather than paired. This module imports nothing of peftbench: the
 recipe writes the file and the analysis reads it.
+
+Every method and reference row of a cell's seed answers the same test examples, so their references are the
+same: version 2 stores them once, in ``<results dir>/references/<hash>.jsonl.gz`` beside the run folders
+(one ``{"id", "references"}`` row per example, named by the first 16 hex digits of its content's sha256, so
+runs that share a sample share a file and concurrent writers write the same bytes), and the result's entry
+names it: ``outcomes.references: {"file": "../references/<hash>.jsonl.gz", "sha256"}``. ``read_outcomes``
+puts the references back into each row. Version 1 files (references in every row) are read as they are.
 """
 
 from __future__ import annotations
@@ -35,7 +42,9 @@ from typing import Any
 from peftbench.atomic import atomic_write_bytes
 
 OUTCOMES_FILE = "outcomes.jsonl.gz"
-OUTCOMES_VERSION = 1
+OUTCOMES_VERSION = 2
+REFERENCES_DIR = "references"
+"""The folder beside the run folders that holds each test sample's references once (version 2)."""
 
 
 class OutcomesError(ValueError):
@@ -59,11 +68,21 @@ def encode_rows(rows: list[dict[str, Any]]) -> bytes:
 
 
 def write_outcomes(run_dir: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Write ``rows`` atomically to ``run_dir/outcomes.jsonl.gz``; returns the result's ``outcomes`` entry."""
-    data = encode_rows(rows)
-    atomic_write_bytes(Path(run_dir) / OUTCOMES_FILE, data)
+    """Write ``rows`` atomically: their references to the shared references file (unless it exists), the rest
+    to ``run_dir/outcomes.jsonl.gz``; returns the result's ``outcomes`` entry."""
+    run_dir = Path(run_dir)
+    entry: dict[str, Any] = {}
+    if any("references" in row for row in rows):
+        shared = encode_rows([{"id": row["id"], "references": row.get("references")} for row in rows])
+        digest = hashlib.sha256(shared).hexdigest()
+        relative = f"../{REFERENCES_DIR}/{digest[:16]}.jsonl.gz"
+        if not (run_dir / relative).is_file():  # the same name holds the same bytes: written once
+            atomic_write_bytes(run_dir / relative, shared)
+        entry["references"] = {"file": relative, "sha256": digest}
+    data = encode_rows([{k: v for k, v in row.items() if k != "references"} for row in rows])
+    atomic_write_bytes(run_dir / OUTCOMES_FILE, data)
     return {"file": OUTCOMES_FILE, "examples": len(rows), "sha256": hashlib.sha256(data).hexdigest(),
-            "version": OUTCOMES_VERSION}
+            "version": OUTCOMES_VERSION, **entry}
 
 
 def read_outcomes(run_dir: Path, entry: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -72,16 +91,30 @@ def read_outcomes(run_dir: Path, entry: dict[str, Any] | None) -> list[dict[str,
     if not entry:
         raise OutcomesError(f"{run_dir}: the result records no per-example outcomes")
     path = Path(run_dir) / entry.get("file", OUTCOMES_FILE)
+    rows = _read_rows(path, entry.get("sha256"))
+    if entry.get("examples") is not None and len(rows) != entry["examples"]:
+        raise OutcomesError(f"{path}: {len(rows)} rows, its result recorded {entry['examples']}")
+    shared = entry.get("references")
+    if shared:
+        references = {row["id"]: row["references"] for row in _read_rows(Path(run_dir) / shared["file"],
+                                                                          shared.get("sha256"))}
+        absent = [row["id"] for row in rows if row["id"] not in references]
+        if absent:
+            raise OutcomesError(f"{Path(run_dir) / shared['file']}: no references for {len(absent)} of the "
+                                f"run's examples (e.g. {absent[0]})")
+        rows = [{**row, "references": references[row["id"]]} for row in rows]
+    return rows
+
+
+def _read_rows(path: Path, sha256: str | None) -> list[dict[str, Any]]:
+    """The rows of a gzip'd JSON Lines file whose sha256 is ``sha256`` (unchecked when None)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise OutcomesError(f"{path}: cannot be read ({exc.strerror})") from None
-    if entry.get("sha256") and hashlib.sha256(data).hexdigest() != entry["sha256"]:
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
         raise OutcomesError(f"{path}: its content is not the one its result.json recorded (sha256 differs)")
     try:
-        rows = [json.loads(line) for line in gzip.decompress(data).decode("utf-8").splitlines() if line]
+        return [json.loads(line) for line in gzip.decompress(data).decode("utf-8").splitlines() if line]
     except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise OutcomesError(f"{path}: not gzip'd JSON Lines ({exc})") from None
-    if entry.get("examples") is not None and len(rows) != entry["examples"]:
-        raise OutcomesError(f"{path}: {len(rows)} rows, its result recorded {entry['examples']}")
-    return rows

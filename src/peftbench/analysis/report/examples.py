@@ -28,8 +28,12 @@ def headline(run: dict[str, Any]) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _read(run_dir: Path, file: str, examples: int | None, sha256: str | None) -> tuple[dict, ...]:
+def _read(run_dir: Path, file: str, examples: int | None, sha256: str | None,
+          references: tuple[str, str | None] | None) -> tuple[dict, ...]:
+    """``read_outcomes``, cached on what identifies the files (``references``: the shared file and its hash)."""
     entry = {"file": file, "examples": examples, "sha256": sha256}
+    if references:
+        entry["references"] = {"file": references[0], "sha256": references[1]}
     return tuple(read_outcomes(run_dir, entry))
 
 
@@ -43,8 +47,10 @@ def outcome_rows(coll: Collection, run: dict[str, Any]) -> dict[str, dict] | Non
     for directory in coll.directories:
         if result_path(directory, run["run_id"]).is_file():
             try:
+                shared = entry.get("references")
                 rows = _read(directory / run["run_id"], entry.get("file", "outcomes.jsonl.gz"),
-                             entry.get("examples"), entry.get("sha256"))
+                             entry.get("examples"), entry.get("sha256"),
+                             (shared["file"], shared.get("sha256")) if isinstance(shared, dict) else None)
             except OutcomesError:
                 continue
             return {row["id"]: row for row in rows}
