@@ -21,6 +21,8 @@ import pytest
 import sweep_helpers
 from sweep_helpers import comparable, read_results, tiny_overrides
 
+from peftbench.outcomes import REFERENCES_DIR
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # Runs in sweep order: t5/lora, t5/bitfit, llama/lora, llama/bitfit; 3 epochs of 2 optimiser steps each.
@@ -107,7 +109,8 @@ def test_sigkilled_sweep_resumes_to_identical_results(forkserver, tmp_path):
 
     final = read_results(chain_dir)
     assert sorted(final) == sorted(reference)  # every run exactly once, under the same id
-    assert sorted(p.name for p in chain_dir.iterdir()) == sorted(reference)  # and no stray directories
+    # and no stray directories: the run folders and the test samples' references (outcomes.REFERENCES_DIR)
+    assert sorted(p.name for p in chain_dir.iterdir()) == sorted([*reference, REFERENCES_DIR])
     for run_id, result in final.items():
         assert comparable(result) == comparable(reference[run_id]), run_id
     leftovers = [p.name for p in chain_dir.rglob("*") if p.name.endswith(".tmp") or "checkpoint" in p.name]
