@@ -57,7 +57,8 @@ CHAIN = [
      lambda d: (_dir(d, T5_LORA) / "checkpoint").is_dir()),
     (("peftbench.recipe.train:_save_adapter", "after", 1),  # epoch 3 (no checkpoint: the last), tested, adapter saved
      lambda d: (_dir(d, T5_LORA) / "adapter").is_dir() and _status(_dir(d, T5_LORA)) == "running"),
-    (("os:replace", "before", 4),  # the ok result in its temporary file, not renamed (3: the outcomes file)
+    (("os:replace", "before", 5),  # the ok result in its temporary file, not renamed (3: the sample's
+     # references, 4: the outcomes file)
      lambda d: _status(_dir(d, T5_LORA)) == "running" and any(_dir(d, T5_LORA).glob(".result.json.*.tmp"))),
     (("peftbench.recipe.checkpoint:remove_checkpoint", "before", 1),  # ok written, checkpoint not yet removed
      lambda d: _status(_dir(d, T5_LORA)) == "ok" and (_dir(d, T5_LORA) / "checkpoint").is_dir()),
