@@ -4,7 +4,8 @@ options, speed-up setting, hardware, data, versions) and one run's details."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from peftbench.analysis.report.collect import TASK_ORDER, Collection, _dig, _order, cell_key
@@ -36,42 +37,42 @@ def _levers_text(setting: dict[str, bool]) -> str:
 def speedups_note(runs: Iterable[dict[str, Any]]) -> str | None:
     """The speed-up setting of the ok runs (``config.speedups``; absent means unknown), which every time table
     and figure names; a warning when they differ, since their times are then not measured alike."""
-    counts: dict[str, int] = {}
-    for run in runs:
-        if run.get("status") != "ok":
-            continue
-        setting = (run.get("config") or {}).get("speedups")
-        if setting is None:
-            text = "unknown"
-        elif isinstance(setting, dict):
-            text = _levers_text(setting)
-        else:
-            text = str(setting)
-        counts[text] = counts.get(text, 0) + 1
+    counts = _ok_runs_by(runs, _speedups_text)
     if not counts:
         return None
     if len(counts) == 1:
         return f"Speed-up setting of these runs: {next(iter(counts))}."
-    found = "; ".join(f"{text} ({n} runs)" for text, n in sorted(counts.items()))
-    return (f"Speed-up settings differ between these runs ({found}): their run times and memory were not "
-            "measured alike and are compared here only with that caveat.")
+    return (f"Speed-up settings differ between these runs ({_listed(counts)}): their run times and memory were "
+            "not measured alike and are compared here only with that caveat.")
+
+
+def _speedups_text(run: dict[str, Any]) -> str:
+    setting = (run.get("config") or {}).get("speedups")
+    if setting is None:
+        return "unknown"
+    return _levers_text(setting) if isinstance(setting, dict) else str(setting)
 
 
 def allocator_note(runs: Iterable[dict[str, Any]]) -> str | None:
     """The allocator that served the ok runs' memory (``memory.allocator``), which every memory table names: a
     resident peak depends on it (bench/RESULTS.md); a warning when it differs between runs. None when no run
     records one (results written before the field existed)."""
-    counts: dict[str, int] = {}
-    for run in runs:
-        if run.get("status") == "ok":
-            text = _allocator_text(_dig(run, "memory", "allocator"))
-            counts[text] = counts.get(text, 0) + 1
+    counts = _ok_runs_by(runs, lambda run: _allocator_text(_dig(run, "memory", "allocator")))
     if set(counts) <= {"not recorded"}:
         return None
     if len(counts) == 1:
         return f"Allocator of these runs: {next(iter(counts))}."
-    found = "; ".join(f"{text} ({n} runs)" for text, n in sorted(counts.items()))
-    return f"Allocators differ between these runs ({found}): their peaks were not measured alike."
+    return f"Allocators differ between these runs ({_listed(counts)}): their peaks were not measured alike."
+
+
+def _ok_runs_by(runs: Iterable[dict[str, Any]], describe: Callable[[dict[str, Any]], str]) -> Counter[str]:
+    """How many ok runs each description covers, in the order the descriptions first appear."""
+    return Counter(describe(run) for run in runs if run.get("status") == "ok")
+
+
+def _listed(counts: Counter[str]) -> str:
+    """"all off (1 runs); all on (2 runs)": each description and its runs, sorted."""
+    return "; ".join(f"{text} ({n} runs)" for text, n in sorted(counts.items()))
 
 
 def _allocator_text(allocator: dict[str, Any] | None) -> str:
