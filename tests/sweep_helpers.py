@@ -45,9 +45,9 @@ def tiny_overrides(results_dir: Path, *, models=("t5-tiny-random",), methods=("l
             "train.precision=fp32", "train.num_threads=1", "train.checkpoint_interval_s=0", *extra]
 
 
-def install_kill(point: KillPoint, with_parent: bool = False) -> None:
-    """Wrap ``point``'s target so that this process (first its parent, ``with_parent``) is SIGKILLed at that
-    call."""
+def install_kill(point: KillPoint, sweep_pid: int | None = None) -> None:
+    """Wrap ``point``'s target so that this process (first the sweep process ``sweep_pid``, where given: a
+    worker's parent may be the fork server) is SIGKILLed at that call."""
     target, when, nth = point
     module_name, _, attr_path = target.partition(":")
     owner: Any = importlib.import_module(module_name)
@@ -58,8 +58,8 @@ def install_kill(point: KillPoint, with_parent: bool = False) -> None:
     calls = 0
 
     def kill() -> None:
-        if with_parent:
-            os.kill(os.getppid(), signal.SIGKILL)
+        if sweep_pid is not None:
+            os.kill(sweep_pid, signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
 
     def wrapper(*args, **kwargs):
@@ -75,6 +75,13 @@ def install_kill(point: KillPoint, with_parent: bool = False) -> None:
     setattr(owner, name, wrapper)
 
 
+
+def note_environment(name: str, path: Path) -> None:
+    """Append this process's value of ``name`` ("-" when unset) to ``path``: a worker's setup step."""
+    with open(path, "a") as out:
+        out.write(os.environ.get(name, "-") + "\n")
+
+
 def run_child(overrides: list[str], point: KillPoint | None = None) -> None:
     """A child process's whole life: maybe arm a kill point, then run the sweep as `peftbench run` would."""
     from peftbench.config import load_sweep
@@ -83,7 +90,7 @@ def run_child(overrides: list[str], point: KillPoint | None = None) -> None:
 
     if point is not None:
         install_kill(point)
-        WORKER_SETUP.append(functools.partial(install_kill, point, True))
+        WORKER_SETUP.append(functools.partial(install_kill, point, os.getpid()))
     run_sweep(load_sweep(None, overrides), progress=False)
 
 

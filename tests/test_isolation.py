@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import multiprocessing
 import re
 from pathlib import Path
 
@@ -120,3 +121,19 @@ def test_a_killed_worker_is_a_failed_run_that_retry_resumes(tmp_path, monkeypatc
     assert main([*argv, "--retry-failed"]) == 0  # ... until retried: from the epoch 2 checkpoint
     resumed = results.read_result(result_file)
     assert resumed["status"] == "ok" and resumed["resumed_from_epoch"] == 2 and resumed["epochs"] == 3
+
+
+@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no fork server here")
+def test_workers_fork_from_the_server_with_the_sweep_process_environment(tmp_path, monkeypatch):
+    """The fork server starts with a process's first worker (perhaps an earlier test's): a variable set after
+    it started still reaches each worker, as it would a spawned one."""
+    seen = tmp_path / "seen"
+    monkeypatch.setattr(isolation, "WORKER_SETUP",
+                        [functools.partial(sweep_helpers.note_environment, "PEFTBENCH_PROBE", seen)])
+    for value in ("first", "second"):
+        monkeypatch.setenv("PEFTBENCH_PROBE", value)
+        overrides = sweep_helpers.tiny_overrides(tmp_path / value, methods=("lora",), epochs=1)
+        assert main(["run", "-q", *overrides]) == 0
+    assert seen.read_text().split() == ["first", "second"]
+    (result,) = results.iter_results(tmp_path / "second")
+    assert result["memory"]["process_start"] == "forkserver" and result["memory"]["scope"] == "run_process"

@@ -49,6 +49,10 @@
                            ({"name": "glibc" | "jemalloc" | "tcmalloc" | ..., "settings": the environment
                            variables that tune it, "keeps_freed_memory"}: ``speedups/freed_memory.py``), on
                            CUDA {"name": "cuda_caching", "settings": PYTORCH_CUDA_ALLOC_CONF if set}
+    process_start          how the run's worker process started: "forkserver" (forked from a server that had
+                           imported the libraries: their pages count in the worker's resident set only once it
+                           touches them, so ``runtime`` reads lower than a spawned worker's), "spawn" (a fresh
+                           interpreter), None (the sweep's own process, a Ray task)
 
 The peak is a run's own only in a process of its own: a process's resident set never falls below what an
 earlier run left in it (``speedups/freed_memory.py`` keeps freed memory in the process on purpose), so runs sharing a
@@ -77,12 +81,13 @@ from peftbench.config import SpeedupsConfig
 from peftbench.speedups.freed_memory import allocator
 from peftbench.speedups.onednn_weights import blocked_bytes
 
-_dedicated: list[bool] = []
+_dedicated: list[str | None] = []  # [how the process started] once dedicated to one run
 
 
-def dedicate_process_to_run() -> None:
-    """Declare that this process was started for one run alone: its peak is that run's (scope "run_process")."""
-    _dedicated[:] = [True]
+def dedicate_process_to_run(started_by: str | None = None) -> None:
+    """Declare that this process was started for one run alone: its peak is that run's (scope "run_process").
+    ``started_by``: "forkserver" or "spawn" (``memory.process_start``), None where unknown (a Ray task)."""
+    _dedicated[:] = [started_by]
 
 
 def process_dedicated() -> bool:
@@ -296,7 +301,8 @@ def run_memory(device: torch.device, after_load_bytes: int | None, trainable: di
             "increment_bytes": peak - after_load_bytes if after_load_bytes is not None else None,
             "breakdown": breakdown, "widest_pass": {"rows": ACTIVATIONS.rows, "tokens": ACTIVATIONS.tokens},
             "gradient_checkpointing": gradient_checkpointing, "adapter_bytes": adapter_bytes,
-            "allocator": _allocator(device), **PHASES.record()}
+            "allocator": _allocator(device), "process_start": _dedicated[0] if _dedicated else None,
+            **PHASES.record()}
 
 
 def _allocator(device: torch.device) -> dict[str, object]:

@@ -3,8 +3,12 @@
 A process's peak resident memory only ever rises, so runs that share a process cannot each report their own
 (``memory.py``). As PEFT's method comparison runs one process per experiment, the sweep process keeps the
 loop, the progress bar, the skip rules and each run's lock, and starts one worker per run that runs
-``sweep.execute_run`` (which writes the run's result files) and exits. Workers are spawned, fresh
-interpreters: a forked copy of a process whose OpenMP thread pool has run can deadlock.
+``sweep.execute_run`` (which writes the run's result files) and exits. A forked copy of a process whose
+OpenMP thread pool has run can deadlock, so workers are forked from a fork server (``multiprocessing``'s
+"forkserver"): a process that imported the training stack once (``PRELOAD``: torch, transformers, PEFT,
+seconds of imports) and never computed with it, started with the sweep's first worker. Each worker then
+starts in milliseconds, with the sweep process's current environment and working directory. Where there is
+no fork server (Windows), workers are spawned, fresh interpreters.
 
 - A stop request (SIGINT/SIGTERM to the sweep) is passed on to the worker as SIGTERM: it stops after its
   current optimiser step, checkpoints and writes an interrupted result, as a run in the sweep process does.
@@ -49,20 +53,31 @@ STOP_GRACE_S = 120.0
 """How long a worker may take to checkpoint and stop when the sweep process leaves on an exception."""
 _FINAL = ("ok", "failed", "diverged", "interrupted")
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PRELOAD = ["peftbench.running.sweep", "peftbench.recipe.train"]
+"""What the fork server imports before it forks a worker: everything a run imports at its start."""
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """The fork server's context where the platform has one (its preload list set), else spawn's."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)  # read when the server starts: with this process's first worker
+    return context
 
 
 def execute_in_worker(run: RunConfig, results_dir: Path, *, progress: bool, stop_requested: Callable[[], bool],
                       device_map: str | None, timeout_s: float | None = None) -> str:
     """Run ``run`` in a new worker process (the caller holds its lock); returns its result's status. Raises
     ``results.Unwritable`` when neither the worker nor this process could write it."""
-    context = multiprocessing.get_context("spawn")
+    context = worker_context()
     # time.monotonic() of the worker's last heartbeat (CLOCK_MONOTONIC: one clock for all processes); 0 until
     # its first, once its imports are done (a loaded machine may take many seconds over them)
     heartbeat = context.Value("d", 0.0, lock=False)
     last_words, sender = context.Pipe(duplex=False)
     worker = context.Process(target=worker_main, name=f"peftbench {run.run_id()}",
                              args=(run, str(results_dir), progress, device_map, os.getpid(), list(WORKER_SETUP),
-                                   heartbeat, sender))
+                                   heartbeat, sender, dict(os.environ)))
     worker.start()
     sender.close()
     watch = _Watch(worker, heartbeat, timeout_s)
@@ -108,20 +123,25 @@ class _Watch:
 
 
 def worker_main(run: RunConfig, results_dir: str, progress: bool, device_map: str | None, parent_pid: int,
-                setup: list[Callable[[], object]], heartbeat=None, last_words=None) -> None:
-    """A worker's whole life: tie it to the sweep process, set up, run the cell and write its result. What
-    escapes the run (a result it could not write, a bug) goes to the sweep process as an ``error``."""
+                setup: list[Callable[[], object]], heartbeat=None, last_words=None,
+                environ: dict[str, str] | None = None) -> None:
+    """A worker's whole life: tie it to the sweep process, take its environment (a fork server's is the one
+    it started with), set up, run the cell and write its result. What escapes the run (a result it could not
+    write, a bug) goes to the sweep process as an ``error``."""
     # Until the run's own handlers are in place, a terminal's Ctrl-C is left to the sweep process, which
     # passes the stop on as SIGTERM (no traceback from a half-started worker).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent_pid)
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
     try:
         for step in setup:
             step()
         from peftbench.recipe import evaluate, memory
         from peftbench.running import sweep
 
-        memory.dedicate_process_to_run()
+        memory.dedicate_process_to_run("spawn" if os.getppid() == parent_pid else "forkserver")
         flag = sweep.StopFlag()
 
         def beat() -> None:
@@ -162,10 +182,20 @@ def _say(last_words, error: dict) -> None:
 
 
 def _die_with_parent(parent_pid: int) -> None:
+    """Die with the process that forked this one: the sweep process, or its fork server, which exits as soon
+    as the sweep process is gone."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # the sweep process died before the line above took effect
+    if not _alive(parent_pid) or os.getppid() == 1:  # the sweep process or the fork server died before that
         os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:  # gone (or its number taken by another user's process)
+        return False
+    return True
 
 
 @dataclass
