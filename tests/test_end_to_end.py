@@ -77,9 +77,11 @@ def test_the_console_script_lists_registries():
 def test_smollm2_cola_cell(tmp_path, shared_data):
     """The issue's real-data cell (minutes on two cores): run with `pytest -m slow`."""
     code = main(["run", "model=smollm2-135m-q4", "methods=[lora]", "tasks=[cola]", "scales=[low]",
-                 "train.eval_examples=200", "train.max_epochs=3", f"data_dir={shared_data}", f"output_dir={tmp_path}",
+                 "train.eval_examples=100", "train.max_epochs=2", f"data_dir={shared_data}", f"output_dir={tmp_path}",
                  "-q"])
     assert code == 0
     [result_file] = list(tmp_path.glob("*/result.json"))
     result = json.loads(result_file.read_text())
     assert result["status"] == "ok" and result["data"]["train_examples"] == 100
+    assert result["data"]["test_examples"] == 50 and -1 <= result["metrics"]["test"]["mcc"] <= 1
+    assert result["memory"]["breakdown"]["weights"] > 0 and result["metrics"]["forgetting"] is not None
