@@ -44,3 +44,18 @@ def test_importing_peftbench_leaves_the_environment_and_the_command_caps_openmp_
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
                          check=True).stdout.splitlines()[-1]
     assert json.loads(out) == ["5", "5"]
+
+
+def test_the_analysis_commands_load_without_the_training_stack():
+    """`peftbench claims`, `report`, `compare`, `decide --help`, ... read result files: building the parser and
+    importing their modules must not import torch, transformers or PEFT (seconds each)."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from peftbench.cli import build_parser, COMMAND_MODULES; build_parser(); "
+            "[__import__(m) for m in COMMAND_MODULES]; import peftbench.analysis.report.claims; "
+            "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         check=True).stdout.splitlines()[-1]
+    assert json.loads(out) == []

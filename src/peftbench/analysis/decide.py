@@ -25,13 +25,16 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from peftbench.analysis import paired
 from peftbench.analysis.report import collect as c
 from peftbench.analysis.report.claims import Comparison, comparisons_of
 from peftbench.config import RunConfig, SweepConfig
 from peftbench.errors import UserError
-from peftbench.running.sweep import StopFlag, check_results_dir, run_if_pending, stop_on_signals
+
+if TYPE_CHECKING:
+    from peftbench.running.sweep import StopFlag
 
 ALL_DECIDED, FUTILE, BUDGET = "all decided", "futile", "budget"
 INTERRUPTED = "interrupted"
@@ -135,12 +138,16 @@ def decide(sweep: SweepConfig, budget_s: float, max_seeds: int = 10, *, progress
     (default: as ``peftbench run``'s local executor does, each in a worker process of its own)."""
     if sweep.executor != "local":
         raise UserError("decide adds seeds one run at a time: it runs with the local executor (executor=local)")
+    from peftbench.running.sweep import StopFlag, stop_on_signals  # the training stack: only to run
+
     flag = StopFlag()
     with stop_on_signals(flag):
         return _decide(sweep, budget_s, max_seeds, progress, run or _local_runner(sweep, flag), clock, say)
 
 
 def _local_runner(sweep: SweepConfig, stop: StopFlag) -> Callable[..., str]:
+    from peftbench.running.sweep import run_if_pending
+
     def run(config: RunConfig, results_dir, retry_failed: bool, progress: bool = True) -> str:
         if stop():
             return INTERRUPTED
@@ -151,6 +158,8 @@ def _local_runner(sweep: SweepConfig, stop: StopFlag) -> Callable[..., str]:
 
 def _decide(sweep: SweepConfig, budget_s: float, max_seeds: int, progress: bool, run: Callable[..., str],
             clock: Callable[[], float], say: Callable[[str], None]) -> DecideOutcome:
+    from peftbench.running.sweep import check_results_dir
+
     start, outcome = clock(), DecideOutcome()
     results_dir = sweep.results_dir
     check_results_dir(results_dir)

@@ -64,3 +64,19 @@ def resolve_selection(ablation: str | None, layers, modules) -> tuple[object, li
     if layers is not None or modules:
         raise UserError(f"ablation {ablation} already chooses layers and modules; drop layers=/modules=")
     return spec.layers, list(spec.modules) or None
+
+
+# Table 3's rows: the methods it counts, and its ablation rows per method, in the table's order.
+PAPER_METHODS = ("ia3", "lora", "prompt", "bitfit", "full")
+# Table 3's ablation rows, per method, in the table's order.
+PAPER_ABLATIONS: dict[str, tuple[str, ...]] = {
+    "ia3": ("early_layers", "later_layers", "random_layers", "drop_attention", "drop_feed_forward"),
+    "lora": (
+        "early_layers",
+        "later_layers",
+        "random_layers",
+        "drop_self_attention",
+        "drop_cross_attention",
+        "drop_query_output",
+    ),
+}

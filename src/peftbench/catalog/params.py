@@ -15,26 +15,20 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-from peftbench.catalog.ablations import ABLATIONS, FULL_LAYERS_LABEL, ablation_label, resolve_selection
+from peftbench.catalog.ablations import (
+    ABLATIONS,
+    FULL_LAYERS_LABEL,
+    PAPER_ABLATIONS,
+    PAPER_METHODS,
+    ablation_label,
+    resolve_selection,
+)
 from peftbench.catalog.methods import METHODS, apply_method, get_method, method_label
 from peftbench.catalog.methods.roles import ROLE_MAPS
 from peftbench.catalog.models import auto_class, family_of, load_config, resolve_source
 from peftbench.errors import UserError
 
 # The five methods of the paper; (IA)3 before LoRA as in Table 3, which has only those two.
-PAPER_METHODS = ("ia3", "lora", "prompt", "bitfit", "full")
-# Table 3's ablation rows, per method, in the table's order.
-PAPER_ABLATIONS: dict[str, tuple[str, ...]] = {
-    "ia3": ("early_layers", "later_layers", "random_layers", "drop_attention", "drop_feed_forward"),
-    "lora": (
-        "early_layers",
-        "later_layers",
-        "random_layers",
-        "drop_self_attention",
-        "drop_cross_attention",
-        "drop_query_output",
-    ),
-}
 PAPER_FLAN_T5_XL_TOTAL = 2_849_757_184  # Table 3, "Total Parameters (no PEFT)"
 
 TOTAL_LABEL = "Total Parameters (no PEFT)"

@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from peftbench.catalog.ablations import ABLATIONS
-from peftbench.catalog.methods import get_method
-from peftbench.catalog.models import load_config
-from peftbench.catalog.params import (
-    PAPER_METHODS,
-    TOTAL_LABEL,
-    ParamCount,
-    build_meta_model,
-    count_params,
-    paper_total_note,
-    plan_rows,
-    row_label,
-    unique_param_count,
-)
+from peftbench.catalog.ablations import ABLATIONS, PAPER_METHODS
 from peftbench.errors import UserError
+
+if TYPE_CHECKING:
+    from peftbench.catalog.params import ParamCount
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -83,6 +73,18 @@ def _method_options(pairs: list[str]) -> dict[str, Any]:
 
 def run_params_command(args: argparse.Namespace) -> int:
     """Count every planned row and print a table (or JSON). Returns the exit status."""
+    # Imported here: torch, transformers and PEFT take seconds, which no other command should wait for.
+    from peftbench.catalog.methods import get_method
+    from peftbench.catalog.models import load_config
+    from peftbench.catalog.params import (
+        build_meta_model,
+        count_params,
+        paper_total_note,
+        plan_rows,
+        row_label,
+        unique_param_count,
+    )
+
     config = load_config(args.model)
     custom = args.layers is not None or bool(args.modules)
     ablations = [None if a.lower() in ("none", "null") else a for a in args.ablations or []] or None
@@ -122,6 +124,8 @@ def params_report(
     skipped: list[tuple[str, str]],
 ) -> dict[str, Any]:
     """The data both outputs print: the total row, one row per count, and the default rows skipped."""
+    from peftbench.catalog.params import TOTAL_LABEL
+
     return {
         "model": model,
         "seed": seed,

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import peft
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from peftbench.catalog.methods.roles import select_modules
 from peftbench.constants import TASK_TYPES
 from peftbench.errors import UserError, did_you_mean, unknown
 from peftbench.registry import Registry
+
+if TYPE_CHECKING:  # imported on use: reading results and listing methods need neither (seconds)
+    import peft
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,8 @@ def get_method(name: str) -> MethodSpec:
         return METHODS.get(name)
     if name in REFUSED:
         raise UserError(f"method {name}: {REFUSED[name]}")
+    import peft
+
     peft_names = {t.value.lower(): t for t in peft.PeftType}
     if name in peft_names:
         return _generic_peft(name, peft_names[name])
@@ -153,6 +156,8 @@ PAPER_VIRTUAL_TOKENS = 100
 
 
 def _generic_peft(name: str, peft_type: peft.PeftType) -> MethodSpec:
+    import peft
+
     config_cls = peft.PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]
     fields = config_cls.__dataclass_fields__
     prompt_like = issubclass(config_cls, peft.PromptLearningConfig)
@@ -188,6 +193,8 @@ def apply_method(model: nn.Module, family: str, method: str, options: dict[str, 
         for param in model.parameters():
             param.requires_grad_(True)
         return AppliedMethod(model, trainable, ctx.selected_layers, [])
+    import peft
+
     peft_model = peft.get_peft_model(model, config)
     trainable = declared_adapter_params(peft_model)
     for name, param in peft_model.named_parameters():

@@ -5,15 +5,22 @@ gradients are still there; the spec's ``after_optimizer_step`` hook does that. `
 the optimiser steps of the run's schedule. Targets the attention projections, like LoRA.
 """
 
-import peft
-from torch import nn
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from peftbench.catalog.methods import ADAPTER_LR, METHODS, MethodContext, MethodSpec
+
+if TYPE_CHECKING:
+    import peft
+    from torch import nn
 
 ROLES = {"attention"}
 
 
 def adalora_config(ctx: MethodContext) -> peft.AdaLoraConfig:
+    import peft  # on use: reading results and listing methods need no PEFT
+
     # Counting parameters (peftbench params, preflight) has no schedule; the count does not depend on it.
     defaults = {"target_modules": ctx.targets(ROLES), "total_step": ctx.total_steps or 1,
                 "task_type": ctx.task_type}

@@ -4,14 +4,21 @@ Rank 3 reproduces the paper's Table 3 counts (3,538,944 on FLAN-T5-XL = 72 block
 the paper's text says rank 2, which would give 2,359,296. ``method_options: {lora: {r: 2}}`` runs the text's.
 """
 
-import peft
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from peftbench.catalog.methods import ADAPTER_LR, METHODS, MethodContext, MethodSpec
+
+if TYPE_CHECKING:
+    import peft
 
 ROLES = {"attention"}  # q, k, v, o of every attention block: self and cross
 
 
 def lora_config(ctx: MethodContext) -> peft.LoraConfig:
+    import peft  # on use: reading results and listing methods need no PEFT
+
     defaults = {"r": 3, "lora_alpha": 8, "lora_dropout": 0.0, "bias": "none",
                 "target_modules": ctx.targets(ROLES),
                 "task_type": ctx.task_type}

@@ -4,12 +4,19 @@ On encoder-decoder models PEFT's default also prepends a second set to the decod
 the paper's 204,800 (= 100 × 2048 on FLAN-T5-XL) is the encoder's set alone: num_transformer_submodules=1.
 """
 
-import peft
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from peftbench.catalog.methods import METHODS, PROMPT_LR, MethodContext, MethodSpec
 
+if TYPE_CHECKING:
+    import peft
+
 
 def prompt_config(ctx: MethodContext) -> peft.PromptTuningConfig:
+    import peft  # on use: reading results and listing methods need no PEFT
+
     defaults = {"num_virtual_tokens": 100, "num_transformer_submodules": 1, "task_type": ctx.task_type}
     return ctx.build(peft.PromptTuningConfig, defaults)
 

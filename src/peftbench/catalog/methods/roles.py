@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from peftbench.errors import UserError, unknown
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # Every role a module can carry. "attention" covers self and cross attention.
 ROLES = ("attention", "self_attention", "cross_attention", "query", "key", "value", "output",
@@ -206,6 +208,8 @@ def select_modules(model: nn.Module, targets: set[str], *, layers=None, modules:
     ``targets``: the roles the method adapts by default (a module qualifies if it has any of them).
     ``modules``: a further filter: plain roles keep only modules with one of them, "-role" drops them.
     """
+    import torch
+
     rmap = role_map(model)
     keep, drop = parse_module_filter(modules)
     chosen = select_layers(stack_sizes(model), layers, seed)
@@ -222,7 +226,7 @@ def select_modules(model: nn.Module, targets: set[str], *, layers=None, modules:
                     module = base.get_submodule(name)
                 except AttributeError:
                     continue  # e.g. T5's gated wi_0/wi_1 versus plain wi: the map lists both
-                if isinstance(module, nn.Linear):
+                if isinstance(module, torch.nn.Linear):
                     names.append(name)
     if not names:
         raise UserError(f"the module selection (targets {sorted(targets)}, modules {modules}, layers {layers}) "
