@@ -90,8 +90,20 @@ def test_a_named_test_metric_is_compared_in_place_of_the_headline(folders):
     text = report(*folders, metric="rank_accuracy")
     (lora,) = [line for line in text.splitlines() if line.startswith("| lora ")]
     assert "| 0, 1, 2 | 0.6200 | 0.7633 | +0.1433 [" in lora
-    assert "| – | 4, 4, 4 (best 3, 3, 3) |" in lora  # the test over examples is the headline's alone
+    assert "| – | 4, 4, 4 (best 3, 3, 3) |" in lora  # no outcome row scores rank_accuracy: no test over examples
     assert "A full 0.7100 > lora 0.6200; B lora 0.7633 > full 0.7100" in text
+
+
+def test_a_named_metric_is_tested_over_the_examples_where_the_outcomes_score_it(folders):
+    (lora,) = [line for line in report(*folders, metric="accuracy").splitlines() if line.startswith("| lora ")]
+    assert "| 0.7200 | 0.8633 | +0.1433 [+0.1290, +0.1577] | 0.001 (0.001) | McNemar p 0.000 |" in lora
+    for folder in folders:  # a metric of the results that no outcome row scores
+        for path in folder.glob("*/result.json"):
+            result = json.loads(path.read_text())
+            result["metrics"]["test"]["rouge_l"] = result["metrics"]["test"]["accuracy"] / 2
+            path.write_text(json.dumps(result))
+    (lora,) = [line for line in report(*folders, metric="rouge_l").splitlines() if line.startswith("| lora ")]
+    assert "| 0.3600 | 0.4317 | +0.0717 [" in lora and "| – | 4, 4, 4 (best 3, 3, 3) |" in lora
 
 
 def test_the_command_prints_and_writes_the_comparison(folders, tmp_path, capsys):

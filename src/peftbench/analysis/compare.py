@@ -163,7 +163,7 @@ def _cell_line(key: c.CellKey, x: Comparison, pairs: Pairs, both: c.Collection, 
     t = x.test
     seeds = ", ".join(str(run_b.get("seed")) for run_b, _ in pairs)
     mean_a, mean_b = (float(np.mean([measure.value(pair[side]) for pair in pairs])) for side in (1, 0))
-    examples = example_test(both, pairs) if measure is SCORE else None  # the headline's test over examples
+    examples = example_test(both, pairs, None if measure is SCORE else measure.what)  # the same, over examples
     by_example = f"{examples.name} p {examples.p:.3f}" if examples else "–"
     p = "–" if math.isnan(t.p) else f"{t.p:.3f} ({x.p_adjusted:.3f})"
     return (f"{cell} {seeds} | {mean_a:.4f} | {mean_b:.4f} | {t.estimate:+.4f} [{t.low:+.4f}, {t.high:+.4f}] | {p} "

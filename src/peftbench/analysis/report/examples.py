@@ -85,10 +85,10 @@ def corpus_metric(name: str, labels: np.ndarray, predicted: np.ndarray, k: int) 
     return float(f1.mean())
 
 
-def example_test(coll: Collection, pairs: list[tuple[dict, dict]]) -> paired.Test | None:
-    """The within-seed paired test of the headline metric over the examples both runs of each seed
-    answered; None when a run has no outcomes or the metric is unknown."""
-    metric = headline(pairs[0][0])
+def example_test(coll: Collection, pairs: list[tuple[dict, dict]], metric: str | None = None) -> paired.Test | None:
+    """The within-seed paired test of ``metric`` (default: the headline) over the examples both runs of each
+    seed answered; None when a run has no outcomes or the metric is unknown."""
+    metric = metric or headline(pairs[0][0])
     if metric not in METRICS:
         return None
     strata = []
@@ -102,6 +102,8 @@ def example_test(coll: Collection, pairs: list[tuple[dict, dict]]) -> paired.Tes
         return None
     spec = METRICS.get(metric)
     if spec.aggregate == "mean":
+        if any(metric not in row.get("scores", {}) for a, b in strata for row in a + b):
+            return None  # an example metric the rows do not score (rouge_l of a classification task)
         a = [np.array([row["scores"][metric] for row in rows]) for rows, _ in strata]
         b = [np.array([row["scores"][metric] for row in rows]) for _, rows in strata]
         if all(set(np.unique(x)) <= {0.0, 1.0} for x in a + b):
