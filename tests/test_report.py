@@ -304,8 +304,14 @@ def test_the_memory_table_names_the_allocator_and_warns_when_runs_differ(tmp_pat
     expected = ("Allocators differ between these runs (glibc (2 runs); jemalloc (MALLOC_CONF=dirty_decay_ms:0) "
                 "(1 runs)): their peaks were not measured alike.")
     assert run_notes.allocator_note(runs) == expected
+    assert run_notes.process_start_note(runs) is None  # none records how it started: alike
+    for run, start in zip(runs, ("forkserver", "forkserver", "spawn"), strict=True):
+        run["memory"]["process_start"] = start
+    started = ("Run processes started differently (forkserver (2 runs); spawn (1 runs)): a forked worker's "
+               "runtime reads lower than a spawned one's (memory.process_start).")
+    assert run_notes.process_start_note(runs) == started
     built = _tables(write_results(tmp_path, runs))
-    assert expected in built[12].notes
+    assert expected in built[12].notes and started in built[12].notes
 
 
 def test_the_hardware_line_names_a_cpus_processor_and_matrix_instruction_set():

@@ -99,9 +99,8 @@ def memory_table(coll: Collection):
                "peak (memory.peak_phase: load, train, validation, checkpoint, test, forgetting).")
     table = t.Table(MEMORY_TABLE_NUMBER, "Memory breakdown", caption, "PEFT/Dataset",
                     [(task, t.task_label(task, coll)) for task in coll.tasks()], blocks, [t.SEEDS_NOTE])
-    allocator = run_notes.allocator_note(coll.runs)
-    if allocator:
-        table.notes.append(allocator)
+    table.notes += [note for note in (run_notes.allocator_note(coll.runs), run_notes.process_start_note(coll.runs))
+                    if note]
     if not table.rows():
         table.notes.insert(0, "No runs of this kind in the results.")
     return table

@@ -65,6 +65,17 @@ def allocator_note(runs: Iterable[dict[str, Any]]) -> str | None:
     return f"Allocators differ between these runs ({_listed(counts)}): their peaks were not measured alike."
 
 
+def process_start_note(runs: Iterable[dict[str, Any]]) -> str | None:
+    """A warning when the ok runs' processes started differently (``memory.process_start``): a worker forked
+    from the fork server counts the libraries' pages in its resident set only once it touches them, so its
+    runtime and peak read lower than a spawned worker's. None when they agree."""
+    counts = _ok_runs_by(runs, lambda run: str(_dig(run, "memory", "process_start") or "not recorded"))
+    if len(counts) <= 1:
+        return None
+    return (f"Run processes started differently ({_listed(counts)}): a forked worker's runtime reads lower "
+            f"than a spawned one's (memory.process_start).")
+
+
 def _ok_runs_by(runs: Iterable[dict[str, Any]], describe: Callable[[dict[str, Any]], str]) -> Counter[str]:
     """How many ok runs each description covers, in the order the descriptions first appear."""
     return Counter(describe(run) for run in runs if run.get("status") == "ok")
