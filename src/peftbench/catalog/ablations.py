@@ -68,7 +68,6 @@ def resolve_selection(ablation: str | None, layers, modules) -> tuple[object, li
 
 # Table 3's rows: the methods it counts, and its ablation rows per method, in the table's order.
 PAPER_METHODS = ("ia3", "lora", "prompt", "bitfit", "full")
-# Table 3's ablation rows, per method, in the table's order.
 PAPER_ABLATIONS: dict[str, tuple[str, ...]] = {
     "ia3": ("early_layers", "later_layers", "random_layers", "drop_attention", "drop_feed_forward"),
     "lora": (

@@ -186,7 +186,8 @@ def _die_with_parent(parent_pid: int) -> None:
     as the sweep process is gone."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if not _alive(parent_pid) or os.getppid() == 1:  # the sweep process or the fork server died before that
+    orphaned = os.getppid() == 1 and parent_pid != 1  # the fork server died before the line above took effect
+    if orphaned or not _alive(parent_pid):  # ... or the sweep process did
         os._exit(1)
 
 
