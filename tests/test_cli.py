@@ -27,6 +27,21 @@ def test_every_command_module_imports_and_adds_its_commands():
     assert all(not (h.help or "").startswith("unavailable") for h in sub._choices_actions)
 
 
+def test_a_flag_may_stand_among_the_overrides_of_a_command_that_takes_them():
+    args = cli.parse_arguments(["run", "findings-smollm2", "seeds=[0]", "--dry-run", "tasks=[cola]", "-q"])
+    assert (args.config, args.overrides, args.dry_run, args.quiet) == (
+        "findings-smollm2", ["seeds=[0]", "tasks=[cola]"], True, True)
+    args = cli.parse_arguments(["run", "--dry-run", "tasks=[cola]", "seeds=[0]"])
+    assert (args.config, args.overrides) == ("tasks=[cola]", ["seeds=[0]"])  # cmd_run reads it as an override
+
+
+def test_an_unknown_flag_is_still_a_one_line_error():
+    with pytest.raises(cli.UserError, match=r"unrecognized arguments: --dry-rn tasks=\[cola\]"):
+        cli.parse_arguments(["run", "quickstart", "--dry-rn", "tasks=[cola]"])
+    with pytest.raises(cli.UserError, match="unrecognized arguments: extra"):
+        cli.parse_arguments(["list", "methods", "extra"])
+
+
 @pytest.mark.slow  # child processes: over 10 s
 def test_importing_peftbench_leaves_the_environment_and_the_command_caps_openmp_spinning():
     import json

@@ -194,10 +194,22 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"peftbench: warning: {redact(str(message))}", file=sys.stderr)
 
 
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with a flag allowed among ``run``'s overrides (``run SUITE --dry-run key=value``):
+    argparse closes the positional list at the first flag, so what follows it joins the overrides here."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and not any(item.startswith("-") for item in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     limit_openmp_spinning()  # before anything imports torch; the worker processes inherit it
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_arguments(argv)
         if not args.verbose:
             _quiet_libraries()
             from peftbench.running.isolation import WORKER_SETUP
