@@ -61,8 +61,9 @@ def test_each_cell_is_paired_seed_by_seed_and_example_by_example(folders):
     assert "| 0, 1, 2 | 0.7200 | 0.8633 | +0.1433 [+0.1290, +0.1577] |" in lora
     assert "| McNemar p 0.000 | 4, 4, 4 (best 3, 3, 3) | 5, 5, 5 (best 3, 3, 3) |" in lora
     (full,) = [line for line in text.splitlines() if line.startswith("| full ")]
-    # No difference on any seed: no spread to scale a t interval by, so it spans the metric's whole range.
-    assert "| 0.8100 | 0.8100 | +0.0000 [-1.0000, +1.0000] | 1.000 (1.000) | McNemar p 1.000 |" in full
+    # No difference on any seed: no spread for a t, so the exact sign-flip test answers, and on 3 seeds (its
+    # smallest p is 0.25) it rules out no difference: the interval spans the metric's whole range.
+    assert "| 0.8100 | 0.8100 | +0.0000 [-1.0000, +1.0000] (sign-flip) | 1.000 (1.000) | McNemar p 1.000 |" in full
 
 
 def test_a_cell_compares_only_the_seeds_both_sides_ran(folders):
@@ -95,8 +96,11 @@ def test_a_named_test_metric_is_compared_in_place_of_the_headline(folders):
 
 
 def test_a_named_metric_is_tested_over_the_examples_where_the_outcomes_score_it(folders):
-    (lora,) = [line for line in report(*folders, metric="accuracy").splitlines() if line.startswith("| lora ")]
+    lines = report(*folders, metric="accuracy").splitlines()
+    (lora,) = [line for line in lines if line.startswith("| lora ")]
     assert "| 0.7200 | 0.8633 | +0.1433 [+0.1290, +0.1577] | 0.001 (0.001) | McNemar p 0.000 |" in lora
+    (full,) = [line for line in lines if line.startswith("| full ")]
+    assert "| +0.0000 [-1.0000, +1.0000] (sign-flip) |" in full  # accuracy's registered range, as the headline's
     for folder in folders:  # a metric of the results that no outcome row scores
         for path in folder.glob("*/result.json"):
             result = json.loads(path.read_text())

@@ -72,7 +72,7 @@ def measure_of(metric: str | None) -> Measure:
     where the headline is MCC)."""
     if metric is None:
         return SCORE
-    return Measure(metric, lambda run: c.test_metric(run, metric))
+    return Measure(metric, lambda run: c.test_metric(run, metric), metric=metric)
 
 
 Pairs = list[tuple[dict[str, Any], dict[str, Any]]]
@@ -145,7 +145,8 @@ def report(dir_a: Path, dir_b: Path, metric: str | None = None) -> str:
     lines = [f"# {dir_b} (B) against {dir_a} (A)", "",
              "Settings that differ: " + "; ".join(f"`{k}` {va!r} → {vb!r}" for k, va, vb in changes), "",
              "Each cell over the seeds both sides ran on the same samples: the mean score of each side (the headline, or --metric), "
-             "B − A with its paired-t interval over those seeds and its p-value (Holm over the cells), the same "
+             "B − A with its paired-t interval over those seeds (the exact sign-flip test's where the differences do not "
+             "vary) and its p-value (Holm over the cells), the same "
              "difference tested over the pooled test examples, and each seed's epochs trained (best epoch).", "",
              "| cell | seeds | A score | B score | B − A [95 %] over seeds | p (Holm) | over test examples: p |"
              " epochs A (best) | epochs B (best) |",
@@ -166,7 +167,9 @@ def _cell_line(key: c.CellKey, x: Comparison, pairs: Pairs, both: c.Collection, 
     examples = example_test(both, pairs, None if measure is SCORE else measure.what)  # the same, over examples
     by_example = f"{examples.name} p {examples.p:.3f}" if examples else "–"
     p = "–" if math.isnan(t.p) else f"{t.p:.3f} ({x.p_adjusted:.3f})"
-    return (f"{cell} {seeds} | {mean_a:.4f} | {mean_b:.4f} | {t.estimate:+.4f} [{t.low:+.4f}, {t.high:+.4f}] | {p} "
+    # Differences that do not vary have no t: the exact sign-flip test, whose interval on few seeds is the range.
+    test = "" if t.name == "paired t" else f" ({t.name})"
+    return (f"{cell} {seeds} | {mean_a:.4f} | {mean_b:.4f} | {t.estimate:+.4f} [{t.low:+.4f}, {t.high:+.4f}]{test} | {p} "
             f"| {by_example} | {_epochs([ra for _, ra in pairs])} | {_epochs([rb for rb, _ in pairs])} |")
 
 

@@ -64,12 +64,16 @@ class Measure:
     scale: float = 1.0
     discrete: bool = False
     """Few distinct values (the best epoch): compared by the exact sign-flip test."""
+    metric: str | None = None
+    """The test metric it reads (``metrics.test.<metric>``), whose registered range bounds it."""
 
     def bounds(self, run: dict[str, Any]) -> Bounds:
         if self is BEST_EPOCH:
             return 1.0, float(run.get("max_epochs") or math.inf)
         if self is SCORE:
             return headline_bounds(run)
+        if self.metric is not None:
+            return metric_bounds(self.metric)
         return 0.0, math.inf
 
 
@@ -79,9 +83,13 @@ PEAK_MEMORY = Measure("peak MiB", c.peak_bytes, 0, 2**-20)
 
 
 def headline_bounds(run: dict[str, Any]) -> Bounds:
+    return metric_bounds(headline(run))
+
+
+def metric_bounds(name: str) -> Bounds:
+    """The range of the registered test metric ``name``; unbounded for one the registry does not know."""
     from peftbench.catalog.metrics import METRICS
 
-    name = headline(run)
     return METRICS.get(name).bounds if name in METRICS else (-math.inf, math.inf)
 
 
