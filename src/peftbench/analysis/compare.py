@@ -164,7 +164,7 @@ def _cell_line(key: c.CellKey, x: Comparison, pairs: Pairs, both: c.Collection, 
     t = x.test
     seeds = ", ".join(str(run_b.get("seed")) for run_b, _ in pairs)
     mean_a, mean_b = (float(np.mean([measure.value(pair[side]) for pair in pairs])) for side in (1, 0))
-    examples = example_test(both, pairs, None if measure is SCORE else measure.what)  # the same, over examples
+    examples = example_test(both, pairs, measure.metric)  # the same, over examples
     by_example = f"{examples.name} p {examples.p:.3f}" if examples else "–"
     p = "–" if math.isnan(t.p) else f"{t.p:.3f} ({x.p_adjusted:.3f})"
     # Differences that do not vary have no t: the exact sign-flip test, whose interval on few seeds is the range.
