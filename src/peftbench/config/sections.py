@@ -43,7 +43,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     """Gradient clipping; 0 turns it off."""
     precision: str = "auto"
-    """"auto" (bf16 autocast where the hardware supports it, fp32 for T5 on fp16-only GPUs), "bf16" or "fp32"."""
+    """"auto" (bf16 autocast where the hardware multiplies bf16 natively, else fp32; fp16 on fp16-only GPUs
+    except T5: ``recipe/precision.py``), "bf16" or "fp32"."""
     max_source_tokens: int = 512
     """Prompt tokens kept (truncated from the left of long inputs' bodies, never the instruction)."""
     max_target_tokens: int = 128

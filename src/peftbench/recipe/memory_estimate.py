@@ -47,6 +47,7 @@ from peftbench.recipe.batching import (
 )
 from peftbench.recipe.datacache import encode_cached
 from peftbench.recipe.loss import segment_losses
+from peftbench.recipe.precision import mixed_precision
 from peftbench.speedups import resolve as resolve_speedups
 
 LAYER_FIELDS = ("num_hidden_layers", "num_layers", "num_decoder_layers", "n_layer")
@@ -117,7 +118,7 @@ def predict_run(run: RunConfig, runtime_bytes: int | None = None) -> Prediction:
         # Eager even where the run compiles its layers: compiling each copy would cost more than the estimate.
         speedups = dataclasses.replace(run.speedups, compiled_layers=False)
         plan = resolve_speedups(memory.speedups_for(speedups, cfg.gradient_checkpointing))
-        precision = _mixed_precision(cfg.precision)
+        precision = mixed_precision(cfg.precision, config.model_type)
         plan.apply_to_model(model, torch.device("cpu"), precision)
         memory.enable_gradient_checkpointing(model, cfg.gradient_checkpointing)
         if widest is None:
@@ -168,15 +169,6 @@ def widest_pass(items: list[Encoded], run: RunConfig, max_epochs: int, family: s
                 if tokens > best_tokens:
                     best, best_tokens = segments, tokens
     return best
-
-
-def _mixed_precision(precision: str) -> str:
-    """Accelerate's mixed precision on this machine for a ``train.precision`` (``train.make_accelerator``)."""
-    if precision == "fp32":
-        return "no"
-    if precision == "auto" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-        return "fp16"
-    return "bf16"
 
 
 class LiveBytes(TorchDispatchMode):

@@ -47,6 +47,7 @@ from peftbench.recipe.batching import Encoded, length_grouped_batches, source_to
 from peftbench.recipe.datacache import encode_cached
 from peftbench.recipe.evaluate import score, score_test
 from peftbench.recipe.label_ranking import best_word
+from peftbench.recipe.precision import mixed_precision
 from peftbench.recipe.protocol import EarlyStopping, build_optimizer, schedule_steps
 from peftbench.recipe.run_state import RunState
 from peftbench.recipe.steps import Diverged, Interrupted, OutOfMemory  # noqa: F401 - the recipe's errors, raised in steps.py
@@ -63,14 +64,10 @@ def seed_everything(seed: int) -> None:
 
 
 def make_accelerator(precision: str, model_type: str) -> Accelerator:
-    """bf16 autocast where supported ("auto"), except T5 on GPUs without bf16 (fp16 overflows in T5)."""
+    """An accelerator in the run's mixed precision (``precision.mixed_precision``: bf16 autocast where the
+    hardware multiplies bf16 natively)."""
     AcceleratorState._reset_state(reset_partial_state=True)  # each run picks its own precision
-    if precision == "auto":
-        cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        precision = "bf16" if cuda_bf16 or not torch.cuda.is_available() else "fp32"
-        if torch.cuda.is_available() and not cuda_bf16 and model_type != "t5":
-            precision = "fp16"
-    return Accelerator(mixed_precision="no" if precision == "fp32" else precision)
+    return Accelerator(mixed_precision=mixed_precision(precision, model_type))
 
 
 @dataclass
