@@ -167,25 +167,15 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
     speedups = resolve_speedups(memory.speedups_for(run.speedups, cfg.gradient_checkpointing))
     runtime_bytes = memory.runtime_bytes()  # the breakdown's runtime: the process before the model loads
     cell = prepare_cell(run, device_map)
-    memory.enable_gradient_checkpointing(cell.model, cfg.gradient_checkpointing)
-    optimizer, scheduler, schedule = build_optimizer(cfg, run.method, cell.trainable, len(cell.encoded["train"]),
-                                                     cell.max_epochs, fused=speedups.fused_adamw)
-    # Checkpoints are written while training goes on (checkpoint.BackgroundWriter): no optimiser step may
-    # change the weights and moments being written. On the bare optimiser, which accelerate wraps below.
-    writer = checkpoint.BackgroundWriter()
-    optimizer.register_step_pre_hook(lambda *_: writer.wait())
-    accelerator = make_accelerator(cfg.precision, cell.loaded.architecture)
-    model, optimizer = distributed.prepare(accelerator, cell.model, optimizer)  # no DDP wrapper: distributed.py
-    speedups.apply_to_model(model, accelerator.device, accelerator.mixed_precision)
-    after_load_bytes = memory.start_of_training(accelerator.device, model)
-    loop = Loop(run, Path(run_dir), cell, model, optimizer, scheduler, accelerator, writer, speedups)
+    loop, schedule, after_load_bytes = _start_loop(run, Path(run_dir), cell, speedups)
+    model, optimizer, accelerator, writer = loop.model, loop.optimizer, loop.accelerator, loop.writer
     with memory.PHASES.phase("reference"):
         general_text = forgetting.measure_reference(loop)  # the method at initialisation, before any step
 
     state, best_weights, resumed_from = _resume_or_start(loop)
     if cell.after_optimizer_step is not None:  # after optimizer.step(), before the gradients are cleared
         optimizer.optimizer.register_step_post_hook(lambda *_: cell.after_optimizer_step(state.step))
-    tracker = tracking.RunTracker(run, loop.run_dir, scheduler, cell.task.metric, state.train_tokens)
+    tracker = tracking.RunTracker(run, loop.run_dir, loop.scheduler, cell.task.metric, state.train_tokens)
     with tracker:  # the trackers' runs end however this one does
         with writer:  # leaving it waits for the last write: the best weights are restored below
             best_weights = train_until_stopped(loop, state, best_weights, progress, stop_requested, tracker)
@@ -214,6 +204,25 @@ def run_cell(run: RunConfig, run_dir: Path, *, progress: bool = True, stop_reque
             "memory": {**memory_record, "predicted": memory_estimate.predicted_for_result(run, runtime_bytes)},
             "adapter": adapter, "outcomes": outcomes, "resumed_from_epoch": resumed_from,
             "serving": serving.serve_stage(run, adapter), "speedups": speedups.record()}, forgot)
+
+
+def _start_loop(run: RunConfig, run_dir: Path, cell: PreparedCell, speedups: SpeedupPlan):
+    """The prepared cell's training loop: optimiser and schedule, accelerator, speed-ups applied. Returns the
+    loop, the schedule's record maker and the bytes in use once the model sits on its device."""
+    cfg = run.train
+    memory.enable_gradient_checkpointing(cell.model, cfg.gradient_checkpointing)
+    optimizer, scheduler, schedule = build_optimizer(cfg, run.method, cell.trainable, len(cell.encoded["train"]),
+                                                     cell.max_epochs, fused=speedups.fused_adamw)
+    # Checkpoints are written while training goes on (checkpoint.BackgroundWriter): no optimiser step may
+    # change the weights and moments being written. On the bare optimiser, which accelerate wraps below.
+    writer = checkpoint.BackgroundWriter()
+    optimizer.register_step_pre_hook(lambda *_: writer.wait())
+    accelerator = make_accelerator(cfg.precision, cell.loaded.architecture)
+    model, optimizer = distributed.prepare(accelerator, cell.model, optimizer)  # no DDP wrapper: distributed.py
+    speedups.apply_to_model(model, accelerator.device, accelerator.mixed_precision)
+    after_load_bytes = memory.start_of_training(accelerator.device, model)
+    loop = Loop(run, run_dir, cell, model, optimizer, scheduler, accelerator, writer, speedups)
+    return loop, schedule, after_load_bytes
 
 
 def _times(state: RunState, tested: Tested, cell: PreparedCell, started: float) -> dict[str, float | None]:
