@@ -19,6 +19,8 @@ FINDINGS = REPO / "findings" / "smollm2-135m-cpu"
 RERUN = REPO / "findings" / "smollm2-135m"
 """The grid under today's protocol (≥ 1,000 test examples, per-example outcomes), filled phase by phase
 (docs/findings.md); ``patience-2/`` holds the same cells with early stopping's patience at 2."""
+MINILM = REPO / "findings" / "minilm-l6"
+"""The same protocol with the MiniLM-L6 encoder classifier (AG News and CoLA low): what carries over."""
 # Text the report writes the same for the same results. PNG pixels depend on the fonts installed (SVG text
 # stays text), and the HTML page embeds PNGs and the time it was made.
 TEXT_SUFFIXES = (".md", ".csv", ".tex", ".svg")
@@ -39,7 +41,7 @@ def test_the_bundle_holds_result_files_and_no_weights():
     assert max(p.stat().st_size for p in FINDINGS.rglob("*") if p.is_file()) < 2 * 2**20
 
 
-@pytest.mark.parametrize("folder", [FINDINGS, RERUN], ids=lambda p: p.name)
+@pytest.mark.parametrize("folder", [FINDINGS, RERUN, MINILM], ids=lambda p: p.name)
 def test_peftbench_report_regenerates_the_committed_report(folder, tmp_path, capsys):
     assert main(["report", str(folder), "--out", str(tmp_path)]) == 0
     committed = {p.relative_to(folder / "report") for p in (folder / "report").rglob("*") if p.is_file()}
@@ -50,8 +52,9 @@ def test_peftbench_report_regenerates_the_committed_report(folder, tmp_path, cap
             assert (tmp_path / relative).read_text() == (folder / "report" / relative).read_text(), relative
 
 
-def test_the_rerun_holds_result_files_with_outcomes_and_no_weights():
-    results = sorted(RERUN.rglob("result.json"))
+@pytest.mark.parametrize("folder", [RERUN, MINILM], ids=lambda p: p.name)
+def test_the_rerun_holds_result_files_with_outcomes_and_no_weights(folder):
+    results = sorted(folder.rglob("result.json"))
     assert len(results) >= 30
     for path in results:
         result = json.loads(path.read_text())
@@ -61,8 +64,8 @@ def test_the_rerun_holds_result_files_with_outcomes_and_no_weights():
         shared = result["outcomes"].get("references")  # version 2: the sample's references, once per folder
         assert shared is None or (path.parent / shared["file"]).is_file(), path
         assert result["hardware"]["instruction_set"], path  # which kind of machine ran it
-    assert [p for p in RERUN.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt")] == []
-    assert sum(p.stat().st_size for p in RERUN.rglob("*") if p.is_file()) < 20 * 2**20
+    assert [p for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt")] == []
+    assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) < 20 * 2**20
 
 
 @pytest.mark.parametrize(("options", "page"), [([], "compare.md"), (["--metric", "accuracy"], "compare-accuracy.md")])
