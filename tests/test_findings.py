@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from peftbench.catalog.tasks import get_task
 from peftbench.cli import main
 
 pytestmark = pytest.mark.unit
@@ -59,7 +58,7 @@ def test_the_rerun_holds_result_files_with_outcomes_and_no_weights(folder):
     for path in results:
         result = json.loads(path.read_text())
         assert result["status"] == "ok", path
-        tested = 300 if get_task(result["task"]).type == "generation" else 1000  # the floor per task type
+        tested = 300 if result["task"]["type"] == "generation" else 1000  # the floor per task type
         assert result["data"]["test_examples"] >= tested and (path.parent / result["outcomes"]["file"]).is_file()
         shared = result["outcomes"].get("references")  # version 2: the sample's references, once per folder
         assert shared is None or (path.parent / shared["file"]).is_file(), path
