@@ -82,6 +82,21 @@ def test_a_reordered_pair_says_whether_a_had_decided_it(folders):
     assert "  - full above lora in A, below in B; in A decided: +0.0900 [+0.0470, +0.1330], paired t p 0.012" in text
 
 
+def test_methods_level_on_one_side_are_tied_not_reordered(folders):
+    b = folders[1]
+    for path in b.glob("*lora*/result.json"):  # B's LoRA level with its full tuning on every seed
+        result = json.loads(path.read_text())
+        full = json.loads(next(b.glob(f"*full*s{result['seed']}*/result.json")).read_text())
+        result["metrics"]["score"] = full["metrics"]["score"]
+        result["metrics"]["test"]["accuracy"] = full["metrics"]["test"]["accuracy"]
+        path.write_text(json.dumps(result))
+    text = report(*folders)
+    # Ties go in the order of the methods' names, with "=": the same page on every run, and no pair of
+    # methods reported as swapped, since B orders neither above the other.
+    assert "- flan-t5-xl, ag_news, low: A full 0.8100 > lora 0.7200; B full 0.8100 = lora 0.8100" in text
+    assert "above" not in text.split("## Method rankings")[1]
+
+
 def test_a_named_test_metric_is_compared_in_place_of_the_headline(folders):
     for folder in folders:  # each run's "rank_accuracy" is its accuracy less 0.1
         for path in folder.glob("*/result.json"):

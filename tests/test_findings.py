@@ -67,11 +67,12 @@ def test_the_rerun_holds_result_files_with_outcomes_and_no_weights(folder):
     assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) < 20 * 2**20
 
 
+@pytest.mark.parametrize("folder", ["findings/smollm2-135m", "findings/minilm-l6"])
 @pytest.mark.parametrize(("options", "page"), [([], "compare.md"), (["--metric", "accuracy"], "compare-accuracy.md")])
-def test_peftbench_compare_regenerates_the_committed_patience_comparison(options, page, monkeypatch, capsys):
+def test_peftbench_compare_regenerates_the_committed_patience_comparison(folder, options, page, monkeypatch, capsys):
     monkeypatch.chdir(REPO)  # the committed page names the folders relative to the repository
-    assert main(["compare", "findings/smollm2-135m", "findings/smollm2-135m/patience-2", *options]) == 0
-    assert capsys.readouterr().out == (RERUN / "patience-2" / page).read_text()
+    assert main(["compare", folder, f"{folder}/patience-2", *options]) == 0
+    assert capsys.readouterr().out == (REPO / folder / "patience-2" / page).read_text()
 
 
 def test_peftbench_claims_gives_every_claim_a_verdict_with_both_sides_numbers(capsys):

@@ -106,19 +106,19 @@ def _epochs(runs: list[dict[str, Any]]) -> str:
 
 
 def ranking_changes(a: c.Collection, b: c.Collection, measure: Measure = SCORE) -> list[str]:
-    """Per (model, task, scale) both ran: each side's methods by mean score (best first), and every pair of
-    methods whose order differs, with A's paired comparison of the pair (decided at α = 0.05 or not)."""
+    """Per (model, task, scale) both ran: each side's methods by mean score (best first, ties by name), and
+    every pair of methods that one side orders strictly one way and the other strictly the other way, with
+    A's paired comparison of the pair (decided at α = 0.05 or not)."""
     lines = []
     groups = sorted({(k.model, k.task, k.scale) for k in set(a.cells) & set(b.cells) if k.ablation is None})
     for model, task, scale in groups:
         shared = [k for k in set(a.cells) & set(b.cells) if (k.model, k.task, k.scale) == (model, task, scale)
                   and k.ablation is None and a.cells[k].stat(measure.value) and b.cells[k].stat(measure.value)]
-        rank_a, rank_b = (sorted(shared, key=lambda k, s=side: -s.cells[k].stat(measure.value).mean)
-                          for side in (a, b))
-        lines.append(f"- {model}, {task}, {scale}: A {_ranking(a, rank_a, measure)}; B {_ranking(b, rank_b, measure)}")
-        position = {k: i for i, k in enumerate(rank_b)}
-        for first, second in itertools.combinations(rank_a, 2):
-            if position[first] > position[second]:
+        mean_a, mean_b = ({k: side.cells[k].stat(measure.value).mean for k in shared} for side in (a, b))
+        rank_a, rank_b = (sorted(shared, key=lambda k, m=means: (-m[k], k.method)) for means in (mean_a, mean_b))
+        lines.append(f"- {model}, {task}, {scale}: A {_ranking(rank_a, mean_a)}; B {_ranking(rank_b, mean_b)}")
+        for first, second in itertools.combinations(rank_a, 2):  # a tie on either side is no change of order
+            if mean_a[first] > mean_a[second] and mean_b[first] < mean_b[second]:
                 x = compare_cells(a, f"{model}, {task}, {scale}", a.cells[first], a.cells[second], measure,
                                   HIGHER)
                 decided = x.test is not None and x.test.p < paired.ALPHA
@@ -127,8 +127,12 @@ def ranking_changes(a: c.Collection, b: c.Collection, measure: Measure = SCORE) 
     return lines
 
 
-def _ranking(coll: c.Collection, keys: list[c.CellKey], measure: Measure) -> str:
-    return " > ".join(f"{k.method} {coll.cells[k].stat(measure.value).mean:.4f}" for k in keys)
+def _ranking(keys: list[c.CellKey], means: dict[c.CellKey, float]) -> str:
+    """Methods best first, "=" between equal means (in the order of their names)."""
+    text = f"{keys[0].method} {means[keys[0]]:.4f}" if keys else ""
+    for previous, key in itertools.pairwise(keys):
+        text += f" {'=' if means[key] == means[previous] else '>'} {key.method} {means[key]:.4f}"
+    return text
 
 
 def _difference(x: Comparison) -> str:
