@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import PeftModel
+from speedup_helpers import plain_plan
 from sweep_helpers import read_results, tiny_overrides
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -19,7 +20,6 @@ from peftbench.config import load_sweep
 from peftbench.recipe.batching import encode
 from peftbench.recipe.evaluate import validation_loss
 from peftbench.running.sweep import run_sweep
-from peftbench.speedups import for_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # worker processes or sweeps: over 10 s a file
 
@@ -53,12 +53,13 @@ def predict(model, tokenizer, result) -> list[str]:
 
 
 def loss(model, tokenizer, result) -> float:
-    """The validation loss as the run measured it each epoch (peftbench's own evaluation)."""
+    """The validation loss as the run measured it each epoch (peftbench's own evaluation, on the default path:
+    no speed-up lever, as the runs had)."""
     train = result["config"]["train"]
     items = encode(split(result, "validation"), tokenizer, "seq2seq", train["max_source_tokens"],
                    train["max_target_tokens"])
     return validation_loss(model, items, "seq2seq", tokenizer.pad_token_id, train["eval_batch_size"],
-                           for_model(model, torch.device("cpu")), torch.autocast("cpu", enabled=False))
+                           plain_plan(model), torch.autocast("cpu", enabled=False))
 
 
 def best_epoch_loss(result) -> float:

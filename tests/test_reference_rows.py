@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from speedup_helpers import plain_plan
 
 from peftbench.catalog.methods.reference import InContextOptions, reference_options
 from peftbench.catalog.models import load_model
@@ -21,7 +22,6 @@ from peftbench.recipe.label_ranking import rank_classify
 from peftbench.recipe.preflight import check_sweep
 from peftbench.recipe.reference_rows import with_demonstrations
 from peftbench.recipe.train import run_cell
-from peftbench.speedups import for_model
 
 pytestmark = pytest.mark.integration
 
@@ -103,7 +103,7 @@ def test_zero_shot_decodes_the_untuned_model_and_builds_no_optimiser(tmp_path, m
                            nullcontext())
     assert [s["prediction"] for s in result["predictions_sample"]] == predictions[:5]
     ranked = rank_classify(loaded.model, task, data.test, loaded.tokenizer, "causal", 512, 128, 4,
-                           for_model(loaded.model, CPU), nullcontext())
+                           plain_plan(loaded.model), nullcontext())
     right = sum(word == e.references[0] for word, e in zip(ranked, data.test, strict=True))
     assert result["metrics"]["test"]["rank_accuracy"] == right / len(data.test)
 
