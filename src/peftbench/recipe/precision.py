@@ -15,8 +15,7 @@ import torch
 
 from peftbench.speedups.cpu import instruction_set
 
-NATIVE_BF16_CPUS = ("amx-bf16", "avx512-bf16")
-EMULATED_BF16_CPUS = ("avx512", "avx2")
+EMULATED_BF16_CPUS = ("avx512", "avx2")  # x86 without AMX-BF16 or AVX512-BF16 (speedups.cpu.instruction_set)
 
 
 def mixed_precision(precision: str, model_type: str) -> str:
