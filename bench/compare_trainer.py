@@ -14,7 +14,8 @@ Protocol: the paper's (batch 16 × 4, the scale's max epochs, early stopping wit
 epoch tested), except the evaluation size: ``train.eval_examples=200`` (100 validation, 100 test) and
 no per-epoch validation decoding (``train.val_metric_examples=0``; the Trainer script computes the loss
 only), and neither label ranking nor the forgetting measurement, which the Trainer script does not do.
-``--quick`` also caps training at 2 epochs and evaluation at 64 examples: a smoke test of the bench.
+``--quick`` also caps training at 2 epochs and evaluation at 64 examples, and measures the GEMM peak on one
+small size (a rough peak, so its MFU is rough too): a smoke test of the bench.
 """
 
 from __future__ import annotations
@@ -136,7 +137,9 @@ def cell_overrides(name: str, models_dir: Path) -> list[str]:
 
 def measure_peaks(args: argparse.Namespace) -> dict:
     """The GEMM peak, in a child process with the peftbench side's environment (threads, OpenMP)."""
-    output = subprocess.run([sys.executable, str(HERE / "flops.py"), args.device], env=child_env(args, "peftbench"), check=True, capture_output=True, text=True).stdout
+    command = [sys.executable, str(HERE / "flops.py"), args.device, *(["--quick"] if args.quick else [])]
+    output = subprocess.run(command, env=child_env(args, "peftbench"), check=True, capture_output=True,
+                            text=True).stdout
     return json.loads(output)
 
 

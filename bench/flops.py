@@ -129,11 +129,14 @@ def gemm_sizes(device: str) -> tuple[int, ...]:
     return (4096, 8192, 16384) if device.startswith("cuda") else (1024, 2048, 3072)
 
 
-if __name__ == "__main__":  # python bench/flops.py cpu|cuda: the peaks as JSON (compare_trainer.py runs this)
+if __name__ == "__main__":  # python bench/flops.py cpu|cuda [--quick]: the peaks as JSON (compare_trainer.py)
     import json
     import sys
 
     target = sys.argv[1] if len(sys.argv) > 1 else "cpu"
-    sizes = gemm_sizes(target)
-    print(json.dumps({"threads": torch.get_num_threads(), "fp32": gemm_peak(target, torch.float32, sizes),
-                      "bf16": gemm_peak(target, torch.bfloat16, sizes)}))
+    # --quick (compare_trainer.py --quick, a smoke test): one small size for 0.2 s, a rough peak in ~1 s
+    quick = "--quick" in sys.argv[2:]
+    sizes, seconds = ((512,), 0.2) if quick else (gemm_sizes(target), 1.5)
+    print(json.dumps({"threads": torch.get_num_threads(), "quick": quick,
+                      "fp32": gemm_peak(target, torch.float32, sizes, seconds),
+                      "bf16": gemm_peak(target, torch.bfloat16, sizes, seconds)}))

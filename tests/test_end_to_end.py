@@ -77,8 +77,9 @@ def test_the_console_script_lists_registries():
 def test_smollm2_cola_cell(tmp_path, shared_data):
     """The issue's real-data cell (minutes on two cores): run with `pytest -m slow`."""
     code = main(["run", "model=smollm2-135m-q4", "methods=[lora]", "tasks=[cola]", "scales=[low]",
-                 "train.eval_examples=100", "train.max_epochs=2", f"data_dir={shared_data}", f"output_dir={tmp_path}",
-                 "-q"])
+                 "train.eval_examples=50", "train.test_examples=50", "train.max_epochs=1",
+                 "forgetting.tokens=1024",
+                 f"data_dir={shared_data}", f"output_dir={tmp_path}", "-q"])
     assert code == 0
     [result_file] = list(tmp_path.glob("*/result.json"))
     result = json.loads(result_file.read_text())
