@@ -15,6 +15,7 @@ from peftbench.analysis.report import collect as c
 from peftbench.analysis.report.claims import FAILS, HOLDS, INCONCLUSIVE, check_claims, collect_many
 from peftbench.analysis.report.cli import add_commands
 from peftbench.analysis.report.references import FLAG_NOTE, flags
+from peftbench.catalog.methods import TUNED_LR, base_method
 
 pytestmark = pytest.mark.unit
 
@@ -27,8 +28,11 @@ def _results(cells: Cells, seeds: tuple[int, ...] = (0, 1, 2)) -> list[dict]:
     found = []
     for (method, task, scale, ablation), fields in cells.items():
         for i, seed in enumerate(seeds):
-            result = make_result(model=MODEL, method=method, task=task, scale=scale, seed=seed, ablation=ablation,
-                                 **{name: values[i] for name, values in fields.items()})
+            result = make_result(model=MODEL, method=base_method(method), task=task, scale=scale, seed=seed,
+                                 ablation=ablation, **{name: values[i] for name, values in fields.items()})
+            if method.endswith(TUNED_LR):  # a run with a searched learning rate: a cell of its own
+                result["config"]["lr_search"] = [0.3, 1.0, 3.0]
+                result["run_id"] += "-lr_search"
             if method in ("majority", "zero_shot", "in_context"):
                 result["method"] = {"name": method, "kind": "reference"}
                 result["params"]["trainable"] = 0
@@ -112,6 +116,13 @@ CLAIM_CASES = {  # claim id → (cells where it holds, cells where it does not, 
         {_low("full"): {"total_s": [100, 110, 90]}, _low("lora"): {"total_s": [300, 320, 290]},
          _low("full", scale="medium"): {"total_s": [100, 105, 95]},
          _low("lora", scale="medium"): {"total_s": [600, 640, 580]}},
+        (0, 1, 2),
+    ),
+    "peft-beats-full-low-tuned-lr": (  # the fixed-rate cells disagree; only the tuned ones are compared
+        {_low("full+lr_search"): {"score": [0.60, 0.50, 0.71]}, _low("lora+lr_search"): {"score": [0.80, 0.70, 0.90]},
+         _low("bitfit+lr_search"): {"score": [0.81, 0.72, 0.90]}, _low("full"): {"score": [0.90, 0.90, 0.90]}},
+        {_low("full+lr_search"): {"score": [0.80, 0.70, 0.90]}, _low("lora+lr_search"): {"score": [0.60, 0.50, 0.71]},
+         _low("lora"): {"score": [0.90, 0.90, 0.90]}, _low("full"): {"score": [0.10, 0.10, 0.10]}},
         (0, 1, 2),
     ),
     "peft-beats-full-low": (
@@ -264,6 +275,20 @@ def test_the_time_ratio_reads_train_to_best_when_every_run_records_it(tmp_path):
     assert text.startswith("lora time / full's (time.train_to_best_s): medium 1.499 ± ")
 
 
+def test_the_paper_s_claims_compare_fixed_rate_cells_and_the_tuned_lr_claim_names_a_missing_tuned_cell(tmp_path):
+    cells = {_low("full"): {"score": [0.60, 0.50, 0.71]}, _low("lora"): {"score": [0.80, 0.70, 0.90]},
+             _low("bitfit"): {"score": [0.81, 0.72, 0.90]}, _low("full+lr_search"): {"score": [0.9, 0.9, 0.9]},
+             _low("lora+lr_search"): {"score": [0.95, 0.95, 0.95]}}
+    fixed = _verdict(tmp_path / "a", cells, "peft-beats-full-low")
+    assert fixed.verdict == HOLDS and [x.text.split(" score")[0] for x in fixed.comparisons] == ["lora", "bitfit"]
+    tuned = _verdict(tmp_path / "b", cells, "peft-beats-full-low-tuned-lr")
+    assert tuned.verdict == INCONCLUSIVE and tuned.comparisons[1].text == "missing: bitfit+lr_search (missing)"
+    assert tuned.comparisons[0].text.startswith("lora+lr_search score 0.9500 ± 0.0000 (3 seeds) > "
+                                                "full+lr_search score 0.9000 ± 0.0000 (3 seeds)")
+    prompt = _verdict(tmp_path / "c", {**cells, _low("prompt"): {"score": [0.1, 0.1, 0.1]}}, "prompt-scores-lowest")
+    assert {x.text.split(" score ")[1].rsplit(" ", 1)[1] for x in prompt.comparisons} == {"full", "lora", "bitfit"}
+
+
 def test_claims_command_prints_a_verdict_for_every_claim_from_several_directories(tmp_path, capsys):
     holding, _, _ = CLAIM_CASES["lora-matches-full-low-generation"]
     first = write_results(tmp_path / "a", _results({k: v for k, v in holding.items() if k[0] == "full"}))
@@ -278,7 +303,7 @@ def test_claims_command_prints_a_verdict_for_every_claim_from_several_directorie
     assert ("holds: smollm2-135m-q4, e2e_nlg, low: lora score 0.4120 ± 0.0269 (3 seeds) > full score 0.4100 ± 0.0248 "
             "(3 seeds); difference +0.0020 [-0.0046, +0.0086], non-inferiority (paired t, margin 0.01) p 0.008, 3 seeds"
             ) in out
-    assert out.count("[inconclusive]") == 6 and "1 holds, 0 does not hold, 6 inconclusive of 7 claims." in out
+    assert out.count("[inconclusive]") == 7 and "1 holds, 0 does not hold, 7 inconclusive of 8 claims." in out
 
 
 def test_a_verdict_counts_the_runs_behind_its_comparisons_once_and_the_time_they_took(tmp_path):
