@@ -195,6 +195,16 @@ def test_an_undecided_comparison_states_what_it_can_detect_and_the_seeds_it_need
                          "80% power with 3 seeds; the observed difference needs 10 seeds")
 
 
+def test_an_undecided_claim_sums_up_what_would_decide_it_in_text_and_markdown(tmp_path):
+    cells = {_low("lora"): {"score": [0.50, 0.70, 0.90]}, _low("full"): {"score": [0.45, 0.70, 0.80]},
+             _low("lora", "ag_news"): {"score": [0.5, 0.6, 0.7]}, _low("full", "ag_news"): {"score": [0.5, 0.6, 0.7]}}
+    verdict = _verdict(tmp_path, cells, "peft-beats-full-low")  # bitfit missing; ag_news's difference is 0
+    assert verdict.to_decide() == ("to decide: 4 of 4 comparisons undecided; their observed differences need "
+                                   "13 to more than 1000 seeds; 2 lack a side or a shared seed")
+    decided = _verdict(tmp_path / "decided", CLAIM_CASES["peft-beats-full-low"][0], "peft-beats-full-low")
+    assert decided.verdict == HOLDS and decided.to_decide() == ""
+
+
 def test_a_missing_cell_makes_the_claim_inconclusive_and_is_named(tmp_path):
     cells = {_low("prompt"): {"score": [0.10, 0.20, 0.15]}, _low("lora"): {"score": [0.50, 0.61, 0.55]},
              _low("prompt", "ag_news"): {"score": [0.10, 0.20, 0.15]}}

@@ -46,6 +46,7 @@ from peftbench.analysis.report.comparisons import (  # noqa: F401 - re-exported:
     fmt,
     missing,
     pair_seeds,
+    seeds_text,
 )
 from peftbench.analysis.report.references import reference_methods
 from peftbench.catalog.methods import TUNED_LR
@@ -76,6 +77,27 @@ class Verdict:
     """The ok runs behind the comparisons (each run once, however many comparisons it is a side of)."""
     spent_s: float = 0.0
     """Their wall time, ``time.total_s + time.load_s`` summed: what the verdict has cost so far."""
+
+    def to_decide(self) -> str:
+        """An undecided claim: "to decide: 8 of 12 comparisons undecided; their observed differences need 9 to
+        90 seeds; 4 have one seed (no spread to plan from)"; "" when the claim is decided or has nothing to
+        compare. Each comparison's own line says which it is and why."""
+        undecided = [x for x in self.comparisons if x.verdict == INCONCLUSIVE]
+        if self.verdict != INCONCLUSIVE or not undecided:
+            return ""
+        planned = sorted(x.seeds_needed for x in undecided if x.test is not None and not math.isnan(x.seeds_needed))
+        one_seed = sum(1 for x in undecided if x.test is not None and math.isnan(x.seeds_needed))
+        unpaired = sum(1 for x in undecided if x.test is None)
+        parts = [f"to decide: {len(undecided)} of {len(self.comparisons)} comparisons undecided"]
+        if planned:
+            low, high = (seeds_text(n) for n in (planned[0], planned[-1]))
+            parts.append(f"their observed differences need {low} seeds" if low == high
+                         else f"their observed differences need {low} to {high} seeds")
+        if one_seed:
+            parts.append(f"{one_seed} {'has' if one_seed == 1 else 'have'} one seed (no spread to plan from)")
+        if unpaired:
+            parts.append(f"{unpaired} {'lacks' if unpaired == 1 else 'lack'} a side or a shared seed")
+        return "; ".join(parts)
 
     def spent(self) -> str:
         """"spent: 30 runs, 41.5 min of run time": the budget spent on this claim's comparisons."""
@@ -276,6 +298,8 @@ def format_text(verdicts: list[Verdict]) -> str:
         lines.append(f"[{v.verdict}] {v.claim.statement} ({v.claim.source}; {v.claim.id})")
         lines.append(f"    paper (FLAN-T5-XL): {v.claim.paper}")
         lines.append(f"    {v.spent()}")
+        if v.to_decide():
+            lines.append(f"    {v.to_decide()}")
         if not v.comparisons:
             lines.append("    no results to compare")
         lines += [f"    {x.verdict}: {x.where}: {x.text}" for x in v.comparisons]
@@ -289,7 +313,8 @@ def write_markdown(coll: Collection, path: Path) -> Path:
     for v in check_claims(coll):
         lines += [f"## {v.claim.statement}: **{v.verdict}**", "",
                   f"{v.claim.source}. Paper (FLAN-T5-XL): {v.claim.paper}. The comparisons' runs: "
-                  f"{v.spent().removeprefix('spent: ')}.", ""]
+                  f"{v.spent().removeprefix('spent: ')}." + (f" {v.to_decide().capitalize()}." if v.to_decide() else ""),
+                  ""]
         lines += [f"- {x.verdict}: {x.where}: {x.text}" for x in v.comparisons] or ["- no results to compare"]
         lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)

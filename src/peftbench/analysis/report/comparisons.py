@@ -49,6 +49,9 @@ class Comparison:
     """How the difference is shown: ``digits`` after the point, in the measure's unit × ``scale``."""
     pairs: list[tuple[dict, dict]] = field(default_factory=list, repr=False)
     """The (a run, b run) of each paired seed, in seed order: the runs ``diffs`` come from."""
+    seeds_needed: float = math.nan
+    """Undecided: the seeds at which the observed difference would be decided with 80% power at the claim's
+    Bonferroni level (inf: none would; nan: nothing to plan from, one seed or no test)."""
 
 
 # ---- what is compared -------------------------------------------------------------------------------
@@ -220,22 +223,23 @@ def describe(x: Comparison, tests: int, alpha: float = ALPHA) -> str:
         return text
     level = alpha / max(tests, 1)
     detectable, needed = paired.plan(x.diffs, x.discrete, level) if x.diffs else (t.detectable, t.needed)
+    x.seeds_needed = needed if (t.n >= 2 or x.discrete) else math.nan
     if t.n < 2 and not x.discrete:
         return text + "; one seed: no interval over seeds"
     if t.estimate == 0:
         return text + "; no number of seeds decides a difference of zero"
     if t.p_floor > level:
         return text + (f"; cannot reach p < {level:.3g} with {_n(t.n, 'seeds')} (smallest p "
-                       f"{paired.sign_flip_floor(t.n):.3g}): needs at least {_count(needed)} seeds")
+                       f"{paired.sign_flip_floor(t.n):.3g}): needs at least {seeds_text(needed)} seeds")
     return text + (f"; detects ±{abs(detectable * x.scale):.{digits}f} at 80% power with {_n(t.n, t.unit)}; "
-                   f"the observed difference needs {_count(needed)} seeds")
+                   f"the observed difference needs {seeds_text(needed)} seeds")
 
 
 def _n(n: int, unit: str) -> str:
     return f"{n} {unit[:-1] if n == 1 else unit}"
 
 
-def _count(n: float) -> str:
+def seeds_text(n: float) -> str:
     return "more than 1000" if math.isinf(n) else ("?" if math.isnan(n) else str(int(n)))
 
 
