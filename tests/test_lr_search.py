@@ -68,6 +68,8 @@ def test_lr_search_is_its_own_cell_with_table_9_and_the_sensitivity_figure(searc
     written = build_report(out, tmp_path / "report")
     table9 = (tmp_path / "report" / "tables" / "table9.md").read_text()
     assert "LoRA (tuned LR)" in table9 and "Full Tuning (tuned LR)" in table9
+    # Two candidates: whichever is chosen is the grid's edge, marked, with the note that says what it means.
+    assert re.search(r"\| (0\.1↓|30↑) \|", table9) and "Note: ↑ / ↓: the chosen factor is the largest" in table9
     figures = [p.name for p in written["figures"]]
     assert "lr_sensitivity_llama-tiny-random.png" in figures
     table1 = (tmp_path / "report" / "tables" / "table1.md").read_text()

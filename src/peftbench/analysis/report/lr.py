@@ -27,6 +27,8 @@ from peftbench.analysis.report.tables import (
 )
 from peftbench.catalog.methods import TUNED_LR, base_method, method_label
 
+EDGE_NOTE = ("↑ / ↓: the chosen factor is the largest / smallest candidate, so the search did not bracket the "
+             "lowest validation loss; a wider grid may choose beyond it.")
 TABLE_NUMBER = 9
 TITLE = "Learning rates chosen by the search"
 CAPTION = ("Each method's protocol learning rates (initial, peak, final) scaled together by each candidate factor; "
@@ -65,11 +67,18 @@ def _stat_cell(stat: Stat | None, render) -> TableCell:
     return TableCell(fmt_stat(stat, render), "ok", stat.mean, {"": repr(stat.mean), "ci95": repr(stat.half_width)})
 
 
+def _chosen_text(search: dict[str, Any]) -> str:
+    """The chosen factor, "3↑" when it is the largest candidate and "0.1↓" the smallest (``EDGE_NOTE``)."""
+    chosen, factors = search["chosen"], [x["factor"] for x in search.get("candidates", [])]
+    edge = "↑" if len(factors) > 1 and chosen == max(factors) else "↓" if len(factors) > 1 and chosen == min(factors) else ""
+    return f"{chosen:g}{edge}"
+
+
 def _row(coll: Collection, key: c.CellKey) -> TableRow:
     cell: Cell = coll.cells[key]
     method = base_method(key.method)
     seeds = sorted(cell.ok_runs, key=lambda r: r.get("seed", 0))
-    factors = ", ".join(f"{r['lr_search']['chosen']:g}" for r in seeds if r.get("lr_search"))
+    factors = ", ".join(_chosen_text(r["lr_search"]) for r in seeds if r.get("lr_search"))
     fixed = coll.cell(key.model, key.task, key.scale, method, key.ablation).stat(c.score)
     ratio = _text_cell("1") if method == "full" else _stat_cell(_ratio_to_full(coll, key), lambda v: f"{v:.3g}")
     cells = [_text_cell(factors or "missing"), _stat_cell(cell.stat(chosen_peak_lr), lambda v: f"{v:.2e}"), ratio,
@@ -87,8 +96,10 @@ def lr_table(coll: Collection) -> list[Table]:
     columns = [("chosen_factor", "Chosen factor (per seed)"), ("chosen_lr_peak", "Chosen peak LR"),
                ("lr_over_full", "÷ full tuning's"), ("score_tuned", "Score, tuned LR"),
                ("score_fixed", "Score, fixed LR")]
+    edges = any(factor.endswith(("↑", "↓")) for block in blocks for rows in block.groups for row in rows
+                for factor in row.cells[0].text.split(", "))
     return [Table(TABLE_NUMBER, TITLE, CAPTION, "Method (task, scale)", columns, blocks,
-                  [run_notes.provenance(coll.runs)])]
+                  [*([EDGE_NOTE] if edges else []), run_notes.provenance(coll.runs)])]
 
 
 def _curves(cell: Cell) -> dict[float, list[float]]:
