@@ -70,6 +70,10 @@ def test_lr_search_is_its_own_cell_with_table_9_and_the_sensitivity_figure(searc
     assert "LoRA (tuned LR)" in table9 and "Full Tuning (tuned LR)" in table9
     # Two candidates: whichever is chosen is the grid's edge, marked, with the note that says what it means.
     assert re.search(r"\| (0\.1↓|30↑) \|", table9) and "Note: ↑ / ↓: the chosen factor is the largest" in table9
+    assert table9.count("| missing | missing |") == 2  # no fixed-rate cell: no score and no paired difference
+    csv_header = (tmp_path / "report" / "tables" / "table9.csv").read_text().splitlines()[0]
+    assert csv_header.endswith(",lr_over_full,lr_over_full ci95,score_tuned,score_tuned ci95,score_fixed,"
+                               "tuned_minus_fixed,tuned_minus_fixed ci95_low,tuned_minus_fixed ci95_high,tuned_minus_fixed p")
     figures = [p.name for p in written["figures"]]
     assert "lr_sensitivity_llama-tiny-random.png" in figures
     table1 = (tmp_path / "report" / "tables" / "table1.md").read_text()

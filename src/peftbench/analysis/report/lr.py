@@ -16,6 +16,7 @@ from typing import Any
 from peftbench.analysis.report import collect as c
 from peftbench.analysis.report import run_notes
 from peftbench.analysis.report.collect import Cell, Collection, Stat
+from peftbench.analysis.report.comparisons import HIGHER, SCORE, compare_cells
 from peftbench.analysis.report.tables import (
     Table,
     TableBlock,
@@ -34,7 +35,9 @@ TITLE = "Learning rates chosen by the search"
 CAPTION = ("Each method's protocol learning rates (initial, peak, final) scaled together by each candidate factor; "
            "the factor with the lowest best validation loss is trained and tested (the test split is never used "
            "to choose). Chosen factor per seed; chosen peak LR; its ratio to full tuning's chosen peak LR (same "
-           "task, scale and seed); test score with the searched LR and with the protocol's fixed LR.")
+           "task, scale and seed); test score with the searched LR and with the protocol's fixed LR; their "
+           "difference paired by seed (the same samples), with its 95% interval and paired-t p, not corrected "
+           "over the table's rows.")
 
 
 def chosen_peak_lr(r: dict[str, Any]) -> float | None:
@@ -67,6 +70,21 @@ def _stat_cell(stat: Stat | None, render) -> TableCell:
     return TableCell(fmt_stat(stat, render), "ok", stat.mean, {"": repr(stat.mean), "ci95": repr(stat.half_width)})
 
 
+def _tuned_minus_fixed(coll: Collection, key: c.CellKey) -> TableCell:
+    """The tuned cell's score minus the fixed-rate cell's, paired by seed (the same samples): the mean
+    difference, its 95% interval and paired-t p; one seed: the difference alone."""
+    fixed = coll.cell(key.model, key.task, key.scale, base_method(key.method), key.ablation)
+    test = compare_cells(coll, "", coll.cells[key], fixed, SCORE, HIGHER).test
+    if test is None:
+        text, values = ("missing" if not fixed.ok_runs else "no shared seed"), ("", "", "", "")
+    else:
+        text = (f"{test.estimate:+.4f} (1 seed)" if test.n < 2 else
+                f"{test.estimate:+.4f} [{test.low:+.4f}, {test.high:+.4f}], p {test.p:.3f}")
+        values = tuple(repr(v) for v in (test.estimate, test.low, test.high, test.p))
+    return TableCell(text, "ok" if test else "missing", test.estimate if test else None,
+                     dict(zip(("", "ci95_low", "ci95_high", "p"), values, strict=True)))
+
+
 def _chosen_text(search: dict[str, Any]) -> str:
     """The chosen factor, "3↑" when it is the largest candidate and "0.1↓" the smallest (``EDGE_NOTE``)."""
     chosen, factors = search["chosen"], [x["factor"] for x in search.get("candidates", [])]
@@ -80,9 +98,11 @@ def _row(coll: Collection, key: c.CellKey) -> TableRow:
     seeds = sorted(cell.ok_runs, key=lambda r: r.get("seed", 0))
     factors = ", ".join(_chosen_text(r["lr_search"]) for r in seeds if r.get("lr_search"))
     fixed = coll.cell(key.model, key.task, key.scale, method, key.ablation).stat(c.score)
-    ratio = _text_cell("1") if method == "full" else _stat_cell(_ratio_to_full(coll, key), lambda v: f"{v:.3g}")
+    ratio = (TableCell("1", "ok", 1.0, {"": "1", "ci95": "0"}) if method == "full"  # the CSV's columns as others'
+             else _stat_cell(_ratio_to_full(coll, key), lambda v: f"{v:.3g}"))
     cells = [_text_cell(factors or "missing"), _stat_cell(cell.stat(chosen_peak_lr), lambda v: f"{v:.2e}"), ratio,
-             _stat_cell(cell.stat(c.score), lambda v: f"{v:.4f}"), _stat_cell(fixed, lambda v: f"{v:.4f}")]
+             _stat_cell(cell.stat(c.score), lambda v: f"{v:.4f}"), _stat_cell(fixed, lambda v: f"{v:.4f}"),
+             _tuned_minus_fixed(coll, key)]
     label = f"{method_label(key.method)} ({task_label(key.task, coll)}, {scale_label(key.scale)})"
     return TableRow(label, key.method, str(key.scale), key.ablation or "", cells)
 
@@ -95,7 +115,7 @@ def lr_table(coll: Collection) -> list[Table]:
         return []
     columns = [("chosen_factor", "Chosen factor (per seed)"), ("chosen_lr_peak", "Chosen peak LR"),
                ("lr_over_full", "÷ full tuning's"), ("score_tuned", "Score, tuned LR"),
-               ("score_fixed", "Score, fixed LR")]
+               ("score_fixed", "Score, fixed LR"), ("tuned_minus_fixed", "Tuned − fixed, paired")]
     edges = any(factor.endswith(("↑", "↓")) for block in blocks for rows in block.groups for row in rows
                 for factor in row.cells[0].text.split(", "))
     return [Table(TABLE_NUMBER, TITLE, CAPTION, "Method (task, scale)", columns, blocks,

@@ -37,12 +37,12 @@ def to_csv(table: Table) -> str:
     """One line per row; per column the value, its 95% CI half-width and the number of ok seeds."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    first = next(iter(table.rows()), None)
-    if first is None:
-        value_columns = [(key, "") for key, _ in table.columns]
-    else:
-        pairs = zip(table.columns, first.cells, strict=True)
-        value_columns = [(key, suffix) for (key, _), cell in pairs for suffix in cell.csv]
+    # Each column's suffixes over every row, in order of first appearance (a missing cell may have fewer).
+    suffixes: dict[str, dict[str, None]] = {key: {} for key, _ in table.columns}
+    for row in table.rows():
+        for (key, _), cell in zip(table.columns, row.cells, strict=True):
+            suffixes[key].update(dict.fromkeys(cell.csv))
+    value_columns = [(key, suffix) for key, _ in table.columns for suffix in suffixes[key] or {"": None}]
     writer.writerow(
         ["model", "row", "method", "scale", "ablation"] + [csv_column_name(k, s) for k, s in value_columns]
     )
