@@ -99,6 +99,13 @@ class Verdict:
             parts.append(f"{unpaired} {'lacks' if unpaired == 1 else 'lack'} a side or a shared seed")
         return "; ".join(parts)
 
+    def summary(self) -> str:
+        """Where the paper says it, its numbers, what the comparisons have cost and, undecided, what would
+        decide it: the paragraph under the claim's heading in ``claims.md`` and the report page."""
+        text = (f"{self.claim.source}. Paper (FLAN-T5-XL): {self.claim.paper}. The comparisons' runs: "
+                f"{self.spent().removeprefix('spent: ')}.")
+        return text + (f" {self.to_decide().capitalize()}." if self.to_decide() else "")
+
     def spent(self) -> str:
         """"spent: 30 runs, 41.5 min of run time": the budget spent on this claim's comparisons."""
         return f"spent: {self.runs} run{'s' * (self.runs != 1)}, {self.spent_s / 60:.1f} min of run time"
@@ -311,10 +318,7 @@ def format_text(verdicts: list[Verdict]) -> str:
 def write_markdown(coll: Collection, path: Path) -> Path:
     lines = ["# The paper's claims, checked on these results", "", run_notes.provenance(coll.runs), "", METHOD_NOTE, ""]
     for v in check_claims(coll):
-        lines += [f"## {v.claim.statement}: **{v.verdict}**", "",
-                  f"{v.claim.source}. Paper (FLAN-T5-XL): {v.claim.paper}. The comparisons' runs: "
-                  f"{v.spent().removeprefix('spent: ')}." + (f" {v.to_decide().capitalize()}." if v.to_decide() else ""),
-                  ""]
+        lines += [f"## {v.claim.statement}: **{v.verdict}**", "", v.summary(), ""]
         lines += [f"- {x.verdict}: {x.where}: {x.text}" for x in v.comparisons] or ["- no results to compare"]
         lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -327,8 +331,7 @@ def claims_html(coll: Collection) -> str:
     for v in check_claims(coll):
         items = "".join(f"<li>{escape(f'{x.verdict}: {x.where}: {x.text}')}</li>" for x in v.comparisons)
         parts.append(f"<h3>{escape(v.claim.statement)}: {escape(v.verdict)}</h3>"
-                     f'<p class="note">{escape(v.claim.source)}. Paper: {escape(v.claim.paper)}. '
-                     f'The comparisons\' runs: {escape(v.spent().removeprefix("spent: "))}.</p>'
+                     f'<p class="note">{escape(v.summary())}</p>'
                      f"<ul>{items or '<li>no results to compare</li>'}</ul>")
     return "\n".join(parts)
 
