@@ -235,6 +235,16 @@ def test_seeds_on_one_side_only_or_on_other_samples_are_named_and_left_out(tmp_p
     assert "paired t p 0.016, 2 seeds" in text
 
 
+def test_seeds_paired_across_machine_kinds_are_named(tmp_path):
+    runs = _results({_low("lora"): {"score": [0.80, 0.70, 0.90]}, _low("full"): {"score": [0.60, 0.50, 0.71]}})
+    for run in runs:  # lora's seeds 1 and 2 ran on another machine kind, in fp32
+        other = run["config"]["method"] == "lora" and run["seed"] > 0
+        run["hardware"]["instruction_set"] = "avx512" if other else "amx-bf16"
+        run["optimizer"] = {"precision": "no" if other else "bf16"}
+    text = _verdict(tmp_path, {}, "peft-beats-full-low", runs=runs).comparisons[0].text
+    assert "(seed 1, 2 paired across machine kinds or precisions (avx512, fp32 against amx-bf16, bf16))" in text
+
+
 def _with_outcomes(tmp_path: Path, cells: Cells, correct: dict[str, int], metric: str = "accuracy") -> list[dict]:
     """One seed per cell, each run's outcomes: the first ``correct[method]`` of 100 examples answered right."""
     runs = _results(cells, seeds=(0,))

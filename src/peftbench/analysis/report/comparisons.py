@@ -132,7 +132,32 @@ def pair_seeds(a: Cell, b: Cell, quantity: Quantity) -> tuple[list[int], list[tu
             continue
         seeds.append(seed)
         pairs.append((runs_a[seed], runs_b[seed]))
+    mixed = machine_mismatch(pairs)
+    if mixed:
+        notes.append(mixed)
     return seeds, pairs, notes
+
+
+def machine_kind(run: dict) -> str | None:
+    """"amx-bf16, bf16": the matrix instruction set (``hardware.instruction_set``: the CPU's, or the CUDA
+    capability) and the autocast precision the run trained in (``optimizer.precision``; accelerate's "no" is
+    fp32); None when the result lacks either."""
+    hardware, optimizer = run.get("hardware") or {}, run.get("optimizer") or {}
+    where = hardware.get("instruction_set")
+    precision = {"no": "fp32"}.get(optimizer.get("precision"), optimizer.get("precision"))
+    return f"{where}, {precision}" if where and precision else None
+
+
+def machine_mismatch(pairs: list[tuple[dict, dict]]) -> str | None:
+    """A note when paired runs trained on different machine kinds or in different precisions (bf16 rounds
+    differently on each): their difference is not the compared setting's alone."""
+    differing = [(_seed(ra), machine_kind(ra), machine_kind(rb)) for ra, rb in pairs
+                 if machine_kind(ra) and machine_kind(rb) and machine_kind(ra) != machine_kind(rb)]
+    if not differing:
+        return None
+    seeds = ", ".join(str(seed) for seed, _, _ in differing)
+    kinds = "; ".join(sorted({f"{a} against {b}" for _, a, b in differing}))
+    return f"seed {seeds} paired across machine kinds or precisions ({kinds})"
 
 
 def _label(key: CellKey) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 from peftbench.analysis.report import collect as c
 from peftbench.analysis.report import run_notes
 from peftbench.analysis.report.collect import Cell, Collection, Stat
-from peftbench.analysis.report.comparisons import HIGHER, SCORE, compare_cells
+from peftbench.analysis.report.comparisons import HIGHER, SCORE, compare_cells, machine_mismatch
 from peftbench.analysis.report.tables import (
     Table,
     TableBlock,
@@ -28,6 +28,9 @@ from peftbench.analysis.report.tables import (
 )
 from peftbench.catalog.methods import TUNED_LR, base_method, method_label
 
+MACHINE_NOTE = ("§: the tuned and fixed-rate runs of a seed trained on different machine kinds or in different "
+                "precisions (hardware.instruction_set, optimizer.precision), so the difference is not the search's "
+                "alone.")
 EDGE_NOTE = ("↑ / ↓: the chosen factor is the largest / smallest candidate, so the search did not bracket the "
              "lowest validation loss; a wider grid may choose beyond it.")
 TABLE_NUMBER = 9
@@ -74,12 +77,14 @@ def _tuned_minus_fixed(coll: Collection, key: c.CellKey) -> TableCell:
     """The tuned cell's score minus the fixed-rate cell's, paired by seed (the same samples): the mean
     difference, its 95% interval and paired-t p; one seed: the difference alone."""
     fixed = coll.cell(key.model, key.task, key.scale, base_method(key.method), key.ablation)
-    test = compare_cells(coll, "", coll.cells[key], fixed, SCORE, HIGHER).test
+    comparison = compare_cells(coll, "", coll.cells[key], fixed, SCORE, HIGHER)
+    test = comparison.test
     if test is None:
         text, values = ("missing" if not fixed.ok_runs else "no shared seed"), ("", "", "", "")
     else:
         text = (f"{test.estimate:+.4f} (1 seed)" if test.n < 2 else
                 f"{test.estimate:+.4f} [{test.low:+.4f}, {test.high:+.4f}], p {test.p:.3f}")
+        text += " §" if machine_mismatch(comparison.pairs) else ""
         values = tuple(repr(v) for v in (test.estimate, test.low, test.high, test.p))
     return TableCell(text, "ok" if test else "missing", test.estimate if test else None,
                      dict(zip(("", "ci95_low", "ci95_high", "p"), values, strict=True)))
@@ -118,8 +123,9 @@ def lr_table(coll: Collection) -> list[Table]:
                ("score_fixed", "Score, fixed LR"), ("tuned_minus_fixed", "Tuned − fixed, paired")]
     edges = any(factor.endswith(("↑", "↓")) for block in blocks for rows in block.groups for row in rows
                 for factor in row.cells[0].text.split(", "))
-    return [Table(TABLE_NUMBER, TITLE, CAPTION, "Method (task, scale)", columns, blocks,
-                  [*([EDGE_NOTE] if edges else []), run_notes.provenance(coll.runs)])]
+    mixed = any(row.cells[-1].text.endswith(" §") for block in blocks for rows in block.groups for row in rows)
+    notes = [*([EDGE_NOTE] if edges else []), *([MACHINE_NOTE] if mixed else []), run_notes.provenance(coll.runs)]
+    return [Table(TABLE_NUMBER, TITLE, CAPTION, "Method (task, scale)", columns, blocks, notes)]
 
 
 def _curves(cell: Cell) -> dict[float, list[float]]:
