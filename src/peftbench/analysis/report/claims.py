@@ -104,7 +104,8 @@ class Verdict:
         decide it: the paragraph under the claim's heading in ``claims.md`` and the report page."""
         text = (f"{self.claim.source}. Paper (FLAN-T5-XL): {self.claim.paper}. The comparisons' runs: "
                 f"{self.spent().removeprefix('spent: ')}.")
-        return text + (f" {self.to_decide().capitalize()}." if self.to_decide() else "")
+        to_decide = self.to_decide()
+        return text + (f" {to_decide.capitalize()}." if to_decide else "")
 
     def spent(self) -> str:
         """"spent: 30 runs, 41.5 min of run time": the budget spent on this claim's comparisons."""
@@ -305,8 +306,8 @@ def format_text(verdicts: list[Verdict]) -> str:
         lines.append(f"[{v.verdict}] {v.claim.statement} ({v.claim.source}; {v.claim.id})")
         lines.append(f"    paper (FLAN-T5-XL): {v.claim.paper}")
         lines.append(f"    {v.spent()}")
-        if v.to_decide():
-            lines.append(f"    {v.to_decide()}")
+        if to_decide := v.to_decide():
+            lines.append(f"    {to_decide}")
         if not v.comparisons:
             lines.append("    no results to compare")
         lines += [f"    {x.verdict}: {x.where}: {x.text}" for x in v.comparisons]

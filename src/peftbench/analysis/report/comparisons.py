@@ -151,8 +151,8 @@ def machine_kind(run: dict) -> str | None:
 def machine_mismatch(pairs: list[tuple[dict, dict]]) -> str | None:
     """A note when paired runs trained on different machine kinds or in different precisions (bf16 rounds
     differently on each): their difference is not the compared setting's alone."""
-    differing = [(_seed(ra), machine_kind(ra), machine_kind(rb)) for ra, rb in pairs
-                 if machine_kind(ra) and machine_kind(rb) and machine_kind(ra) != machine_kind(rb)]
+    kinds_of_pairs = [(_seed(ra), machine_kind(ra), machine_kind(rb)) for ra, rb in pairs]
+    differing = [(seed, a, b) for seed, a, b in kinds_of_pairs if a and b and a != b]
     if not differing:
         return None
     seeds = ", ".join(str(seed) for seed, _, _ in differing)

@@ -103,7 +103,7 @@ def _row(coll: Collection, key: c.CellKey) -> TableRow:
     seeds = sorted(cell.ok_runs, key=lambda r: r.get("seed", 0))
     factors = ", ".join(_chosen_text(r["lr_search"]) for r in seeds if r.get("lr_search"))
     fixed = coll.cell(key.model, key.task, key.scale, method, key.ablation).stat(c.score)
-    ratio = (TableCell("1", "ok", 1.0, {"": "1", "ci95": "0"}) if method == "full"  # the CSV's columns as others'
+    ratio = (TableCell("1", "ok", 1.0, {"": "1", "ci95": "0"}) if method == "full"  # its own rate: 1, no spread
              else _stat_cell(_ratio_to_full(coll, key), lambda v: f"{v:.3g}"))
     cells = [_text_cell(factors or "missing"), _stat_cell(cell.stat(chosen_peak_lr), lambda v: f"{v:.2e}"), ratio,
              _stat_cell(cell.stat(c.score), lambda v: f"{v:.4f}"), _stat_cell(fixed, lambda v: f"{v:.4f}"),
