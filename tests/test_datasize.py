@@ -48,13 +48,18 @@ def test_a_multi_scale_set_writes_the_curves_and_the_crossover_bracket(tmp_path)
     first = crossover.comparisons[0]  # differences -0.10, -0.11, -0.12: t = 19.05 on 2 df, five sizes
     assert first.mean_difference == pytest.approx(-0.11) and first.p == pytest.approx(0.002744, rel=1e-3)
     assert first.p_holm == pytest.approx(5 * first.p)
+    assert (first.low, first.high) == pytest.approx((-0.1348, -0.0852), abs=1e-4)
+    assert math.isnan(first.seeds_needed)  # decided: nothing more to plan
+    undecided = crossover.comparisons[2]  # 100 examples: differences 0.01, -0.02, 0.005
+    assert undecided.ahead is None and math.isinf(undecided.seeds_needed)
 
     written = build_report(tmp_path / "results", tmp_path / "report")
     names = {p.name for p in written["figures"] + written["tables"]}
     assert {"data_size_flan-t5-xl_ag_news.png", "crossover.md", "crossover.csv", "crossover.tex"} <= names
     table = (tmp_path / "report" / "tables" / "crossover.md").read_text()
     assert "| LoRA vs full (AG News) | 5 | 50 | 200 | between 50 and 200 examples |" in table
-    assert "25: -0.1100 (3, 0.0137*)" in table
+    assert "25: -0.1100 [-0.1348, -0.0852] (3, 0.0137*); 50: -0.0600 [-0.0848, -0.0352] (3, 0.0274*)" in table
+    assert "100: -0.0017 [-0.0416, +0.0383] (3, 0.874; more than 1000 seeds)" in table  # undecided: what decides it
     assert 'id="crossover"' in (tmp_path / "report" / "index.html").read_text()
 
 

@@ -18,7 +18,7 @@ A set with fewer than two numeric sizes for a (model, task) writes neither.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from peftbench.analysis.report import figures as f
 from peftbench.analysis.report import run_notes
 from peftbench.analysis.report import tables as t
 from peftbench.analysis.report.collect import Collection, Stat
+from peftbench.analysis.report.comparisons import seeds_text
 from peftbench.analysis.report.forgetting import forgetting
 
 ALPHA = paired.ALPHA
@@ -51,8 +52,14 @@ class SizeComparison:
     size: int
     pairs: int
     mean_difference: float
+    low: float
+    high: float
+    """The 95% interval of the mean difference (NaN with fewer than two pairs)."""
     p: float | None
     p_holm: float | None
+    seeds_needed: float = math.nan
+    """Undecided: the seeds that give 80% power at the observed difference at the Bonferroni level of the
+    sizes compared (inf: none would, NaN: fewer than two pairs or decided)."""
 
     @property
     def ahead(self) -> str | None:
@@ -161,17 +168,22 @@ def crossovers(coll: Collection) -> list[Crossover]:
 
 def _crossover(coll: Collection, model: str, task: str, cap: int | None, full: dict[int, list[dict]],
                peft: dict[int, list[dict]], method: str) -> Crossover:
-    rows = []
+    tested: list[tuple[int, list[float], paired.Test]] = []
     for size in sorted(set(full) & set(peft)):
         by_seed = {r.get("seed"): c.score(r) for r in full[size]}
         diffs = [s - by_seed[r.get("seed")] for r in peft[size]
                  if (s := c.score(r)) is not None and by_seed.get(r.get("seed")) is not None]
         if diffs:  # the claims' paired t over per-seed differences (sd 0: its exact sign-flip test)
-            test = paired.paired_t(diffs)
-            rows.append((size, len(diffs), test.estimate, test.p))
-    adjusted = paired.holm([p for *_, p in rows])
-    comparisons = [SizeComparison(size, n, mean, _or_none(p), _or_none(q))
-                   for (size, n, mean, p), q in zip(rows, adjusted, strict=True)]
+            tested.append((size, diffs, paired.paired_t(diffs)))
+    adjusted = paired.holm([test.p for *_, test in tested])
+    level = ALPHA / max(len(tested), 1)  # Holm's first step: what every undecided size must reach at the least
+    comparisons = []
+    for (size, diffs, test), p_holm in zip(tested, adjusted, strict=True):
+        comparison = SizeComparison(size, test.n, test.estimate, test.low, test.high, _or_none(test.p),
+                                    _or_none(p_holm))
+        if comparison.ahead is None and len(diffs) >= 2:  # undecided: what would decide it
+            comparison = replace(comparison, seeds_needed=paired.plan(diffs, discrete=False, alpha=level)[1])
+        comparisons.append(comparison)
     return Crossover(model, task, coll.task_info(task).get("type"), method, cap, comparisons)
 
 
@@ -241,7 +253,7 @@ class CrossoverTable(t.Table):
 
 COLUMNS = [("epochs", "Epoch cap"), ("full_ahead_up_to", "Full ahead up to"),
            ("peft_ahead_from", "PEFT ahead from"), ("crossover", "Crossover"),
-           ("per_size", "PEFT − full per size (pairs, Holm p)")]
+           ("per_size", "PEFT − full per size [95% CI] (pairs, Holm p; seeds needed)")]
 
 
 def crossover_table(coll: Collection) -> list[t.Table]:
@@ -258,7 +270,9 @@ def crossover_table(coll: Collection) -> list[t.Table]:
                "per-seed differences (PEFT − full), a paired t test over the seeds both ran, Holm's correction "
                f"over the sizes; decided where the adjusted p is below {ALPHA}. The crossover lies between the "
                "largest size where full tuning is decidedly ahead and the smallest where the PEFT method is.")
-    notes = ["Sizes with fewer than two paired seeds are never decided.", _caps_wording()]
+    notes = ["Sizes with fewer than two paired seeds are never decided. An undecided size gives the seeds at which "
+             "its observed difference would be decided with 80% power at the level of Holm's first step "
+             f"({ALPHA} divided by the number of sizes compared).", _caps_wording()]
     return [CrossoverTable(TABLE_NUMBER, "Crossover: where a PEFT method overtakes full tuning", caption,
                            "PEFT method vs full (task)", COLUMNS, blocks, notes)]
 
@@ -268,10 +282,17 @@ def _caps_wording() -> str:
             "the cap of the named scale that holds it (10 up to 100 examples, 5 up to 1,000).")
 
 
+def _per_size_text(s: SizeComparison) -> str:
+    """One size's cell text: "50: +0.1200 [+0.0400, +0.2000] (3, 0.021*)", and for an undecided size the
+    seeds its observed difference needs, "(3, 0.41; 12 seeds)"."""
+    interval = "" if math.isnan(s.low) else f" [{s.low:+.4f}, {s.high:+.4f}]"
+    p_text = "-" if s.p_holm is None else format(s.p_holm, ".3g")
+    needed = "" if math.isnan(s.seeds_needed) else f"; {seeds_text(s.seeds_needed)} seeds"
+    return f"{s.size}: {s.mean_difference:+.4f}{interval} ({s.pairs}, {p_text}{'*' if s.ahead else ''}{needed})"
+
+
 def _row(x: Crossover) -> t.TableRow:
-    per_size = "; ".join(
-        f"{s.size}: {s.mean_difference:+.4f} ({s.pairs}, "
-        f"{'-' if s.p_holm is None else format(s.p_holm, '.3g')}{'*' if s.ahead else ''})" for s in x.comparisons)
+    per_size = "; ".join(_per_size_text(s) for s in x.comparisons)
     values = {"epochs": str(x.epochs), "full_ahead_up_to": _size_text(x.full_ahead_up_to),
               "peft_ahead_from": _size_text(x.peft_ahead_from), "crossover": x.bracket(), "per_size": per_size}
     cells = [t.TableCell(values[key], "ok", None, {"": values[key]}) for key, _ in COLUMNS]
