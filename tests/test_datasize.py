@@ -63,6 +63,16 @@ def test_a_multi_scale_set_writes_the_curves_and_the_crossover_bracket(tmp_path)
     assert 'id="crossover"' in (tmp_path / "report" / "index.html").read_text()
 
 
+def test_a_size_with_one_seed_is_shown_without_an_interval_and_never_decided(tmp_path):
+    one_seed = [r for r in _multi_scale() if r["seed"] == 0]
+    coll = collect(write_results(tmp_path / "results", one_seed))
+    (crossover,) = datasize.crossovers(coll)
+    assert [s.ahead for s in crossover.comparisons] == [None] * len(SIZES)
+    assert crossover.bracket() == "no size decided"
+    assert all(math.isnan(s.seeds_needed) for s in crossover.comparisons)  # nothing to plan from one seed
+    assert datasize._row(crossover).cells[-1].text.startswith("25: -0.1000 (1, -); 50: -0.0500 (1, -)")
+
+
 def test_sizes_under_different_epoch_caps_are_separate_curves(tmp_path):
     coll = collect(write_results(tmp_path, _multi_scale(epochs_at=lambda size: 10 if size <= 100 else 5)))
     (curve,) = datasize.curves(coll).values()

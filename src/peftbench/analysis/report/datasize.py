@@ -54,7 +54,7 @@ class SizeComparison:
     mean_difference: float
     low: float
     high: float
-    """The 95% interval of the mean difference (NaN with fewer than two pairs)."""
+    """The 95% interval of the mean difference (unbounded with fewer than two pairs)."""
     p: float | None
     p_holm: float | None
     seeds_needed: float = math.nan
@@ -285,7 +285,7 @@ def _caps_wording() -> str:
 def _per_size_text(s: SizeComparison) -> str:
     """One size's cell text: "50: +0.1200 [+0.0400, +0.2000] (3, 0.021*)", and for an undecided size the
     seeds its observed difference needs, "(3, 0.41; 12 seeds)"."""
-    interval = "" if math.isnan(s.low) else f" [{s.low:+.4f}, {s.high:+.4f}]"
+    interval = f" [{s.low:+.4f}, {s.high:+.4f}]" if s.pairs >= 2 else ""  # one pair: no interval over seeds
     p_text = "-" if s.p_holm is None else format(s.p_holm, ".3g")
     needed = "" if math.isnan(s.seeds_needed) else f"; {seeds_text(s.seeds_needed)} seeds"
     return f"{s.size}: {s.mean_difference:+.4f}{interval} ({s.pairs}, {p_text}{'*' if s.ahead else ''}{needed})"
