@@ -42,7 +42,7 @@ def test_the_bundle_holds_result_files_and_no_weights():
     assert max(p.stat().st_size for p in FINDINGS.rglob("*") if p.is_file()) < 2 * 2**20
 
 
-@pytest.mark.parametrize("folder", [FINDINGS, RERUN, MINILM], ids=lambda p: p.name)
+@pytest.mark.parametrize("folder", [FINDINGS, RERUN, DATA_SIZE, MINILM], ids=lambda p: p.name)
 def test_peftbench_report_regenerates_the_committed_report(folder, tmp_path, capsys):
     assert main(["report", str(folder), "--out", str(tmp_path)]) == 0
     committed = {p.relative_to(folder / "report") for p in (folder / "report").rglob("*") if p.is_file()}
