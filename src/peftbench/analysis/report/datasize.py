@@ -176,7 +176,8 @@ def _crossover(coll: Collection, model: str, task: str, cap: int | None, full: d
         if diffs:  # the claims' paired t over per-seed differences (sd 0: its exact sign-flip test)
             tested.append((size, diffs, paired.paired_t(diffs)))
     adjusted = paired.holm([test.p for *_, test in tested])
-    level = ALPHA / max(len(tested), 1)  # Holm's first step: what every undecided size must reach at the least
+    # Holm's first step once every size of the row has seeds enough: the level each undecided size plans for
+    level = ALPHA / max(len(tested), 1)
     comparisons = []
     for (size, diffs, test), p_holm in zip(tested, adjusted, strict=True):
         comparison = SizeComparison(size, test.n, test.estimate, test.low, test.high, _or_none(test.p),
@@ -272,7 +273,7 @@ def crossover_table(coll: Collection) -> list[t.Table]:
                "largest size where full tuning is decidedly ahead and the smallest where the PEFT method is.")
     notes = ["Sizes with fewer than two paired seeds are never decided. An undecided size gives the seeds at which "
              "its observed difference would be decided with 80% power at the level of Holm's first step "
-             f"({ALPHA} divided by the number of sizes compared).", _caps_wording()]
+             f"({ALPHA} divided by the number of sizes in the row).", _caps_wording()]
     return [CrossoverTable(TABLE_NUMBER, "Crossover: where a PEFT method overtakes full tuning", caption,
                            "PEFT method vs full (task)", COLUMNS, blocks, notes)]
 
