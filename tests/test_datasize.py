@@ -73,6 +73,17 @@ def test_a_size_with_one_seed_is_shown_without_an_interval_and_never_decided(tmp
     assert datasize._row(crossover).cells[-1].text.startswith("25: -0.1000 (1, -); 50: -0.0500 (1, -)")
 
 
+def test_a_size_interval_stays_within_the_range_of_an_accuracy_difference(tmp_path):
+    runs = []
+    for seed, lora in enumerate((0.95, 0.05, 0.90)):  # LoRA − full: +0.90, 0.00, +0.85: t's interval passes +1
+        runs += [_run("full", size, seed, 0.05 if size == 100 else 0.5) for size in (50, 100)]
+        runs += [_run("lora", size, seed, lora if size == 100 else 0.5) for size in (50, 100)]
+    (crossover,) = datasize.crossovers(collect(write_results(tmp_path / "results", runs)))
+    at_100 = crossover.comparisons[1]
+    assert at_100.mean_difference == pytest.approx(0.5833, abs=1e-4)
+    assert at_100.low == pytest.approx(-0.6731, abs=1e-4) and at_100.high == 1.0  # clipped as the claims clip
+
+
 def test_sizes_under_different_epoch_caps_are_separate_curves(tmp_path):
     coll = collect(write_results(tmp_path, _multi_scale(epochs_at=lambda size: 10 if size <= 100 else 5)))
     (curve,) = datasize.curves(coll).values()

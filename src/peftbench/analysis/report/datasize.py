@@ -30,7 +30,7 @@ from peftbench.analysis.report import figures as f
 from peftbench.analysis.report import run_notes
 from peftbench.analysis.report import tables as t
 from peftbench.analysis.report.collect import Collection, Stat
-from peftbench.analysis.report.comparisons import seeds_text
+from peftbench.analysis.report.comparisons import headline_bounds, seeds_text
 from peftbench.analysis.report.forgetting import forgetting
 
 ALPHA = paired.ALPHA
@@ -173,8 +173,10 @@ def _crossover(coll: Collection, model: str, task: str, cap: int | None, full: d
         by_seed = {r.get("seed"): c.score(r) for r in full[size]}
         diffs = [s - by_seed[r.get("seed")] for r in peft[size]
                  if (s := c.score(r)) is not None and by_seed.get(r.get("seed")) is not None]
-        if diffs:  # the claims' paired t over per-seed differences (sd 0: its exact sign-flip test)
-            tested.append((size, diffs, paired.paired_t(diffs)))
+        if diffs:  # the claims' paired t over per-seed differences (sd 0: its exact sign-flip test), and
+            # as in the claims, the interval stays within the range a difference of the metric can take
+            bounds = paired.difference_bounds(headline_bounds(full[size][0]))
+            tested.append((size, diffs, paired.paired_t(diffs, bounds)))
     adjusted = paired.holm([test.p for *_, test in tested])
     # Holm's first step once every size of the row has seeds enough: the level each undecided size plans for
     level = ALPHA / max(len(tested), 1)
