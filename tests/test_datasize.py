@@ -90,8 +90,8 @@ def test_sizes_under_different_epoch_caps_are_separate_curves(tmp_path):
     assert {cap: sorted(methods["lora"]) for cap, methods in curve.items()} == {10: [25, 50, 100], 5: [200, 400]}
     crossovers = datasize.crossovers(coll)
     assert [(x.epochs, x.bracket()) for x in crossovers] == [
-        (10, "full tuning ahead up to 50 examples; lora ahead at no size measured"),
-        (5, "lora ahead from 200 examples; full tuning ahead at no size measured")]
+        (10, "full tuning ahead at 25 and 50 examples; LoRA ahead at no size measured"),
+        (5, "LoRA ahead at 200 and 400 examples; full tuning ahead at no size measured")]
     assert "Epoch caps differ (10 epochs max at 25, 50, 100 examples; 5 epochs max at 200, 400" in \
         datasize._cap_note(curve)
 

@@ -91,17 +91,22 @@ class Crossover:
         return min(sizes) if sizes else None
 
     def bracket(self) -> str:
-        """The crossover in words: between the two sizes, or which side no size decided."""
-        full, peft, name = self.full_ahead_up_to, self.peft_ahead_from, self.method
+        """The crossover in words: between the two sizes, or the sizes one side leads at when the other leads at none."""
+        full, peft, name = self.full_ahead_up_to, self.peft_ahead_from, f.method_label(self.method)
         if full is None and peft is None:
             return "no size decided"
         if peft is None:
-            return f"full tuning ahead up to {full} examples; {name} ahead at no size measured"
+            return f"full tuning ahead at {self._decided('full')} examples; {name} ahead at no size measured"
         if full is None:
-            return f"{name} ahead from {peft} examples; full tuning ahead at no size measured"
+            return f"{name} ahead at {self._decided('peft')} examples; full tuning ahead at no size measured"
         if full < peft:
             return f"between {full} and {peft} examples"
         return f"not ordered: full tuning ahead at {full}, {name} at {peft} examples"
+
+    def _decided(self, side: str) -> str:
+        """The sizes ``side`` ("full" or "peft") is decidedly ahead at, in words: "200", "200 and 400"."""
+        sizes = [str(s.size) for s in self.comparisons if s.ahead == side]
+        return sizes[0] if len(sizes) == 1 else f"{', '.join(sizes[:-1])} and {sizes[-1]}"
 
     def ahead_at(self, examples: int) -> str | None:
         """Who the crossover puts ahead at ``examples``: "full", the PEFT method, or None (in the bracket)."""
@@ -254,8 +259,8 @@ class CrossoverTable(t.Table):
         return "crossover"
 
 
-COLUMNS = [("epochs", "Epoch cap"), ("full_ahead_up_to", "Full ahead up to"),
-           ("peft_ahead_from", "PEFT ahead from"), ("crossover", "Crossover"),
+COLUMNS = [("epochs", "Epoch cap"), ("full_ahead_up_to", "Largest size full leads"),
+           ("peft_ahead_from", "Smallest size PEFT leads"), ("crossover", "Crossover"),
            ("per_size", "PEFT − full per size [95% CI] (pairs, Holm p; seeds needed)")]
 
 
