@@ -27,10 +27,11 @@ def _run(method: str, size: int, seed: int, score: float, epochs: int = 5, forge
     return result
 
 
-def _multi_scale(epochs_at=lambda size: 5) -> list[dict]:
+def _multi_scale(epochs_at=lambda size: 5, sign: float = 1.0) -> list[dict]:
+    """The set of DIFFERENCES; ``sign=-1`` flips them: LoRA ahead at the small sizes, as the paper expects."""
     runs = []
     for size in SIZES:
-        for seed, difference in enumerate(DIFFERENCES[size]):
+        for seed, difference in enumerate(sign * d for d in DIFFERENCES[size]):
             full = 0.5 + 0.1 * math.log10(size) + 0.01 * seed
             runs.append(_run("full", size, seed, full, epochs_at(size), forgetting=0.20 + 0.01 * seed))
             runs.append(_run("lora", size, seed, full + difference, epochs_at(size), forgetting=0.05))
@@ -42,8 +43,8 @@ def test_a_multi_scale_set_writes_the_curves_and_the_crossover_bracket(tmp_path)
     (crossover,) = datasize.crossovers(coll)
     assert (crossover.method, crossover.epochs, crossover.task_type) == ("lora", 5, "classification")
     assert [s.ahead for s in crossover.comparisons] == ["full", "full", None, "peft", "peft"]
-    assert (crossover.full_ahead_up_to, crossover.peft_ahead_from) == (50, 200)
-    assert crossover.bracket() == "between 50 and 200 examples"
+    assert (crossover.leads_at("full"), crossover.leads_at("peft")) == ([25, 50], [200, 400])
+    assert crossover.bracket() == "LoRA overtakes full tuning between 50 and 200 examples"
     assert [crossover.ahead_at(n) for n in (10, 50, 100, 200, 1000)] == ["full", "full", None, "lora", "lora"]
     first = crossover.comparisons[0]  # differences -0.10, -0.11, -0.12: t = 19.05 on 2 df, five sizes
     assert first.mean_difference == pytest.approx(-0.11) and first.p == pytest.approx(0.002744, rel=1e-3)
@@ -57,10 +58,18 @@ def test_a_multi_scale_set_writes_the_curves_and_the_crossover_bracket(tmp_path)
     names = {p.name for p in written["figures"] + written["tables"]}
     assert {"data_size_flan-t5-xl_ag_news.png", "crossover.md", "crossover.csv", "crossover.tex"} <= names
     table = (tmp_path / "report" / "tables" / "crossover.md").read_text()
-    assert "| LoRA vs full (AG News) | 5 | 50 | 200 | between 50 and 200 examples |" in table
+    assert "| LoRA vs full (AG News) | 5 | 25, 50 | 200, 400 | LoRA overtakes full tuning between 50 and 200 examples |" in table
     assert "25: -0.1100 [-0.1348, -0.0852] (3, 0.0137*); 50: -0.0600 [-0.0848, -0.0352] (3, 0.0274*)" in table
     assert "100: -0.0017 [-0.0416, +0.0383] (3, 0.874; more than 1000 seeds)" in table  # undecided: what decides it
     assert 'id="crossover"' in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_the_papers_order_peft_ahead_at_small_sizes_is_a_crossover_too(tmp_path):
+    (crossover,) = datasize.crossovers(collect(write_results(tmp_path, _multi_scale(sign=-1.0))))
+    assert (crossover.leads_at("peft"), crossover.leads_at("full")) == ([25, 50], [200, 400])
+    assert crossover.ordered() == ("peft", 50, "full", 200)
+    assert crossover.bracket() == "full tuning overtakes LoRA between 50 and 200 examples"
+    assert [crossover.ahead_at(n) for n in (10, 50, 100, 200, 1000)] == ["lora", "lora", None, "full", "full"]
 
 
 def test_a_size_with_one_seed_is_shown_without_an_interval_and_never_decided(tmp_path):
@@ -92,6 +101,8 @@ def test_sizes_under_different_epoch_caps_are_separate_curves(tmp_path):
     assert [(x.epochs, x.bracket()) for x in crossovers] == [
         (10, "full tuning ahead at 25 and 50 examples; LoRA ahead at no size measured"),
         (5, "LoRA ahead at 200 and 400 examples; full tuning ahead at no size measured")]
+    # One side leading: ahead only between the sizes it leads at, no extrapolation.
+    assert [crossovers[0].ahead_at(n) for n in (25, 40, 50, 100)] == ["full", "full", "full", None]
     assert "Epoch caps differ (10 epochs max at 25, 50, 100 examples; 5 epochs max at 200, 400" in \
         datasize._cap_note(curve)
 

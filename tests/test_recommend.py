@@ -209,13 +209,13 @@ def test_results_over_several_sizes_use_the_measured_crossover(tmp_path, example
     threshold = measured[0].evidence["threshold"]
     assert threshold["source"] == "measured crossover"
     assert threshold["crossovers"] == [{"model": "flan-t5-xl", "task": "ag_news", "method": "lora", "epochs": 5,
-                                        "full_ahead_up_to": 50, "peft_ahead_from": 200}]
+                                        "full_leads_at": [25, 50], "peft_leads_at": [200, 400]}]
     assert threshold["ahead"] == first and verdict in threshold["text"]
     if first is not None:
         assert _ranked(measured)[0] == first and "First by the measured crossover" in measured[0].reason
     text = format_recommendations(measured)
     assert ("Data-size threshold: the measured crossover (flan-t5-xl on ag_news, full tuning vs lora (5 epochs "
-            "max): between 50 and 200 examples)") in " ".join(text.split())
+            "max): LoRA overtakes full tuning between 50 and 200 examples)") in " ".join(text.split())
     assert "Used instead of the paper's fixed data-size thresholds" in " ".join(text.split())
 
 

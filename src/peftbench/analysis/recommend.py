@@ -335,7 +335,7 @@ def measured_threshold(coll: c.Collection, task_type: str, examples: int) -> dic
     verdict = (f"at {examples} examples {method_label(ahead)} is ahead" if ahead
                else f"at {examples} examples no method is decidedly ahead")
     records = [{"model": x.model, "task": x.task, "method": x.method, "epochs": x.epochs,
-                "full_ahead_up_to": x.full_ahead_up_to, "peft_ahead_from": x.peft_ahead_from} for x in found]
+                "full_leads_at": x.leads_at("full"), "peft_leads_at": x.leads_at("peft")} for x in found]
     return {"source": "measured crossover", "ahead": ahead, "crossovers": records,
             "text": f"the measured crossover ({named}); {verdict}. Used instead of {PAPER_THRESHOLDS}."}
 

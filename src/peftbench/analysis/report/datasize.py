@@ -1,4 +1,4 @@
-"""Data-size curves and crossovers: where a PEFT method overtakes full tuning as training data grows.
+"""Data-size curves and crossovers: where full tuning and a PEFT method change places as training data grows.
 
 A result set over several numeric scales (``scales=[25, 50, 100, 200, 400]``) gives, per (model, task):
 
@@ -6,7 +6,7 @@ A result set over several numeric scales (``scales=[25, 50, 100, 200, 400]``) gi
   forgetting against training examples per method, log axis, 95% CI error bars over seeds;
 - Table 11 (``tables/crossover.*``): for each PEFT method against full tuning, the paired comparison of their
   scores at every size (per-seed differences, paired t, Holm's correction over the sizes) and the crossover
-  as a bracket: the largest size where full tuning is decidedly ahead, the smallest where the PEFT method is.
+  as a bracket between the sizes where each side is decidedly ahead, in whichever order the data put them.
 
 A numeric scale takes the epoch cap of the named scale that holds it (10 up to 100 examples, 5 up to 1,000)
 unless ``train.max_epochs`` sets one: a jump where the crossover may sit. A curve therefore joins only the
@@ -80,43 +80,59 @@ class Crossover:
     epochs: int | None
     comparisons: list[SizeComparison] = field(default_factory=list)
 
-    @property
-    def full_ahead_up_to(self) -> int | None:
-        sizes = [s.size for s in self.comparisons if s.ahead == "full"]
-        return max(sizes) if sizes else None
+    def leads_at(self, side: str) -> list[int]:
+        """The sizes ``side`` ("full" or "peft") is decidedly ahead at, smallest first."""
+        return [s.size for s in self.comparisons if s.ahead == side]
 
-    @property
-    def peft_ahead_from(self) -> int | None:
-        sizes = [s.size for s in self.comparisons if s.ahead == "peft"]
-        return min(sizes) if sizes else None
+    def ordered(self) -> tuple[str, int, str, int] | None:
+        """(the side ahead at the smaller sizes, the largest size it leads at, the side ahead at the larger
+        sizes, the smallest size that one leads at) when both sides lead somewhere and every size one leads
+        at lies below every size the other leads at; None otherwise. Either order can come out: the paper's
+        framework expects PEFT ahead at small sizes and full tuning at large ones."""
+        full, peft = self.leads_at("full"), self.leads_at("peft")
+        if full and peft and max(full) < min(peft):
+            return "full", max(full), "peft", min(peft)
+        if full and peft and max(peft) < min(full):
+            return "peft", max(peft), "full", min(full)
+        return None
 
     def bracket(self) -> str:
-        """The crossover in words: between the two sizes, or the sizes one side leads at when the other leads at none."""
-        full, peft, name = self.full_ahead_up_to, self.peft_ahead_from, f.method_label(self.method)
-        if full is None and peft is None:
+        """The crossover in words: which side overtakes the other between which two sizes, or the sizes one
+        side leads at when the other leads at none."""
+        full, peft = self.leads_at("full"), self.leads_at("peft")
+        names = {"full": "full tuning", "peft": f.method_label(self.method)}
+        if not full and not peft:
             return "no size decided"
-        if peft is None:
-            return f"full tuning ahead at {self._decided('full')} examples; {name} ahead at no size measured"
-        if full is None:
-            return f"{name} ahead at {self._decided('peft')} examples; full tuning ahead at no size measured"
-        if full < peft:
-            return f"between {full} and {peft} examples"
-        return f"not ordered: full tuning ahead at {full}, {name} at {peft} examples"
-
-    def _decided(self, side: str) -> str:
-        """The sizes ``side`` ("full" or "peft") is decidedly ahead at, in words: "200", "200 and 400"."""
-        sizes = [str(s.size) for s in self.comparisons if s.ahead == side]
-        return sizes[0] if len(sizes) == 1 else f"{', '.join(sizes[:-1])} and {sizes[-1]}"
+        if not peft:
+            return f"full tuning ahead at {_sizes_words(full)} examples; {names['peft']} ahead at no size measured"
+        if not full:
+            return f"{names['peft']} ahead at {_sizes_words(peft)} examples; full tuning ahead at no size measured"
+        if order := self.ordered():
+            below, low, above, high = order
+            return f"{names[above]} overtakes {names[below]} between {low} and {high} examples"
+        return (f"not ordered: full tuning ahead at {_sizes_words(full)}, {names['peft']} at {_sizes_words(peft)} "
+                "examples")
 
     def ahead_at(self, examples: int) -> str | None:
-        """Who the crossover puts ahead at ``examples``: "full", the PEFT method, or None (in the bracket)."""
-        if self.full_ahead_up_to is not None and examples <= self.full_ahead_up_to and (
-                self.peft_ahead_from is None or self.full_ahead_up_to < self.peft_ahead_from):
-            return "full"
-        if self.peft_ahead_from is not None and examples >= self.peft_ahead_from and (
-                self.full_ahead_up_to is None or self.full_ahead_up_to < self.peft_ahead_from):
-            return self.method
-        return None
+        """Who the crossover puts ahead at ``examples``: "full", the PEFT method, or None. With both sides
+        ordered, each side is ahead from its bracket end outwards; with one side leading, only from the
+        smallest to the largest size it leads at (one crossover assumed; no extrapolation)."""
+        side = None
+        if order := self.ordered():
+            below, low, above, high = order
+            side = below if examples <= low else above if examples >= high else None
+        elif not (self.leads_at("full") and self.leads_at("peft")):
+            for candidate in ("full", "peft"):
+                sizes = self.leads_at(candidate)
+                if sizes and sizes[0] <= examples <= sizes[-1]:
+                    side = candidate
+        return self.method if side == "peft" else side
+
+
+def _sizes_words(sizes: list[int]) -> str:
+    """[200] → "200"; [100, 200, 400] → "100, 200 and 400"."""
+    words = [str(size) for size in sizes]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
 
 def _trained(coll: Collection, model: str, task: str) -> dict[tuple[str, int], list[dict[str, Any]]]:
@@ -259,8 +275,8 @@ class CrossoverTable(t.Table):
         return "crossover"
 
 
-COLUMNS = [("epochs", "Epoch cap"), ("full_ahead_up_to", "Largest size full leads"),
-           ("peft_ahead_from", "Smallest size PEFT leads"), ("crossover", "Crossover"),
+COLUMNS = [("epochs", "Epoch cap"), ("full_leads_at", "Sizes full leads at"),
+           ("peft_leads_at", "Sizes PEFT leads at"), ("crossover", "Crossover"),
            ("per_size", "PEFT − full per size [95% CI] (pairs, Holm p; seeds needed)")]
 
 
@@ -276,12 +292,13 @@ def crossover_table(coll: Collection) -> list[t.Table]:
         blocks.append(t.TableBlock(model, groups))
     caption = ("Each PEFT method's test score against full tuning's at every training-set size: the mean of the "
                "per-seed differences (PEFT − full), a paired t test over the seeds both ran, Holm's correction "
-               f"over the sizes; decided where the adjusted p is below {ALPHA}. The crossover lies between the "
-               "largest size where full tuning is decidedly ahead and the smallest where the PEFT method is.")
+               f"over the sizes; decided where the adjusted p is below {ALPHA}. The crossover lies between the sizes "
+               "where each side is decidedly ahead, in whichever order the data put them (the paper's framework "
+               "expects PEFT ahead at small sizes and full tuning at large ones).")
     notes = ["Sizes with fewer than two paired seeds are never decided. An undecided size gives the seeds at which "
              "its observed difference would be decided with 80% power at the level of Holm's first step "
              f"({ALPHA} divided by the number of sizes in the row).", _caps_wording()]
-    return [CrossoverTable(TABLE_NUMBER, "Crossover: where a PEFT method overtakes full tuning", caption,
+    return [CrossoverTable(TABLE_NUMBER, "Crossover: where full tuning and a PEFT method change places", caption,
                            "PEFT method vs full (task)", COLUMNS, blocks, notes)]
 
 
@@ -301,11 +318,11 @@ def _per_size_text(s: SizeComparison) -> str:
 
 def _row(x: Crossover) -> t.TableRow:
     per_size = "; ".join(_per_size_text(s) for s in x.comparisons)
-    values = {"epochs": str(x.epochs), "full_ahead_up_to": _size_text(x.full_ahead_up_to),
-              "peft_ahead_from": _size_text(x.peft_ahead_from), "crossover": x.bracket(), "per_size": per_size}
+    values = {"epochs": str(x.epochs), "full_leads_at": _sizes_cell(x.leads_at("full")),
+              "peft_leads_at": _sizes_cell(x.leads_at("peft")), "crossover": x.bracket(), "per_size": per_size}
     cells = [t.TableCell(values[key], "ok", None, {"": values[key]}) for key, _ in COLUMNS]
     return t.TableRow(f"{f.method_label(x.method)} vs full ({t.task_label(x.task)})", x.method, "numeric", "", cells)
 
 
-def _size_text(size: int | None) -> str:
-    return "-" if size is None else str(size)
+def _sizes_cell(sizes: list[int]) -> str:
+    return ", ".join(map(str, sizes)) or "-"
