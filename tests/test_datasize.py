@@ -27,11 +27,11 @@ def _run(method: str, size: int, seed: int, score: float, epochs: int = 5, forge
     return result
 
 
-def _multi_scale(epochs_at=lambda size: 5, sign: float = 1.0) -> list[dict]:
+def _multi_scale(epochs_at=lambda size: 5, sign: float = 1.0, differences=DIFFERENCES) -> list[dict]:
     """The set of DIFFERENCES; ``sign=-1`` flips them: LoRA ahead at the small sizes, as the paper expects."""
     runs = []
     for size in SIZES:
-        for seed, difference in enumerate(sign * d for d in DIFFERENCES[size]):
+        for seed, difference in enumerate(sign * d for d in differences[size]):
             full = 0.5 + 0.1 * math.log10(size) + 0.01 * seed
             runs.append(_run("full", size, seed, full, epochs_at(size), forgetting=0.20 + 0.01 * seed))
             runs.append(_run("lora", size, seed, full + difference, epochs_at(size), forgetting=0.05))
@@ -70,6 +70,15 @@ def test_the_papers_order_peft_ahead_at_small_sizes_is_a_crossover_too(tmp_path)
     assert crossover.ordered() == ("peft", 50, "full", 200)
     assert crossover.bracket() == "full tuning overtakes LoRA between 50 and 200 examples"
     assert [crossover.ahead_at(n) for n in (10, 50, 100, 200, 1000)] == ["lora", "lora", None, "full", "full"]
+
+
+def test_leads_that_interleave_are_not_ordered_and_put_no_side_ahead(tmp_path):
+    interleaved = {**DIFFERENCES, 25: (0.10, 0.11, 0.12)}  # LoRA ahead at 25, 200 and 400; full tuning at 50
+    (crossover,) = datasize.crossovers(collect(write_results(tmp_path, _multi_scale(differences=interleaved))))
+    assert (crossover.leads_at("full"), crossover.leads_at("peft")) == ([50], [25, 200, 400])
+    assert crossover.ordered() is None
+    assert crossover.bracket() == "not ordered: full tuning ahead at 50, LoRA at 25, 200 and 400 examples"
+    assert {crossover.ahead_at(n) for n in (25, 50, 400)} == {None}
 
 
 def test_a_size_with_one_seed_is_shown_without_an_interval_and_never_decided(tmp_path):
