@@ -117,15 +117,14 @@ class Crossover:
         """Who the crossover puts ahead at ``examples``: "full", the PEFT method, or None. With both sides
         ordered, each side is ahead from its bracket end outwards; with one side leading, only from the
         smallest to the largest size it leads at (one crossover assumed; no extrapolation)."""
+        full, peft = self.leads_at("full"), self.leads_at("peft")
         side = None
         if order := self.ordered():
             below, low, above, high = order
             side = below if examples <= low else above if examples >= high else None
-        elif not (self.leads_at("full") and self.leads_at("peft")):
-            for candidate in ("full", "peft"):
-                sizes = self.leads_at(candidate)
-                if sizes and sizes[0] <= examples <= sizes[-1]:
-                    side = candidate
+        elif bool(full) != bool(peft):  # one side leads somewhere, the other nowhere
+            side, sizes = ("full", full) if full else ("peft", peft)
+            side = side if sizes[0] <= examples <= sizes[-1] else None
         return self.method if side == "peft" else side
 
 
