@@ -37,7 +37,7 @@ from transformers import (
 
 from peftbench.catalog.models import load_model
 from peftbench.catalog.tasks import get_task
-from peftbench.catalog.tasks.data import load_task_data, scale_cap_and_epochs
+from peftbench.catalog.tasks.data import load_task_data
 from peftbench.recipe.batching import IGNORE, truncate_middle
 from peftbench.recipe.evaluate import score
 from peftbench.recipe.protocol import paper_lr_lambda, resolved_lr
@@ -93,7 +93,7 @@ def attach_method(model, family: str, method: str):
 
 def build_trainer(run, model, tokenizer, family, train_set, validation_set, output_dir, timer):
     cfg = run.train
-    max_epochs = cfg.max_epochs or scale_cap_and_epochs(run.scale)[1]
+    max_epochs = run.epoch_cap()
     steps = math.ceil(math.ceil(len(train_set) / cfg.batch_size) / cfg.grad_accum) * max_epochs
     warmup = max(1, round(cfg.warmup_fraction * steps)) if cfg.warmup_fraction > 0 else 0
     lr = resolved_lr(cfg, run.method)

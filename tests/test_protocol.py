@@ -10,6 +10,7 @@ from torch import nn, optim
 from peftbench.catalog.methods import ADAPTER_LR, FULL_LR, PROMPT_LR, LRSchedule
 from peftbench.catalog.tasks import get_task
 from peftbench.catalog.tasks.data import Example, scale_cap_and_epochs
+from peftbench.config import RunConfig, TrainConfig
 from peftbench.recipe.evaluate import exact_match, rouge_l, score
 from peftbench.recipe.protocol import EarlyStopping, paper_lr_lambda
 
@@ -74,6 +75,10 @@ def test_scales_follow_the_paper():
     assert scale_cap_and_epochs(48) == (48, 10)
     assert scale_cap_and_epochs(500) == (500, 5)
     assert scale_cap_and_epochs(50000) == (50000, 1)
+    run = RunConfig(model="t5-tiny-random", method="lora", task="synthetic_classification", scale="medium")
+    assert run.epoch_cap() == 5  # the scale's cap, unless train.max_epochs sets one
+    assert RunConfig(model="t5-tiny-random", method="lora", task="synthetic_classification", scale=48,
+                     train=TrainConfig(max_epochs=3)).epoch_cap() == 3
 
 
 def test_exact_match_trims_whitespace_and_a_trailing_period_only():

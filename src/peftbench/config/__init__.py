@@ -81,6 +81,12 @@ class RunConfig:
                                     train=dataclasses.replace(self.train, lr_scale=factor, run_test=False))
                 for factor in self.lr_search or ()]
 
+    def epoch_cap(self) -> int:
+        """The most epochs the run trains: ``train.max_epochs``, else its scale's cap (``constants.SCALES``)."""
+        from peftbench.catalog.tasks.data import scale_cap_and_epochs
+
+        return self.train.max_epochs or scale_cap_and_epochs(self.scale)[1]
+
     def run_id(self) -> str:
         """A readable, stable id: the cell's coordinates plus a hash of what the run computes (``identity``)."""
         digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:10]

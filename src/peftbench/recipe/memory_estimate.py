@@ -35,7 +35,7 @@ from peftbench.catalog.ablations import resolve_selection
 from peftbench.catalog.methods import apply_method
 from peftbench.catalog.models import auto_class, family_of, load_config, load_tokenizer
 from peftbench.catalog.tasks import get_task
-from peftbench.catalog.tasks.data import load_task_data, scale_cap_and_epochs
+from peftbench.catalog.tasks.data import load_task_data
 from peftbench.config import RunConfig
 from peftbench.recipe import memory
 from peftbench.recipe.batching import (
@@ -105,7 +105,7 @@ def predict_run(run: RunConfig, runtime_bytes: int | None = None) -> Prediction:
     family = family_of(config)
     tokenizer = load_tokenizer(run.model, run.trust_remote_code, run.model_revision)
     data = load_task_data(task, run.data_dir, run.scale, run.seed, cfg.eval_examples)
-    max_epochs = cfg.max_epochs or scale_cap_and_epochs(run.scale)[1]
+    max_epochs = run.epoch_cap()
     layers, modules = resolve_selection(run.ablation, run.layers, run.modules)
     total_layers = layer_count(config)
     measured, widest = [], None

@@ -29,7 +29,7 @@ from peftbench.catalog.ablations import resolve_selection
 from peftbench.catalog.methods import apply_method, get_method
 from peftbench.catalog.models import LoadedModel, load_model
 from peftbench.catalog.tasks import TaskSpec, get_task
-from peftbench.catalog.tasks.data import TaskData, load_task_data, scale_cap_and_epochs
+from peftbench.catalog.tasks.data import TaskData, load_task_data
 from peftbench.config import RunConfig, TrainConfig
 from peftbench.outcomes import write_outcomes
 from peftbench.recipe import (
@@ -105,7 +105,7 @@ def prepare_cell(run: RunConfig, device_map: str | None = None) -> PreparedCell:
     # and a run must not depend on whether an earlier run in the same process loaded the model already.
     seed_everything(run.seed)
     layers, modules = resolve_selection(run.ablation, run.layers, run.modules)
-    max_epochs = cfg.max_epochs or scale_cap_and_epochs(run.scale)[1]
+    max_epochs = run.epoch_cap()
     base_total = sum(p.numel() for p in {id(p): p for p in loaded.model.parameters()}.values())
     applied = apply_method(loaded.model, loaded.family, run.method, run.method_options,
                            layers=layers, modules=modules, seed=run.seed,

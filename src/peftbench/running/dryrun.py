@@ -8,10 +8,11 @@ gives the time at the run's epoch cap (the same runs' seconds outside training, 
 seconds per epoch times the cap): a learning-rate candidate at a tenth of the rate can train to the cap
 where the fixed-rate runs stopped after two epochs. Where the earlier runs include some on this kind of
 machine (``hardware.instruction_set``: AMX-BF16 trains in bf16 where AVX-512 alone trains in fp32), the
-estimate uses only those; where none ran here, the line names the machines they ran on. Each run's line is followed by its predicted memory peak and breakdown
-(``recipe/memory_estimate.py``: from the model's config, the method, the data's widest pass and the
-settings, on shallow copies of the model with random weights). Nothing is trained or written, and no
-model's weights are read.
+estimate uses only those; where none ran here, the line names the machines they ran on.
+
+Each run's line is followed by its predicted memory peak and breakdown (``recipe/memory_estimate.py``:
+from the model's config, the method, the data's widest pass and the settings, on shallow copies of the
+model with random weights). Nothing is trained or written, and no model's weights are read.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class Estimator:
         for found, basis in ((self.by_cell.get(cell), "same cell"), (self.by_method.get(cell[:2]), "same method")):
             if found:
                 found = [t for t in found if t.machine == self.machine] or found  # this machine's, where any
-                return Estimate(statistics.fmean(t.seconds for t in found), _at_cap(found, _epoch_cap(run)),
+                return Estimate(statistics.fmean(t.seconds for t in found), _at_cap(found, run.epoch_cap()),
                                 f"{basis}, {len(found)} run(s){self._elsewhere(found)}")
         return None
 
@@ -105,12 +106,6 @@ class Estimator:
         other = sorted({t.machine for t in timings if t.machine and self.machine and t.machine != self.machine})
         count = sum(t.machine in other for t in timings)
         return f"; {count} ran on {' and '.join(other)}, this machine is {self.machine}" if other else ""
-
-
-def _epoch_cap(run: RunConfig) -> int:
-    from peftbench.catalog.tasks.data import scale_cap_and_epochs
-
-    return run.train.max_epochs or scale_cap_and_epochs(run.scale)[1]
 
 
 def _at_cap(timings: list[_Timing], cap: int) -> float | None:
