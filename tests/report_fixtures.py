@@ -36,9 +36,11 @@ def make_result(
     val_losses: tuple[float, ...] = (1.0, 0.8, 0.7, 0.75),
     method_options: dict[str, Any] | None = None,
     sample_hash: str | None = None,
+    breakdown: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """One result dict in the schema of ``peftbench.running.results`` (version 1); ``sample_hash``:
-    ``data.sample_hash`` (default: one per task, scale and seed, as every method of a cell shares it)."""
+    ``data.sample_hash`` (default: one per task, scale and seed, as every method of a cell shares it);
+    ``breakdown``: ``memory.breakdown`` (schema version 2's), absent by default."""
     # fmt: off
     task_type, metric = TASKS.get(task, ("classification", "accuracy"))
     options = "_".join(f"{k}{v}" for k, v in sorted((method_options or {}).items())) or None
@@ -65,6 +67,8 @@ def make_result(
         "memory": {"peak_bytes": peak_bytes, "kind": "process_peak_rss"},
         "adapter": {"path": None, "bytes": 0},
     }
+    if breakdown is not None:
+        result["memory"]["breakdown"] = breakdown
     if status != "ok":
         result["error"] = {"type": "RuntimeError", "message": "test failure"}
         result["metrics"] = {}

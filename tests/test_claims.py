@@ -102,7 +102,16 @@ def _low(method, task="cola", ablation=None, scale="low"):
 
 
 GiB = 2**30
+MiB = 2**20
 SIX = (0, 1, 2, 3, 4, 5)
+
+
+def _breakdowns(trainable_mib: int, activations_mib: list[int], overhead_mib: list[int]) -> list[dict[str, int]]:
+    """``memory.breakdown`` per seed: 500 MiB of weights, gradients and AdamW state (8 bytes a trainable
+    parameter's 4) for ``trainable_mib`` of trainable parameters, and each seed's activations and overhead."""
+    return [{"runtime": 400 * MiB, "weights": 500 * MiB, "gradients": trainable_mib * MiB,
+             "optimizer_state": 2 * trainable_mib * MiB, "activations": a * MiB, "overhead": o * MiB}
+            for a, o in zip(activations_mib, overhead_mib, strict=True)]
 CLAIM_CASES = {  # claim id → (cells where it holds, cells where it does not, seeds)
     "full-converges-first": (  # the best epoch is tested by sign-flip: six seeds of one sign give p = 2/64
         {_low("full"): {"best_epoch": [2, 2, 3, 2, 3, 2]}, _low("lora"): {"best_epoch": [6, 7, 7, 6, 8, 7]}},
@@ -147,6 +156,17 @@ CLAIM_CASES = {  # claim id → (cells where it holds, cells where it does not, 
          _low("bitfit"): {"peak_bytes": [4 * GiB, int(4.1 * GiB), int(3.92 * GiB)]},
          _low("full"): {"peak_bytes": [2 * GiB, int(2.11 * GiB), int(1.9 * GiB)]},
          _low("lora"): {"peak_bytes": [int(2.01 * GiB), int(2.1 * GiB), int(1.91 * GiB)]}},
+        (0, 1, 2),
+    ),
+    "ia3-bitfit-least-method-memory": (  # the overhead varies by more than the methods differ: never compared
+        {_low("ia3"): {"breakdown": _breakdowns(1, [600, 700, 650], [900, 300, 1500])},
+         _low("bitfit"): {"breakdown": _breakdowns(1, [580, 690, 640], [300, 1400, 800])},
+         _low("full"): {"breakdown": _breakdowns(500, [800, 920, 840], [1000, 900, 600])},
+         _low("lora"): {"breakdown": _breakdowns(3, [640, 745, 690], [700, 200, 1100])}},
+        {_low("ia3"): {"breakdown": _breakdowns(1, [600, 700, 650], [900, 300, 1500])},
+         _low("bitfit"): {"breakdown": _breakdowns(1, [580, 690, 640], [300, 1400, 800])},
+         _low("full"): {"breakdown": _breakdowns(500, [800, 920, 840], [1000, 900, 600])},
+         _low("lora"): {"breakdown": _breakdowns(3, [540, 640, 592], [700, 200, 1100])}},
         (0, 1, 2),
     ),
     "prompt-scores-lowest": (
@@ -323,7 +343,27 @@ def test_claims_command_prints_a_verdict_for_every_claim_from_several_directorie
     assert ("holds: smollm2-135m-q4, e2e_nlg, low: lora score 0.4120 ± 0.0269 (3 seeds) > full score 0.4100 ± 0.0248 "
             "(3 seeds); difference +0.0020 [-0.0046, +0.0086], non-inferiority (paired t, margin 0.01) p 0.008, 3 seeds"
             ) in out
-    assert out.count("[inconclusive]") == 7 and "1 holds, 0 does not hold, 7 inconclusive of 8 claims." in out
+    assert out.count("[inconclusive]") == 8 and "1 holds, 0 does not hold, 8 inconclusive of 9 claims." in out
+
+
+def test_the_method_memory_is_the_breakdown_less_runtime_and_overhead_and_names_runs_without_one(tmp_path):
+    cells = {_low("ia3"): {"breakdown": _breakdowns(1, [600, 700, 650], [900, 300, 1500])},
+             _low("lora"): {"breakdown": _breakdowns(3, [640, 745, 690], [700, 200, 1100])}}
+    runs = _results(cells)
+    for run in runs:  # the process peak holds every part
+        run["memory"]["peak_bytes"] = sum(run["memory"]["breakdown"].values())
+    from peftbench.analysis.report.memory import method_bytes
+
+    assert method_bytes(runs[0]) == (500 + 1 + 2 + 600) * MiB  # weights + gradients + AdamW + activations
+    by_peak = _verdict(tmp_path / "peak", {}, "ia3-bitfit-least-memory", runs=runs)
+    assert by_peak.verdict == INCONCLUSIVE  # ia3 − lora: +100, +100, +350 MiB of peak, overhead and all
+    own = _verdict(tmp_path / "own", {}, "ia3-bitfit-least-method-memory", runs=runs)
+    assert own.verdict == HOLDS and own.comparisons[0].text.startswith(
+        "ia3 method's MiB 1153 ± 124 (3 seeds) < lora method's MiB 1201 ± 130 (3 seeds); difference -48 [-55, -40]")
+    del runs[3]["memory"]["breakdown"]  # lora, seed 0: a result from before the breakdown
+    older = _verdict(tmp_path / "older", {}, "ia3-bitfit-least-method-memory", runs=runs)
+    assert "seed 0 only in ia3" in older.comparisons[0].text
+    assert "1 run of lora without method_bytes" in older.comparisons[0].text
 
 
 def test_a_verdict_counts_the_runs_behind_its_comparisons_once_and_the_time_they_took(tmp_path):

@@ -16,6 +16,7 @@ from peftbench.analysis.paired import ALPHA, Bounds, Test
 from peftbench.analysis.report import collect as c
 from peftbench.analysis.report.collect import Cell, CellKey, Collection, Quantity, Stat
 from peftbench.analysis.report.examples import example_view, headline
+from peftbench.analysis.report.memory import method_bytes
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 LOWER, HIGHER, AT_LEAST = "lower", "higher", "at least"
@@ -83,6 +84,9 @@ class Measure:
 SCORE = Measure("score", c.score)
 BEST_EPOCH = Measure("best epoch", c.best_epoch, 2, discrete=True)
 PEAK_MEMORY = Measure("peak MiB", c.peak_bytes, 0, 2**-20)
+METHOD_MEMORY = Measure("method's MiB", method_bytes, 0, 2**-20)
+"""Weights, gradients, optimiser state and saved activations (``memory.breakdown``): the peak less the
+runtime and the allocator's overhead."""
 
 
 def headline_bounds(run: dict[str, Any]) -> Bounds:
@@ -115,12 +119,17 @@ def _seed(run: dict[str, Any]) -> int:
 
 def pair_seeds(a: Cell, b: Cell, quantity: Quantity) -> tuple[list[int], list[tuple[dict, dict]], list[str]]:
     """The seeds both cells ran (ok, with the quantity) on the same samples, their (a run, b run) pairs,
-    and a note for each seed left out: on one side only, or on samples that differ (``data.sample_hash``)."""
+    and a note for each seed left out: on one side only, without the quantity (a result from before it was
+    recorded), or on samples that differ (``data.sample_hash``)."""
     def by_seed(cell: Cell) -> dict[int, dict]:
         return {_seed(r): r for r in cell.ok_runs if quantity(r) is not None}
 
     runs_a, runs_b = by_seed(a), by_seed(b)
     seeds, pairs, notes = [], [], []
+    for cell, kept in ((a, runs_a), (b, runs_b)):
+        if lacking := len(cell.ok_runs) - len(kept):
+            name = getattr(quantity, "__name__", "the quantity")
+            notes.append(f"{lacking} run{'s' * (lacking != 1)} of {_label(cell.key)} without {name}")
     for side, only in ((a, sorted(set(runs_a) - set(runs_b))), (b, sorted(set(runs_b) - set(runs_a)))):
         if only:
             notes.append(f"seed {', '.join(map(str, only))} only in {_label(side.key)}")

@@ -46,6 +46,19 @@ def part_bytes(part: str) -> Quantity:
     return quantity
 
 
+METHOD_PARTS = ("weights", "gradients", "optimizer_state", "activations")
+"""The parts a method's training needs whatever runs it: without the runtime (the process before the model
+loads) and the overhead (what the allocator keeps of freed memory, and transients)."""
+
+
+def method_bytes(r: dict[str, Any]) -> float | None:
+    """Σ ``memory.breakdown`` over ``METHOD_PARTS``: the memory of the method itself (None where a part is not
+    recorded). Unlike the process peak, it holds no freed memory that the allocator keeps, which varies from
+    seed to seed by more than the methods differ (bench/RESULTS.md, "Memory: what a run's peak holds")."""
+    parts = [part_bytes(part)(r) for part in METHOD_PARTS]
+    return None if any(value is None for value in parts) else float(sum(parts))
+
+
 def predicted_peak(r: dict[str, Any]) -> float | None:
     """``memory.predicted.peak_bytes``: what the dry run predicts for the run (None: not recorded)."""
     predicted = (r.get("memory") or {}).get("predicted")
