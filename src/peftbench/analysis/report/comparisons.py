@@ -84,6 +84,7 @@ class Measure:
 SCORE = Measure("score", c.score)
 BEST_EPOCH = Measure("best epoch", c.best_epoch, 2, discrete=True)
 PEAK_MEMORY = Measure("peak MiB", c.peak_bytes, 0, 2**-20)
+TIME_TO_BEST = Measure("min to the best epoch", c.train_to_best_seconds, 1, 1 / 60)
 METHOD_MEMORY = Measure("method's MiB", method_bytes, 0, 2**-20)
 """Weights, gradients, optimiser state and saved activations (``memory.breakdown``): the peak less the
 runtime and the allocator's overhead."""
@@ -281,3 +282,22 @@ def combine(verdicts: list[str]) -> str:
     if FAILS in verdicts:
         return FAILS
     return HOLDS if verdicts and all(v == HOLDS for v in verdicts) else INCONCLUSIVE
+
+
+def order_between(coll: Collection, first: list[Cell], other: list[Cell], measure: Measure,
+                  expect: str) -> tuple[str, bool]:
+    """Whether the measurements decide that ``first`` beats ``other``: their cells of the same model and task
+    compared pair by pair (by seed), Holm-corrected over the tasks. Returns "ahead on cola (difference ...);
+    undecided on ag_news (difference ...)" and whether ``first`` is decided ahead on every shared task."""
+    by_panel = {(cell.key.model, cell.key.task): cell for cell in other}
+    found = [compare_cells(coll, cell.key.task, cell, by_panel[(cell.key.model, cell.key.task)], measure, expect)
+             for cell in first if (cell.key.model, cell.key.task) in by_panel]
+    decide(found)
+    words = {HOLDS: "ahead", FAILS: "behind", INCONCLUSIVE: "undecided"}
+    tests = sum(1 for x in found if x.test is not None)
+    parts = []
+    for x in found:
+        notes = pair_seeds(coll.cells[x.cells[0]], coll.cells[x.cells[1]], measure.value)[2] if x.test else []
+        detail = "; ".join([describe(x, tests), *notes]) if x.test else x.text  # the seeds left out, machines
+        parts.append(f"{words[x.verdict]} on {x.where} ({detail})")
+    return "; ".join(parts) or "no task measured by both", bool(found) and all(x.verdict == HOLDS for x in found)
