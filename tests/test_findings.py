@@ -138,3 +138,18 @@ def test_the_minilm_findings_decide_what_docs_findings_says_they_decide(folder, 
     if folder == MINILM:  # and, with every side's learning rate searched (lr_search=[0.1,0.3,1,3]), this one
         assert ("bitfit+lr_search score 0.2690 ± 0.0366 (3 seeds) < full+lr_search score 0.8480 ± 0.0437 (3 seeds); "
                 "difference -0.5790 [-0.6588, -0.4992], paired t p 0.001 (Holm 0.002)") in out
+
+
+def test_the_smollm2_findings_decide_the_method_memory_claim_as_docs_findings_says(capsys):
+    assert main(["claims", str(RERUN)]) == 0
+    out = capsys.readouterr().out
+    assert re.findall(r"^\[does not hold\] (.*?) \(§", out, flags=re.MULTILINE) == [METHOD_MEMORY_CLAIM]
+    assert "[holds]" not in out
+    # docs/findings.md, "Verdicts", quotes these:
+    for decided in ("cola, low: ia3 method's MiB 1214 ± 51 (3 seeds) > lora method's MiB 1173 ± 46 (3 seeds); "
+                    "difference +41 [+36, +47], paired t p 0.001 (Holm 0.006)",
+                    "ag_news, low: ia3 method's MiB 2138 ± 207 (3 seeds) > lora method's MiB 2003 ± 186 (3 seeds); "
+                    "difference +135 [+115, +156], paired t p 0.001 (Holm 0.007)",
+                    "cola, low: bitfit method's MiB 1091 ± 37 (3 seeds) < lora method's MiB 1173 ± 46 (3 seeds); "
+                    "difference -82 [-91, -73], paired t p 0.001 (Holm 0.005)"):
+        assert decided in out
