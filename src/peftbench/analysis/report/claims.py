@@ -67,6 +67,11 @@ class Claim:
     paper: str
     """The paper's own numbers for it (FLAN-T5-XL)."""
     compare: Callable[[Collection], list[Comparison]]
+    needs: str
+    """The runs its comparisons need, for a folder that has none of them."""
+
+    def nothing_to_compare(self) -> str:
+        return f"no results to compare: needs {self.needs}"
 
 
 @dataclass
@@ -262,31 +267,40 @@ def _later_beats_early(coll: Collection) -> list[Comparison]:
 CLAIMS = (
     Claim("full-converges-first", "Full tuning reaches its best epoch in fewer epochs than every PEFT method "
           "at low scale", "§3.2, Figure 1, Table 4",
-          "full tuning Ep. 2-4; (IA)3, LoRA, BitFit Ep. 5-9; prompt tuning Ep. 3-9 (low)", _full_converges_first),
+          "full tuning Ep. 2-4; (IA)3, LoRA, BitFit Ep. 5-9; prompt tuning Ep. 3-9 (low)", _full_converges_first,
+          needs="full tuning and a PEFT method at low scale"),
     Claim("peft-time-ratio-falls", "PEFT's run time relative to full tuning's falls from low to medium scale",
-          "§3.2, Figure 1, Table 4", "e.g. LoRA/full on AG News 2.52 (low) → 1.85 (medium)", _time_ratio_falls),
+          "§3.2, Figure 1, Table 4", "e.g. LoRA/full on AG News 2.52 (low) → 1.85 (medium)", _time_ratio_falls,
+          needs="full tuning and a PEFT method at low and at medium scale (scales=[low,medium])"),
     Claim("peft-beats-full-low", "PEFT (LoRA and BitFit) scores above full tuning at low scale",
           "§3.2, Table 1", "low: LoRA 0.8612, BitFit 0.8808 vs full 0.8588 (AG News); LoRA 0.7644, BitFit 0.7203 "
-          "vs 0.699 (CoLA); all four tasks", _peft_beats_full_low),
+          "vs 0.699 (CoLA); all four tasks", _peft_beats_full_low,
+          needs="full tuning, LoRA and BitFit at low scale"),
     Claim("peft-beats-full-low-tuned-lr", "PEFT (LoRA and BitFit) scores above full tuning at low scale, each "
           "at its searched learning rate (lr_search)", "§3.2, Table 1; §A.3's rates searched",
           "no search: one fixed learning-rate triple per method family (§A.3), tuned for FLAN-T5-XL",
-          _peft_beats_full_low_tuned_lr),
+          _peft_beats_full_low_tuned_lr,
+          needs="full tuning, LoRA and BitFit at low scale with lr_search=[0.1,0.3,1,3]"),
     Claim("lora-matches-full-low-generation", "At low scale on generation tasks LoRA scores at least as well as "
           "full tuning", "§3.2, Table 1", "E2E NLG 0.4826 vs 0.4646, SAMSum 0.4120 vs 0.3876",
-          _lora_at_least_full),
+          _lora_at_least_full,
+          needs="full tuning and LoRA on a generation task (e2e_nlg, samsum) at low scale"),
     Claim("ia3-bitfit-least-memory", "(IA)3 and BitFit use the least training memory (memory.peak_bytes)",
           "§3.2, Table 5", "BitFit and (IA)3 best for memory at low scale, (IA)3 at medium/high",
-          _ia3_bitfit_least_memory),
+          _ia3_bitfit_least_memory,
+          needs="(IA)3 or BitFit beside another method"),
     Claim("ia3-bitfit-least-method-memory", "(IA)3 and BitFit need the least memory of their own: weights, "
           "gradients, optimiser state and the activations saved for backward (memory.breakdown, without the "
           "runtime and the allocator's overhead)", "§3.2, Table 5",
-          "BitFit and (IA)3 best for memory at low scale, (IA)3 at medium/high", _ia3_bitfit_least_method_memory),
+          "BitFit and (IA)3 best for memory at low scale, (IA)3 at medium/high", _ia3_bitfit_least_method_memory,
+          needs="(IA)3 or BitFit beside another method, in results that record memory.breakdown"),
     Claim("prompt-scores-lowest", "Prompt tuning scores lowest of the methods", "§3.2, Table 1, §A.5",
-          "e.g. E2E NLG low 0.0258 against 0.2951-0.4883", _prompt_lowest),
+          "e.g. E2E NLG low 0.0258 against 0.2951-0.4883", _prompt_lowest,
+          needs="prompt tuning beside another method"),
     Claim("later-layers-cost-less", "Adapting the later layers costs less score than adapting the early "
           "layers", "§3.3, Table 2", "(IA)3 AG News 0.9212 (later) vs 0.60 (early); LoRA CoLA 0.8218 vs 0.7031",
-          _later_beats_early),
+          _later_beats_early,
+          needs="a method with ablations=[early_layers,later_layers]"),
 )
 
 
@@ -318,7 +332,7 @@ def format_text(verdicts: list[Verdict]) -> str:
         if to_decide := v.to_decide():
             lines.append(f"    {to_decide}")
         if not v.comparisons:
-            lines.append("    no results to compare")
+            lines.append(f"    {v.claim.nothing_to_compare()}")
         lines += [f"    {x.verdict}: {x.where}: {x.text}" for x in v.comparisons]
     counts = {name: sum(v.verdict == name for v in verdicts) for name in (HOLDS, FAILS, INCONCLUSIVE)}
     lines.append(", ".join(f"{n} {name}" for name, n in counts.items()) + f" of {len(verdicts)} claims.")
@@ -329,7 +343,7 @@ def write_markdown(coll: Collection, path: Path) -> Path:
     lines = ["# The paper's claims, checked on these results", "", run_notes.provenance(coll.runs), "", METHOD_NOTE, ""]
     for v in check_claims(coll):
         lines += [f"## {v.claim.statement}: **{v.verdict}**", "", v.summary(), ""]
-        lines += [f"- {x.verdict}: {x.where}: {x.text}" for x in v.comparisons] or ["- no results to compare"]
+        lines += [f"- {x.verdict}: {x.where}: {x.text}" for x in v.comparisons] or [f"- {v.claim.nothing_to_compare()}"]
         lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -342,7 +356,7 @@ def claims_html(coll: Collection) -> str:
         items = "".join(f"<li>{escape(f'{x.verdict}: {x.where}: {x.text}')}</li>" for x in v.comparisons)
         parts.append(f"<h3>{escape(v.claim.statement)}: {escape(v.verdict)}</h3>"
                      f'<p class="note">{escape(v.summary())}</p>'
-                     f"<ul>{items or '<li>no results to compare</li>'}</ul>")
+                     f"<ul>{items or f'<li>{escape(v.claim.nothing_to_compare())}</li>'}</ul>")
     return "\n".join(parts)
 
 
