@@ -372,3 +372,27 @@ def test_a_verdict_counts_the_runs_behind_its_comparisons_once_and_the_time_they
     verdict = _verdict(tmp_path, cells, "peft-beats-full-low")
     assert (verdict.runs, verdict.spent_s) == (9, pytest.approx(9 * 660.0))  # time.total_s: 1.1 × 600 a run
     assert verdict.spent() == "spent: 9 runs, 99.0 min of run time"
+
+
+def test_claims_json_gives_each_comparison_its_cells_difference_interval_and_p_values(tmp_path, capsys):
+    import json
+
+    holding, _, seeds = CLAIM_CASES["ia3-bitfit-least-method-memory"]
+    results = write_results(tmp_path / "r", _results(holding, seeds))
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers())
+    args = parser.parse_args(["claims", str(results), "--json"])
+    assert args.func(args) == 0
+    verdicts = {v["id"]: v for v in json.loads(capsys.readouterr().out)}
+    memory = verdicts["ia3-bitfit-least-method-memory"]
+    assert memory["verdict"] == HOLDS and memory["runs"] == 12 and memory["needs"] is None
+    first = memory["comparisons"][0]
+    assert first["where"] == f"{MODEL}, cola, low" and first["measure"] == "method's MiB"
+    assert [c["method"] for c in first["cells"]] == ["ia3", "full"] and first["seeds"] == [0, 1, 2]
+    assert first["test"] == "paired t" and first["n"] == 3 and first["unit"] == "seeds"
+    assert first["difference"]["estimate"] == pytest.approx(-1700 - 1 / 3)  # MiB: ia3 1,153 vs full 2,853.3
+    assert first["difference"]["low"] < first["difference"]["estimate"] < first["difference"]["high"] < 0
+    assert first["p"] < first["p_holm"] < 0.05 and first["seeds_needed"] is None
+    later = verdicts["later-layers-cost-less"]
+    assert later["verdict"] == INCONCLUSIVE and later["comparisons"] == []
+    assert later["needs"] == "a method with ablations=[early_layers,later_layers]"

@@ -250,7 +250,8 @@ def _ratio_comparison(coll: Collection, model: str, task: str, method: str, wher
     shown = {s: Stat.of([math.exp(v) for v in logs[s]]) for s in logs}
     sides = (f"{method} time / full's (time.{field_name}): medium {fmt(shown['medium'], 3)} vs low "
              f"{fmt(shown['low'], 3)}" + (f" ({'; '.join(notes)})" if notes else ""))
-    return Comparison(where, sides, INCONCLUSIVE, test, LOWER, tuple(x.key for x in cells), sides=sides)
+    return Comparison(where, sides, INCONCLUSIVE, test, LOWER, tuple(x.key for x in cells), sides=sides,
+                      measure="log time ratio to full tuning's, medium − low")
 
 
 def _later_beats_early(coll: Collection) -> list[Comparison]:
@@ -337,6 +338,31 @@ def format_text(verdicts: list[Verdict]) -> str:
     counts = {name: sum(v.verdict == name for v in verdicts) for name in (HOLDS, FAILS, INCONCLUSIVE)}
     lines.append(", ".join(f"{n} {name}" for name, n in counts.items()) + f" of {len(verdicts)} claims.")
     return "\n".join(lines)
+
+
+def verdicts_json(verdicts: list[Verdict]) -> list[dict[str, Any]]:
+    """The verdicts as plain data (``peftbench claims --json``): per claim its id, statement, verdict, runs and
+    minutes spent, and each comparison's side cells, paired difference a − b with its 95% interval, test,
+    p-values, seeds and, undecided, the seeds its observed difference needs (null: none to plan from)."""
+    def number(value: float | None) -> float | None:
+        return None if value is None or not math.isfinite(value) else value
+
+    def comparison(x: Comparison) -> dict[str, Any]:
+        t = x.test
+        return {"where": x.where, "verdict": x.verdict, "measure": x.measure or None, "expect": x.expect,
+                "cells": [{"method": key.method, "ablation": key.ablation} for key in x.cells],
+                "difference": None if t is None else {"estimate": number(t.estimate * x.scale),
+                                                      "low": number(t.low * x.scale),
+                                                      "high": number(t.high * x.scale)},
+                "test": None if t is None else t.name, "n": None if t is None else t.n,
+                "unit": None if t is None else t.unit, "p": None if t is None else number(t.p),
+                "p_holm": number(x.p_adjusted), "seeds": x.seeds, "seeds_needed": number(x.seeds_needed),
+                "text": x.text}
+
+    return [{"id": v.claim.id, "statement": v.claim.statement, "source": v.claim.source, "verdict": v.verdict,
+             "runs": v.runs, "minutes": round(v.spent_s / 60, 1), "to_decide": v.to_decide() or None,
+             "needs": None if v.comparisons else v.claim.needs,
+             "comparisons": [comparison(x) for x in v.comparisons]} for v in verdicts]
 
 
 def write_markdown(coll: Collection, path: Path) -> Path:

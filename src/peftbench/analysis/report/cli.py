@@ -6,6 +6,7 @@ Bad input raises ``peftbench.errors.UserError``; the main CLI prints it as one l
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 
@@ -32,6 +33,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "directories are read as one set), with the numbers on both sides of every comparison.",
     )
     claims.add_argument("results_dirs", type=Path, nargs="+", metavar="RESULTS_DIR")
+    claims.add_argument("--json", action="store_true",
+                        help="print the verdicts as JSON: each claim with every comparison's cells, paired "
+                        "difference, interval, p-values and the seeds it would need")
     claims.set_defaults(func=run_claims)
 
     recommend = subparsers.add_parser(
@@ -74,9 +78,10 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_claims(args: argparse.Namespace) -> int:
-    from peftbench.analysis.report.claims import check_claims, collect_many, format_text
+    from peftbench.analysis.report.claims import check_claims, collect_many, format_text, verdicts_json
 
-    print(format_text(check_claims(collect_many(args.results_dirs))))
+    verdicts = check_claims(collect_many(args.results_dirs))
+    print(json.dumps(verdicts_json(verdicts), indent=1, allow_nan=False, ensure_ascii=False) if args.json else format_text(verdicts))
     return 0
 
 

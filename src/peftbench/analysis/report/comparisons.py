@@ -48,6 +48,8 @@ class Comparison:
     digits: int = 4
     scale: float = 1.0
     """How the difference is shown: ``digits`` after the point, in the measure's unit × ``scale``."""
+    measure: str = ""
+    """What is compared, in the unit the difference is shown in: "score", "peak MiB", "best epoch"."""
     pairs: list[tuple[dict, dict]] = field(default_factory=list, repr=False)
     """The (a run, b run) of each paired seed, in seed order: the runs ``diffs`` come from."""
     seeds_needed: float = math.nan
@@ -214,7 +216,7 @@ def compare_cells(coll: Collection, where: str, a: Cell, b: Cell, measure: Measu
     view = (example_view(coll, pairs) or "") if measure is SCORE else ""
     return Comparison(where, sides, INCONCLUSIVE, test, expect, (a.key, b.key), diffs, seeds, measure.discrete,
                       p_below, margin, sides=sides, view=view, digits=measure.digits, scale=measure.scale,
-                      pairs=pairs)
+                      measure=measure.what, pairs=pairs)
 
 
 # ---- deciding a claim's comparisons ---------------------------------------------------------------------
