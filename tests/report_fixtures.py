@@ -37,10 +37,12 @@ def make_result(
     method_options: dict[str, Any] | None = None,
     sample_hash: str | None = None,
     breakdown: dict[str, int] | None = None,
+    forgetting: float | None = None,
 ) -> dict[str, Any]:
     """One result dict in the schema of ``peftbench.running.results`` (version 1); ``sample_hash``:
     ``data.sample_hash`` (default: one per task, scale and seed, as every method of a cell shares it);
-    ``breakdown``: ``memory.breakdown`` (schema version 2's), absent by default."""
+    ``breakdown``: ``memory.breakdown`` (schema version 2's), absent by default; ``forgetting``:
+    ``metrics.forgetting`` (nats per token), absent by default."""
     # fmt: off
     task_type, metric = TASKS.get(task, ("classification", "accuracy"))
     options = "_".join(f"{k}{v}" for k, v in sorted((method_options or {}).items())) or None
@@ -69,6 +71,8 @@ def make_result(
     }
     if breakdown is not None:
         result["memory"]["breakdown"] = breakdown
+    if forgetting is not None:
+        result["metrics"]["forgetting"] = forgetting
     if status != "ok":
         result["error"] = {"type": "RuntimeError", "message": "test failure"}
         result["metrics"] = {}

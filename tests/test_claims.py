@@ -169,6 +169,13 @@ CLAIM_CASES = {  # claim id → (cells where it holds, cells where it does not, 
          _low("lora"): {"breakdown": _breakdowns(3, [540, 640, 592], [700, 200, 1100])}},
         (0, 1, 2),
     ),
+    "peft-forgets-less": (
+        {_low("full"): {"forgetting": [0.90, 1.20, 0.70]}, _low("lora"): {"forgetting": [0.30, 0.45, 0.20]},
+         _low("ia3"): {"forgetting": [0.10, 0.22, 0.05]}, _low("bitfit"): {"forgetting": [0.40, 0.62, 0.31]}},
+        {_low("full"): {"forgetting": [0.01, 0.03, 0.02]}, _low("lora"): {"forgetting": [0.31, 0.34, 0.32]},
+         _low("ia3"): {"forgetting": [0.10, 0.22, 0.05]}, _low("bitfit"): {"forgetting": [0.40, 0.62, 0.31]}},
+        (0, 1, 2),
+    ),
     "prompt-scores-lowest": (
         {_low("prompt"): {"score": [0.10, 0.20, 0.15]}, _low("lora"): {"score": [0.50, 0.61, 0.55]},
          _low("full"): {"score": [0.60, 0.70, 0.66]}, _low("majority"): {"score": [0.05] * 3}},  # not a side
@@ -343,7 +350,7 @@ def test_claims_command_prints_a_verdict_for_every_claim_from_several_directorie
     assert ("holds: smollm2-135m-q4, e2e_nlg, low: lora score 0.4120 ± 0.0269 (3 seeds) > full score 0.4100 ± 0.0248 "
             "(3 seeds); difference +0.0020 [-0.0046, +0.0086], non-inferiority (paired t, margin 0.01) p 0.008, 3 seeds"
             ) in out
-    assert out.count("[inconclusive]") == 8 and "1 holds, 0 does not hold, 8 inconclusive of 9 claims." in out
+    assert out.count("[inconclusive]") == 9 and "1 holds, 0 does not hold, 9 inconclusive of 10 claims." in out
 
 
 def test_the_method_memory_is_the_breakdown_less_runtime_and_overhead_and_names_runs_without_one(tmp_path):

@@ -32,6 +32,7 @@ from peftbench.analysis.report.comparisons import (  # noqa: F401 - re-exported:
     AT_LEAST,
     BEST_EPOCH,
     FAILS,
+    FORGETTING,
     HIGHER,
     HOLDS,
     INCONCLUSIVE,
@@ -204,6 +205,10 @@ def _ia3_bitfit_least_method_memory(coll: Collection) -> list[Comparison]:
     return _against_others(coll, (), ("ia3", "bitfit"), METHOD_MEMORY, LOWER, lambda m: m not in ("ia3", "bitfit"))
 
 
+def _peft_forgets_less(coll: Collection) -> list[Comparison]:
+    return _against_others(coll, (), ("lora", "ia3", "bitfit"), FORGETTING, LOWER, lambda m: m == "full")
+
+
 def _prompt_lowest(coll: Collection) -> list[Comparison]:
     return _against_others(coll, (), ("prompt",), SCORE, LOWER, lambda m: True)
 
@@ -298,6 +303,10 @@ CLAIMS = (
     Claim("prompt-scores-lowest", "Prompt tuning scores lowest of the methods", "§3.2, Table 1, §A.5",
           "e.g. E2E NLG low 0.0258 against 0.2951-0.4883", _prompt_lowest,
           needs="prompt tuning beside another method"),
+    Claim("peft-forgets-less", "LoRA, (IA)3 and BitFit forget less general text than full tuning "
+          "(metrics.forgetting, on WikiText-2)", "not in the paper; Biderman et al. (2024), \"LoRA Learns Less "
+          "and Forgets Less\"", "not measured", _peft_forgets_less,
+          needs="full tuning beside LoRA, (IA)3 or BitFit, with forgetting measured (the default)"),
     Claim("later-layers-cost-less", "Adapting the later layers costs less score than adapting the early "
           "layers", "§3.3, Table 2", "(IA)3 AG News 0.9212 (later) vs 0.60 (early); LoRA CoLA 0.8218 vs 0.7031",
           _later_beats_early,

@@ -138,6 +138,11 @@ def peak_bytes(r: dict[str, Any]) -> float | None:
     return _number(_dig(r, "memory", "peak_bytes"))
 
 
+def forgetting(r: dict[str, Any]) -> float | None:
+    """``metrics.forgetting``: nats per token of general text lost to tuning (None where not recorded)."""
+    return _number(_dig(r, "metrics", "forgetting"))
+
+
 def score_per_100k_params(r: dict[str, Any]) -> float | None:
     """Table 5: score / trainable parameters × 100,000."""
     s, p = score(r), trainable_params(r)

@@ -86,6 +86,7 @@ class Measure:
 SCORE = Measure("score", c.score)
 BEST_EPOCH = Measure("best epoch", c.best_epoch, 2, discrete=True)
 PEAK_MEMORY = Measure("peak MiB", c.peak_bytes, 0, 2**-20)
+FORGETTING = Measure("forgetting (nats/token)", c.forgetting, 3)
 TIME_TO_BEST = Measure("min to the best epoch", c.train_to_best_seconds, 1, 1 / 60)
 METHOD_MEMORY = Measure("method's MiB", method_bytes, 0, 2**-20)
 """Weights, gradients, optimiser state and saved activations (``memory.breakdown``): the peak less the

@@ -31,7 +31,6 @@ from peftbench.analysis.report import run_notes
 from peftbench.analysis.report import tables as t
 from peftbench.analysis.report.collect import Collection, Stat
 from peftbench.analysis.report.comparisons import headline_bounds, seeds_text
-from peftbench.analysis.report.forgetting import forgetting
 
 ALPHA = paired.ALPHA
 """Family-wise error rate of one method pair's comparisons over the sizes (Holm)."""
@@ -39,7 +38,7 @@ TABLE_NUMBER = 11
 
 
 PANELS = (("score", c.score, 1.0), ("time to convergence (s, time.train_to_best_s)", c.train_to_best_seconds, 1.0),
-          ("peak memory (GiB)", c.peak_bytes, 1 / 2**30), ("forgetting (nats per token)", forgetting, 1.0))
+          ("peak memory (GiB)", c.peak_bytes, 1 / 2**30), ("forgetting (nats per token)", c.forgetting, 1.0))
 
 
 # ---- curves and crossovers ------------------------------------------------------------------------------

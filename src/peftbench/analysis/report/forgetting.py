@@ -18,7 +18,7 @@ from peftbench.analysis.report import collect as c
 from peftbench.analysis.report import figures as f
 from peftbench.analysis.report import run_notes
 from peftbench.analysis.report import tables as t
-from peftbench.analysis.report.collect import Collection
+from peftbench.analysis.report.collect import Collection, forgetting
 
 TABLE_NUMBER = 10
 TITLE = "Forgetting: change in general-text loss (nats per token)"
@@ -28,11 +28,6 @@ CAPTION = ("The tuned model's mean cross-entropy on a fixed WikiText-2 sample mi
 FOOTER = ("x: forgetting, the tuned model's general-text (WikiText-2) loss minus the method's at initialisation, "
           "nats per token (lower is better); y: test score. Ringed points joined by the black step line: Pareto "
           "front (no other method scores higher while forgetting less). Error bars: 95% CI over seeds.")
-
-
-def forgetting(r: dict[str, Any]) -> float | None:
-    """``metrics.forgetting``: nats per token of general text lost to tuning (None where not recorded)."""
-    return c._number(c._dig(r, "metrics", "forgetting"))
 
 
 def base_loss(r: dict[str, Any]) -> float | None:
