@@ -113,8 +113,8 @@ def _paper_evidence(task_type: str, constraint: str, scale: str, method: str) ->
     sentence = f"{PAPER_PARAMS[method]:,} trainable parameters (§A.4); score per 100k parameters: {text}."
     if method == "ia3":
         sentence += (" (IA)3 rescales activations element-wise with the fewest parameters; the paper finds it the "
-                     "least memory (§3.2), but each learned vector keeps its input for the backward pass, which "
-                     "measured runs count as activations (claim ia3-bitfit-least-method-memory).")
+                     "least memory (§3.2), but each learned vector keeps the tensor it scales for the backward pass, "
+                     "which measured runs count as activations (claim ia3-bitfit-least-method-memory).")
     per_task = dict(zip(names, per_100k, strict=True))
     return sentence, {"table": "Table 5", "trainable": PAPER_PARAMS[method], "per_100k": per_task}
 
