@@ -30,10 +30,10 @@ pytestmark = pytest.mark.integration
 MODELS = {"causal": "llama-tiny-random", "seq2seq": "t5-tiny-random"}
 
 
-def _model_and_examples(family: str, n: int = 6):
+def _model_and_examples(family: str, n: int = 6, method: str = "lora"):
     loaded = load_model(MODELS[family])
     torch.manual_seed(0)
-    model = apply_method(loaded.model, family, "lora").model.eval()
+    model = apply_method(loaded.model, family, method).model.eval()
     task = get_task("synthetic_classification")
     return model, loaded.tokenizer, task, load_task_data(task, None, 32, 0, 32).test[:n]
 
@@ -57,11 +57,12 @@ def test_target_log_likelihoods_are_the_models_summed_loss_per_example(family):
     assert got.tolist() == pytest.approx(want, rel=1e-5)
 
 
-@pytest.mark.parametrize("family", ["causal", "seq2seq"])
-def test_each_prompt_runs_once_and_scores_every_word_as_the_full_pass_does(family):
+@pytest.mark.parametrize(("family", "method"), [("causal", "lora"), ("seq2seq", "lora"), ("causal", "prompt")])
+def test_each_prompt_runs_once_and_scores_every_word_as_the_full_pass_does(family, method):
     # shared_prompt_scores (prompt once, a cache or the encoder's output reused per word) against a full
-    # forward pass of prompt and target per word, on prompts of different lengths (padding differs).
-    model, tokenizer, task, examples = _model_and_examples(family, n=7)
+    # forward pass of prompt and target per word, on prompts of different lengths (padding differs). Prompt
+    # tuning: its 100 virtual tokens before the left-padded prompt, as PEFT's own forward puts them.
+    model, tokenizer, task, examples = _model_and_examples(family, n=7, method=method)
     candidates = [encode([replace(e, target=w) for e in examples], tokenizer, family, 512, 128)
                   for w in label_words(task)]
     shared = shared_prompt_scores(model, candidates, family, tokenizer.pad_token_id, 3, nullcontext())

@@ -11,9 +11,10 @@ answer's format"; it is reported as its own metric, ``rank_accuracy`` (``train.r
 Cost: each test prompt runs once (``shared_prompt_scores``): a causal model keeps the prompt's key/value
 cache and runs only each label word's tokens after it, a seq2seq model keeps the encoder's output and runs
 only the decoder per word; the first target token's log-likelihood comes from the prompt's own last
-position. Prompt learning (virtual tokens before the prompt) takes the general path instead: one forward pass
-per label word over the whole prompt and target, in the batches and through the loss validation uses
-(``target_log_likelihoods``). No decoding either way.
+position. Prompt tuning on a causal model runs its virtual tokens before the prompt in that one pass. Other
+prompt learning (on a seq2seq model) takes the general path instead: one forward pass per label word over the
+whole prompt and target, in the batches and through the loss validation uses (``target_log_likelihoods``).
+No decoding either way.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from contextlib import AbstractContextManager
 from dataclasses import replace
 
 import torch
+from torch import nn
 
 from peftbench.catalog.tasks import TaskSpec
 from peftbench.catalog.tasks.data import Example
@@ -61,7 +63,8 @@ def rank_label_words(model, task: TaskSpec, examples: list[Example], tokenizer, 
         return []
     candidates = [encode([replace(e, target=word) for e in examples], tokenizer, family, max_source, max_target)
                   for word in words]  # [word][example]
-    if family in ("causal", "seq2seq") and not speedups.virtual_tokens:
+    if (family == "causal" and (not speedups.virtual_tokens or prompt_tuned(model))) or (
+            family == "seq2seq" and not speedups.virtual_tokens):
         scores = shared_prompt_scores(model, candidates, family, tokenizer.pad_token_id, batch_size, autocast)
     else:
         scores = torch.stack([target_log_likelihoods(model, items, family, tokenizer.pad_token_id, batch_size,
@@ -109,13 +112,31 @@ def _padded(sequences: list[list[int]], pad: int, device) -> tuple[torch.Tensor,
     return ids, mask
 
 
+def prompt_tuned(model) -> bool:
+    """Whether ``model`` is PEFT's prompt tuning: learned virtual-token embeddings before every input."""
+    return getattr(getattr(model, "active_peft_config", None), "peft_type", None) == "PROMPT_TUNING"  # a str enum
+
+
+def _first_pass(model, batch: dict[str, torch.Tensor]) -> tuple[nn.Module, dict[str, torch.Tensor], torch.Tensor]:
+    """The model every pass of ``_causal_scores`` calls, the prompt pass's inputs and its attention mask.
+    Prompt tuning: the virtual tokens before each left-padded prompt, as PEFT's forward puts them before a
+    right-padded one (so every real token keeps its position), and the transformers model under PEFT, which
+    would put them again before each word's tokens."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if not prompt_tuned(model):
+        return model, {"input_ids": ids}, mask
+    embeds = model.word_embeddings(ids)
+    virtual = model.get_prompt(batch_size=ids.shape[0]).to(embeds.dtype)  # [rows, virtual tokens, hidden]
+    mask = torch.cat([mask.new_ones(ids.shape[0], virtual.shape[1]), mask], dim=1)
+    return model.base_model, {"inputs_embeds": torch.cat([virtual, embeds], dim=1)}, mask
+
+
 def _causal_scores(model, batch: dict[str, torch.Tensor], targets: list[list[list[int]]], pad_id: int) -> torch.Tensor:
     """[rows, words]: the left-padded prompts once with their key/value cache, then each word's tokens after it.
     The prompt's last position predicts each word's first token; a word's own tokens predict the rest."""
-    mask = batch["attention_mask"]
+    model, first_inputs, mask = _first_pass(model, batch)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions, use_cache=True,
-                logits_to_keep=1)
+    out = model(**first_inputs, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [rows, vocab]
     scores = torch.zeros(mask.shape[0], len(targets), device=mask.device)
     for w, word_targets in enumerate(targets):
