@@ -57,11 +57,12 @@ def test_target_log_likelihoods_are_the_models_summed_loss_per_example(family):
     assert got.tolist() == pytest.approx(want, rel=1e-5)
 
 
-@pytest.mark.parametrize(("family", "method"), [("causal", "lora"), ("seq2seq", "lora"), ("causal", "prompt")])
+@pytest.mark.parametrize(("family", "method"), [("causal", "lora"), ("seq2seq", "lora"), ("causal", "prompt"),
+                                                ("seq2seq", "prompt")])
 def test_each_prompt_runs_once_and_scores_every_word_as_the_full_pass_does(family, method):
     # shared_prompt_scores (prompt once, a cache or the encoder's output reused per word) against a full
     # forward pass of prompt and target per word, on prompts of different lengths (padding differs). Prompt
-    # tuning: its 100 virtual tokens before the left-padded prompt, as PEFT's own forward puts them.
+    # tuning: its 100 virtual tokens before the prompt (the encoder's input), as PEFT's own forward puts them.
     model, tokenizer, task, examples = _model_and_examples(family, n=7, method=method)
     candidates = [encode([replace(e, target=w) for e in examples], tokenizer, family, 512, 128)
                   for w in label_words(task)]

@@ -11,8 +11,8 @@ answer's format"; it is reported as its own metric, ``rank_accuracy`` (``train.r
 Cost: each test prompt runs once (``shared_prompt_scores``): a causal model keeps the prompt's key/value
 cache and runs only each label word's tokens after it, a seq2seq model keeps the encoder's output and runs
 only the decoder per word; the first target token's log-likelihood comes from the prompt's own last
-position. Prompt tuning on a causal model runs its virtual tokens before the prompt in that one pass. Other
-prompt learning (on a seq2seq model) takes the general path instead: one forward pass per label word over the
+position. Prompt tuning runs its virtual tokens before the prompt in that one pass (a seq2seq model's
+encoder). Other prompt learning takes the general path instead: one forward pass per label word over the
 whole prompt and target, in the batches and through the loss validation uses (``target_log_likelihoods``).
 No decoding either way.
 """
@@ -63,8 +63,7 @@ def rank_label_words(model, task: TaskSpec, examples: list[Example], tokenizer, 
         return []
     candidates = [encode([replace(e, target=word) for e in examples], tokenizer, family, max_source, max_target)
                   for word in words]  # [word][example]
-    if (family == "causal" and (not speedups.virtual_tokens or prompt_tuned(model))) or (
-            family == "seq2seq" and not speedups.virtual_tokens):
+    if family in ("causal", "seq2seq") and (not speedups.virtual_tokens or prompt_tuned(model)):
         scores = shared_prompt_scores(model, candidates, family, tokenizer.pad_token_id, batch_size, autocast)
     else:
         scores = torch.stack([target_log_likelihoods(model, items, family, tokenizer.pad_token_id, batch_size,
@@ -118,10 +117,10 @@ def prompt_tuned(model) -> bool:
 
 
 def _first_pass(model, batch: dict[str, torch.Tensor]) -> tuple[nn.Module, dict[str, torch.Tensor], torch.Tensor]:
-    """The model every pass of ``_causal_scores`` calls, the prompt pass's inputs and its attention mask.
-    Prompt tuning: the virtual tokens before each left-padded prompt, as PEFT's forward puts them before a
-    right-padded one (so every real token keeps its position), and the transformers model under PEFT, which
-    would put them again before each word's tokens."""
+    """The model every pass calls, the prompt pass's inputs and its attention mask. Prompt tuning: the virtual
+    tokens before each prompt (a causal model's left-padded, as PEFT's forward puts them before a right-padded
+    one, so every real token keeps its position; a seq2seq model's encoder input), and the transformers model
+    under PEFT, which would put them again before each word's tokens."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
     if not prompt_tuned(model):
         return model, {"input_ids": ids}, mask
@@ -153,12 +152,12 @@ def _causal_scores(model, batch: dict[str, torch.Tensor], targets: list[list[lis
 
 def _seq2seq_scores(model, batch: dict[str, torch.Tensor], targets: list[list[list[int]]], pad_id: int) -> torch.Tensor:
     """[rows, words]: the encoder once, the decoder once per word (teacher-forced on the word's tokens)."""
-    encoder_outputs = model.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    model, encoder_inputs, mask = _first_pass(model, batch)  # prompt tuning: its virtual tokens in the encoder
+    encoder_outputs = model.get_encoder()(**encoder_inputs, attention_mask=mask)
     scores = torch.zeros(batch["input_ids"].shape[0], len(targets), device=batch["input_ids"].device)
     for w, word_targets in enumerate(targets):
         labels, valid = _padded(word_targets, pad_id, batch["input_ids"].device)
-        out = model(encoder_outputs=encoder_outputs, attention_mask=batch["attention_mask"],
-                    labels=labels.masked_fill(valid == 0, -100))
+        out = model(encoder_outputs=encoder_outputs, attention_mask=mask, labels=labels.masked_fill(valid == 0, -100))
         scores[:, w] = _gathered_log_probs(out.logits, labels, valid)
     return scores
 
