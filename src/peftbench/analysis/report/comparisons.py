@@ -50,6 +50,8 @@ class Comparison:
     """How the difference is shown: ``digits`` after the point, in the measure's unit × ``scale``."""
     measure: str = ""
     """What is compared, in the unit the difference is shown in: "score", "peak MiB", "best epoch"."""
+    notes: list[str] = field(default_factory=list)
+    """The seeds left out of the pairing and why, and a machine mismatch (``pair_seeds``)."""
     pairs: list[tuple[dict, dict]] = field(default_factory=list, repr=False)
     """The (a run, b run) of each paired seed, in seed order: the runs ``diffs`` come from."""
     seeds_needed: float = math.nan
@@ -217,7 +219,7 @@ def compare_cells(coll: Collection, where: str, a: Cell, b: Cell, measure: Measu
     view = (example_view(coll, pairs) or "") if measure is SCORE else ""
     return Comparison(where, sides, INCONCLUSIVE, test, expect, (a.key, b.key), diffs, seeds, measure.discrete,
                       p_below, margin, sides=sides, view=view, digits=measure.digits, scale=measure.scale,
-                      measure=measure.what, pairs=pairs)
+                      measure=measure.what, notes=notes, pairs=pairs)
 
 
 # ---- deciding a claim's comparisons ---------------------------------------------------------------------
@@ -298,9 +300,6 @@ def order_between(coll: Collection, first: list[Cell], other: list[Cell], measur
     decide(found)
     words = {HOLDS: "ahead", FAILS: "behind", INCONCLUSIVE: "undecided"}
     tests = sum(1 for x in found if x.test is not None)
-    parts = []
-    for x in found:
-        notes = pair_seeds(coll.cells[x.cells[0]], coll.cells[x.cells[1]], measure.value)[2] if x.test else []
-        detail = "; ".join([describe(x, tests), *notes]) if x.test else x.text  # the seeds left out, machines
-        parts.append(f"{words[x.verdict]} on {x.where} ({detail})")
+    parts = [f"{words[x.verdict]} on {x.where} ({'; '.join([describe(x, tests), *x.notes]) if x.test else x.text})"
+             for x in found]
     return "; ".join(parts) or "no task measured by both", bool(found) and all(x.verdict == HOLDS for x in found)
