@@ -130,3 +130,18 @@ def test_the_command_prints_and_writes_the_comparison(folders, tmp_path, capsys)
     assert main(["compare", str(folders[0]), str(folders[1]), "--out", str(out)]) == 0
     assert capsys.readouterr().out == out.read_text()
     assert out.read_text().startswith(f"# {folders[1]} (B) against {folders[0]} (A)")
+
+
+def test_an_ablation_cell_is_named_apart_from_its_method(tmp_path):
+    """LoRA on all layers and LoRA on the later ones are two cells: each row says which it is."""
+    def side(name: str, patience: int):
+        results = []
+        for ablation in (None, "later_layers"):
+            result = make_result(method="lora", seed=0, score=0.8, ablation=ablation)
+            result["config"]["train"] = {"patience": patience, "batch_size": 16}
+            results.append(result)
+        return write_results(tmp_path / name, results)
+
+    rows = [line.split(" |")[0] for line in report(side("a", 1), side("b", 2)).splitlines()
+            if line.startswith("| lora")]
+    assert rows == ["| lora (flan-t5-xl, ag_news, low)", "| lora (later_layers) (flan-t5-xl, ag_news, low)"]

@@ -162,7 +162,7 @@ def report(dir_a: Path, dir_b: Path, metric: str | None = None) -> str:
 
 
 def _cell_line(key: c.CellKey, x: Comparison, pairs: Pairs, both: c.Collection, measure: Measure) -> str:
-    cell = f"| {key.method} ({x.where}) |"
+    cell = f"| {key.label} ({x.where}) |"
     if x.test is None or not pairs:
         return f"{cell} – | – | – | {x.text} | – | – | – | – |"
     t = x.test

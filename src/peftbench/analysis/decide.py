@@ -59,11 +59,7 @@ class Standing:
     @property
     def label(self) -> str:
         a, b = self.comparison.cells[:2]
-        return f"{self.claim}: {self.comparison.where}: {c_label(a)} vs {c_label(b)}"
-
-
-def c_label(key: c.CellKey) -> str:
-    return key.method + (f" ({key.ablation})" if key.ablation else "")
+        return f"{self.claim}: {self.comparison.where}: {a.label} vs {b.label}"
 
 
 @dataclass

@@ -169,6 +169,11 @@ class CellKey:
     method: str
     ablation: str | None
 
+    @property
+    def label(self) -> str:
+        """The method, and the ablation where the cell is one: "lora" or "lora (later_layers)"."""
+        return self.method + (f" ({self.ablation})" if self.ablation else "")
+
 
 @dataclass
 class Cell:

@@ -135,10 +135,10 @@ def pair_seeds(a: Cell, b: Cell, quantity: Quantity) -> tuple[list[int], list[tu
     for cell, kept in ((a, runs_a), (b, runs_b)):
         if lacking := len(cell.ok_runs) - len(kept):
             name = getattr(quantity, "__name__", "the quantity")
-            notes.append(f"{lacking} run{'s' * (lacking != 1)} of {_label(cell.key)} without {name}")
+            notes.append(f"{lacking} run{'s' * (lacking != 1)} of {cell.key.label} without {name}")
     for side, only in ((a, sorted(set(runs_a) - set(runs_b))), (b, sorted(set(runs_b) - set(runs_a)))):
         if only:
-            notes.append(f"seed {', '.join(map(str, only))} only in {_label(side.key)}")
+            notes.append(f"seed {', '.join(map(str, only))} only in {side.key.label}")
     for seed in sorted(set(runs_a) & set(runs_b)):
         hash_a = (runs_a[seed].get("data") or {}).get("sample_hash")
         hash_b = (runs_b[seed].get("data") or {}).get("sample_hash")
@@ -175,12 +175,8 @@ def machine_mismatch(pairs: list[tuple[dict, dict]]) -> str | None:
     return f"seed {seeds} paired across machine kinds or precisions ({kinds})"
 
 
-def _label(key: CellKey) -> str:
-    return key.method + (f" ({key.ablation})" if key.ablation else "")
-
-
 def missing(where: str, cells: tuple[Cell, ...], expect: str) -> Comparison:
-    names = ", ".join(f"{_label(cell.key)} ({cell.state})" for cell in cells if not cell.ok_runs)
+    names = ", ".join(f"{cell.key.label} ({cell.state})" for cell in cells if not cell.ok_runs)
     return Comparison(where, f"missing: {names}", INCONCLUSIVE, None, expect, tuple(x.key for x in cells))
 
 
@@ -195,12 +191,12 @@ def compare_cells(coll: Collection, where: str, a: Cell, b: Cell, measure: Measu
     diffs = [x - y for x, y in zip(values_a, values_b, strict=True)]
 
     def side(cell: Cell, values: list[float]) -> str:
-        shown = f"{_label(cell.key)} {measure.what} {fmt(Stat.of(values), measure.digits, measure.scale)}"
+        shown = f"{cell.key.label} {measure.what} {fmt(Stat.of(values), measure.digits, measure.scale)}"
         score = cell.stat(extra.value) if extra else None
         return shown + (f" [score {fmt(score)}]" if score else "")
 
     if not seeds:
-        text = f"{_label(a.key)} vs {_label(b.key)}: no seed shared on the same samples ({'; '.join(notes)})"
+        text = f"{a.key.label} vs {b.key.label}: no seed shared on the same samples ({'; '.join(notes)})"
         return Comparison(where, text, INCONCLUSIVE, None, expect, (a.key, b.key))
     ma, mb = float(np.mean(values_a)), float(np.mean(values_b))
     sign = "<" if ma < mb else (">" if ma > mb else "=")
