@@ -62,6 +62,8 @@ def test_one_row_per_run_with_the_documented_columns(results_dir, tmp_path, fmt)
             assert row.memory_peak_bytes == result["memory"]["peak_bytes"]
             assert (row.epochs, row.best_epoch, str(row.scale)) == (1, 1, "8")  # CSV readers infer 8
             assert row.torch_version == result["versions"]["torch"] and row.device == "cpu"
+            assert (row.instruction_set, row.precision) == (result["hardware"]["instruction_set"],
+                                                            result["optimizer"]["precision"])
             assert row.time_load_s == pytest.approx(result["time"]["load_s"])
             assert pd.isna(row.test_rouge_l)  # a classification task's results have no ROUGE-L
     failed = table.loc[FAILED_RUN]

@@ -146,6 +146,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("processor", str, at("hardware", "processor")),
     Column("cpu_count", int, at("hardware", "cpu_count")),
     Column("torch_threads", int, at("hardware", "torch_threads")),
+    Column("instruction_set", str, at("hardware", "instruction_set")),
+    Column("precision", str, at("optimizer", "precision")),
     Column("result_schema_version", int, at("schema_version")),
 )
 
