@@ -21,10 +21,18 @@ from contextlib import contextmanager
 from torch import nn
 
 
+def prompt_learning(model: nn.Module) -> str | None:
+    """The name of ``model``'s active PEFT method when it is prompt learning ("prompt tuning", "prefix tuning",
+    "p tuning"), else None (no PEFT model, or another method)."""
+    config = getattr(model, "active_peft_config", None)
+    if not getattr(config, "is_prompt_learning", False):
+        return None
+    return str(getattr(config.peft_type, "value", config.peft_type)).lower().replace("_", " ")
+
+
 def _decodes_with_prompt_learning(model: nn.Module) -> bool:
     """A PEFT causal model whose active method is prompt learning (prompt, prefix or P-tuning)."""
-    config = getattr(model, "active_peft_config", None)
-    return (getattr(config, "is_prompt_learning", False)
+    return (prompt_learning(model) is not None
             and hasattr(model, "base_model_prepare_inputs_for_generation")
             and not getattr(getattr(model, "config", None), "is_encoder_decoder", False))
 

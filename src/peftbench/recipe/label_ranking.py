@@ -26,6 +26,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from peftbench.catalog.peft_compat import prompt_learning
 from peftbench.catalog.tasks import TaskSpec
 from peftbench.catalog.tasks.data import Example
 from peftbench.recipe.batching import Encoded, collate, collate_prompts, encode
@@ -113,7 +114,7 @@ def _padded(sequences: list[list[int]], pad: int, device) -> tuple[torch.Tensor,
 
 def prompt_tuned(model) -> bool:
     """Whether ``model`` is PEFT's prompt tuning: learned virtual-token embeddings before every input."""
-    return getattr(getattr(model, "active_peft_config", None), "peft_type", None) == "PROMPT_TUNING"  # a str enum
+    return prompt_learning(model) == "prompt tuning"
 
 
 def _first_pass(model, batch: dict[str, torch.Tensor]) -> tuple[nn.Module, dict[str, torch.Tensor], torch.Tensor]:

@@ -18,6 +18,7 @@ from torch import nn
 
 from peftbench.catalog.methods.roles import feed_forward_networks
 from peftbench.catalog.models import family_of
+from peftbench.catalog.peft_compat import prompt_learning
 from peftbench.config import SpeedupsConfig
 from peftbench.speedups import freed_memory
 from peftbench.speedups.bf16_frozen_weights import store_frozen_linears_in
@@ -74,7 +75,7 @@ class SpeedupPlan:
         self.family = family_of(config) if config is not None else "causal"
         cpu = None if device.type == "cpu" else f"device {device.type}: measured and built for CPUs"
         causal = {"seq2seq": "encoder-decoder model", "encoder": "encoder-only classifier"}.get(self.family)
-        prompt = _prompt_learning(model)
+        prompt = prompt_learning(getattr(model, "module", model))  # DistributedDataParallel
         self.virtual_tokens = _virtual_tokens(model) if prompt else 0
         dropout = has_dropout(model)
         self.prefix_while_training = not dropout
@@ -156,14 +157,6 @@ def _first(*reasons: str | None) -> str | None:
 
 def _model_type(model: nn.Module) -> str | None:
     return getattr(getattr(model, "config", None), "model_type", None)
-
-
-def _prompt_learning(model: nn.Module) -> str | None:
-    """The PEFT method's name when it is prompt learning (prompt, prefix or P-tuning), else None."""
-    config = getattr(getattr(model, "module", model), "active_peft_config", None)
-    if not getattr(config, "is_prompt_learning", False):
-        return None
-    return str(getattr(config.peft_type, "value", config.peft_type)).lower().replace("_", " ")
 
 
 def _virtual_tokens(model: nn.Module) -> int:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from peftbench.catalog.peft_compat import prompt_learning
 from peftbench.constants import IGNORE
 
 MIN_SHARED_TOKENS = 8
@@ -33,7 +34,7 @@ def supports_prefix_sharing(model: nn.Module) -> bool:
     config = getattr(inner, "config", None)
     if config is None or getattr(config, "is_encoder_decoder", False):
         return False
-    if getattr(getattr(inner, "active_peft_config", None), "is_prompt_learning", False):
+    if prompt_learning(inner):
         return False
     if inner.training and has_dropout(inner):
         return False
